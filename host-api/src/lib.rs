@@ -1,0 +1,48 @@
+//! `wasmjobs-host`: the wasmjobs sandbox — runs WASM job components under fuel, memory and
+//! wall-clock limits and reports exactly one outcome per attempt.
+//!
+//! This crate has no database and no HTTP: it is what the wasmjobs server uses for every
+//! attempt and what an edge host embeds directly.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # #[cfg(feature = "compiler")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use wasmjobs_host::{Limits, RunRequest, Sandbox, SandboxConfig};
+//!
+//! // One sandbox (one wasmtime engine and its epoch ticker) per process.
+//! let sandbox = Sandbox::new(&SandboxConfig::default())?;
+//! // Load once: validates the component and prepares it for fast instantiation.
+//! let job = sandbox.load(&std::fs::read("wordfreq.wasm")?)?;
+//! // Run many times, each attempt in a fresh instance.
+//! let report = sandbox
+//!     .run(&job, RunRequest::new(br#"{"text": "a b a"}"#.to_vec()).limits(Limits::default()))
+//!     .await;
+//! println!("{}: {}", report.outcome, String::from_utf8_lossy(&report.output));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See `docs/embedding.md` in the repository for the whole embedding API.
+
+mod bindings;
+mod capture;
+mod config;
+mod events;
+mod host;
+mod limiter;
+mod limits;
+mod module;
+mod outcome;
+mod run;
+mod sandbox;
+pub mod units;
+
+pub use config::SandboxConfig;
+pub use events::{Event, EventSink, LogLevel, LogLine, NoEvents};
+pub use limits::{DirGrant, Grants, Limits};
+pub use module::{JobModule, LoadError, ModuleInfo, World, sha256_digest};
+pub use outcome::{AttemptReport, Outcome, TrapKind};
+pub use run::{CancelHandle, RunRequest};
+pub use sandbox::Sandbox;

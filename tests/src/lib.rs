@@ -1,0 +1,23 @@
+//! Shared helpers for the end-to-end tests: paths of the guest programs built from source by
+//! `build.rs`, and small utilities.
+
+/// Paths of the `.wasm` components built by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// Reads a guest component built by `build.rs`.
+pub fn guest_bytes(path: &str) -> Vec<u8> {
+    std::fs::read(path)
+        .unwrap_or_else(|e| panic!("guest {path} should have been built by build.rs: {e}"))
+}
+
+/// Resident set size of this process in bytes (Linux), for memory-flatness checks.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

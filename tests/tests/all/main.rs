@@ -1,0 +1,4 @@
+//! The one integration-test binary of wasmjobs (one binary: each extra one re-links wasmtime).
+//! One module per area.
+
+mod sandbox;
