@@ -21,3 +21,24 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Path of the `wasmjobs` binary, built (once per test run) from the current sources.
+pub fn wasmjobs_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::Path::new(guests::ROOT);
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "wasmjobs", "--bin", "wasmjobs"])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build for the wasmjobs binary");
+        assert!(status.success(), "building the wasmjobs binary failed");
+        // The test executable lives in target/<profile>/deps/; the binary in target/debug/.
+        let exe = std::env::current_exe().expect("current exe");
+        let target = exe.ancestors().nth(3).expect("target dir");
+        let bin = target.join("debug").join("wasmjobs");
+        assert!(bin.is_file(), "no wasmjobs binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}

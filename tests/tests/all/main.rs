@@ -1,4 +1,5 @@
 //! The one integration-test binary of wasmjobs (one binary: each extra one re-links wasmtime).
 //! One module per area.
 
+mod cli;
 mod sandbox;

@@ -1,0 +1,93 @@
+//! The `wasmjobs` command line: argument parsing and dispatch to one module per verb.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit;
+
+mod build;
+mod compile;
+mod inspect;
+mod run;
+
+/// wasmjobs — run WebAssembly jobs in a sandbox under fuel, memory and time limits.
+#[derive(Debug, Parser)]
+#[command(name = "wasmjobs", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one job locally in the sandbox: no server, no database. Prints the output; the exit
+    /// code tells the outcome.
+    Run(run::RunArgs),
+    /// Build a job crate to a wasm32-wasip2 component and print the artifact's path.
+    Build(build::BuildArgs),
+    /// Show what a component is: world, imports (capabilities), exports, size, digest.
+    Inspect(inspect::InspectArgs),
+    /// Compile a component ahead of time to a native artifact (.cwasm) for this machine.
+    Compile(compile::CompileArgs),
+}
+
+/// Parses arguments, runs the command, and turns errors into one readable line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Build(args) => build::build(args),
+            Command::Inspect(args) => inspect::inspect(args),
+            Command::Compile(args) => compile::compile(args),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// Reads a component file (`.wasm` or precompiled `.cwasm`) and loads it in `sandbox`.
+pub(crate) fn load_file(
+    sandbox: &wasmjobs_host::Sandbox,
+    path: &std::path::Path,
+) -> anyhow::Result<wasmjobs_host::JobModule> {
+    use anyhow::Context as _;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let module = if wasmtime_detect_precompiled(&bytes) {
+        sandbox.load_artifact(&bytes)
+    } else {
+        sandbox.load(&bytes)
+    };
+    module.with_context(|| format!("cannot load {}", path.display()))
+}
+
+/// Precompiled artifacts are ELF files; wasm starts with `\0asm`.
+fn wasmtime_detect_precompiled(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x7fELF")
+}
+
+/// A small sandbox for one-shot commands: few instance slots, so start-up stays cheap.
+pub(crate) fn local_sandbox() -> anyhow::Result<wasmjobs_host::Sandbox> {
+    let config = wasmjobs_host::SandboxConfig { max_instances: 4, ..Default::default() };
+    Ok(wasmjobs_host::Sandbox::new(&config)?)
+}
