@@ -42,7 +42,10 @@ fn main() {
 
     let mut consts = String::new();
     for (ws, names) in [
-        ("tests/guests", &["testjob", "testcmd", "noop"][..]),
+        (
+            "tests/guests",
+            &["testjob", "testcmd", "noop", "sleeper"][..],
+        ),
         (
             "examples",
             &["wordfreq", "csvstats", "thumbnail", "markdown", "linecount"][..],

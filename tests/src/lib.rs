@@ -27,11 +27,12 @@ pub fn wasmjobs_bin() -> std::path::PathBuf {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let root = std::path::Path::new(guests::ROOT);
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "wasmjobs", "--bin", "wasmjobs"])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build for the wasmjobs binary");
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--quiet", "-p", "wasmjobs", "--bin", "wasmjobs"])
+                .current_dir(root)
+                .status()
+                .expect("run cargo build for the wasmjobs binary");
         assert!(status.success(), "building the wasmjobs binary failed");
         // The test executable lives in target/<profile>/deps/; the binary in target/debug/.
         let exe = std::env::current_exe().expect("current exe");

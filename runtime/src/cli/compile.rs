@@ -16,10 +16,15 @@ pub struct CompileArgs {
 }
 
 pub fn compile(args: CompileArgs) -> anyhow::Result<u8> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let sandbox = super::local_sandbox()?;
-    let artifact = sandbox.precompile(&bytes).with_context(|| format!("cannot compile {}", args.file.display()))?;
-    let out = args.output.unwrap_or_else(|| args.file.with_extension("cwasm"));
+    let artifact = sandbox
+        .precompile(&bytes)
+        .with_context(|| format!("cannot compile {}", args.file.display()))?;
+    let out = args
+        .output
+        .unwrap_or_else(|| args.file.with_extension("cwasm"));
     std::fs::write(&out, artifact).with_context(|| format!("cannot write {}", out.display()))?;
     println!("{}", out.display());
     Ok(0)

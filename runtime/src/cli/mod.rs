@@ -42,7 +42,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -88,6 +91,9 @@ fn wasmtime_detect_precompiled(bytes: &[u8]) -> bool {
 
 /// A small sandbox for one-shot commands: few instance slots, so start-up stays cheap.
 pub(crate) fn local_sandbox() -> anyhow::Result<wasmjobs_host::Sandbox> {
-    let config = wasmjobs_host::SandboxConfig { max_instances: 4, ..Default::default() };
+    let config = wasmjobs_host::SandboxConfig {
+        max_instances: 4,
+        ..Default::default()
+    };
     Ok(wasmjobs_host::Sandbox::new(&config)?)
 }

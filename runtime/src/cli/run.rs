@@ -60,7 +60,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         max_output_bytes: args.max_output.unwrap_or(defaults.max_output_bytes),
         max_log_bytes: args.max_log.unwrap_or(defaults.max_log_bytes),
     };
-    let grants = Grants { dirs: args.dirs, env: args.env.into_iter().collect() };
+    let grants = Grants {
+        dirs: args.dirs,
+        env: args.env.into_iter().collect(),
+    };
 
     let sandbox = super::local_sandbox()?;
     let module = super::load_file(&sandbox, &args.file)?;
@@ -83,7 +86,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             Event::Progress { done, total } => writeln!(err, "[progress] {done}/{total}"),
         };
     });
-    let req = RunRequest::new(input).limits(limits).grants(grants).cancel(cancel).events(events);
+    let req = RunRequest::new(input)
+        .limits(limits)
+        .grants(grants)
+        .cancel(cancel)
+        .events(events);
     let report = sandbox.run(&module, req).await;
 
     let mut out = std::io::stdout().lock();
@@ -91,7 +98,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
         writeln!(out)?;
     } else {
-        out.write_all(&report.output).context("cannot write the output")?;
+        out.write_all(&report.output)
+            .context("cannot write the output")?;
         if !report.output.is_empty() && !report.output.ends_with(b"\n") && out.is_terminal() {
             writeln!(out)?;
         }
@@ -102,7 +110,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             Some(trap) => format!("{} ({trap})", report.outcome),
             None => report.outcome.to_string(),
         };
-        eprintln!("{what}: {}", report.error.as_deref().unwrap_or("no message"));
+        eprintln!(
+            "{what}: {}",
+            report.error.as_deref().unwrap_or("no message")
+        );
     }
     if report.logs_truncated && !quiet {
         eprintln!("(logs were truncated at the log limit)");
@@ -115,11 +126,15 @@ fn read_input(arg: Option<&str>) -> anyhow::Result<Vec<u8>> {
         None => Ok(Vec::new()),
         Some("@-") => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("cannot read the input from stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the input from stdin")?;
             Ok(buf)
         }
         Some(text) => match text.strip_prefix('@') {
-            Some(path) => std::fs::read(path).with_context(|| format!("cannot read the input file {path}")),
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("cannot read the input file {path}"))
+            }
             None => Ok(text.as_bytes().to_vec()),
         },
     }
@@ -132,7 +147,9 @@ fn parse_fuel(text: &str) -> Result<u64, String> {
     }
     match cleaned.parse::<f64>() {
         Ok(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f as u64),
-        _ => Err(format!("invalid fuel {text:?}: expected a whole number of instructions, e.g. 1000000 or 1e9")),
+        _ => Err(format!(
+            "invalid fuel {text:?}: expected a whole number of instructions, e.g. 1000000 or 1e9"
+        )),
     }
 }
 
@@ -150,21 +167,32 @@ fn parse_dir(text: &str) -> Result<DirGrant, String> {
         [host, guest] => (host, guest, false),
         [host, guest, "rw"] => (host, guest, true),
         [host, guest, "ro"] => (host, guest, false),
-        _ => return Err(format!("invalid directory grant {text:?}: expected HOST:GUEST or HOST:GUEST:rw")),
+        _ => {
+            return Err(format!(
+                "invalid directory grant {text:?}: expected HOST:GUEST or HOST:GUEST:rw"
+            ));
+        }
     };
     if host.is_empty() || guest.is_empty() {
-        return Err(format!("invalid directory grant {text:?}: HOST and GUEST must not be empty"));
+        return Err(format!(
+            "invalid directory grant {text:?}: HOST and GUEST must not be empty"
+        ));
     }
-    Ok(DirGrant { host: PathBuf::from(host), guest: guest.to_string(), writable })
+    Ok(DirGrant {
+        host: PathBuf::from(host),
+        guest: guest.to_string(),
+        writable,
+    })
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("invalid environment grant {text:?}: expected KEY=VALUE")),
+        _ => Err(format!(
+            "invalid environment grant {text:?}: expected KEY=VALUE"
+        )),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 use wasmjobs_tests::{guests, wasmjobs_bin};
 
 fn wasmjobs(args: &[&str]) -> Output {
-    Command::new(wasmjobs_bin()).args(args).output().expect("run wasmjobs")
+    Command::new(wasmjobs_bin())
+        .args(args)
+        .output()
+        .expect("run wasmjobs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -19,14 +22,23 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn run_prints_output_on_stdout_and_logs_on_stderr() {
-    let o = wasmjobs(&["run", guests::WORDFREQ, "--input", r#"{"text": "b a b c b a", "top": 2}"#]);
+    let o = wasmjobs(&[
+        "run",
+        guests::WORDFREQ,
+        "--input",
+        r#"{"text": "b a b c b a", "top": 2}"#,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out: Value = serde_json::from_str(&stdout(&o)).expect("JSON output");
     assert_eq!(
         out,
         json!({"words": 6, "unique": 3, "top": [{"word": "b", "count": 3}, {"word": "a", "count": 2}]})
     );
-    assert!(stderr(&o).contains("[info report] 6 words, 3 distinct"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("[info report] 6 words, 3 distinct"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -35,26 +47,49 @@ fn each_outcome_has_its_documented_exit_code() {
         (r#"{"mode":"fail"}"#, &[], 1),
         (r#"{"mode":"panic"}"#, &[], 10),
         (r#"{"mode":"spin"}"#, &["--fuel", "1e7"], 11),
-        (r#"{"mode":"spin"}"#, &["--fuel", "1e15", "--timeout", "200ms"], 12),
+        (
+            r#"{"mode":"spin"}"#,
+            &["--fuel", "1e15", "--timeout", "200ms"],
+            12,
+        ),
         (r#"{"mode":"membomb"}"#, &["--memory", "16MiB"], 13),
-        (r#"{"mode":"bigout","size":5000}"#, &["--max-output", "1KiB"], 14),
+        (
+            r#"{"mode":"bigout","size":5000}"#,
+            &["--max-output", "1KiB"],
+            14,
+        ),
     ];
     for (input, flags, code) in cases {
         let mut args = vec!["run", guests::TESTJOB, "--input", input];
         args.extend_from_slice(flags);
         let o = wasmjobs(&args);
-        assert_eq!(o.status.code(), Some(code), "{input} {flags:?}: {}", stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{input} {flags:?}: {}",
+            stderr(&o)
+        );
     }
 }
 
 #[test]
 fn report_flag_prints_the_attempt_report_as_json() {
-    let o = wasmjobs(&["run", guests::TESTJOB, "--input", r#"{"mode":"panic"}"#, "--report"]);
+    let o = wasmjobs(&[
+        "run",
+        guests::TESTJOB,
+        "--input",
+        r#"{"mode":"panic"}"#,
+        "--report",
+    ]);
     assert_eq!(o.status.code(), Some(10));
     let report: Value = serde_json::from_str(&stdout(&o)).expect("report JSON");
     assert_eq!(report["outcome"], "trapped");
     assert_eq!(report["trap"], "unreachable");
-    assert!(report["error"].as_str().is_some_and(|e| e.contains("boom on purpose")));
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("boom on purpose"))
+    );
     assert!(report["fuel_consumed"].as_u64().is_some_and(|f| f > 0));
     assert!(report["wall_time_us"].as_u64().is_some());
     assert!(report["logs"].as_array().is_some_and(|l| !l.is_empty()));
@@ -65,27 +100,57 @@ fn input_from_a_file_grants_and_command_components() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("input.txt");
     std::fs::write(&input, "one two\nthree\n").expect("write");
-    let o = wasmjobs(&["run", guests::LINECOUNT, "--input", &format!("@{}", input.display())]);
+    let o = wasmjobs(&[
+        "run",
+        guests::LINECOUNT,
+        "--input",
+        &format!("@{}", input.display()),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     assert_eq!(out, json!({"lines": 2, "words": 3, "bytes": 14}));
 
     std::fs::write(dir.path().join("in.txt"), "granted").expect("write");
     let grant = format!("{}:/data", dir.path().display());
-    let o = wasmjobs(&["run", guests::TESTJOB, "--input", r#"{"mode":"files"}"#, "--dir", &grant]);
+    let o = wasmjobs(&[
+        "run",
+        guests::TESTJOB,
+        "--input",
+        r#"{"mode":"files"}"#,
+        "--dir",
+        &grant,
+    ]);
     let out: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     assert_eq!(out["read"], json!({"Ok": "granted"}));
-    assert!(out["write"].as_str().is_some_and(|w| w.starts_with("refused")));
+    assert!(
+        out["write"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("refused"))
+    );
 
-    let o = wasmjobs(&["run", guests::TESTJOB, "--input", r#"{"mode":"env"}"#, "--env", "A=1"]);
-    assert_eq!(serde_json::from_str::<Value>(&stdout(&o)).expect("JSON"), json!([["A", "1"]]));
+    let o = wasmjobs(&[
+        "run",
+        guests::TESTJOB,
+        "--input",
+        r#"{"mode":"env"}"#,
+        "--env",
+        "A=1",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&o)).expect("JSON"),
+        json!([["A", "1"]])
+    );
 }
 
 #[test]
 fn bad_flags_and_files_get_one_clear_line() {
     let o = wasmjobs(&["run", guests::TESTJOB, "--timeout", "soon"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("invalid duration \"soon\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid duration \"soon\""),
+        "{}",
+        stderr(&o)
+    );
 
     let o = wasmjobs(&["run", guests::TESTJOB, "--dir", "/tmp"]);
     assert_eq!(o.status.code(), Some(2));
@@ -93,7 +158,11 @@ fn bad_flags_and_files_get_one_clear_line() {
 
     let o = wasmjobs(&["run", "/no/such/file.wasm"]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).starts_with("error: cannot read /no/such/file.wasm"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: cannot read /no/such/file.wasm"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stderr(&o).contains("panicked"));
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,7 +170,11 @@ fn bad_flags_and_files_get_one_clear_line() {
     std::fs::write(&text, "hello").expect("write");
     let o = wasmjobs(&["run", text.to_str().expect("utf-8 path")]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("not a WebAssembly binary"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a WebAssembly binary"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -110,29 +183,58 @@ fn inspect_describes_a_component() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let info: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     assert_eq!(info["world"], "wasmjobs:job/job");
-    assert!(info["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")));
-    assert!(info["exports"].as_array().is_some_and(|e| e.contains(&json!("run"))));
-    assert!(info["capabilities"].as_array().is_some_and(|c| c.contains(&json!("wasmjobs:job/report"))));
+    assert!(
+        info["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    assert!(
+        info["exports"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("run")))
+    );
+    assert!(
+        info["capabilities"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("wasmjobs:job/report")))
+    );
 
     let o = wasmjobs(&["inspect", guests::LINECOUNT]);
-    assert!(stdout(&o).contains("world:   wasi:cli/command"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("world:   wasi:cli/command"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
 fn compile_then_run_the_artifact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cwasm = dir.path().join("noop.cwasm");
-    let o = wasmjobs(&["compile", guests::NOOP, "-o", cwasm.to_str().expect("utf-8")]);
+    let o = wasmjobs(&[
+        "compile",
+        guests::NOOP,
+        "-o",
+        cwasm.to_str().expect("utf-8"),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = wasmjobs(&["run", cwasm.to_str().expect("utf-8"), "--input", "ping"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "ping"), "{}", stderr(&o));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "ping"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn build_compiles_a_job_crate_and_prints_the_component() {
     let root = std::path::Path::new(guests::ROOT);
     let o = Command::new(wasmjobs_bin())
-        .args(["build", root.join("examples/markdown").to_str().expect("utf-8")])
+        .args([
+            "build",
+            root.join("examples/markdown").to_str().expect("utf-8"),
+        ])
         // Use the examples' own target dir so this is a quick no-op rebuild.
         .env("CARGO_TARGET_DIR", root.join("target/wasm-guests"))
         .output()

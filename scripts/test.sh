@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test (SQLite always; Postgres when
+# WASMJOBS_TEST_POSTGRES is set), and the edge (no-compiler) build of wasmjobs-host.
+# Installs what it needs. This is what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== toolchain"
+rustup target add wasm32-wasip2 >/dev/null
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo --version
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== edge profile: wasmjobs-host without the compiler"
+cargo build --quiet -p wasmjobs-host --no-default-features
+
+echo "== tests"
+if [ -z "${WASMJOBS_TEST_POSTGRES:-}" ]; then
+  echo "note: WASMJOBS_TEST_POSTGRES is not set; Postgres tests will report that they were skipped"
+fi
+cargo test --workspace
