@@ -27,6 +27,8 @@
 //! See `docs/embedding.md` in the repository for the whole embedding API.
 
 mod bindings;
+#[cfg(feature = "compiler")]
+mod cache;
 mod capture;
 mod config;
 mod events;
@@ -39,10 +41,12 @@ mod run;
 mod sandbox;
 pub mod units;
 
+#[cfg(feature = "compiler")]
+pub use cache::{ArtifactCache, CacheStatus};
 pub use config::SandboxConfig;
 pub use events::{Event, EventSink, LogLevel, LogLine, NoEvents};
 pub use limits::{DirGrant, Grants, Limits};
 pub use module::{JobModule, LoadError, ModuleInfo, World, sha256_digest};
 pub use outcome::{AttemptReport, Outcome, TrapKind};
 pub use run::{CancelHandle, RunRequest};
-pub use sandbox::Sandbox;
+pub use sandbox::{Sandbox, SandboxError};

@@ -222,6 +222,17 @@ impl Sandbox {
     /// The artifact is native code that is mapped and run as is: load only artifacts this
     /// project produced (a local cache, a file from `wasmjobs compile`), never untrusted ones.
     pub fn load_artifact(&self, bytes: &[u8]) -> Result<JobModule, LoadError> {
+        self.load_artifact_as(bytes, sha256_digest(bytes), bytes.len() as u64)
+    }
+
+    /// [`Sandbox::load_artifact`], recording the digest and size of the wasm it was compiled
+    /// from rather than of the artifact.
+    pub(crate) fn load_artifact_as(
+        &self,
+        bytes: &[u8],
+        digest: String,
+        size: u64,
+    ) -> Result<JobModule, LoadError> {
         match wasmtime::Engine::detect_precompiled(bytes) {
             Some(wasmtime::Precompiled::Component) => {}
             Some(wasmtime::Precompiled::Module) => {
@@ -242,7 +253,7 @@ impl Sandbox {
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.inner.engine, bytes) }
             .map_err(|e| LoadError::IncompatibleArtifact(format!("{e:#}")))?;
-        self.prepare(component, sha256_digest(bytes), bytes.len() as u64)
+        self.prepare(component, digest, size)
     }
 
     fn prepare(

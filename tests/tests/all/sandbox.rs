@@ -566,3 +566,34 @@ async fn a_thousand_hostile_attempts_leave_host_memory_flat() {
         growth / 1024
     );
 }
+
+#[tokio::test]
+async fn artifact_cache_compiles_once_and_replaces_a_bad_file() {
+    use wasmjobs_host::{ArtifactCache, CacheStatus};
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = ArtifactCache::new(dir.path()).expect("cache");
+    let wasm = guest_bytes(guests::NOOP);
+
+    let (first, status) = cache.load(&f.sandbox, &wasm).expect("load");
+    assert_eq!(status, CacheStatus::Compiled);
+    let path = cache.path_for(&f.sandbox, &first.info().digest);
+    assert!(path.is_file(), "artifact written at {}", path.display());
+    let (second, status) = cache.load(&f.sandbox, &wasm).expect("load");
+    assert_eq!(status, CacheStatus::Hit);
+    // The cached module is described by the wasm it came from, not by the artifact.
+    assert_eq!(second.info().digest, wasmjobs_host::sha256_digest(&wasm));
+    let r = f
+        .sandbox
+        .run(&second, RunRequest::new(b"cached".to_vec()))
+        .await;
+    assert_eq!(r.output, b"cached");
+
+    std::fs::write(&path, b"garbage").expect("corrupt the cache");
+    let (_, status) = cache
+        .load(&f.sandbox, &wasm)
+        .expect("load after corruption");
+    assert_eq!(status, CacheStatus::Compiled);
+    let (_, status) = cache.load(&f.sandbox, &wasm).expect("load");
+    assert_eq!(status, CacheStatus::Hit);
+}
