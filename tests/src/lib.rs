@@ -43,3 +43,46 @@ pub fn wasmjobs_bin() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// The store backends the conformance suite runs against: SQLite always (a fresh file), and
+/// Postgres in a fresh schema when `WASMJOBS_TEST_POSTGRES` names a database. When it does not,
+/// says so loudly on stderr.
+pub async fn test_stores(
+    tag: &str,
+) -> Vec<(
+    &'static str,
+    std::sync::Arc<dyn wasmjobs::store::Store>,
+    TempDb,
+)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = wasmjobs::store::open(dir.path().join("test.db").to_str().expect("utf-8 path"))
+        .await
+        .expect("open sqlite");
+    let mut stores = vec![("sqlite", sqlite, TempDb { _dir: Some(dir) })];
+    match std::env::var("WASMJOBS_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            let schema = format!("t_{}_{}_{}", tag, std::process::id(), fastrand_suffix());
+            let pg = wasmjobs::store::open_postgres_schema(&url, &schema)
+                .await
+                .expect("open postgres");
+            stores.push(("postgres", pg, TempDb { _dir: None }));
+        }
+        _ => {
+            eprintln!("SKIPPED: the Postgres half of {tag} (set WASMJOBS_TEST_POSTGRES to run it)")
+        }
+    }
+    stores
+}
+
+/// Keeps a test database alive for as long as it is held.
+pub struct TempDb {
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn fastrand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{nanos:x}")
+}

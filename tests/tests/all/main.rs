@@ -4,3 +4,4 @@
 mod cli;
 mod examples;
 mod sandbox;
+mod store;

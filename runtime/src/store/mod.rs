@@ -1,0 +1,155 @@
+//! The durable store: modules, jobs, attempts, ordered event histories and schedules, behind
+//! one [`Store`] trait with a backend per database (`sqlite.rs`, `postgres.rs`), each with its
+//! own SQL and migrations (`runtime/migrations/{sqlite,postgres}`). The backend is chosen once,
+//! at start-up, from the database URL.
+//!
+//! Every state transition is one transaction that also appends the job's event rows, so a job
+//! exists iff the transaction that accepted it committed, and its history is complete.
+
+pub mod model;
+pub mod policy;
+mod postgres;
+mod rows;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use model::*;
+pub use policy::{RetryPolicy, decide};
+
+/// Errors callers match on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid database URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Something changed that someone may be waiting for. Delivered to every subscriber on every
+/// node (Postgres: through LISTEN/NOTIFY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// New events were written for this job.
+    Events(JobId),
+    /// Jobs became claimable.
+    JobsAvailable,
+}
+
+/// The store. Implemented by [`sqlite::SqliteStore`] and [`postgres::PgStore`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Changes as they are committed.
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+
+    // Modules.
+    /// Stores a module (idempotent on digest) and points `name` at it. `true` if the bytes
+    /// were new.
+    async fn put_module(&self, module: NewModule, now: i64) -> Result<(ModuleRecord, bool)>;
+    /// A module by `sha256:…` digest or by name.
+    async fn get_module(&self, name_or_digest: &str) -> Result<Option<ModuleRecord>>;
+    async fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>>;
+
+    // Jobs.
+    /// Inserts a job and its first event in one transaction. With an idempotency key already
+    /// used, returns the first job and `false`.
+    async fn insert_job(&self, job: NewJob, now: i64) -> Result<(Job, bool)>;
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+    /// Events of a job with `seq > after`, in order, at most `limit`.
+    async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>>;
+
+    // Workers.
+    /// Moves due `scheduled` jobs to `queued`, then claims up to `limit` queued jobs for
+    /// `worker` (priority, then run_at, then age), starting an attempt of each.
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>>;
+    /// Appends log/progress events of a running attempt. `false` if the worker no longer holds it.
+    async fn append_events(
+        &self,
+        id: JobId,
+        worker: &str,
+        attempt: u32,
+        events: &[NewEvent],
+        now: i64,
+    ) -> Result<bool>;
+    /// Ends attempts, in one transaction. A completion from a worker that no longer holds the
+    /// attempt is refused.
+    async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>>;
+    /// Renews the leases of `worker`'s running jobs. Returns each job it still holds and
+    /// whether a cancel was requested.
+    async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>>;
+    /// Ends every attempt whose lease expired as `lost` and requeues or fails its job.
+    async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>>;
+    /// The earliest `run_at` of a scheduled job, to know when to look again.
+    async fn next_scheduled_at(&self) -> Result<Option<i64>>;
+
+    // Users.
+    /// Cancels a job: at once when scheduled or queued; a running job gets a cancel request
+    /// that its worker acts on. Returns the job's state afterwards.
+    async fn cancel(&self, id: JobId, now: i64) -> Result<JobState>;
+    /// Puts a failed or cancelled job back in the queue with a fresh attempt budget.
+    async fn retry(&self, id: JobId, now: i64) -> Result<JobState>;
+    /// Deletes finished jobs (and their attempts and events) that finished before `before`.
+    async fn prune(&self, before: i64) -> Result<u64>;
+
+    // Schedules.
+    async fn add_schedule(
+        &self,
+        name: Option<String>,
+        cron: &str,
+        target: serde_json::Value,
+        next_run_at: i64,
+        now: i64,
+    ) -> Result<Schedule>;
+    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
+    async fn delete_schedule(&self, id_or_name: &str) -> Result<bool>;
+    /// Claims the schedules due at `now`: moves each one's `next_run_at` to `next(cron)` and
+    /// returns them, so that exactly one node fires each tick.
+    async fn take_due_schedules(
+        &self,
+        now: i64,
+        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+    ) -> Result<Vec<Schedule>>;
+}
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` for Postgres, anything
+/// else is a SQLite file path (`sqlite://path` also accepted). Applies migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    }
+}
+
+/// Opens a Postgres store in its own schema (created if missing): for tests and for running
+/// several independent installations in one database.
+pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(
+        postgres::PgStore::connect_schema(url, Some(schema)).await?,
+    ))
+}

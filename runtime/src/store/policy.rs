@@ -1,0 +1,260 @@
+//! Retry policy and the one function that decides where a job goes after an attempt. Both
+//! store backends apply its answer; neither decides on its own.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use wasmjobs_host::Outcome;
+
+use super::model::JobState;
+
+/// How a job is retried. Defaults: 3 attempts, backoff 1 s × 2ⁿ up to 5 min with ±20 % jitter,
+/// retrying every outcome except the deterministic ones (`out_of_fuel`, `out_of_memory`,
+/// `output_too_large`) and `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "millis")]
+    pub initial_backoff_ms: u64,
+    pub multiplier: f64,
+    #[serde(deserialize_with = "millis")]
+    pub max_backoff_ms: u64,
+    /// Fraction of the backoff added or removed at random (0 to 1).
+    pub jitter: f64,
+    /// Outcomes that are retried; `None` means the default set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<Outcome>>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 1_000,
+            multiplier: 2.0,
+            max_backoff_ms: 300_000,
+            jitter: 0.2,
+            retry_on: None,
+        }
+    }
+}
+
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(u64),
+        Text(String),
+    }
+    match Repr::deserialize(d)? {
+        Repr::Number(n) => Ok(n),
+        Repr::Text(t) => wasmjobs_host::units::parse_duration(&t)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the values a user sent; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("retry.max_attempts must be at least 1".into());
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Err(format!(
+                "retry.multiplier must be a number ≥ 1, got {}",
+                self.multiplier
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(format!(
+                "retry.jitter must be between 0 and 1, got {}",
+                self.jitter
+            ));
+        }
+        if self
+            .retry_on
+            .as_ref()
+            .is_some_and(|r| r.contains(&Outcome::Succeeded))
+        {
+            return Err("retry.retry_on cannot contain succeeded".into());
+        }
+        Ok(())
+    }
+
+    /// Whether an attempt that ended in `outcome` may be retried by this policy. `lost` is
+    /// always retried (it says nothing about the job).
+    pub fn retries(&self, outcome: Outcome) -> bool {
+        match (&self.retry_on, outcome) {
+            (_, Outcome::Succeeded | Outcome::Cancelled) => false,
+            (_, Outcome::Lost) => true,
+            (Some(list), o) => list.contains(&o),
+            (None, o) => !o.is_deterministic(),
+        }
+    }
+
+    /// Delay before attempt `attempts + 1`, after `attempts` attempts, with jitter.
+    pub fn backoff_ms(&self, attempts: u32) -> u64 {
+        let exp = self
+            .multiplier
+            .powi(attempts.saturating_sub(1).min(64) as i32);
+        let base = (self.initial_backoff_ms as f64 * exp).min(self.max_backoff_ms as f64);
+        let jitter = base * self.jitter * (fastrand::f64() * 2.0 - 1.0);
+        (base + jitter).max(0.0) as u64
+    }
+}
+
+/// What the store knows of a job when an attempt ends.
+#[derive(Debug, Clone)]
+pub struct JobSnapshot {
+    pub attempts: u32,
+    pub retry: RetryPolicy,
+    pub cancel_requested: bool,
+    pub deadline_at: Option<i64>,
+}
+
+/// Where a job goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    Cancelled,
+    /// Back to `scheduled` until `run_at` (or `queued` when the backoff is zero).
+    Retry {
+        run_at: i64,
+    },
+    Failed,
+}
+
+impl Next {
+    pub fn state(self) -> JobState {
+        match self {
+            Next::Succeeded => JobState::Succeeded,
+            Next::Cancelled => JobState::Cancelled,
+            Next::Retry { .. } => JobState::Scheduled,
+            Next::Failed => JobState::Failed,
+        }
+    }
+}
+
+/// Decides the job's next state after an attempt ended in `outcome` at `now`.
+pub fn decide(job: &JobSnapshot, outcome: Outcome, now: i64) -> Next {
+    match outcome {
+        Outcome::Succeeded => return Next::Succeeded,
+        Outcome::Cancelled => return Next::Cancelled,
+        _ if job.cancel_requested => return Next::Cancelled,
+        _ => {}
+    }
+    if !job.retry.retries(outcome) || job.attempts >= job.retry.max_attempts {
+        return Next::Failed;
+    }
+    let run_at =
+        now.saturating_add(i64::try_from(job.retry.backoff_ms(job.attempts)).unwrap_or(i64::MAX));
+    if job.deadline_at.is_some_and(|d| run_at >= d) {
+        return Next::Failed;
+    }
+    Next::Retry { run_at }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(attempts: u32) -> JobSnapshot {
+        JobSnapshot {
+            attempts,
+            retry: RetryPolicy::default(),
+            cancel_requested: false,
+            deadline_at: None,
+        }
+    }
+
+    #[test]
+    fn retries_until_attempts_run_out() {
+        assert!(matches!(
+            decide(&snap(1), Outcome::Failed, 0),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            decide(&snap(2), Outcome::TimedOut, 0),
+            Next::Retry { .. }
+        ));
+        assert_eq!(decide(&snap(3), Outcome::Failed, 0), Next::Failed);
+        assert_eq!(decide(&snap(3), Outcome::Succeeded, 0), Next::Succeeded);
+    }
+
+    #[test]
+    fn deterministic_outcomes_are_not_retried_by_default() {
+        for o in [
+            Outcome::OutOfFuel,
+            Outcome::OutOfMemory,
+            Outcome::OutputTooLarge,
+        ] {
+            assert_eq!(decide(&snap(1), o, 0), Next::Failed, "{o}");
+        }
+        let mut s = snap(1);
+        s.retry.retry_on = Some(vec![Outcome::OutOfFuel]);
+        assert!(matches!(
+            decide(&s, Outcome::OutOfFuel, 0),
+            Next::Retry { .. }
+        ));
+        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Failed);
+    }
+
+    #[test]
+    fn lost_is_always_retried_but_still_counts() {
+        let mut s = snap(1);
+        s.retry.retry_on = Some(vec![]);
+        assert!(matches!(decide(&s, Outcome::Lost, 0), Next::Retry { .. }));
+        assert_eq!(decide(&snap(3), Outcome::Lost, 0), Next::Failed);
+    }
+
+    #[test]
+    fn cancel_request_and_deadline_win() {
+        let mut s = snap(1);
+        s.cancel_requested = true;
+        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Cancelled);
+        let mut s = snap(1);
+        s.deadline_at = Some(10);
+        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Failed);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            [p.backoff_ms(1), p.backoff_ms(2), p.backoff_ms(3)],
+            [1000, 2000, 4000]
+        );
+        assert_eq!(p.backoff_ms(40), 300_000);
+        let j = RetryPolicy::default();
+        for _ in 0..100 {
+            let b = j.backoff_ms(1);
+            assert!((800..=1200).contains(&b), "{b}");
+        }
+    }
+
+    #[test]
+    fn policy_accepts_human_durations_and_names_bad_fields() {
+        let p: RetryPolicy =
+            serde_json::from_str(r#"{"initial_backoff_ms": "250ms", "max_attempts": 5}"#)
+                .expect("valid");
+        assert_eq!((p.initial_backoff_ms, p.max_attempts), (250, 5));
+        assert!(
+            RetryPolicy {
+                max_attempts: 0,
+                ..p.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("max_attempts")
+        );
+        assert!(
+            serde_json::from_str::<RetryPolicy>(r#"{"tries": 1}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("tries")
+        );
+    }
+}

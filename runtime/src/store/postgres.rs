@@ -1,0 +1,803 @@
+//! The Postgres backend: for production and for many nodes sharing one database. Claims with
+//! `FOR UPDATE SKIP LOCKED`, so workers on any number of nodes never wait on each other's rows;
+//! changes are announced with NOTIFY and every node LISTENs, so idle workers wake and live event
+//! streams move across nodes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Transaction};
+use tokio::sync::broadcast;
+use wasmjobs_host::Outcome;
+
+use super::model::*;
+use super::policy::{JobSnapshot, Next, RetryPolicy, decide};
+use super::rows::*;
+use super::{Notice, Result, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+    /// NOTIFY channel, one per schema so that installations sharing a database stay apart.
+    channel: String,
+    notices: broadcast::Sender<Notice>,
+}
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_schema(url, None).await
+    }
+
+    /// Connects, uses `schema` (created if missing) when given, applies migrations and starts
+    /// listening for other nodes' changes.
+    pub async fn connect_schema(url: &str, schema: Option<&str>) -> Result<PgStore> {
+        if let Some(s) = schema
+            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::BadUrl {
+                url: url.to_string(),
+                reason: format!("invalid schema name {s:?}"),
+            });
+        }
+        let search_path = schema.map(|s| format!("SET search_path TO {s}"));
+        if let Some(s) = schema {
+            let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            admin
+                .execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}")))
+                .await?;
+            admin.close().await;
+        }
+        let set_path = search_path.clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                let set_path = set_path.clone();
+                Box::pin(async move {
+                    if let Some(sql) = set_path {
+                        conn.execute(AssertSqlSafe(sql)).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let channel = format!("wasmjobs_{}", schema.unwrap_or("public"));
+        let (notices, _) = broadcast::channel(4096);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(&channel).await?;
+        let forward = notices.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        for part in n.payload().split(',') {
+                            let notice = match part {
+                                "a" => Some(Notice::JobsAvailable),
+                                id => id.parse().ok().map(Notice::Events),
+                            };
+                            if let Some(notice) = notice {
+                                let _ = forward.send(notice);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // PgListener reconnects by itself on the next recv; wake everyone so
+                        // nothing waits on a notice lost in between.
+                        tracing::warn!("postgres listener: {e}");
+                        let _ = forward.send(Notice::JobsAvailable);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(PgStore {
+            pool,
+            channel,
+            notices,
+        })
+    }
+
+    /// Announces changes to every node (this one included, through its listener).
+    async fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
+        let parts: Vec<String> = notices
+            .into_iter()
+            .map(|n| match n {
+                Notice::JobsAvailable => "a".to_string(),
+                Notice::Events(id) => id.to_string(),
+            })
+            .collect();
+        // NOTIFY payloads are limited to 8000 bytes.
+        for chunk in parts.chunks(500) {
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(chunk.join(","))
+                .execute(&self.pool)
+                .await
+            {
+                tracing::warn!("cannot NOTIFY: {e}");
+            }
+        }
+    }
+}
+
+/// Appends events to a job's history under the job row's lock; seq continues without gaps.
+async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len() as i64;
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET event_seq = event_seq + $1 WHERE id = $2 RETURNING event_seq",
+    )
+    .bind(n)
+    .bind(job_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    for (i, e) in events.iter().enumerate() {
+        sqlx::query("INSERT INTO events (job_id, seq, kind, data, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(job_id)
+            .bind(last - n + 1 + i as i64)
+            .bind(e.kind)
+            .bind(e.data.to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(JobRow::into_job).transpose()
+}
+
+/// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the
+/// rescuer, which acts on expired leases).
+async fn apply_completion(
+    tx: &mut Tx<'_>,
+    c: &Completion,
+    fence: Option<&str>,
+    now: i64,
+) -> Result<Completed> {
+    #[derive(sqlx::FromRow)]
+    struct Snap {
+        attempts: i64,
+        retry: String,
+        cancel_requested: bool,
+        deadline_at: Option<i64>,
+    }
+    let snap: Option<Snap> = sqlx::query_as(
+        "SELECT attempts, retry, cancel_requested, deadline_at FROM jobs
+         WHERE id = $1 AND state = 'running' AND attempts = $2 AND ($3::text IS NULL OR worker = $4)
+         FOR UPDATE",
+    )
+    .bind(c.job_id)
+    .bind(i64::from(c.attempt))
+    .bind(fence)
+    .bind(fence)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(snap) = snap else {
+        return Ok(Completed::Refused);
+    };
+    let retry: RetryPolicy = serde_json::from_str(&snap.retry)
+        .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?;
+    let next = decide(
+        &JobSnapshot {
+            attempts: u32::try_from(snap.attempts).unwrap_or(0),
+            retry,
+            cancel_requested: snap.cancel_requested,
+            deadline_at: snap.deadline_at,
+        },
+        c.outcome,
+        now,
+    );
+    let state = next.state();
+    let finished_at = state.is_final().then_some(now);
+    let run_at = match next {
+        Next::Retry { run_at } => Some(run_at),
+        _ => None,
+    };
+    let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
+    sqlx::query(
+        "UPDATE jobs SET state = $1, outcome = $2, error = $3, output = $4, worker = NULL, lease_until = NULL,
+                run_at = COALESCE($5, run_at), finished_at = $6, updated_at = $7
+         WHERE id = $8",
+    )
+    .bind(state.as_str())
+    .bind(c.outcome.as_str())
+    .bind(c.error.as_deref())
+    .bind(keep_output.then_some(c.output.as_slice()))
+    .bind(run_at)
+    .bind(finished_at)
+    .bind(now)
+    .bind(c.job_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE attempts SET outcome = $1, trap = $2, error = $3, fuel_consumed = $4, peak_memory_bytes = $5,
+                wall_time_us = $6, finished_at = $7
+         WHERE job_id = $8 AND attempt = $9",
+    )
+    .bind(c.outcome.as_str())
+    .bind(c.trap.as_deref())
+    .bind(c.error.as_deref())
+    .bind(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX))
+    .bind(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX))
+    .bind(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX))
+    .bind(now)
+    .bind(c.job_id)
+    .bind(i64::from(c.attempt))
+    .execute(&mut **tx)
+    .await?;
+    let mut events = c.events.clone();
+    let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
+    if let Some(run_at) = run_at {
+        extra["run_at"] = json!(run_at);
+    }
+    events.push(NewEvent::state(state, extra));
+    push_events(tx, c.job_id, &events, now).await?;
+    Ok(Completed::Applied(state))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    async fn put_module(&self, m: NewModule, now: i64) -> Result<(ModuleRecord, bool)> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO modules (digest, size, world, imports, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(&m.digest)
+        .bind(m.bytes.len() as i64)
+        .bind(&m.world)
+        .bind(json(&m.imports))
+        .bind(&m.bytes)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if let Some(name) = &m.name {
+            sqlx::query(
+                "INSERT INTO module_names (name, digest, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(&m.digest)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let record = self.get_module(&m.digest).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("module {} vanished after insert", m.digest))
+        })?;
+        Ok((record, inserted))
+    }
+
+    async fn get_module(&self, key: &str) -> Result<Option<ModuleRecord>> {
+        let row: Option<ModuleRow> = sqlx::query_as(
+            "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
+                    (SELECT string_agg(n.name, chr(10)) FROM module_names n WHERE n.digest = m.digest) AS names
+             FROM modules m
+             WHERE m.digest = $1 OR m.digest = (SELECT digest FROM module_names WHERE name = $2)",
+        )
+        .bind(key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ModuleRow::into_record).transpose()
+    }
+
+    async fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT bytes FROM modules WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn list_modules(&self) -> Result<Vec<ModuleRecord>> {
+        let rows: Vec<ModuleRow> = sqlx::query_as(
+            "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
+                    (SELECT string_agg(n.name, chr(10)) FROM module_names n WHERE n.digest = m.digest) AS names
+             FROM modules m ORDER BY m.created_at, m.digest",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ModuleRow::into_record).collect()
+    }
+
+    async fn insert_job(&self, j: NewJob, now: i64) -> Result<(Job, bool)> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = &j.idempotency_key {
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(id) = existing {
+                let job = fetch_job(&mut tx, id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                return Ok((job, false));
+            }
+        }
+        let run_at = j.run_at.unwrap_or(now);
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants, idempotency_key,
+                               deadline_at, workflow_ref, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(&j.module_digest)
+        .bind(state.as_str())
+        .bind(j.priority)
+        .bind(run_at)
+        .bind(&j.input)
+        .bind(json(&j.limits))
+        .bind(json(&j.retry))
+        .bind(json(&j.grants))
+        .bind(j.idempotency_key.as_deref())
+        .bind(j.deadline_at)
+        .bind(j.workflow_ref.as_deref())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let extra = if state == JobState::Scheduled {
+            json!({ "run_at": run_at })
+        } else {
+            json!({})
+        };
+        push_events(&mut tx, id, &[NewEvent::state(state, extra)], now).await?;
+        let job = fetch_job(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+        tx.commit().await?;
+        let mut notices = vec![Notice::Events(id)];
+        if state == JobState::Queued {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices).await;
+        Ok((job, true))
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(JobRow::into_job).transpose()
+    }
+
+    async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
+                    started_at, finished_at
+             FROM attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AttemptRow::into_attempt).collect()
+    }
+
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1::text IS NULL OR state = $2) AND ($3::text IS NULL OR module_digest = $4) AND ($5::bigint IS NULL OR id < $6)
+             ORDER BY id DESC LIMIT $7"
+        )))
+        .bind(f.state.map(JobState::as_str))
+        .bind(f.state.map(JobState::as_str))
+        .bind(f.module_digest.as_deref())
+        .bind(f.module_digest.as_deref())
+        .bind(f.cursor)
+        .bind(f.cursor)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        let mut notices = Vec::new();
+        // Jobs past their overall deadline never start.
+        let expired: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $3
+             WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= $4 RETURNING id",
+        )
+        .bind(DEADLINE_PASSED)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in expired {
+            let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
+            push_events(&mut tx, id, &[e], now).await?;
+            notices.push(Notice::Events(id));
+        }
+        let due: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'queued', updated_at = $1
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in due {
+            push_events(
+                &mut tx,
+                id,
+                &[NewEvent::state(JobState::Queued, json!({}))],
+                now,
+            )
+            .await?;
+            notices.push(Notice::Events(id));
+        }
+        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(worker)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows = rows;
+        rows.sort_by_key(JobRow::claim_order);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let c = row.into_claimed()?;
+            sqlx::query("INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES ($1, $2, $3, $4)")
+                .bind(c.id)
+                .bind(i64::from(c.attempt))
+                .bind(worker)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let e = NewEvent::state(
+                JobState::Running,
+                json!({ "attempt": c.attempt, "worker": worker }),
+            );
+            push_events(&mut tx, c.id, &[e], now).await?;
+            notices.push(Notice::Events(c.id));
+            claimed.push(c);
+        }
+        tx.commit().await?;
+        self.notify(notices).await;
+        Ok(claimed)
+    }
+
+    async fn append_events(
+        &self,
+        id: JobId,
+        worker: &str,
+        attempt: u32,
+        events: &[NewEvent],
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let holds: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3")
+                .bind(id)
+                .bind(worker)
+                .bind(i64::from(attempt))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if holds.is_none() {
+            return Ok(false);
+        }
+        push_events(&mut tx, id, events, now).await?;
+        tx.commit().await?;
+        self.notify([Notice::Events(id)]).await;
+        Ok(true)
+    }
+
+    async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
+        let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(completions.len());
+        let mut notices = Vec::new();
+        for c in &completions {
+            let r = apply_completion(&mut tx, c, Some(&c.worker), now).await?;
+            if let Completed::Applied(state) = r {
+                notices.push(Notice::Events(c.job_id));
+                if state == JobState::Scheduled {
+                    notices.push(Notice::JobsAvailable);
+                }
+            }
+            results.push(r);
+        }
+        tx.commit().await?;
+        self.notify(notices).await;
+        Ok(results)
+    }
+
+    async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
+        let rows: Vec<(i64, bool)> = sqlx::query_as(
+            "UPDATE jobs SET lease_until = $1 WHERE state = 'running' AND worker = $2 RETURNING id, cancel_requested",
+        )
+        .bind(now + lease_ms)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
+        let mut tx = self.pool.begin().await?;
+        let expired: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rescued = Vec::new();
+        for (id, attempts, worker) in expired {
+            let c = Completion::lost(id, attempts, worker);
+            if let Completed::Applied(_) = apply_completion(&mut tx, &c, None, now).await? {
+                rescued.push(id);
+            }
+        }
+        tx.commit().await?;
+        let mut notices: Vec<Notice> = rescued.iter().map(|id| Notice::Events(*id)).collect();
+        notices.push(Notice::JobsAvailable);
+        self.notify(notices).await;
+        Ok(rescued)
+    }
+
+    async fn next_scheduled_at(&self) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn cancel(&self, id: JobId, now: i64) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
+            what: "job",
+            id: id.to_string(),
+        })?;
+        let state = match job.state {
+            JobState::Scheduled | JobState::Queued => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = $1, updated_at = $2 WHERE id = $3",
+                )
+                .bind(now)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                push_events(
+                    &mut tx,
+                    id,
+                    &[NewEvent::state(JobState::Cancelled, json!({}))],
+                    now,
+                )
+                .await?;
+                JobState::Cancelled
+            }
+            JobState::Running if !job.cancel_requested => {
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = TRUE, updated_at = $1 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let e = NewEvent {
+                    kind: "cancel_requested",
+                    data: json!({ "attempt": job.attempts }),
+                };
+                push_events(&mut tx, id, &[e], now).await?;
+                JobState::Running
+            }
+            JobState::Running | JobState::Cancelled => job.state,
+            done @ (JobState::Succeeded | JobState::Failed) => {
+                return Err(StoreError::Conflict(format!(
+                    "job {id} already finished: it is {done}"
+                )));
+            }
+        };
+        tx.commit().await?;
+        self.notify([Notice::Events(id)]).await;
+        Ok(state)
+    }
+
+    async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
+        let mut tx = self.pool.begin().await?;
+        let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
+            what: "job",
+            id: id.to_string(),
+        })?;
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "job {id} is {}: only failed or cancelled jobs can be retried",
+                job.state
+            )));
+        }
+        let mut retry = job.retry.clone();
+        retry.max_attempts = job.attempts.saturating_add(job.retry.max_attempts.max(1));
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', retry = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
+                    error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $3
+             WHERE id = $4",
+        )
+        .bind(json(&retry))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        push_events(
+            &mut tx,
+            id,
+            &[NewEvent::state(
+                JobState::Queued,
+                json!({ "retried": true }),
+            )],
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.notify([Notice::Events(id), Notice::JobsAvailable])
+            .await;
+        Ok(JobState::Queued)
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let cond = "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1";
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM events WHERE job_id IN ({cond})"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM attempts WHERE job_id IN ({cond})"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let n = sqlx::query("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn add_schedule(
+        &self,
+        name: Option<String>,
+        cron: &str,
+        target: Value,
+        next_run_at: i64,
+        now: i64,
+    ) -> Result<Schedule> {
+        let row: ScheduleRow = sqlx::query_as(
+            "INSERT INTO schedules (name, cron, target, next_run_at, created_at) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, name, cron, target, next_run_at, created_at",
+        )
+        .bind(name.as_deref())
+        .bind(cron)
+        .bind(target.to_string())
+        .bind(next_run_at)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("a schedule named {:?} already exists", name.as_deref().unwrap_or("")))
+            }
+            _ => StoreError::Database(e),
+        })?;
+        row.into_schedule()
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        let rows: Vec<ScheduleRow> = sqlx::query_as(
+            "SELECT id, name, cron, target, next_run_at, created_at FROM schedules ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(ScheduleRow::into_schedule).collect()
+    }
+
+    async fn delete_schedule(&self, key: &str) -> Result<bool> {
+        let id: Option<i64> = key.parse().ok();
+        let n = sqlx::query("DELETE FROM schedules WHERE id = $1 OR name = $2")
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn take_due_schedules(
+        &self,
+        now: i64,
+        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+    ) -> Result<Vec<Schedule>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<ScheduleRow> = sqlx::query_as(
+            "SELECT id, name, cron, target, next_run_at, created_at FROM schedules WHERE next_run_at <= $1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            let s = row.into_schedule()?;
+            let following = next(&s.cron, now).unwrap_or(i64::MAX);
+            sqlx::query("UPDATE schedules SET next_run_at = $1 WHERE id = $2")
+                .bind(following)
+                .bind(s.id)
+                .execute(&mut *tx)
+                .await?;
+            due.push(s);
+        }
+        tx.commit().await?;
+        Ok(due)
+    }
+}

@@ -1,0 +1,208 @@
+//! Rows as both backends return them (the schemas use the same column types: 64-bit integers,
+//! text, bytes, booleans) and their conversion into the model.
+
+use super::model::*;
+use super::{Result, StoreError};
+
+pub(super) const JOB_COLUMNS: &str = "id, module_digest, state, priority, run_at, input, limits, retry, grants, \
+     idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, output, error, \
+     workflow_ref, created_at, updated_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    id: i64,
+    module_digest: String,
+    state: String,
+    priority: i64,
+    run_at: i64,
+    input: Vec<u8>,
+    limits: String,
+    retry: String,
+    grants: String,
+    idempotency_key: Option<String>,
+    attempts: i64,
+    deadline_at: Option<i64>,
+    worker: Option<String>,
+    lease_until: Option<i64>,
+    cancel_requested: bool,
+    outcome: Option<String>,
+    output: Option<Vec<u8>>,
+    error: Option<String>,
+    workflow_ref: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(super) fn parse_outcome(s: Option<String>) -> Result<Option<wasmjobs_host::Outcome>> {
+    s.map(|o| o.parse().map_err(|e| corrupt("outcome", e)))
+        .transpose()
+}
+
+impl JobRow {
+    pub(super) fn into_job(self) -> Result<Job> {
+        Ok(Job {
+            id: self.id,
+            module: self.module_digest,
+            state: self.state.parse().map_err(|e| corrupt("job state", e))?,
+            priority: self.priority,
+            run_at: self.run_at,
+            input: self.input,
+            limits: serde_json::from_str(&self.limits).map_err(|e| corrupt("limits", e))?,
+            retry: serde_json::from_str(&self.retry).map_err(|e| corrupt("retry", e))?,
+            grants: serde_json::from_str(&self.grants).map_err(|e| corrupt("grants", e))?,
+            idempotency_key: self.idempotency_key,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            deadline_at: self.deadline_at,
+            worker: self.worker,
+            lease_until: self.lease_until,
+            cancel_requested: self.cancel_requested,
+            outcome: parse_outcome(self.outcome)?,
+            output: self.output,
+            error: self.error,
+            workflow_ref: self.workflow_ref,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+
+    /// Claim order: priority (highest first), then run_at, then age. `RETURNING` does not keep
+    /// the order of the subquery, so claims sort by this.
+    pub(super) fn claim_order(&self) -> (i64, i64, i64) {
+        (-self.priority, self.run_at, self.id)
+    }
+
+    pub(super) fn into_claimed(self) -> Result<Claimed> {
+        let job = self.into_job()?;
+        Ok(Claimed {
+            id: job.id,
+            module_digest: job.module,
+            input: job.input,
+            limits: job.limits,
+            grants: job.grants,
+            attempt: job.attempts,
+            deadline_at: job.deadline_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    attempt: i64,
+    worker: String,
+    outcome: Option<String>,
+    trap: Option<String>,
+    error: Option<String>,
+    fuel_consumed: Option<i64>,
+    peak_memory_bytes: Option<i64>,
+    wall_time_us: Option<i64>,
+    started_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl AttemptRow {
+    pub(super) fn into_attempt(self) -> Result<Attempt> {
+        let to_u64 = |v: Option<i64>| v.map(|n| u64::try_from(n).unwrap_or(0));
+        Ok(Attempt {
+            attempt: u32::try_from(self.attempt).unwrap_or(0),
+            worker: self.worker,
+            outcome: parse_outcome(self.outcome)?,
+            trap: self.trap,
+            error: self.error,
+            fuel_consumed: to_u64(self.fuel_consumed),
+            peak_memory_bytes: to_u64(self.peak_memory_bytes),
+            wall_time_us: to_u64(self.wall_time_us),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    job_id: i64,
+    seq: i64,
+    kind: String,
+    data: String,
+    at: i64,
+}
+
+impl EventRow {
+    pub(super) fn into_event(self) -> Result<Event> {
+        Ok(Event {
+            job_id: self.job_id,
+            seq: self.seq,
+            kind: self.kind,
+            data: serde_json::from_str(&self.data).map_err(|e| corrupt("event data", e))?,
+            at: self.at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ModuleRow {
+    digest: String,
+    size: i64,
+    world: String,
+    imports: String,
+    created_at: i64,
+    names: Option<String>,
+}
+
+impl ModuleRow {
+    pub(super) fn into_record(self) -> Result<ModuleRecord> {
+        let mut names: Vec<String> = self
+            .names
+            .map(|n| {
+                n.split('\n')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(ModuleRecord {
+            digest: self.digest,
+            size: u64::try_from(self.size).unwrap_or(0),
+            world: self.world,
+            imports: serde_json::from_str(&self.imports)
+                .map_err(|e| corrupt("module imports", e))?,
+            names,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ScheduleRow {
+    id: i64,
+    name: Option<String>,
+    cron: String,
+    target: String,
+    next_run_at: i64,
+    created_at: i64,
+}
+
+impl ScheduleRow {
+    pub(super) fn into_schedule(self) -> Result<Schedule> {
+        Ok(Schedule {
+            id: self.id,
+            name: self.name,
+            cron: self.cron,
+            target: serde_json::from_str(&self.target)
+                .map_err(|e| corrupt("schedule target", e))?,
+            next_run_at: self.next_run_at,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// JSON text of a value that serializes infallibly (our own plain structs).
+pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}

@@ -1,0 +1,470 @@
+//! The store conformance suite: the same checks against SQLite and (when
+//! `WASMJOBS_TEST_POSTGRES` is set) Postgres.
+
+use serde_json::json;
+use wasmjobs::store::*;
+use wasmjobs_host::{Grants, Limits, Outcome};
+use wasmjobs_tests::test_stores;
+
+fn new_job(digest: &str) -> NewJob {
+    NewJob {
+        module_digest: digest.to_string(),
+        input: b"{}".to_vec(),
+        limits: Limits::default(),
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff_ms: 0,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        grants: Grants::default(),
+        priority: 0,
+        run_at: None,
+        idempotency_key: None,
+        deadline_at: None,
+        workflow_ref: None,
+    }
+}
+
+async fn module(store: &dyn Store) -> String {
+    let m = NewModule {
+        digest: "sha256:abc".into(),
+        world: "wasmjobs:job/job".into(),
+        imports: vec!["wasmjobs:job/io@0.1.0".into()],
+        bytes: b"\0asm".to_vec(),
+        name: Some("demo".into()),
+    };
+    store.put_module(m, 1).await.expect("put module").0.digest
+}
+
+fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
+    Completion {
+        job_id: c.id,
+        attempt: c.attempt,
+        worker: worker.into(),
+        outcome,
+        trap: None,
+        error: (outcome != Outcome::Succeeded).then(|| "boom".to_string()),
+        output: b"out".to_vec(),
+        fuel_consumed: 10,
+        peak_memory_bytes: 65536,
+        wall_time_us: 5,
+        events: vec![NewEvent {
+            kind: "log",
+            data: json!({"message": "hi"}),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn modules_are_content_addressed_and_named() {
+    for (backend, store, _db) in test_stores("modules").await {
+        let digest = module(&*store).await;
+        let again = NewModule {
+            digest: digest.clone(),
+            world: "wasmjobs:job/job".into(),
+            imports: vec![],
+            bytes: b"\0asm".to_vec(),
+            name: Some("other".into()),
+        };
+        let (rec, created) = store.put_module(again, 2).await.expect("put");
+        assert!(!created, "{backend}");
+        assert_eq!(rec.names, ["demo", "other"], "{backend}");
+        assert_eq!(
+            store
+                .get_module("demo")
+                .await
+                .expect("get")
+                .map(|m| m.digest),
+            Some(digest.clone())
+        );
+        assert_eq!(
+            store
+                .get_module(&digest)
+                .await
+                .expect("get")
+                .map(|m| m.size),
+            Some(4)
+        );
+        assert!(store.get_module("nope").await.expect("get").is_none());
+        assert_eq!(
+            store.module_bytes(&digest).await.expect("bytes").as_deref(),
+            Some(&b"\0asm"[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_with_retry_and_complete_history() {
+    for (backend, store, _db) in test_stores("lifecycle").await {
+        let digest = module(&*store).await;
+        let (job, created) = store
+            .insert_job(new_job(&digest), 10)
+            .await
+            .expect("insert");
+        assert!(created);
+        assert_eq!(job.state, JobState::Queued, "{backend}");
+
+        let claimed = store.claim("w1", 10, 20, 1000).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "{backend}");
+        assert_eq!(claimed[0].attempt, 1);
+        assert!(
+            store
+                .claim("w2", 10, 21, 1000)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "{backend}: claimed twice"
+        );
+
+        let r = store
+            .complete(vec![done(&claimed[0], "w1", Outcome::Trapped)], 30)
+            .await
+            .expect("complete");
+        assert_eq!(r, [Completed::Applied(JobState::Scheduled)], "{backend}");
+        let again = store.claim("w2", 10, 40, 1000).await.expect("claim");
+        assert_eq!(again.len(), 1, "{backend}");
+        assert_eq!(again[0].attempt, 2);
+        // A late completion from the first worker is refused.
+        let late = store
+            .complete(vec![done(&claimed[0], "w1", Outcome::Succeeded)], 41)
+            .await
+            .expect("complete");
+        assert_eq!(late, [Completed::Refused], "{backend}");
+        let r = store
+            .complete(vec![done(&again[0], "w2", Outcome::Succeeded)], 50)
+            .await
+            .expect("complete");
+        assert_eq!(r, [Completed::Applied(JobState::Succeeded)], "{backend}");
+
+        let job = store.get_job(job.id).await.expect("get").expect("exists");
+        assert_eq!(
+            (job.state, job.attempts, job.output.as_deref()),
+            (JobState::Succeeded, 2, Some(&b"out"[..]))
+        );
+        let attempts = store.attempts(job.id).await.expect("attempts");
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Some(Outcome::Trapped), Some(Outcome::Succeeded)],
+            "{backend}"
+        );
+        let events = store.events(job.id, 0, 100).await.expect("events");
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=events.len() as i64).collect::<Vec<_>>(),
+            "{backend}: gapless"
+        );
+        let states: Vec<String> = events
+            .iter()
+            .filter(|e| e.kind == "state")
+            .map(|e| e.data["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "queued",
+                "running",
+                "scheduled",
+                "queued",
+                "running",
+                "succeeded"
+            ],
+            "{backend}"
+        );
+        assert_eq!(
+            store
+                .events(job.id, 3, 100)
+                .await
+                .expect("events")
+                .first()
+                .map(|e| e.seq),
+            Some(4)
+        );
+    }
+}
+
+#[tokio::test]
+async fn claims_follow_priority_then_run_at_then_age() {
+    for (backend, store, _db) in test_stores("priority").await {
+        let digest = module(&*store).await;
+        let low = store
+            .insert_job(new_job(&digest), 1)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let high = store
+            .insert_job(
+                NewJob {
+                    priority: 5,
+                    ..new_job(&digest)
+                },
+                2,
+            )
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let later = store
+            .insert_job(
+                NewJob {
+                    run_at: Some(1000),
+                    ..new_job(&digest)
+                },
+                3,
+            )
+            .await
+            .expect("insert")
+            .0;
+        assert_eq!(later.state, JobState::Scheduled);
+        let order: Vec<i64> = store
+            .claim("w", 10, 10, 1000)
+            .await
+            .expect("claim")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(order, [high, low], "{backend}");
+        assert_eq!(store.next_scheduled_at().await.expect("next"), Some(1000));
+        let order: Vec<i64> = store
+            .claim("w", 10, 1000, 1000)
+            .await
+            .expect("claim")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(order, [later.id], "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_job() {
+    for (backend, store, _db) in test_stores("idem").await {
+        let digest = module(&*store).await;
+        let j = NewJob {
+            idempotency_key: Some("k1".into()),
+            ..new_job(&digest)
+        };
+        let (a, created_a) = store.insert_job(j.clone(), 1).await.expect("insert");
+        let (b, created_b) = store.insert_job(j, 2).await.expect("insert");
+        assert!(created_a && !created_b, "{backend}");
+        assert_eq!(a.id, b.id);
+    }
+}
+
+#[tokio::test]
+async fn cancel_queued_at_once_and_running_by_request() {
+    for (backend, store, _db) in test_stores("cancel").await {
+        let digest = module(&*store).await;
+        let queued = store
+            .insert_job(new_job(&digest), 1)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        assert_eq!(
+            store.cancel(queued, 2).await.expect("cancel"),
+            JobState::Cancelled,
+            "{backend}"
+        );
+        let running = store
+            .insert_job(new_job(&digest), 3)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let c = store.claim("w", 1, 4, 1000).await.expect("claim");
+        assert_eq!(
+            store.cancel(running, 5).await.expect("cancel"),
+            JobState::Running
+        );
+        assert_eq!(
+            store.heartbeat("w", 6, 1000).await.expect("hb"),
+            [(running, true)],
+            "{backend}"
+        );
+        let r = store
+            .complete(vec![done(&c[0], "w", Outcome::Cancelled)], 7)
+            .await
+            .expect("complete");
+        assert_eq!(r, [Completed::Applied(JobState::Cancelled)]);
+        assert!(matches!(
+            store.cancel(running, 8).await,
+            Ok(JobState::Cancelled)
+        ));
+        assert_eq!(
+            store.retry(running, 9).await.expect("retry"),
+            JobState::Queued,
+            "{backend}"
+        );
+        assert!(matches!(
+            store.cancel(9999, 1).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn expired_leases_are_lost_attempts_and_requeued() {
+    for (backend, store, _db) in test_stores("lease").await {
+        let digest = module(&*store).await;
+        let id = store
+            .insert_job(new_job(&digest), 1)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let c = store.claim("dead-node", 1, 2, 100).await.expect("claim");
+        assert!(
+            store.rescue_expired(50).await.expect("rescue").is_empty(),
+            "{backend}: lease still valid"
+        );
+        assert_eq!(
+            store.rescue_expired(200).await.expect("rescue"),
+            [id],
+            "{backend}"
+        );
+        let late = store
+            .complete(vec![done(&c[0], "dead-node", Outcome::Succeeded)], 201)
+            .await
+            .expect("complete");
+        assert_eq!(late, [Completed::Refused], "{backend}: no job ends twice");
+        let attempts = store.attempts(id).await.expect("attempts");
+        assert_eq!(attempts[0].outcome, Some(Outcome::Lost), "{backend}");
+        let job = store.get_job(id).await.expect("get").expect("job");
+        assert_eq!(job.state, JobState::Scheduled);
+        // Lost counts as an attempt: with max_attempts 2, a second loss fails the job.
+        store.claim("dead-node", 1, 300, 100).await.expect("claim");
+        store.rescue_expired(500).await.expect("rescue");
+        let job = store.get_job(id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Failed, 2),
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_with_filters_and_cursor_then_prune() {
+    for (backend, store, _db) in test_stores("list").await {
+        let digest = module(&*store).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(
+                store
+                    .insert_job(new_job(&digest), i)
+                    .await
+                    .expect("insert")
+                    .0
+                    .id,
+            );
+        }
+        store.cancel(ids[0], 10).await.expect("cancel");
+        let page = store
+            .list_jobs(&JobFilter {
+                limit: 2,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(
+            page.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [ids[4], ids[3]],
+            "{backend}"
+        );
+        let next = store
+            .list_jobs(&JobFilter {
+                limit: 2,
+                cursor: Some(ids[3]),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(
+            next.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [ids[2], ids[1]],
+            "{backend}"
+        );
+        let cancelled = store
+            .list_jobs(&JobFilter {
+                limit: 10,
+                state: Some(JobState::Cancelled),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(store.prune(11).await.expect("prune"), 1, "{backend}");
+        assert!(store.get_job(ids[0]).await.expect("get").is_none());
+        assert!(
+            store
+                .events(ids[0], 0, 10)
+                .await
+                .expect("events")
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn schedules_fire_once_per_tick() {
+    for (backend, store, _db) in test_stores("sched").await {
+        let s = store
+            .add_schedule(
+                Some("nightly".into()),
+                "0 0 * * *",
+                json!({"module": "demo"}),
+                100,
+                1,
+            )
+            .await
+            .expect("add");
+        assert!(matches!(
+            store
+                .add_schedule(Some("nightly".into()), "* * * * *", json!({}), 1, 1)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        fn next(_: &str, now: i64) -> Option<i64> {
+            Some(now + 1000)
+        }
+        assert!(
+            store
+                .take_due_schedules(50, next)
+                .await
+                .expect("take")
+                .is_empty(),
+            "{backend}"
+        );
+        assert_eq!(
+            store
+                .take_due_schedules(100, next)
+                .await
+                .expect("take")
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .take_due_schedules(101, next)
+                .await
+                .expect("take")
+                .is_empty(),
+            "{backend}: fired twice"
+        );
+        assert_eq!(
+            store.list_schedules().await.expect("list")[0].next_run_at,
+            1100
+        );
+        assert!(store.delete_schedule("nightly").await.expect("delete"));
+        assert!(
+            !store
+                .delete_schedule(&s.id.to_string())
+                .await
+                .expect("delete")
+        );
+    }
+}
