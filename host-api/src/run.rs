@@ -311,11 +311,7 @@ fn classify(
             Trap::Interrupt => (Outcome::TimedOut, None, Some(Killed::TimedOut.to_string())),
             other => {
                 let kind = TrapKind::from_trap(*other);
-                (
-                    Outcome::Trapped,
-                    Some(kind),
-                    Some(format!("wasm trap ({kind}): {other}")),
-                )
+                (Outcome::Trapped, Some(kind), Some(other.to_string()))
             }
         };
     }

@@ -3,5 +3,10 @@
 //! `wasmjobs-host`.
 
 pub mod cli;
+pub mod config;
 pub mod exit;
+pub mod http;
+pub mod policy;
+pub mod scheduler;
+pub mod service;
 pub mod store;

@@ -7,9 +7,12 @@ use clap::{Parser, Subcommand};
 use crate::exit;
 
 mod build;
+mod client;
 mod compile;
 mod inspect;
+mod remote;
 mod run;
+mod serve;
 
 /// wasmjobs — run WebAssembly jobs in a sandbox under fuel, memory and time limits.
 #[derive(Debug, Parser)]
@@ -30,6 +33,16 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Compile a component ahead of time to a native artifact (.cwasm) for this machine.
     Compile(compile::CompileArgs),
+    /// Run the HTTP API and a worker pool on a SQLite file (default) or Postgres.
+    Serve(serve::ServeArgs),
+    /// Run workers only, sharing a store (Postgres) with other nodes.
+    Worker(serve::WorkerArgs),
+    /// Upload and list modules on a server.
+    Module(remote::ModuleCmd),
+    /// Submit, follow, cancel, retry, list and replay jobs on a server.
+    Job(remote::JobCmd),
+    /// Cron schedules on a server.
+    Schedule(remote::ScheduleCmd),
 }
 
 /// Parses arguments, runs the command, and turns errors into one readable line.
@@ -58,6 +71,11 @@ pub fn main() -> ExitCode {
             Command::Build(args) => build::build(args),
             Command::Inspect(args) => inspect::inspect(args),
             Command::Compile(args) => compile::compile(args),
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Worker(args) => serve::worker(args).await,
+            Command::Module(cmd) => remote::module(cmd).await,
+            Command::Job(cmd) => remote::job(cmd).await,
+            Command::Schedule(cmd) => remote::schedule(cmd).await,
         }
     });
     match result {

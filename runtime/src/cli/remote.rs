@@ -1,0 +1,603 @@
+//! `wasmjobs module …`, `wasmjobs job …`, `wasmjobs schedule …`: client commands against a
+//! running server.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use wasmjobs_host::Outcome;
+
+use super::client::{Client, ClientArgs};
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct ModuleCmd {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    verb: ModuleVerb,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModuleVerb {
+    /// Upload a component; prints its digest.
+    Upload {
+        file: PathBuf,
+        /// Name to point at this module (moves the name if it pointed elsewhere).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List uploaded modules.
+    List,
+}
+
+pub async fn module(cmd: ModuleCmd) -> anyhow::Result<u8> {
+    let c = Client::new(&cmd.client)?;
+    match cmd.verb {
+        ModuleVerb::Upload { file, name } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let path = match &name {
+                Some(n) => format!("/v1/modules?name={}", urlencode(n)),
+                None => "/v1/modules".to_string(),
+            };
+            let m = c.post_bytes(&path, bytes).await?;
+            if cmd.client.json {
+                println!("{m}");
+            } else {
+                println!("{}", m["digest"].as_str().unwrap_or(""));
+            }
+        }
+        ModuleVerb::List => {
+            let v = c.get("/v1/modules").await?;
+            if cmd.client.json {
+                println!("{v}");
+            } else {
+                for m in v["modules"].as_array().into_iter().flatten() {
+                    let names: Vec<&str> = m["names"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    println!(
+                        "{}  {:>9}  {}  {}",
+                        m["digest"].as_str().unwrap_or(""),
+                        m["size"],
+                        m["world"].as_str().unwrap_or(""),
+                        names.join(",")
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct JobCmd {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    verb: JobVerb,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobVerb {
+    /// Submit a job.
+    Submit(SubmitArgs),
+    /// Show a job: state, attempts, output.
+    Status { id: String },
+    /// Show a job's events (logs, progress, state changes); --follow streams them live.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel a job (a running attempt stops within a second).
+    Cancel { id: String },
+    /// Put a failed or cancelled job back in the queue.
+    Retry { id: String },
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        module: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Fetch a job's module, input, limits and grants and run it again here, in a local sandbox.
+    Replay { id: String },
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// Module name or sha256 digest.
+    module: String,
+    /// Input: JSON text, or @file (sent as raw bytes).
+    #[arg(long, short)]
+    input: Option<String>,
+    #[arg(long)]
+    fuel: Option<u64>,
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait for the job to end and print its output.
+    #[arg(long)]
+    wait: bool,
+    /// Stream the job's logs and progress until it ends, then print its output.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
+    let c = Client::new(&cmd.client)?;
+    let json_out = cmd.client.json;
+    match cmd.verb {
+        JobVerb::Submit(a) => submit(&c, a, json_out).await,
+        JobVerb::Status { id } => {
+            let job = c.get(&format!("/v1/jobs/{}", check_id(&id)?)).await?;
+            if json_out {
+                println!("{job}");
+            } else {
+                print_job(&job);
+            }
+            Ok(0)
+        }
+        JobVerb::Logs { id, follow } => {
+            let id = check_id(&id)?;
+            if follow {
+                let code = follow_job(&c, id, json_out).await?;
+                return Ok(code);
+            }
+            // Without --follow: the history so far (the stream ends at once for finished jobs;
+            // for running ones, stop at the first live wait).
+            let job = c.get(&format!("/v1/jobs/{id}")).await?;
+            if job["state"].as_str().is_some_and(is_final) {
+                follow_job(&c, id, json_out).await?;
+            } else {
+                eprintln!(
+                    "job {id} is {}: use --follow to stream its logs live",
+                    job["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(0)
+        }
+        JobVerb::Cancel { id } => {
+            let v = c
+                .post_json(&format!("/v1/jobs/{}/cancel", check_id(&id)?), &json!({}))
+                .await?;
+            println!(
+                "{}",
+                if json_out {
+                    v.to_string()
+                } else {
+                    v["message"].as_str().unwrap_or("").to_string()
+                }
+            );
+            Ok(0)
+        }
+        JobVerb::Retry { id } => {
+            let v = c
+                .post_json(&format!("/v1/jobs/{}/retry", check_id(&id)?), &json!({}))
+                .await?;
+            println!(
+                "{}",
+                if json_out {
+                    v.to_string()
+                } else {
+                    format!("job {} is {}", v["id"], v["state"].as_str().unwrap_or(""))
+                }
+            );
+            Ok(0)
+        }
+        JobVerb::List {
+            state,
+            module,
+            limit,
+            cursor,
+        } => {
+            let mut q = format!("/v1/jobs?limit={limit}");
+            for (k, v) in [("state", state), ("module", module), ("cursor", cursor)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", urlencode(&v)));
+                }
+            }
+            let v = c.get(&q).await?;
+            if json_out {
+                println!("{v}");
+            } else {
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>8}  {:<10} {:<16} {}",
+                        j["id"],
+                        j["state"].as_str().unwrap_or(""),
+                        j["outcome"].as_str().unwrap_or("-"),
+                        j["module"].as_str().unwrap_or("")
+                    );
+                }
+                if let Some(next) = v["next_cursor"].as_str() {
+                    eprintln!("more: --cursor {next}");
+                }
+            }
+            Ok(0)
+        }
+        JobVerb::Replay { id } => replay(&c, check_id(&id)?, json_out).await,
+    }
+}
+
+async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8> {
+    let mut body = json!({ "module": a.module, "priority": a.priority });
+    match a.input.as_deref() {
+        Some(text) if text.starts_with('@') => {
+            let path = &text[1..];
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the input file {path}"))?;
+            body["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        Some(text) => {
+            let v: Value = serde_json::from_str(text).with_context(|| {
+                format!("--input is not JSON: {text:?} (use @file for raw bytes)")
+            })?;
+            body["input"] = v;
+        }
+        None => {}
+    }
+    let mut limits = json!({});
+    if let Some(f) = a.fuel {
+        limits["fuel"] = json!(f);
+    }
+    if let Some(m) = a.memory {
+        limits["memory_bytes"] = json!(m);
+    }
+    if let Some(t) = a.timeout {
+        limits["timeout_ms"] = json!(t);
+    }
+    if limits.as_object().is_some_and(|o| !o.is_empty()) {
+        body["limits"] = limits;
+    }
+    if let Some(n) = a.max_attempts {
+        body["retry"] = json!({ "max_attempts": n });
+    }
+    if let Some(k) = a.idempotency_key {
+        body["idempotency_key"] = json!(k);
+    }
+    let path = if a.wait && !a.follow {
+        "/v1/jobs?wait=300s"
+    } else {
+        "/v1/jobs"
+    };
+    let mut job = c.post_json(path, &body).await?;
+    let id = job["id"].as_i64().unwrap_or(0);
+    if a.follow {
+        return follow_job(c, id, json_out).await;
+    }
+    if a.wait {
+        while !job["state"].as_str().is_some_and(is_final) {
+            job = c.get(&format!("/v1/jobs/{id}")).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if json_out {
+            println!("{job}");
+        } else {
+            print_output(&job);
+            report_end(&job);
+        }
+        return Ok(exit_code(&job));
+    }
+    if json_out {
+        println!("{job}");
+    } else {
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+/// Streams a job's events; prints logs and progress on stderr, the output on stdout.
+async fn follow_job(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
+    let tty = std::io::stderr().is_terminal();
+    let mut end = Value::Null;
+    let mut output = Value::Null;
+    c.follow(&format!("/v1/jobs/{id}/events"), |_, event, data| {
+        if json_out {
+            println!("{}", json!({ "event": event, "data": data }));
+        }
+        match event {
+            "end" => end = data.clone(),
+            "output" => output = data.clone(),
+            _ if json_out => {}
+            "log" => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                eprintln!(
+                    "[{} {}] {}",
+                    data["level"].as_str().unwrap_or("info"),
+                    data["source"].as_str().unwrap_or(""),
+                    data["message"].as_str().unwrap_or("")
+                );
+            }
+            "progress" => {
+                let (done, total) = (
+                    data["done"].as_u64().unwrap_or(0),
+                    data["total"].as_u64().unwrap_or(0),
+                );
+                if tty && total > 0 {
+                    let width = 30;
+                    let filled = (done.min(total) * width / total) as usize;
+                    eprint!(
+                        "\r[{}{}] {done}/{total}",
+                        "=".repeat(filled),
+                        " ".repeat(width as usize - filled)
+                    );
+                } else {
+                    eprintln!("[progress] {done}/{total}");
+                }
+            }
+            "state" => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                eprintln!(
+                    "-- {}{}",
+                    data["state"].as_str().unwrap_or("?"),
+                    data["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            other => eprintln!("-- {other}"),
+        }
+    })
+    .await?;
+    if !json_out {
+        print_output(&output);
+    }
+    let job = json!({ "state": end["state"], "outcome": end["outcome"] });
+    Ok(exit_code(&job))
+}
+
+async fn replay(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
+    let job = c.get(&format!("/v1/jobs/{id}?include=input")).await?;
+    let digest = job["module"].as_str().context("the job has no module")?;
+    let wasm = c.get_bytes(&format!("/v1/modules/{digest}/wasm")).await?;
+    let input = base64::engine::general_purpose::STANDARD
+        .decode(job["input_base64"].as_str().unwrap_or(""))
+        .context("the server sent an invalid input")?;
+    let limits: wasmjobs_host::Limits =
+        serde_json::from_value(job["limits"].clone()).context("job limits")?;
+    let grants: wasmjobs_host::Grants =
+        serde_json::from_value(job["grants"].clone()).context("job grants")?;
+    let last = job["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let sandbox = super::local_sandbox()?;
+    let module = sandbox.load(&wasm).context("loading the job's module")?;
+    let report = sandbox
+        .run(
+            &module,
+            wasmjobs_host::RunRequest::new(input)
+                .limits(limits)
+                .grants(grants),
+        )
+        .await;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for l in &report.logs {
+            eprintln!("[{} {}] {}", l.level.as_str(), l.source, l.message);
+        }
+        std::io::stdout().write_all(&report.output)?;
+        let recorded = last["outcome"].as_str().unwrap_or("none");
+        let now = report.outcome.as_str();
+        let verdict = if recorded == now {
+            "reproduced"
+        } else {
+            "did not reproduce"
+        };
+        eprintln!(
+            "replay of job {id} attempt {}: {verdict} — recorded {recorded}, now {now}{}",
+            last["attempt"],
+            report
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(exit::for_outcome(report.outcome))
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleCmd {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    verb: ScheduleVerb,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleVerb {
+    /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *", UTC).
+    Add {
+        cron: String,
+        module: String,
+        #[arg(long, short)]
+        input: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    /// Delete a schedule by id or name.
+    Rm {
+        key: String,
+    },
+}
+
+pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
+    let c = Client::new(&cmd.client)?;
+    match cmd.verb {
+        ScheduleVerb::Add {
+            cron,
+            module,
+            input,
+            name,
+        } => {
+            let mut job = json!({ "module": module });
+            if let Some(text) = input {
+                job["input"] = serde_json::from_str(&text)
+                    .with_context(|| format!("--input is not JSON: {text:?}"))?;
+            }
+            let v = c
+                .post_json(
+                    "/v1/schedules",
+                    &json!({ "cron": cron, "job": job, "name": name }),
+                )
+                .await?;
+            println!(
+                "{}",
+                if cmd.client.json {
+                    v.to_string()
+                } else {
+                    v["id"].to_string()
+                }
+            );
+        }
+        ScheduleVerb::List => {
+            let v = c.get("/v1/schedules").await?;
+            if cmd.client.json {
+                println!("{v}");
+            } else {
+                for s in v["schedules"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>5}  {:<16} {:<20} {}",
+                        s["id"],
+                        s["name"].as_str().unwrap_or("-"),
+                        s["cron"].as_str().unwrap_or(""),
+                        s["target"]["module"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        ScheduleVerb::Rm { key } => {
+            c.delete(&format!("/v1/schedules/{}", urlencode(&key)))
+                .await?;
+        }
+    }
+    Ok(0)
+}
+
+fn check_id(id: &str) -> anyhow::Result<i64> {
+    match id.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("invalid job id {id:?}: expected a positive integer"),
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// The exit code for a finished job, as `wasmjobs run` would give for its last outcome.
+fn exit_code(job: &Value) -> u8 {
+    match (
+        job["state"].as_str(),
+        job["outcome"]
+            .as_str()
+            .and_then(|o| o.parse::<Outcome>().ok()),
+    ) {
+        (Some("succeeded"), _) => 0,
+        (Some("cancelled"), _) => exit::for_outcome(Outcome::Cancelled),
+        (_, Some(o)) => exit::for_outcome(o),
+        (Some("failed"), None) => 1,
+        _ => exit::ERROR,
+    }
+}
+
+fn print_output(job: &Value) {
+    if let Some(v) = job.get("output").filter(|v| !v.is_null()) {
+        println!("{v}");
+    } else if let Some(t) = job["output_text"].as_str() {
+        print!("{t}");
+    } else if let Some(bytes) = job["output_base64"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+    {
+        let _ = std::io::stdout().write_all(&bytes);
+    }
+}
+
+fn report_end(job: &Value) {
+    if job["state"] != "succeeded" {
+        eprintln!(
+            "job {} {}: {}",
+            job["id"],
+            job["outcome"]
+                .as_str()
+                .or(job["state"].as_str())
+                .unwrap_or("?"),
+            job["error"].as_str().unwrap_or("no message")
+        );
+    }
+}
+
+fn print_job(job: &Value) {
+    println!(
+        "job {}  {}  module {}",
+        job["id"],
+        job["state"].as_str().unwrap_or("?"),
+        job["module"].as_str().unwrap_or("")
+    );
+    if let Some(e) = job["error"].as_str() {
+        println!("error: {e}");
+    }
+    for a in job["attempts"].as_array().into_iter().flatten() {
+        println!(
+            "  attempt {}  {:<16} fuel {:>12}  {:>8} µs  on {}{}",
+            a["attempt"],
+            a["outcome"].as_str().unwrap_or("running"),
+            a["fuel_consumed"]
+                .as_u64()
+                .map(|f| f.to_string())
+                .unwrap_or("-".into()),
+            a["wall_time_us"]
+                .as_u64()
+                .map(|f| f.to_string())
+                .unwrap_or("-".into()),
+            a["worker"].as_str().unwrap_or(""),
+            a["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    print_output(job);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

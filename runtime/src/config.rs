@@ -1,0 +1,61 @@
+//! Server and worker configuration: flags, then `WASMJOBS_*` environment variables (both
+//! through clap), then an optional `wasmjobs.toml`, then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use wasmjobs_host::SandboxConfig;
+
+use crate::http::Token;
+use crate::policy::AdmissionPolicy;
+
+/// The contents of `wasmjobs.toml`. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub db: Option<String>,
+    pub addr: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    /// How long finished jobs are kept, e.g. "7d"; "0" or "forever" keeps them.
+    pub retention: Option<String>,
+    pub tokens: Vec<Token>,
+    pub policy: Option<AdmissionPolicy>,
+    pub sandbox: Option<SandboxConfig>,
+    pub max_module_bytes: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads `path`, or `wasmjobs.toml` in the current directory if it exists, or nothing.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("wasmjobs.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(FileConfig::default());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read config file {}", path.display()));
+            }
+        };
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Where compiled artifacts go when not configured: `$XDG_CACHE_HOME/wasmjobs/artifacts` or
+/// `~/.cache/wasmjobs/artifacts`, else `.wasmjobs-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("wasmjobs/artifacts");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache/wasmjobs/artifacts");
+    }
+    PathBuf::from(".wasmjobs-cache")
+}

@@ -1,0 +1,144 @@
+//! `GET /v1/jobs/{id}/events`: Server-Sent Events. The job's history first, then live events,
+//! then (once the job is final) its output and an `end` event, then the stream closes. Event ids
+//! are the job's event sequence numbers, so `Last-Event-ID` resumes with no loss and no
+//! duplicates. Works across nodes: notices come through the store (Postgres LISTEN/NOTIFY).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::jobs::{job_json, parse_id};
+use super::{ApiError, AppState};
+use crate::store::{Event, JobId, JobState, Notice};
+
+pub(super) async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = parse_id(&id)?;
+    let after = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => 0,
+        Some(Ok(v)) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid Last-Event-ID {v:?}: expected an event id from this stream"
+            ))
+        })?,
+        Some(Err(_)) => return Err(ApiError::bad_request("invalid Last-Event-ID header")),
+    };
+    if state.service.store.get_job(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("job {id} not found")));
+    }
+    let notices = state.service.store.subscribe();
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        if let Err(e) = pump(&state, id, after, notices, &tx).await {
+            let _ = tx
+                .send(Ok(SseEvent::default()
+                    .event("error")
+                    .data(json!({ "message": e.message }).to_string())))
+                .await;
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn to_sse(e: &Event) -> SseEvent {
+    let mut data = e.data.clone();
+    data["at"] = json!(e.at);
+    SseEvent::default()
+        .id(e.seq.to_string())
+        .event(e.kind.as_str())
+        .data(data.to_string())
+}
+
+fn is_final_state(e: &Event) -> bool {
+    e.kind == "state"
+        && e.data["state"]
+            .as_str()
+            .and_then(|s| s.parse::<JobState>().ok())
+            .is_some_and(JobState::is_final)
+}
+
+/// Sends history then live events until the job is final; returns when the client is gone.
+async fn pump(
+    state: &AppState,
+    id: JobId,
+    mut after: i64,
+    mut notices: broadcast::Receiver<Notice>,
+    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> Result<(), ApiError> {
+    let store = &state.service.store;
+    loop {
+        let events = store.events(id, after, 500).await?;
+        let mut finished = false;
+        for e in &events {
+            after = e.seq;
+            if tx.send(Ok(to_sse(e))).await.is_err() {
+                return Ok(());
+            }
+            finished |= is_final_state(e);
+        }
+        if !finished && events.is_empty() {
+            // Resumed after the final event, or the job finished between reads.
+            let job = store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+            let last = store.events(id, after, 1).await?;
+            finished = job.state.is_final() && last.is_empty();
+        }
+        if finished {
+            let job = store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+            let view = job_json(state, &job).await?;
+            let mut output = json!({});
+            for key in ["output", "output_text", "output_base64"] {
+                if let Some(v) = view.get(key) {
+                    output[key] = v.clone();
+                }
+            }
+            let _ = tx
+                .send(Ok(SseEvent::default()
+                    .event("output")
+                    .data(output.to_string())))
+                .await;
+            let end = json!({ "state": job.state, "outcome": job.outcome, "error": job.error });
+            let _ = tx
+                .send(Ok(SseEvent::default().event("end").data(end.to_string())))
+                .await;
+            return Ok(());
+        }
+        if events.len() == 500 {
+            continue;
+        }
+        // Wait for this job's next events (or poll in case a notice was missed).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match notices.recv().await {
+                    Ok(Notice::Events(j)) if j == id => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}

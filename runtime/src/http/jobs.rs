@@ -1,0 +1,240 @@
+//! `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel|retry`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::service::SubmitJob;
+use crate::store::{Job, JobFilter, JobId, JobState, Notice, now_ms};
+
+/// How long `?wait=` may hold a request.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize)]
+pub(super) struct SubmitQuery {
+    wait: Option<String>,
+}
+
+pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse::<JobId>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid job id {id:?}: expected a positive integer"
+        ))
+    })
+}
+
+/// The job as the API shows it: state, attempts, output (JSON when it parses as JSON, else
+/// text, else base64), timestamps.
+pub(super) async fn job_json(state: &AppState, job: &Job) -> Result<Value, ApiError> {
+    let attempts = state.service.store.attempts(job.id).await?;
+    let mut v = serde_json::to_value(job)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    v["attempts"] = json!(attempts);
+    v["attempt_count"] = json!(job.attempts);
+    if let Some(out) = &job.output {
+        if let Ok(parsed) = serde_json::from_slice::<Value>(out) {
+            v["output"] = parsed;
+        } else if let Ok(text) = std::str::from_utf8(out) {
+            v["output_text"] = json!(text);
+        } else {
+            v["output_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(out));
+        }
+    }
+    Ok(v)
+}
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    Query(q): Query<SubmitQuery>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let body = body.map_err(super::error::body_rejection)?;
+    let wait = q
+        .wait
+        .as_deref()
+        .map(|w| {
+            wasmjobs_host::units::parse_duration(w)
+                .map_err(|e| ApiError::bad_request(format!("wait: {e}")))
+        })
+        .transpose()?
+        .map(|w| w.min(MAX_WAIT));
+    let req: SubmitJob = super::error::parse_json(&body)?;
+    let mut notices = state.service.store.subscribe();
+    let (mut job, created) = state.service.submit(req).await?;
+    if let Some(wait) = wait {
+        let until = tokio::time::Instant::now() + wait;
+        while !job.state.is_final() {
+            let woke = tokio::time::timeout_at(until, async {
+                loop {
+                    match notices.recv().await {
+                        Ok(Notice::Events(id)) if id == job.id => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            job = state
+                .service
+                .store
+                .get_job(job.id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("job vanished"))?;
+            if woke.is_err() {
+                break;
+            }
+        }
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(loc) = format!("/v1/jobs/{}", job.id).parse() {
+        headers.insert(header::LOCATION, loc);
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, headers, Json(job_json(&state, &job).await?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct GetQuery {
+    include: Option<String>,
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let job = state
+        .service
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let mut v = job_json(&state, &job).await?;
+    match q.include.as_deref() {
+        None => {}
+        Some("input") => {
+            v["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&job.input))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid include {other:?}: expected input"
+            )));
+        }
+    }
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    module: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let job_state = q
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("invalid limit {l:?}: expected 1 to 1000"))
+            })?,
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<JobId>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {c:?}")))
+        })
+        .transpose()?;
+    let module_digest = match &q.module {
+        None => None,
+        Some(m) => Some(
+            state
+                .service
+                .store
+                .get_module(m)
+                .await?
+                .ok_or_else(|| ApiError::bad_request(format!("unknown module {m:?}")))?
+                .digest,
+        ),
+    };
+    let jobs = state
+        .service
+        .store
+        .list_jobs(&JobFilter {
+            state: job_state,
+            module_digest,
+            limit,
+            cursor,
+        })
+        .await?;
+    let next_cursor = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    let items: Vec<Value> = jobs
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.id, "module": j.module, "state": j.state, "priority": j.priority,
+                "attempt_count": j.attempts, "outcome": j.outcome, "created_at": j.created_at,
+                "finished_at": j.finished_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "jobs": items, "next_cursor": next_cursor })))
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let st = state.service.store.cancel(id, now_ms()).await?;
+    let note = if st == JobState::Running {
+        "cancel requested: the running attempt stops within a second"
+    } else {
+        "cancelled"
+    };
+    Ok(Json(json!({ "id": id, "state": st, "message": note })))
+}
+
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let st = state.service.store.retry(id, now_ms()).await?;
+    Ok(Json(json!({ "id": id, "state": st })))
+}

@@ -1,0 +1,119 @@
+//! `POST /v1/modules` (raw wasm), `GET /v1/modules`, `GET /v1/modules/{name-or-digest}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wasmjobs_host::sha256_digest;
+
+use super::{ApiError, AppState};
+use crate::store::{ModuleRecord, NewModule, now_ms};
+
+#[derive(Deserialize)]
+pub(super) struct UploadQuery {
+    name: Option<String>,
+}
+
+fn module_json(m: &ModuleRecord, name: Option<&str>) -> Value {
+    json!({
+        "digest": m.digest,
+        "name": name.or(m.names.first().map(String::as_str)),
+        "names": m.names,
+        "size": m.size,
+        "world": m.world,
+        "imports": m.imports,
+        "created_at": m.created_at,
+    })
+}
+
+/// Validates (and compiles) the component, then stores it. Same bytes again: `200` with the
+/// same digest; new: `201`.
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    Query(q): Query<UploadQuery>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(super::error::body_rejection)?;
+    if let Some(name) = &q.name
+        && (name.is_empty()
+            || name.len() > 128
+            || name.starts_with("sha256:")
+            || name.chars().any(char::is_whitespace))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "invalid module name {name:?}: 1 to 128 characters, no spaces, not starting with sha256:"
+            ),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty: send the component's wasm bytes",
+        ));
+    }
+    let digest = sha256_digest(&body);
+    let module = state
+        .modules
+        .insert(&state.sandbox, &digest, body.to_vec())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_module", e))?;
+    let info = module.info();
+    let new = NewModule {
+        digest: digest.clone(),
+        world: info.world.as_str().to_string(),
+        imports: info.imports.clone(),
+        bytes: body.to_vec(),
+        name: q.name.clone(),
+    };
+    let (record, created) = state.service.store.put_module(new, now_ms()).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(module_json(&record, q.name.as_deref()))))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let modules = state.service.store.list_modules().await?;
+    Ok(Json(
+        json!({ "modules": modules.iter().map(|m| module_json(m, None)).collect::<Vec<_>>() }),
+    ))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let m = state
+        .service
+        .store
+        .get_module(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("module {key:?} not found")))?;
+    Ok(Json(module_json(&m, None)))
+}
+
+/// The module's wasm bytes (for `wasmjobs job replay` and for mirroring).
+pub(super) async fn wasm(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Vec<u8>), ApiError> {
+    let store = &state.service.store;
+    let m = store
+        .get_module(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("module {key:?} not found")))?;
+    let bytes = store
+        .module_bytes(&m.digest)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("module {key:?} has no bytes")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/wasm")],
+        bytes,
+    ))
+}

@@ -1,0 +1,78 @@
+//! `POST /v1/schedules` `{cron, job, name?}`, `GET /v1/schedules`, `DELETE /v1/schedules/{id-or-name}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::scheduler::next_after;
+use crate::service::SubmitJob;
+use crate::store::now_ms;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddSchedule {
+    cron: String,
+    /// The job to submit on each tick (the body of `POST /v1/jobs`).
+    job: SubmitJob,
+    name: Option<String>,
+}
+
+pub(super) async fn add(
+    State(state): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(super::error::body_rejection)?;
+    let req: AddSchedule = super::error::parse_json(&body)?;
+    crate::scheduler::cron_parse(&req.cron)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    let now = now_ms();
+    let next = next_after(&req.cron, now).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("cron expression {:?} never fires", req.cron),
+        )
+    })?;
+    if state
+        .service
+        .store
+        .get_module(&req.job.module)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_module",
+            format!("unknown module {:?}", req.job.module),
+        ));
+    }
+    let target =
+        serde_json::to_value(&req.job).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let s = state
+        .service
+        .store
+        .add_schedule(req.name, &req.cron, target, next, now)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(s))))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "schedules": state.service.store.list_schedules().await? }),
+    ))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.service.store.delete_schedule(&key).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("schedule {key:?} not found")))
+    }
+}

@@ -1,0 +1,141 @@
+//! The job service: validates a submission (module, input, limits, retry, grants) against the
+//! admission policy and stores it. Used by the HTTP API and by cron schedules alike, so every
+//! way in obeys the same rules.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use wasmjobs_host::{Grants, Limits};
+
+use crate::policy::{AdmissionPolicy, OverCap};
+use crate::store::{Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
+
+/// A job submission, as `POST /v1/jobs` takes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Module name or `sha256:…` digest. The job pins the digest.
+    pub module: String,
+    /// Input as JSON (sent to the job as its JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Input as raw bytes, base64-encoded. Exclusive with `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub priority: i64,
+    /// Not before this time (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Grants>,
+    /// Overall deadline from submission, e.g. `"10m"`: no attempt starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Opaque reference for services built on jobs (workflows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_ref: Option<String>,
+}
+
+/// Why a submission or request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    OverCap(#[from] OverCap),
+    #[error("unknown module {0:?}: upload it first (POST /v1/modules)")]
+    UnknownModule(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct JobService {
+    pub store: Arc<dyn Store>,
+    pub policy: Arc<AdmissionPolicy>,
+}
+
+impl JobService {
+    pub fn new(store: Arc<dyn Store>, policy: AdmissionPolicy) -> JobService {
+        JobService {
+            store,
+            policy: Arc::new(policy),
+        }
+    }
+
+    /// Validates and stores a job; nothing is stored when it is refused. Returns the job and
+    /// whether it was created (`false`: an earlier job with the same idempotency key).
+    pub async fn submit(&self, req: SubmitJob) -> Result<(Job, bool), ServiceError> {
+        let input = match (&req.input, &req.input_base64) {
+            (Some(_), Some(_)) => {
+                return Err(ServiceError::Invalid(
+                    "give either input or input_base64, not both".into(),
+                ));
+            }
+            (Some(v), None) => {
+                serde_json::to_vec(v).map_err(|e| ServiceError::Invalid(format!("input: {e}")))?
+            }
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| {
+                    ServiceError::Invalid(format!("input_base64 is not valid base64: {e}"))
+                })?,
+            (None, None) => Vec::new(),
+        };
+        if req.module.trim().is_empty() {
+            return Err(ServiceError::Invalid(
+                "module is required: a module name or sha256 digest".into(),
+            ));
+        }
+        let limits = req.limits.unwrap_or(self.policy.defaults);
+        let grants = req.grants.unwrap_or_default();
+        self.policy.admit(&limits, input.len(), &grants)?;
+        let retry = req.retry.unwrap_or_default();
+        retry.validate().map_err(ServiceError::Invalid)?;
+        if req
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.is_empty() || k.len() > 200)
+        {
+            return Err(ServiceError::Invalid(
+                "idempotency_key must be 1 to 200 characters".into(),
+            ));
+        }
+        let now = now_ms();
+        let deadline_at = match &req.deadline {
+            Some(d) => {
+                let d = wasmjobs_host::units::parse_duration(d)
+                    .map_err(|e| ServiceError::Invalid(format!("deadline: {e}")))?;
+                Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+            }
+            None => None,
+        };
+        let module = self
+            .store
+            .get_module(&req.module)
+            .await?
+            .ok_or_else(|| ServiceError::UnknownModule(req.module.clone()))?;
+        let job = NewJob {
+            module_digest: module.digest,
+            input,
+            limits,
+            retry,
+            grants,
+            priority: req.priority,
+            run_at: req.run_at,
+            idempotency_key: req.idempotency_key,
+            deadline_at,
+            workflow_ref: req.workflow_ref,
+        };
+        Ok(self.store.insert_job(job, now).await?)
+    }
+}
