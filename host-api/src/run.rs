@@ -19,6 +19,9 @@ use crate::module::{JobModule, World};
 use crate::outcome::{AttemptReport, Outcome, TrapKind};
 use crate::sandbox::Sandbox;
 
+/// Fuel units between write-backs of the fuel counter (see `Sandbox::run`).
+const FUEL_SYNC: u64 = 10_000_000;
+
 /// Stops a running attempt: the attempt ends `cancelled` within about one epoch tick, even
 /// when the guest is blocked in a host call. Clone it to hand it to another task.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +126,13 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limiter);
         // A new store has no fuel and an epoch deadline already passed: set both.
-        let fuel_set = store.set_fuel(req.limits.fuel);
+        // Compiled code keeps its fuel counter in a register and writes it back only at calls
+        // and exits, so an attempt stopped by an epoch (timeout, cancel) would report the fuel of
+        // its last write-back. Yielding every FUEL_SYNC units writes it back regularly: the
+        // reported figure is then short by less than FUEL_SYNC.
+        let fuel_set = store
+            .fuel_async_yield_interval(Some(FUEL_SYNC))
+            .and_then(|()| store.set_fuel(req.limits.fuel));
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();

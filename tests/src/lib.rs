@@ -86,3 +86,74 @@ fn fastrand_suffix() -> String {
         .map_or(0, |d| d.subsec_nanos());
     format!("{nanos:x}")
 }
+
+/// A wasmjobs API and worker node running in this process on a real loopback socket, on one of
+/// the test stores.
+pub struct TestServer {
+    pub url: String,
+    pub state: wasmjobs::http::AppState,
+    node: Option<wasmjobs::scheduler::Node>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts the API (with `api` settings) and a worker node (`workers` at once) on `store`.
+    pub async fn start(
+        store: std::sync::Arc<dyn wasmjobs::store::Store>,
+        api: wasmjobs::http::ApiConfig,
+        workers: usize,
+    ) -> TestServer {
+        use wasmjobs::scheduler::{ModuleCache, Node, NodeConfig};
+        let sandbox = wasmjobs_host::Sandbox::new(&wasmjobs_host::SandboxConfig {
+            max_instances: 64,
+            ..Default::default()
+        })
+        .expect("sandbox");
+        let service =
+            wasmjobs::service::JobService::new(store, wasmjobs::policy::AdmissionPolicy::default());
+        let modules = ModuleCache::new(None);
+        let state = wasmjobs::http::AppState {
+            service: service.clone(),
+            sandbox: sandbox.clone(),
+            modules: modules.clone(),
+            config: std::sync::Arc::new(api),
+        };
+        let node = (workers > 0).then(|| {
+            Node::start(
+                service,
+                sandbox,
+                modules,
+                NodeConfig {
+                    concurrency: workers,
+                    heartbeat: std::time::Duration::from_millis(100),
+                    ..NodeConfig::default()
+                },
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = wasmjobs::http::app(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestServer {
+            url,
+            state,
+            node,
+            server,
+        }
+    }
+
+    pub fn app(&self) -> axum::Router {
+        wasmjobs::http::app(self.state.clone())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+        self.server.abort();
+    }
+}

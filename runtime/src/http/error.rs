@@ -89,22 +89,35 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             "the request body is empty: expected a JSON object",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let status = if e.is_syntax() || e.is_eof() {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let status = if syntax {
             StatusCode::BAD_REQUEST
         } else {
             StatusCode::UNPROCESSABLE_ENTITY
         };
+        let message = if path.is_empty() || path == "." {
+            format!("invalid request body: {inner}")
+        } else {
+            format!("invalid request body: {path}: {inner}")
+        };
         ApiError::new(
             status,
-            if e.is_syntax() || e.is_eof() {
-                "malformed_json"
-            } else {
-                "invalid"
-            },
+            if syntax { "malformed_json" } else { "invalid" },
+            message,
+        )
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
             format!("invalid request body: {e}"),
         )
-    })
+    })?;
+    Ok(value)
 }
 
 /// A body that could not be read: over the size limit (`413`, said without reading the rest) or

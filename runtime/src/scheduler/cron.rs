@@ -24,7 +24,10 @@ pub fn parse(expr: &str) -> Result<Cron, String> {
 /// The first tick of `expr` strictly after `after_ms` (UTC), in milliseconds.
 pub fn next_after(expr: &str, after_ms: i64) -> Option<i64> {
     let cron = parse(expr).ok()?;
-    let start = Utc.timestamp_millis_opt(after_ms).single()?;
+    // Ticks fall on whole seconds: search from the second `after_ms` falls in.
+    let start = Utc
+        .timestamp_millis_opt(after_ms - after_ms.rem_euclid(1000))
+        .single()?;
     cron.find_next_occurrence(&start, false)
         .ok()
         .map(|t| t.timestamp_millis())

@@ -69,6 +69,7 @@ pub fn default_node_id() -> String {
 pub struct Node {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    guests: Option<tokio::runtime::Runtime>,
 }
 
 struct Shared {
@@ -80,6 +81,9 @@ struct Shared {
     completions: mpsc::UnboundedSender<Completion>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    /// Where guests run: a runtime of its own, so that a guest burning its CPU budget never
+    /// delays the API, the database or the timers of this node.
+    guests: tokio::runtime::Handle,
 }
 
 impl Node {
@@ -91,6 +95,7 @@ impl Node {
         config: NodeConfig,
     ) -> Node {
         let shutdown = CancellationToken::new();
+        let (guests, guest_handle) = guest_runtime(config.concurrency);
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: service.store.clone(),
@@ -101,6 +106,7 @@ impl Node {
             running: Mutex::new(HashMap::new()),
             completions: tx,
             shutdown: shutdown.clone(),
+            guests: guest_handle,
         });
         let mut tasks = vec![
             tokio::spawn(dispatch(shared.clone())),
@@ -112,7 +118,11 @@ impl Node {
             tasks.push(tokio::spawn(cron::fire(service, shared.shutdown.clone())));
             tasks.push(tokio::spawn(prune(shared.clone())));
         }
-        Node { shutdown, tasks }
+        Node {
+            shutdown,
+            tasks,
+            guests,
+        }
     }
 
     /// Stops claiming and cancels running attempts; their jobs return to the queue when their
@@ -121,6 +131,32 @@ impl Node {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(rt) = self.guests {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A multi-threaded runtime for guests, one thread per core (at most one per concurrent attempt).
+fn guest_runtime(concurrency: usize) -> (Option<tokio::runtime::Runtime>, tokio::runtime::Handle) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency.clamp(1, cores))
+        .thread_name("wasmjobs-guest")
+        // A spinning guest is polled once per epoch tick; look at timers after every poll so
+        // that a sleeping guest's timeout is not held up by a busy neighbour.
+        .event_interval(1)
+        .enable_all()
+        .build();
+    match built {
+        Ok(rt) => {
+            let handle = rt.handle().clone();
+            (Some(rt), handle)
+        }
+        Err(e) => {
+            tracing::error!("cannot start the guest runtime ({e}); guests share the main runtime");
+            (None, tokio::runtime::Handle::current())
         }
     }
 }
@@ -248,12 +284,17 @@ async fn run_attempt(s: &Shared, job: Claimed) {
                 .grants(job.grants.clone())
                 .cancel(cancel.clone())
                 .events(events);
-            let run = s.sandbox.run(&module, req);
+            let sandbox = s.sandbox.clone();
+            let run = s
+                .guests
+                .spawn(async move { sandbox.run(&module, req).await });
             // Flush live events while the attempt runs, so followers see logs as they happen.
             tokio::pin!(run);
             loop {
                 tokio::select! {
-                    report = &mut run => break report,
+                    report = &mut run => break report.unwrap_or_else(|e| {
+                        wasmjobs_host_failed(format!("the attempt's task failed: {e}"))
+                    }),
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {
                         let batch = std::mem::take(&mut *lock(&buffered));
                         if !batch.is_empty() {

@@ -1,6 +1,7 @@
 //! The one integration-test binary of wasmjobs (one binary: each extra one re-links wasmtime).
 //! One module per area.
 
+mod api;
 mod cli;
 mod examples;
 mod sandbox;

@@ -1,0 +1,670 @@
+//! The HTTP API on both store backends: through `app()` + `oneshot` (no socket) for every kind
+//! of bad request, and on a real loopback socket with a worker node for the job lifecycle and
+//! Server-Sent Events.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use wasmjobs::http::{ApiConfig, Scope, Token};
+use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
+
+async fn call(
+    app: axum::Router,
+    method: &str,
+    uri: &str,
+    body: Body,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn upload(server: &TestServer, wasm: &str, name: &str) -> Value {
+    let (status, v) = call(
+        server.app(),
+        "POST",
+        &format!("/v1/modules?name={name}"),
+        Body::from(guest_bytes(wasm)),
+        None,
+    )
+    .await;
+    assert!(
+        status == StatusCode::CREATED || status == StatusCode::OK,
+        "{status} {v}"
+    );
+    v
+}
+
+async fn submit(server: &TestServer, body: Value) -> (StatusCode, Value) {
+    call(
+        server.app(),
+        "POST",
+        "/v1/jobs",
+        Body::from(body.to_string()),
+        None,
+    )
+    .await
+}
+
+async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let (_, job) = call(
+            server.app(),
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            Body::empty(),
+            None,
+        )
+        .await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            return job;
+        }
+        assert!(
+            Instant::now() < until,
+            "job {id} not final within {within:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn modules_upload_validation_and_lookup() {
+    for (backend, store, _db) in test_stores("api_modules").await {
+        let server = TestServer::start(
+            store,
+            ApiConfig {
+                max_module_bytes: 1 << 20,
+                ..ApiConfig::default()
+            },
+            0,
+        )
+        .await;
+        let first = upload(&server, guests::WORDFREQ, "wordfreq").await;
+        assert!(
+            first["digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{backend}"
+        );
+        assert_eq!(first["world"], "wasmjobs:job/job");
+        let (status, again) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(guest_bytes(guests::WORDFREQ)),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &again["digest"]),
+            (StatusCode::OK, &first["digest"]),
+            "{backend}"
+        );
+
+        let cases: [(&[u8], &str); 3] = [
+            (b"hello", "not a WebAssembly binary"),
+            (b"\0asm\x01\0\0\0", "core WebAssembly module"),
+            (b"\0asm\x0d\0\x01\0", "neither the wasmjobs:job/job world"),
+        ];
+        for (bytes, says) in cases {
+            let (status, v) = call(
+                server.app(),
+                "POST",
+                "/v1/modules",
+                Body::from(bytes.to_vec()),
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(says)),
+                "{v}"
+            );
+        }
+        let (status, v) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(vec![0u8; 2 << 20]),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{backend}: {v}");
+        assert_eq!(v["error"]["code"], "too_large");
+        let (status, _) = call(
+            server.app(),
+            "POST",
+            "/v1/modules?name=has%20space",
+            Body::from(guest_bytes(guests::NOOP)),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (status, m) = call(
+            server.app(),
+            "GET",
+            "/v1/modules/wordfreq",
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!((status, &m["digest"]), (StatusCode::OK, &first["digest"]));
+        let (status, _) = call(server.app(), "GET", "/v1/modules/nope", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, list) = call(server.app(), "GET", "/v1/modules", Body::empty(), None).await;
+        assert_eq!(
+            list["modules"].as_array().map(Vec::len),
+            Some(1),
+            "{backend}: rejected uploads were stored"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_clear_4xx_and_store_nothing() {
+    for (backend, store, _db) in test_stores("api_bad").await {
+        let server = TestServer::start(store, ApiConfig::default(), 0).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let cases: Vec<(Value, StatusCode, &str)> = vec![
+            (
+                json!({"module": "nope"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown module \"nope\"",
+            ),
+            (
+                json!({"module": 5}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected a string",
+            ),
+            (
+                json!({"module": "testjob", "limits": {"fuel": "lots"}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limits.fuel",
+            ),
+            (
+                json!({"module": "testjob", "limits": {"memory_bytes": "8GiB"}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limits.memory_bytes",
+            ),
+            (
+                json!({"module": "testjob", "limits": {"timeout_ms": "2h"}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "limits.timeout_ms",
+            ),
+            (
+                json!({"module": "testjob", "retry": {"max_attempts": 0}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "max_attempts",
+            ),
+            (
+                json!({"module": "testjob", "input": 1, "input_base64": "AA=="}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not both",
+            ),
+            (
+                json!({"module": "testjob", "input_base64": "!!"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "base64",
+            ),
+            (
+                json!({"module": "testjob", "grants": {"dirs": [{"host": "/etc", "guest": "/etc"}]}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "grants.dirs",
+            ),
+            (
+                json!({"module": "testjob", "grants": {"env": {"HOME": "/"}}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "grants.env",
+            ),
+            (
+                json!({"module": "testjob", "surprise": true}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "surprise",
+            ),
+        ];
+        for (body, status, says) in cases {
+            let (got, v) = submit(&server, body.clone()).await;
+            assert_eq!(got, status, "{backend}: {body} -> {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(says)),
+                "{body}: {v}"
+            );
+        }
+        for (uri, body) in [("/v1/jobs", "{\"module\""), ("/v1/jobs", "")] {
+            let (status, v) = call(server.app(), "POST", uri, Body::from(body), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        }
+        for uri in [
+            "/v1/jobs/abc",
+            "/v1/jobs/-3",
+            "/v1/jobs?cursor=x",
+            "/v1/jobs?limit=0",
+            "/v1/jobs?state=sleeping",
+        ] {
+            let (status, v) = call(server.app(), "GET", uri, Body::empty(), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        }
+        let (status, _) = call(server.app(), "GET", "/v1/jobs/424242", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(
+            server.app(),
+            "POST",
+            "/v1/jobs/424242/cancel",
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(server.app(), "GET", "/v2/anything", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, list) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(
+            list["jobs"],
+            json!([]),
+            "{backend}: a rejected submission was stored"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn submit_wait_idempotency_retries_and_listing() {
+    for (backend, store, _db) in test_stores("api_jobs").await {
+        let server = TestServer::start(store, ApiConfig::default(), 2).await;
+        upload(&server, guests::WORDFREQ, "wordfreq").await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+
+        let resp = server
+            .app()
+            .oneshot(
+                Request::post("/v1/jobs?wait=10s")
+                    .body(Body::from(
+                        json!({"module": "wordfreq", "input": {"text": "a b a"}}).to_string(),
+                    ))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(String::from);
+        let job: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body"),
+        )
+        .expect("json");
+        assert_eq!(job["state"], "succeeded", "{backend}: {job}");
+        assert_eq!(job["output"]["words"], 3);
+        assert_eq!(location, Some(format!("/v1/jobs/{}", job["id"])));
+        assert_eq!(job["attempts"][0]["outcome"], "succeeded");
+        assert!(
+            job["attempts"][0]["fuel_consumed"]
+                .as_u64()
+                .is_some_and(|f| f > 0)
+        );
+
+        let body = json!({"module": "testjob", "input": {"mode": "greet", "name": "x"}, "idempotency_key": "once"});
+        let (s1, a) = submit(&server, body.clone()).await;
+        let (s2, b) = submit(&server, body).await;
+        assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK), "{backend}");
+        assert_eq!(a["id"], b["id"]);
+
+        let (_, failing) = submit(
+            &server,
+            json!({"module": "testjob", "input": {"mode": "fail"}, "retry": {"max_attempts": 3, "initial_backoff_ms": "10ms"}}),
+        )
+        .await;
+        let done = wait_final(
+            &server,
+            failing["id"].as_i64().unwrap_or(0),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(done["state"], "failed", "{backend}");
+        let outcomes: Vec<&str> = done["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["outcome"].as_str())
+            .collect();
+        assert_eq!(outcomes, ["failed", "failed", "failed"], "{backend}");
+        assert_eq!(done["error"], "this job fails on purpose");
+
+        // Deterministic outcomes are not retried.
+        let (_, oof) = submit(
+            &server,
+            json!({"module": "testjob", "input": {"mode": "spin"}, "limits": {"fuel": 1000000}}),
+        )
+        .await;
+        let done = wait_final(
+            &server,
+            oof["id"].as_i64().unwrap_or(0),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(
+            (done["state"].as_str(), done["attempt_count"].as_u64()),
+            (Some("failed"), Some(1)),
+            "{backend}"
+        );
+        assert_eq!(done["outcome"], "out_of_fuel");
+
+        // Retry by hand puts a dead job back in the queue.
+        let (status, _) = call(
+            server.app(),
+            "POST",
+            &format!("/v1/jobs/{}/retry", oof["id"]),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let done = wait_final(
+            &server,
+            oof["id"].as_i64().unwrap_or(0),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(done["attempt_count"], 2, "{backend}");
+
+        let (_, page) = call(server.app(), "GET", "/v1/jobs?limit=2", Body::empty(), None).await;
+        assert_eq!(page["jobs"].as_array().map(Vec::len), Some(2));
+        let cursor = page["next_cursor"]
+            .as_str()
+            .expect("a next page")
+            .to_string();
+        let (_, rest) = call(
+            server.app(),
+            "GET",
+            &format!("/v1/jobs?limit=10&cursor={cursor}"),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(rest["jobs"].as_array().map(Vec::len), Some(2), "{backend}");
+        let (_, failed) = call(
+            server.app(),
+            "GET",
+            "/v1/jobs?state=failed&module=testjob",
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            failed["jobs"].as_array().map(Vec::len),
+            Some(2),
+            "{backend}: {failed}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_within_a_second() {
+    for (backend, store, _db) in test_stores("api_cancel").await {
+        let server = TestServer::start(store, ApiConfig::default(), 1).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let (status, job) = submit(
+            &server,
+            json!({"module": "testjob", "input": {"mode": "spin"}, "limits": {"fuel": 90_000_000_000u64, "timeout_ms": "60s"}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        let id = job["id"].as_i64().unwrap_or(0);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, j) = call(
+                server.app(),
+                "GET",
+                &format!("/v1/jobs/{id}"),
+                Body::empty(),
+                None,
+            )
+            .await;
+            if j["state"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < until, "never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let asked = Instant::now();
+        let (status, v) = call(
+            server.app(),
+            "POST",
+            &format!("/v1/jobs/{id}/cancel"),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, v["state"].as_str()),
+            (StatusCode::OK, Some("running")),
+            "{backend}"
+        );
+        let done = wait_final(&server, id, Duration::from_secs(5)).await;
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{backend}: took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(done["state"], "cancelled");
+        assert_eq!(done["attempts"][0]["outcome"], "cancelled");
+
+        // A queued job is cancelled at once; a finished one cannot be.
+        let (_, queued) = submit(&server, json!({"module": "testjob", "input": {"mode": "greet"}, "run_at": 4_000_000_000_000i64})).await;
+        assert_eq!(queued["state"], "scheduled");
+        let (_, v) = call(
+            server.app(),
+            "POST",
+            &format!("/v1/jobs/{}/cancel", queued["id"]),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(v["state"], "cancelled");
+        server.stop().await;
+    }
+}
+
+/// Reads an SSE stream until `end` or until `stop_after` events; returns (id, event, data).
+async fn read_sse(
+    url: &str,
+    last_id: Option<&str>,
+    stop_after: Option<usize>,
+) -> Vec<(String, String, Value)> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.expect("connect");
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let (mut buf, mut out) = (String::new(), Vec::new());
+    let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
+    while let Some(Ok(chunk)) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(pos) = buf.find('\n') {
+            let line = buf[..pos].to_string();
+            buf.drain(..=pos);
+            if line.is_empty() {
+                if !ev.is_empty() {
+                    out.push((
+                        id.clone(),
+                        ev.clone(),
+                        serde_json::from_str(&data).unwrap_or(Value::Null),
+                    ));
+                    if ev == "end" || stop_after.is_some_and(|n| out.len() >= n) {
+                        return out;
+                    }
+                }
+                (id, ev, data) = (String::new(), String::new(), String::new());
+            } else if let Some(v) = line.strip_prefix("id: ").or(line.strip_prefix("id:")) {
+                id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                ev = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                data.push_str(v);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn events_stream_live_and_resume_without_loss_or_duplicates() {
+    for (backend, store, _db) in test_stores("api_sse").await {
+        let server = TestServer::start(store, ApiConfig::default(), 1).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let (_, job) = submit(
+            &server,
+            json!({"module": "testjob", "input": {"mode": "logflood", "lines": 30}}),
+        )
+        .await;
+        let url = format!("{}/v1/jobs/{}/events", server.url, job["id"]);
+
+        let full = read_sse(&url, None, None).await;
+        let kinds: Vec<&str> = full.iter().map(|(_, e, _)| e.as_str()).collect();
+        assert_eq!(kinds.first(), Some(&"state"), "{backend}");
+        assert_eq!(kinds[kinds.len() - 2..], ["output", "end"], "{backend}");
+        assert_eq!(
+            full.iter().filter(|(_, e, _)| e == "log").count(),
+            60,
+            "{backend}: 30 report + 30 stderr lines"
+        );
+        assert_eq!(
+            full.last().map(|(_, _, d)| d["state"].clone()),
+            Some(json!("succeeded"))
+        );
+        let ids: Vec<i64> = full
+            .iter()
+            .filter_map(|(id, _, _)| id.parse().ok())
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=ids.len() as i64).collect::<Vec<_>>(),
+            "{backend}: ids are the gapless history"
+        );
+
+        // Drop the connection after 5 events, resume from the last id seen.
+        let head = read_sse(&url, None, Some(5)).await;
+        let last = head.last().map(|(id, _, _)| id.clone()).expect("an event");
+        let tail = read_sse(&url, Some(&last), None).await;
+        let mut joined: Vec<String> = head
+            .iter()
+            .chain(tail.iter())
+            .map(|(id, _, _)| id.clone())
+            .filter(|i| !i.is_empty())
+            .collect();
+        let all: Vec<String> = full
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .filter(|i| !i.is_empty())
+            .collect();
+        assert_eq!(joined, all, "{backend}: resume lost or repeated events");
+        joined.dedup();
+        assert_eq!(joined.len(), all.len());
+
+        let resp = reqwest::get(format!("{}/v1/jobs/99999/events", server.url))
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 404);
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("last-event-id", "banana")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 400);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_and_scopes() {
+    for (_backend, store, _db) in test_stores("api_auth").await {
+        let tokens = vec![
+            Token::from_secret("ro", "read-secret", Scope::Read),
+            Token::from_secret("ci", "submit-secret", Scope::Submit),
+        ];
+        let server = TestServer::start(
+            store,
+            ApiConfig {
+                tokens,
+                ..ApiConfig::default()
+            },
+            0,
+        )
+        .await;
+        let (status, v) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["code"], "unauthorized");
+        let (status, _) = call(
+            server.app(),
+            "GET",
+            "/v1/jobs",
+            Body::empty(),
+            Some("wrong"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(
+            server.app(),
+            "GET",
+            "/v1/jobs",
+            Body::empty(),
+            Some("read-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, v) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(guest_bytes(guests::NOOP)),
+            Some("read-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        let (status, _) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(guest_bytes(guests::NOOP)),
+            Some("submit-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = call(server.app(), "GET", "/healthz", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::OK);
+        server.stop().await;
+    }
+}
