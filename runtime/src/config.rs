@@ -25,6 +25,9 @@ pub struct FileConfig {
     pub policy: Option<AdmissionPolicy>,
     pub sandbox: Option<SandboxConfig>,
     pub max_module_bytes: Option<String>,
+    /// How long a claim holds a job without renewal, e.g. "15s": a dead node's jobs run again
+    /// after this.
+    pub lease: Option<String>,
 }
 
 impl FileConfig {

@@ -157,3 +157,83 @@ impl TestServer {
         self.server.abort();
     }
 }
+
+/// A `wasmjobs` process (serve or worker) started from the real binary; killed with SIGKILL when
+/// dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Process {
+    /// `wasmjobs serve` on a free loopback port, in `dir` (which holds its config).
+    pub fn serve(dir: &std::path::Path, db: &str, extra: &[&str]) -> Process {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut args = vec!["serve", "--db", db, "--addr"];
+        let addr = format!("127.0.0.1:{port}");
+        args.push(&addr);
+        args.extend_from_slice(extra);
+        let child = spawn(dir, &args);
+        let p = Process { child, url };
+        p.wait_healthy();
+        p
+    }
+
+    /// `wasmjobs worker` on `db`.
+    pub fn worker(dir: &std::path::Path, db: &str, node_id: &str) -> Process {
+        let child = spawn(
+            dir,
+            &["worker", "--db", db, "--node-id", node_id, "--workers", "2"],
+        );
+        Process {
+            child,
+            url: String::new(),
+        }
+    }
+
+    fn wait_healthy(&self) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let addr = self.url.trim_start_matches("http://").to_string();
+        while std::time::Instant::now() < until {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("wasmjobs serve did not start listening on {addr}");
+    }
+
+    /// SIGKILL: no shutdown, no flushing.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(wasmjobs_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("WASMJOBS_CACHE_DIR", dir.join("cache"))
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("{}-{}.log", args[0], std::process::id())))
+                .map_or(std::process::Stdio::null(), std::process::Stdio::from),
+        )
+        .spawn()
+        .expect("start wasmjobs")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

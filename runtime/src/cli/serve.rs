@@ -74,6 +74,10 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     if let Some(id) = &args.node_id {
         node.node_id = id.clone();
     }
+    if let Some(l) = &file.lease {
+        node.lease = wasmjobs_host::units::parse_duration(l).context("lease")?;
+        node.heartbeat = (node.lease / 4).min(node.heartbeat);
+    }
     if let Some(r) = &file.retention {
         node.retention = match r.as_str() {
             "0" | "forever" => None,

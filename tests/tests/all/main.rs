@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod e2e;
 mod examples;
 mod sandbox;
 mod store;

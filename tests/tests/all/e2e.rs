@@ -1,0 +1,307 @@
+//! End to end with the real binary: `kill -9` of a loaded server loses nothing, and dead worker
+//! nodes' jobs are finished by the others.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasmjobs_tests::{Process, guest_bytes, guests};
+
+async fn upload(http: &reqwest::Client, url: &str, wasm: &str, name: &str) {
+    let r = http
+        .post(format!("{url}/v1/modules?name={name}"))
+        .body(guest_bytes(wasm))
+        .send()
+        .await
+        .expect("upload");
+    assert!(r.status().is_success(), "upload {name}: {}", r.status());
+}
+
+/// Submits `bodies` with some concurrency; returns the ids the server acknowledged (2xx).
+async fn submit_all(http: &reqwest::Client, url: &str, bodies: Vec<Value>) -> Vec<i64> {
+    use futures::StreamExt;
+    futures::stream::iter(bodies)
+        .map(|b| {
+            let http = http.clone();
+            let url = url.to_string();
+            async move {
+                let r = http
+                    .post(format!("{url}/v1/jobs"))
+                    .json(&b)
+                    .send()
+                    .await
+                    .ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                r.json::<Value>().await.ok()?["id"].as_i64()
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|id| async move { id })
+        .collect()
+        .await
+}
+
+fn job_body(i: usize) -> Value {
+    match i % 10 {
+        0 => {
+            json!({"module": "testjob", "input": {"mode": "fail"}, "retry": {"max_attempts": 3, "initial_backoff_ms": "20ms"}})
+        }
+        1 | 2 => json!({"module": "testjob", "input": {"mode": "sleep", "ms": 30}}),
+        _ => json!({"module": "noop", "input": {"n": i}}),
+    }
+}
+
+async fn job(http: &reqwest::Client, url: &str, id: i64) -> Value {
+    http.get(format!("{url}/v1/jobs/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
+async fn events(http: &reqwest::Client, url: &str, id: i64) -> Vec<(String, String, Value)> {
+    let text = http
+        .get(format!("{url}/v1/jobs/{id}/events"))
+        .send()
+        .await
+        .expect("events")
+        .text()
+        .await
+        .expect("text");
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().into();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                ev = v.trim().into();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim());
+            }
+        }
+        if !ev.is_empty() {
+            out.push((id, ev, serde_json::from_str(&data).unwrap_or(Value::Null)));
+        }
+    }
+    out
+}
+
+/// Every job final; exactly one final state event, last; ids gapless; each attempt started
+/// once and ended once.
+async fn check_histories(http: &reqwest::Client, url: &str, ids: &[i64]) -> HashMap<String, usize> {
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for &id in ids {
+        let j = job(http, url, id).await;
+        let state = j["state"].as_str().unwrap_or("").to_string();
+        assert!(
+            ["succeeded", "failed"].contains(&state.as_str()),
+            "job {id} ended {state}: {j}"
+        );
+        let evs = events(http, url, id).await;
+        let seqs: Vec<i64> = evs.iter().filter_map(|(i, _, _)| i.parse().ok()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "job {id}: history has gaps"
+        );
+        let states: Vec<&str> = evs
+            .iter()
+            .filter(|(_, e, _)| e == "state")
+            .filter_map(|(_, _, d)| d["state"].as_str())
+            .collect();
+        let finals = states
+            .iter()
+            .filter(|s| ["succeeded", "failed", "cancelled"].contains(s))
+            .count();
+        assert_eq!(finals, 1, "job {id} ended more than once: {states:?}");
+        assert_eq!(
+            states.last().copied(),
+            Some(state.as_str()),
+            "job {id}: {states:?}"
+        );
+        let running = states.iter().filter(|s| **s == "running").count();
+        let attempts = j["attempts"].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(
+            running, attempts,
+            "job {id}: {running} starts but {attempts} attempts"
+        );
+        assert!(
+            j["attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|a| !a["outcome"].is_null()),
+            "job {id}: an attempt never ended"
+        );
+        for a in j["attempts"].as_array().into_iter().flatten() {
+            *outcomes
+                .entry(a["outcome"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    outcomes
+}
+
+async fn wait_all_final(http: &reqwest::Client, url: &str, ids: &[i64], within: Duration) {
+    let until = Instant::now() + within;
+    let mut pending: Vec<i64> = ids.to_vec();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for &id in &pending {
+            let j = job(http, url, id).await;
+            if !["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap_or("")) {
+                still.push(id);
+            }
+        }
+        pending = still;
+        assert!(
+            Instant::now() < until,
+            "{} jobs not final within {within:?}: {:?}",
+            pending.len(),
+            &pending[..pending.len().min(10)]
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
+    let db = dir.path().join("jobs.db").display().to_string();
+    let http = reqwest::Client::new();
+
+    let mut server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+    upload(&http, &server.url, guests::NOOP, "noop").await;
+    upload(&http, &server.url, guests::TESTJOB, "testjob").await;
+    let url = server.url.clone();
+    let submitter = {
+        let http = http.clone();
+        tokio::spawn(
+            async move { submit_all(&http, &url, (0..1400).map(job_body).collect()).await },
+        )
+    };
+    // Kill it while jobs are queued, running and retrying.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill9();
+    let mut accepted = submitter.await.expect("submitter");
+    assert!(
+        accepted.len() > 50,
+        "too few jobs accepted before the kill: {}",
+        accepted.len()
+    );
+
+    let server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+    let needed = 2000 - accepted.len();
+    accepted.extend(submit_all(&http, &server.url, (0..needed).map(job_body).collect()).await);
+    assert_eq!(accepted.len(), 2000);
+    wait_all_final(&http, &server.url, &accepted, Duration::from_secs(180)).await;
+    let outcomes = check_histories(&http, &server.url, &accepted).await;
+    assert!(
+        outcomes.get("succeeded").copied().unwrap_or(0) >= 1700,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("lost").copied().unwrap_or(0) >= 1,
+        "no attempt was running at the kill: {outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_worker_node_jobs_finish_elsewhere_postgres() {
+    let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES") else {
+        eprintln!(
+            "SKIPPED: dead_worker_node_jobs_finish_elsewhere_postgres (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    // A database of its own: the binary uses the public schema.
+    let dbname = format!("wasmjobs_nodes_{}", std::process::id());
+    let admin = std::process::Command::new("psql")
+        .args([
+            pg.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {dbname}"),
+            "-c",
+            &format!("CREATE DATABASE {dbname}"),
+        ])
+        .status();
+    assert!(
+        admin.is_ok_and(|s| s.success()),
+        "cannot create database {dbname} with psql"
+    );
+    let db = format!(
+        "{}/{dbname}",
+        pg.rsplit_once('/').map_or(pg.as_str(), |(base, _)| base)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
+    let http = reqwest::Client::new();
+    let api = Process::serve(dir.path(), &db, &["--no-workers"]);
+    upload(&http, &api.url, guests::TESTJOB, "testjob").await;
+    let mut workers: Vec<Process> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| Process::worker(dir.path(), &db, id))
+        .collect();
+    let bodies = (0..300)
+        .map(|_| json!({"module": "testjob", "input": {"mode": "sleep", "ms": 100}}))
+        .collect();
+    let ids = submit_all(&http, &api.url, bodies).await;
+    assert_eq!(ids.len(), 300);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    workers[1].kill9();
+    wait_all_final(&http, &api.url, &ids, Duration::from_secs(120)).await;
+    check_histories(&http, &api.url, &ids).await;
+
+    let mut lost_then_good = 0;
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for &id in &ids {
+        let j = job(&http, &api.url, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let attempts = j["attempts"].as_array().cloned().unwrap_or_default();
+        for a in &attempts {
+            *by_worker
+                .entry(a["worker"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+        if attempts.len() == 2 {
+            assert_eq!(
+                (
+                    attempts[0]["outcome"].as_str(),
+                    attempts[0]["worker"].as_str()
+                ),
+                (Some("lost"), Some("w2")),
+                "{j}"
+            );
+            assert_eq!(attempts[1]["outcome"], "succeeded");
+            assert_ne!(attempts[1]["worker"], "w2");
+            lost_then_good += 1;
+        }
+    }
+    assert!(
+        lost_then_good >= 1,
+        "the killed node had no job in flight: {by_worker:?}"
+    );
+    assert!(
+        by_worker.len() >= 3,
+        "work was not shared across nodes: {by_worker:?}"
+    );
+    drop(workers);
+    let _ = std::process::Command::new("psql")
+        .args([
+            pg.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"),
+        ])
+        .status();
+}
