@@ -134,9 +134,9 @@ impl TestServer {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = wasmjobs::http::app(state.clone());
+        let st = state.clone();
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = wasmjobs::http::serve(listener, st, std::future::pending()).await;
         });
         TestServer {
             url,

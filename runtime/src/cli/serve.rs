@@ -11,7 +11,7 @@ use clap::Args;
 use wasmjobs_host::{ArtifactCache, Sandbox, SandboxConfig};
 
 use crate::config::{FileConfig, default_cache_dir};
-use crate::http::{ApiConfig, AppState, app};
+use crate::http::{ApiConfig, AppState};
 use crate::scheduler::{ModuleCache, Node, NodeConfig};
 use crate::service::JobService;
 
@@ -158,8 +158,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         listener.local_addr()?,
         s.service.store.backend()
     );
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+    crate::http::serve(listener, state, shutdown_signal())
         .await
         .context("server")?;
     if let Some(node) = node {

@@ -84,6 +84,25 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves the API on `listener` until `shutdown` completes. Sets TCP_NODELAY on every
+/// connection: without it, small responses on kept-alive connections wait out delayed ACKs
+/// (~40 ms each).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {

@@ -213,7 +213,11 @@ async fn dispatch(s: Arc<Shared>) {
             }
             _ => s.config.poll,
         };
-        let free_before = s.slots.available_permits();
+        if s.slots.available_permits() > free as usize {
+            // A slot freed while we were claiming: claim again rather than sleep on it.
+            continue;
+        }
+        let free_before = free as usize;
         tokio::select! {
             _ = s.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wake_at) => {}

@@ -202,8 +202,15 @@ async fn kill_9_under_load_loses_nothing_sqlite() {
     let needed = 2000 - accepted.len();
     accepted.extend(submit_all(&http, &server.url, (0..needed).map(job_body).collect()).await);
     assert_eq!(accepted.len(), 2000);
+    let t = Instant::now();
     wait_all_final(&http, &server.url, &accepted, Duration::from_secs(180)).await;
+    eprintln!("TIMING all final after {:?}", t.elapsed());
+    let t = Instant::now();
     let outcomes = check_histories(&http, &server.url, &accepted).await;
+    eprintln!(
+        "TIMING histories checked in {:?}: {outcomes:?}",
+        t.elapsed()
+    );
     assert!(
         outcomes.get("succeeded").copied().unwrap_or(0) >= 1700,
         "{outcomes:?}"
