@@ -51,4 +51,25 @@ step "The attempt report (--report): outcome, fuel, peak memory, wall time"
 "$WJ" run "$J/wordfreq.wasm" --input @examples/data/tale.json --report --quiet \
   | grep -E '"(outcome|fuel_consumed|peak_memory_bytes|wall_time_us)"'
 
+step "The server: wasmjobs serve on an embedded SQLite file, the examples uploaded and run as jobs"
+DEMO=target/demo-server
+rm -rf "$DEMO" && mkdir -p "$DEMO"
+PORT=18089
+export WASMJOBS_SERVER="http://127.0.0.1:$PORT"
+"$WJ" serve --db "$DEMO/wasmjobs.db" --addr "127.0.0.1:$PORT" --cache-dir "$DEMO/cache" 2> "$DEMO/serve.log" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null' EXIT
+for _ in $(seq 100); do "$WJ" job list >/dev/null 2>&1 && break; sleep 0.1; done
+for m in wordfreq csvstats markdown; do
+  printf '  uploaded %-9s %s\n' "$m" "$("$WJ" module upload "$J/$m.wasm" --name "$m")"
+done
+echo "  wordfreq as a job (submit --wait):"
+"$WJ" job submit wordfreq --input "$(cat examples/data/tale.json)" --wait
+echo "  csvstats as a job, followed live (submit --follow):"
+"$WJ" job submit csvstats --input "$(cat examples/data/weather.json)" --follow 2>&1 | grep -E '^\[|^--' | sed 's/^/    /'
+echo "  the jobs, as stored in $DEMO/wasmjobs.db:"
+"$WJ" job list | sed 's/^/    /'
+kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true
+trap - EXIT
+
 step "Done. Next: ./scripts/test.sh runs the whole test suite."

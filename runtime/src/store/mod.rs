@@ -73,6 +73,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+    /// How many jobs are in each state (for metrics and benchmarks).
+    async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>>;
     /// Events of a job with `seq > after`, in order, at most `limit`.
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>>;
 

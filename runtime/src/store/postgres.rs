@@ -431,6 +431,19 @@ impl Store for PgStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(s, n)| {
+                let state = s.parse().map_err(|e: String| StoreError::Corrupt(e))?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",

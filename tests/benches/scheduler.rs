@@ -1,0 +1,299 @@
+//! Scheduler benchmark: prints, for SQLite and (when `WASMJOBS_TEST_POSTGRES` is set) Postgres,
+//! in one run:
+//! - the ceiling: a raw, minimal, batched SQL lifecycle (insert, claim, complete) on the same
+//!   database;
+//! - wasmjobs throughput: N trivial jobs submitted through the job service (each accepted job
+//!   durable before its submit returns) until all are `succeeded`, each run in a fresh sandbox
+//!   with every limit on, and the ratio to the ceiling;
+//! - latency from submit to `succeeded` (p50, p99) at a steady 500 jobs/s;
+//! - peak RSS.
+//!
+//! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench scheduler`
+//! (`-- --quick` for N = 5,000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Executor;
+use wasmjobs::policy::AdmissionPolicy;
+use wasmjobs::scheduler::{ModuleCache, Node, NodeConfig};
+use wasmjobs::service::{JobService, SubmitJob};
+use wasmjobs::store::{JobState, NewModule, Store, now_ms};
+use wasmjobs_host::{Sandbox, SandboxConfig, sha256_digest};
+use wasmjobs_tests::{guest_bytes, guests};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: usize = if quick { 5_000 } else { 50_000 };
+    println!("wasmjobs scheduler benchmark");
+    println!(
+        "machine: {} cores; N = {n} trivial jobs (tests/guests/noop) per backend{}",
+        std::thread::available_parallelism().map_or(1, |c| c.get()),
+        if quick { " (--quick)" } else { "" }
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut backends: Vec<(&str, String)> =
+        vec![("sqlite", dir.path().join("bench.db").display().to_string())];
+    match std::env::var("WASMJOBS_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => backends.push(("postgres", url)),
+        _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
+    }
+    for (backend, url) in backends {
+        println!();
+        println!("== {backend}");
+        let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;
+        println!("   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s");
+        let store = open(backend, &url).await;
+        let (throughput, latency) = wasmjobs_run(store, n).await;
+        println!(
+            "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)",
+            100.0 * throughput / ceiling
+        );
+        println!(
+            "   latency submit → succeeded at 500 jobs/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latency.0, latency.1, latency.2
+        );
+    }
+    println!();
+    println!(
+        "peak RSS of this process: {:.1} MiB",
+        peak_rss() as f64 / (1 << 20) as f64
+    );
+}
+
+async fn open(backend: &str, url: &str) -> Arc<dyn Store> {
+    match backend {
+        "sqlite" => {
+            let path = format!("{url}.wasmjobs");
+            wasmjobs::store::open(&path).await.expect("sqlite store")
+        }
+        _ => {
+            let schema = format!("bench_{}", std::process::id());
+            wasmjobs::store::open_postgres_schema(url, &schema)
+                .await
+                .expect("postgres store")
+        }
+    }
+}
+
+/// Insert N rows, claim them, complete them: one transaction per batch of 1,000, no events, no
+/// attempts table, no sandbox. The most a queue on this database can do.
+async fn raw_ceiling(backend: &str, url: &str, n: usize, _dir: &std::path::Path) -> f64 {
+    const BATCH: usize = 1000;
+    let start;
+    match backend {
+        "sqlite" => {
+            let opts = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .ok()
+                .unwrap_or_default();
+            let opts = opts
+                .filename(format!("{url}.raw"))
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .expect("sqlite");
+            pool.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, state TEXT NOT NULL, input BLOB, output BLOB)").await.expect("create");
+            start = Instant::now();
+            for chunk in 0..n.div_ceil(BATCH) {
+                let mut tx = pool.begin().await.expect("tx");
+                for _ in 0..BATCH.min(n - chunk * BATCH) {
+                    sqlx::query("INSERT INTO raw (state, input) VALUES ('queued', ?)")
+                        .bind(&b"{}"[..])
+                        .execute(&mut *tx)
+                        .await
+                        .expect("insert");
+                }
+                tx.commit().await.expect("commit");
+            }
+            loop {
+                let mut tx = pool.begin().await.expect("tx");
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "UPDATE raw SET state = 'running' WHERE id IN (SELECT id FROM raw WHERE state = 'queued' LIMIT ?) RETURNING id",
+                )
+                .bind(BATCH as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("claim");
+                tx.commit().await.expect("commit");
+                if ids.is_empty() {
+                    break;
+                }
+                let mut tx = pool.begin().await.expect("tx");
+                for id in ids {
+                    sqlx::query("UPDATE raw SET state = 'succeeded', output = ? WHERE id = ?")
+                        .bind(&b"{}"[..])
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("complete");
+                }
+                tx.commit().await.expect("commit");
+            }
+        }
+        _ => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(url)
+                .await
+                .expect("postgres");
+            let table = format!("raw_bench_{}", std::process::id());
+            pool.execute(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, input BYTEA, output BYTEA)"))).await.expect("create");
+            start = Instant::now();
+            for chunk in 0..n.div_ceil(BATCH) {
+                let k = BATCH.min(n - chunk * BATCH) as i64;
+                sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {table} (state, input) SELECT 'queued', '\\x7b7d'::bytea FROM generate_series(1, $1)")))
+                    .bind(k)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+            loop {
+                let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET state = 'running' WHERE id IN (SELECT id FROM {table} WHERE state = 'queued' LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id"
+                )))
+                .bind(BATCH as i64)
+                .fetch_all(&pool)
+                .await
+                .expect("claim");
+                if ids.is_empty() {
+                    break;
+                }
+                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {table} SET state = 'succeeded', output = '\\x7b7d'::bytea WHERE id = ANY($1)")))
+                    .bind(&ids)
+                    .execute(&pool)
+                    .await
+                    .expect("complete");
+            }
+            let elapsed = start.elapsed();
+            pool.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+                .await
+                .expect("drop");
+            return n as f64 / elapsed.as_secs_f64();
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Throughput of N jobs, then latency at 500 jobs/s. Returns (jobs/s, (p50, p99, max) ms).
+async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64)) {
+    let wasm = guest_bytes(guests::NOOP);
+    let digest = sha256_digest(&wasm);
+    let sandbox = Sandbox::new(&SandboxConfig {
+        max_instances: 256,
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let modules = ModuleCache::new(None);
+    modules
+        .insert(&sandbox, &digest, wasm.clone())
+        .await
+        .expect("module");
+    let module = NewModule {
+        digest,
+        world: "wasmjobs:job/job".into(),
+        imports: vec![],
+        bytes: wasm,
+        name: Some("noop".into()),
+    };
+    store
+        .put_module(module, now_ms())
+        .await
+        .expect("put module");
+    let service = JobService::new(store.clone(), AdmissionPolicy::default());
+    let node = Node::start(
+        service.clone(),
+        sandbox,
+        modules,
+        NodeConfig {
+            concurrency: 64,
+            claim_batch: 256,
+            maintenance: false,
+            ..NodeConfig::default()
+        },
+    );
+
+    // Throughput: submit N with 64 concurrent submitters, wait for all to succeed.
+    let start = Instant::now();
+    let submitters: Vec<_> = (0..64)
+        .map(|k| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for i in (k..n).step_by(64) {
+                    let req = SubmitJob {
+                        module: "noop".into(),
+                        input: Some(serde_json::json!(i)),
+                        ..SubmitJob::default()
+                    };
+                    service.submit(req).await.expect("submit");
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await.expect("submitter");
+    }
+    wait_succeeded(&*store, n).await;
+    let throughput = n as f64 / start.elapsed().as_secs_f64();
+
+    // Latency at a steady 500 jobs/s for 10 s (2 s with --quick sized N).
+    let count = (n / 10).clamp(1000, 5000);
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        ticker.tick().await;
+        let req = SubmitJob {
+            module: "noop".into(),
+            input: Some(serde_json::json!(i)),
+            ..SubmitJob::default()
+        };
+        let submitted = Instant::now();
+        let (job, _) = service.submit(req).await.expect("submit");
+        ids.push((job.id, submitted, job.created_at));
+    }
+    wait_succeeded(&*store, n + count).await;
+    let mut lat: Vec<f64> = Vec::with_capacity(count);
+    for (id, _, created) in ids {
+        let job = store.get_job(id).await.expect("get").expect("job");
+        lat.push((job.finished_at.unwrap_or(created) - created) as f64);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    node.shutdown().await;
+    (throughput, (pct(0.50), pct(0.99), pct(1.0)))
+}
+
+async fn wait_succeeded(store: &dyn Store, n: usize) {
+    loop {
+        let counts = store.count_by_state().await.expect("count");
+        let done: u64 = counts
+            .iter()
+            .filter(|(s, _)| *s == JobState::Succeeded)
+            .map(|(_, c)| *c)
+            .sum();
+        let failed: u64 = counts
+            .iter()
+            .filter(|(s, _)| *s == JobState::Failed)
+            .map(|(_, c)| *c)
+            .sum();
+        assert_eq!(failed, 0, "jobs failed during the benchmark");
+        if done as usize >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
