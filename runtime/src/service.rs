@@ -7,6 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 use wasmjobs_host::{Grants, Limits};
 
 use crate::policy::{AdmissionPolicy, OverCap};
@@ -58,17 +59,24 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+type Reply = oneshot::Sender<Result<(Job, bool), StoreError>>;
+
 #[derive(Clone)]
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub policy: Arc<AdmissionPolicy>,
+    inserts: mpsc::Sender<(NewJob, Reply)>,
 }
 
 impl JobService {
+    /// Must be called inside a tokio runtime: it starts the task that commits submissions.
     pub fn new(store: Arc<dyn Store>, policy: AdmissionPolicy) -> JobService {
+        let (inserts, rx) = mpsc::channel(4096);
+        tokio::spawn(group_commit(store.clone(), rx));
         JobService {
             store,
             policy: Arc::new(policy),
+            inserts,
         }
     }
 
@@ -136,6 +144,42 @@ impl JobService {
             deadline_at,
             workflow_ref: req.workflow_ref,
         };
-        Ok(self.store.insert_job(job, now).await?)
+        let (reply, answer) = oneshot::channel();
+        if self.inserts.send((job, reply)).await.is_err() {
+            return Err(ServiceError::Invalid("the server is shutting down".into()));
+        }
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
+        }
+    }
+}
+
+/// Commits submissions in groups: whatever arrived while the previous group was being written
+/// goes into the next transaction. Each submitter is answered only after its transaction
+/// committed, so an acknowledged job is durable; one transaction per group instead of per job
+/// is what lets the store keep up with many submitters.
+async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.insert_jobs(jobs.clone(), now_ms()).await {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was stored. Try each job alone, so that one job's
+                // problem is that job's answer and not its neighbours'.
+                tracing::warn!(
+                    "group insert of {} jobs failed ({e}); inserting one by one",
+                    jobs.len()
+                );
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    let _ = reply.send(store.insert_job(job, now_ms()).await);
+                }
+            }
+        }
     }
 }

@@ -69,7 +69,15 @@ pub trait Store: Send + Sync + 'static {
     // Jobs.
     /// Inserts a job and its first event in one transaction. With an idempotency key already
     /// used, returns the first job and `false`.
-    async fn insert_job(&self, job: NewJob, now: i64) -> Result<(Job, bool)>;
+    async fn insert_job(&self, job: NewJob, now: i64) -> Result<(Job, bool)> {
+        let mut inserted = self.insert_jobs(vec![job], now).await?;
+        inserted
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("insert returned nothing".into()))
+    }
+    /// Inserts jobs in one transaction (group commit): all or none are stored. Each result is
+    /// the job and whether it was created (`false`: its idempotency key was already used).
+    async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>>;
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;

@@ -142,6 +142,36 @@ pub struct Job {
     pub finished_at: Option<i64>,
 }
 
+impl Job {
+    /// The job a successful insert of `new` created (no read-back needed).
+    pub fn inserted(id: JobId, new: NewJob, state: JobState, run_at: i64, now: i64) -> Job {
+        Job {
+            id,
+            module: new.module_digest,
+            state,
+            priority: new.priority,
+            run_at,
+            input: new.input,
+            limits: new.limits,
+            retry: new.retry,
+            grants: new.grants,
+            idempotency_key: new.idempotency_key,
+            attempts: 0,
+            deadline_at: new.deadline_at,
+            worker: None,
+            lease_until: None,
+            cancel_requested: false,
+            outcome: None,
+            output: None,
+            error: None,
+            workflow_ref: new.workflow_ref,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+}
+
 /// One attempt of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {

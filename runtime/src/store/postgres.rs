@@ -155,6 +155,24 @@ async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i
     Ok(())
 }
 
+/// Writes event rows with multi-row INSERTs (one statement per 500 rows).
+async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
+    for chunk in rows.chunks(500) {
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(
+            "INSERT INTO events (job_id, seq, kind, data, at) ",
+        );
+        q.push_values(chunk, |mut b, (job, seq, kind, data)| {
+            b.push_bind(*job)
+                .push_bind(*seq)
+                .push_bind(*kind)
+                .push_bind(data.as_str())
+                .push_bind(now);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
     let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
@@ -168,6 +186,7 @@ async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
 /// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the
 /// rescuer, which acts on expired leases).
 async fn apply_completion(
+    events_out: &mut Vec<PendingEvent>,
     tx: &mut Tx<'_>,
     c: &Completion,
     fence: Option<&str>,
@@ -213,10 +232,16 @@ async fn apply_completion(
         _ => None,
     };
     let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
-    sqlx::query(
+    let mut events = c.events.clone();
+    let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
+    if let Some(run_at) = run_at {
+        extra["run_at"] = json!(run_at);
+    }
+    events.push(NewEvent::state(state, extra));
+    let last_seq: i64 = sqlx::query_scalar(
         "UPDATE jobs SET state = $1, outcome = $2, error = $3, output = $4, worker = NULL, lease_until = NULL,
-                run_at = COALESCE($5, run_at), finished_at = $6, updated_at = $7
-         WHERE id = $8",
+                run_at = COALESCE($5, run_at), finished_at = $6, updated_at = $7, event_seq = event_seq + $8
+         WHERE id = $9 RETURNING event_seq",
     )
     .bind(state.as_str())
     .bind(c.outcome.as_str())
@@ -225,8 +250,9 @@ async fn apply_completion(
     .bind(run_at)
     .bind(finished_at)
     .bind(now)
+    .bind(events.len() as i64)
     .bind(c.job_id)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
     sqlx::query(
         "UPDATE attempts SET outcome = $1, trap = $2, error = $3, fuel_consumed = $4, peak_memory_bytes = $5,
@@ -244,13 +270,7 @@ async fn apply_completion(
     .bind(i64::from(c.attempt))
     .execute(&mut **tx)
     .await?;
-    let mut events = c.events.clone();
-    let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
-    if let Some(run_at) = run_at {
-        extra["run_at"] = json!(run_at);
-    }
-    events.push(NewEvent::state(state, extra));
-    push_events(tx, c.job_id, &events, now).await?;
+    events_out.extend(pending(c.job_id, last_seq, &events));
     Ok(Completed::Applied(state))
 }
 
@@ -332,63 +352,70 @@ impl Store for PgStore {
         rows.into_iter().map(ModuleRow::into_record).collect()
     }
 
-    async fn insert_job(&self, j: NewJob, now: i64) -> Result<(Job, bool)> {
+    async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = &j.idempotency_key {
-            let existing: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(id) = existing {
-                let job = fetch_job(&mut tx, id)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                return Ok((job, false));
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut notices = Vec::new();
+        let mut any_queued = false;
+        let mut events = Vec::new();
+        for j in jobs {
+            if let Some(key) = &j.idempotency_key {
+                let existing: Option<i64> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(id) = existing {
+                    let job = fetch_job(&mut tx, id)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                    out.push((job, false));
+                    continue;
+                }
             }
+            let run_at = j.run_at.unwrap_or(now);
+            let state = if run_at > now {
+                JobState::Scheduled
+            } else {
+                JobState::Queued
+            };
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
+                                   idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING id",
+            )
+            .bind(&j.module_digest)
+            .bind(state.as_str())
+            .bind(j.priority)
+            .bind(run_at)
+            .bind(&j.input)
+            .bind(json(&j.limits))
+            .bind(json(&j.retry))
+            .bind(json(&j.grants))
+            .bind(j.idempotency_key.as_deref())
+            .bind(j.deadline_at)
+            .bind(j.workflow_ref.as_deref())
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let extra = if state == JobState::Scheduled {
+                json!({ "run_at": run_at })
+            } else {
+                json!({})
+            };
+            events.extend(pending(id, 1, &[NewEvent::state(state, extra)]));
+            any_queued |= state == JobState::Queued;
+            notices.push(Notice::Events(id));
+            out.push((Job::inserted(id, j, state, run_at, now), true));
         }
-        let run_at = j.run_at.unwrap_or(now);
-        let state = if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Queued
-        };
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants, idempotency_key,
-                               deadline_at, workflow_ref, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-        )
-        .bind(&j.module_digest)
-        .bind(state.as_str())
-        .bind(j.priority)
-        .bind(run_at)
-        .bind(&j.input)
-        .bind(json(&j.limits))
-        .bind(json(&j.retry))
-        .bind(json(&j.grants))
-        .bind(j.idempotency_key.as_deref())
-        .bind(j.deadline_at)
-        .bind(j.workflow_ref.as_deref())
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let extra = if state == JobState::Scheduled {
-            json!({ "run_at": run_at })
-        } else {
-            json!({})
-        };
-        push_events(&mut tx, id, &[NewEvent::state(state, extra)], now).await?;
-        let job = fetch_job(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+        write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
-        let mut notices = vec![Notice::Events(id)];
-        if state == JobState::Queued {
+        if any_queued {
             notices.push(Notice::JobsAvailable);
         }
         self.notify(notices).await;
-        Ok((job, true))
+        Ok(out)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -501,7 +528,8 @@ impl Store for PgStore {
             notices.push(Notice::Events(id));
         }
         let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
+            "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3,
+                    event_seq = event_seq + 1
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING {JOB_COLUMNS}"
         )))
@@ -514,23 +542,31 @@ impl Store for PgStore {
         let mut rows = rows;
         rows.sort_by_key(JobRow::claim_order);
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
         for row in rows {
+            let seq = row.event_seq();
             let c = row.into_claimed()?;
-            sqlx::query("INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES ($1, $2, $3, $4)")
-                .bind(c.id)
-                .bind(i64::from(c.attempt))
-                .bind(worker)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
             let e = NewEvent::state(
                 JobState::Running,
                 json!({ "attempt": c.attempt, "worker": worker }),
             );
-            push_events(&mut tx, c.id, &[e], now).await?;
+            events.extend(pending(c.id, seq, &[e]));
             notices.push(Notice::Events(c.id));
             claimed.push(c);
         }
+        for chunk in claimed.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<Postgres>::new(
+                "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
+            );
+            q.push_values(chunk, |mut b, c| {
+                b.push_bind(c.id)
+                    .push_bind(i64::from(c.attempt))
+                    .push_bind(worker)
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         self.notify(notices).await;
         Ok(claimed)
@@ -565,8 +601,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(completions.len());
         let mut notices = Vec::new();
+        let mut events = Vec::new();
         for c in &completions {
-            let r = apply_completion(&mut tx, c, Some(&c.worker), now).await?;
+            let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
             if let Completed::Applied(state) = r {
                 notices.push(Notice::Events(c.job_id));
                 if state == JobState::Scheduled {
@@ -575,6 +612,7 @@ impl Store for PgStore {
             }
             results.push(r);
         }
+        write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         self.notify(notices).await;
         Ok(results)
@@ -600,12 +638,16 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut rescued = Vec::new();
+        let mut events = Vec::new();
         for (id, attempts, worker) in expired {
             let c = Completion::lost(id, attempts, worker);
-            if let Completed::Applied(_) = apply_completion(&mut tx, &c, None, now).await? {
+            if let Completed::Applied(_) =
+                apply_completion(&mut events, &mut tx, &c, None, now).await?
+            {
                 rescued.push(id);
             }
         }
+        write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         let mut notices: Vec<Notice> = rescued.iter().map(|id| Notice::Events(*id)).collect();
         notices.push(Notice::JobsAvailable);

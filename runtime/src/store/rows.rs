@@ -6,7 +6,7 @@ use super::{Result, StoreError};
 
 pub(super) const JOB_COLUMNS: &str = "id, module_digest, state, priority, run_at, input, limits, retry, grants, \
      idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, output, error, \
-     workflow_ref, created_at, updated_at, finished_at";
+     workflow_ref, created_at, updated_at, finished_at, event_seq";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
@@ -32,6 +32,7 @@ pub(super) struct JobRow {
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
+    event_seq: i64,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -75,6 +76,11 @@ impl JobRow {
     /// the order of the subquery, so claims sort by this.
     pub(super) fn claim_order(&self) -> (i64, i64, i64) {
         (-self.priority, self.run_at, self.id)
+    }
+
+    /// The last event sequence number the row holds.
+    pub(super) fn event_seq(&self) -> i64 {
+        self.event_seq
     }
 
     pub(super) fn into_claimed(self) -> Result<Claimed> {
@@ -205,4 +211,17 @@ impl ScheduleRow {
 /// JSON text of a value that serializes infallibly (our own plain structs).
 pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}
+
+/// An event row to write: job, seq, kind, data.
+pub(super) type PendingEvent = (JobId, i64, &'static str, String);
+
+/// Event rows for `events` appended after `last_seq - events.len()`.
+pub(super) fn pending(job_id: JobId, last_seq: i64, events: &[NewEvent]) -> Vec<PendingEvent> {
+    let first = last_seq - events.len() as i64 + 1;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (job_id, first + i as i64, e.kind, e.data.to_string()))
+        .collect()
 }
