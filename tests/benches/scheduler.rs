@@ -39,7 +39,12 @@ async fn main() {
         Ok(url) if !url.is_empty() => backends.push(("postgres", url)),
         _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
     }
-    for (backend, url) in backends {
+    // WASMJOBS_BENCH_BACKENDS=postgres (or sqlite) runs one backend only.
+    let only = std::env::var("WASMJOBS_BENCH_BACKENDS").unwrap_or_default();
+    for (backend, url) in backends
+        .into_iter()
+        .filter(|(b, _)| only.is_empty() || only.contains(b))
+    {
         println!();
         println!("== {backend}");
         let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;

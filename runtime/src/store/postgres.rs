@@ -602,7 +602,12 @@ impl Store for PgStore {
         let mut results = Vec::with_capacity(completions.len());
         let mut notices = Vec::new();
         let mut events = Vec::new();
-        for c in &completions {
+        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
+        let mut order: Vec<usize> = (0..completions.len()).collect();
+        order.sort_by_key(|&i| completions[i].job_id);
+        let mut applied = vec![Completed::Refused; completions.len()];
+        for i in order {
+            let c = &completions[i];
             let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
             if let Completed::Applied(state) = r {
                 notices.push(Notice::Events(c.job_id));
@@ -610,8 +615,9 @@ impl Store for PgStore {
                     notices.push(Notice::JobsAvailable);
                 }
             }
-            results.push(r);
+            applied[i] = r;
         }
+        results.extend(applied);
         write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         self.notify(notices).await;
@@ -620,7 +626,9 @@ impl Store for PgStore {
 
     async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
         let rows: Vec<(i64, bool)> = sqlx::query_as(
-            "UPDATE jobs SET lease_until = $1 WHERE state = 'running' AND worker = $2 RETURNING id, cancel_requested",
+            "UPDATE jobs SET lease_until = $1
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND worker = $2 ORDER BY id FOR UPDATE)
+             RETURNING id, cancel_requested",
         )
         .bind(now + lease_ms)
         .bind(worker)

@@ -536,7 +536,12 @@ impl Store for SqliteStore {
         let mut results = Vec::with_capacity(completions.len());
         let mut notices = Vec::new();
         let mut events = Vec::new();
-        for c in &completions {
+        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
+        let mut order: Vec<usize> = (0..completions.len()).collect();
+        order.sort_by_key(|&i| completions[i].job_id);
+        let mut applied = vec![Completed::Refused; completions.len()];
+        for i in order {
+            let c = &completions[i];
             let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
             if let Completed::Applied(state) = r {
                 notices.push(Notice::Events(c.job_id));
@@ -544,8 +549,9 @@ impl Store for SqliteStore {
                     notices.push(Notice::JobsAvailable);
                 }
             }
-            results.push(r);
+            applied[i] = r;
         }
+        results.extend(applied);
         write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
         self.notify(notices);
