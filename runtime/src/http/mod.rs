@@ -76,6 +76,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -107,6 +108,30 @@ async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok", "store": state.service.store.backend() }))
+}
+
+/// Prometheus text format: jobs by state.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use std::fmt::Write;
+    let counts = state.service.store.count_by_state().await?;
+    let mut out = String::from(
+        "# HELP wasmjobs_jobs Jobs in the store by state.\n# TYPE wasmjobs_jobs gauge\n",
+    );
+    for st in crate::store::JobState::ALL {
+        let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "wasmjobs_jobs{{state=\"{st}\"}} {n}");
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

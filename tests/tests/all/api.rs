@@ -665,6 +665,24 @@ async fn bearer_tokens_and_scopes() {
         assert_eq!(status, StatusCode::CREATED);
         let (status, _) = call(server.app(), "GET", "/healthz", Body::empty(), None).await;
         assert_eq!(status, StatusCode::OK);
+        let resp = server
+            .app()
+            .oneshot(
+                Request::get("/metrics")
+                    .header("authorization", "Bearer read-secret")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("resp");
+        let text = String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body")
+                .to_vec(),
+        )
+        .expect("utf-8");
+        assert!(text.contains("wasmjobs_jobs{state=\"queued\"} 0"), "{text}");
         server.stop().await;
     }
 }
