@@ -181,7 +181,8 @@ impl AttemptReport {
         self.outcome == Outcome::Succeeded
     }
 
-    pub(crate) fn failed_before_start(error: String) -> AttemptReport {
+    /// A `failed` attempt that never started (no instance was made): `error` says why.
+    pub fn failed_before_start(error: String) -> AttemptReport {
         AttemptReport {
             outcome: Outcome::Failed,
             trap: None,

@@ -297,7 +297,7 @@ async fn run_attempt(s: &Shared, job: Claimed) {
             loop {
                 tokio::select! {
                     report = &mut run => break report.unwrap_or_else(|e| {
-                        wasmjobs_host_failed(format!("the attempt's task failed: {e}"))
+                        wasmjobs_host::AttemptReport::failed_before_start(format!("the attempt's task failed: {e}"))
                     }),
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {
                         let batch = std::mem::take(&mut *lock(&buffered));
@@ -312,7 +312,7 @@ async fn run_attempt(s: &Shared, job: Claimed) {
                 }
             }
         }
-        Err(message) => wasmjobs_host_failed(message),
+        Err(message) => wasmjobs_host::AttemptReport::failed_before_start(message),
     };
     lock(&s.running).remove(&job.id);
     let outcome = if cancel.is_cancelled() && report.outcome != Outcome::Succeeded {
@@ -337,20 +337,6 @@ async fn run_attempt(s: &Shared, job: Claimed) {
         wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
         events,
     });
-}
-
-fn wasmjobs_host_failed(message: String) -> wasmjobs_host::AttemptReport {
-    wasmjobs_host::AttemptReport {
-        outcome: Outcome::Failed,
-        trap: None,
-        error: Some(message),
-        output: Vec::new(),
-        logs: Vec::new(),
-        logs_truncated: false,
-        fuel_consumed: 0,
-        peak_memory_bytes: 0,
-        wall_time: Duration::ZERO,
-    }
 }
 
 /// Writes completions in batches: whatever has arrived since the last commit goes in one
