@@ -302,6 +302,38 @@ async fn dead_worker_node_jobs_finish_elsewhere_postgres() {
         by_worker.len() >= 3,
         "work was not shared across nodes: {by_worker:?}"
     );
+
+    // Live events across processes: a worker writes them, the API node streams them (NOTIFY).
+    let r = http
+        .post(format!("{}/v1/jobs", api.url))
+        .json(&json!({"module": "testjob", "input": {"mode": "sleep", "ms": 800}}))
+        .send()
+        .await
+        .expect("submit");
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let started = Instant::now();
+    let live = events(&http, &api.url, id).await;
+    let kinds: Vec<String> = live
+        .iter()
+        .map(|(_, e, d)| format!("{e}:{}", d["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("end:succeeded"),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"state:running".to_string()), "{kinds:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "the stream did not wait: {kinds:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stream ended late: {:?}",
+        started.elapsed()
+    );
     drop(workers);
     let _ = std::process::Command::new("psql")
         .args([
