@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::jobs::{job_json, parse_id};
+use super::jobs::{output_json, parse_id};
 use super::{ApiError, AppState};
 use crate::store::{Event, JobId, JobState, Notice};
 
@@ -90,27 +90,27 @@ async fn pump(
             }
             finished |= is_final_state(e);
         }
+        // The job as it stands once its final event has been sent: read once, when needed.
+        let mut done = None;
         if !finished && events.is_empty() {
             // Resumed after the final event, or the job finished between reads.
             let job = store
                 .get_job(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-            let last = store.events(id, after, 1).await?;
-            finished = job.state.is_final() && last.is_empty();
-        }
-        if finished {
-            let job = store
-                .get_job(id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-            let view = job_json(state, &job).await?;
-            let mut output = json!({});
-            for key in ["output", "output_text", "output_base64"] {
-                if let Some(v) = view.get(key) {
-                    output[key] = v.clone();
-                }
+            if job.state.is_final() && store.events(id, after, 1).await?.is_empty() {
+                done = Some(job);
             }
+        } else if finished {
+            done = Some(
+                store
+                    .get_job(id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?,
+            );
+        }
+        if let Some(job) = done {
+            let output = output_json(&job);
             let _ = tx
                 .send(Ok(SseEvent::default()
                     .event("output")

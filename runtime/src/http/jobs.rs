@@ -38,16 +38,27 @@ pub(super) async fn job_json(state: &AppState, job: &Job) -> Result<Value, ApiEr
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     v["attempts"] = json!(attempts);
     v["attempt_count"] = json!(job.attempts);
-    if let Some(out) = &job.output {
-        if let Ok(parsed) = serde_json::from_slice::<Value>(out) {
-            v["output"] = parsed;
-        } else if let Ok(text) = std::str::from_utf8(out) {
-            v["output_text"] = json!(text);
-        } else {
-            v["output_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(out));
-        }
+    if let (Value::Object(view), Value::Object(out)) = (&mut v, output_json(job)) {
+        view.extend(out);
     }
     Ok(v)
+}
+
+/// The job's output as the API shows it: `{"output": …}` when it parses as JSON, else
+/// `{"output_text": …}` when UTF-8, else `{"output_base64": …}`; `{}` without output.
+pub(super) fn output_json(job: &Job) -> Value {
+    match &job.output {
+        None => json!({}),
+        Some(out) => match serde_json::from_slice::<Value>(out) {
+            Ok(parsed) => json!({ "output": parsed }),
+            Err(_) => match std::str::from_utf8(out) {
+                Ok(text) => json!({ "output_text": text }),
+                Err(_) => {
+                    json!({ "output_base64": base64::engine::general_purpose::STANDARD.encode(out) })
+                }
+            },
+        },
+    }
 }
 
 pub(super) async fn submit(
