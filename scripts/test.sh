@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (SQLite always; Postgres when
-# WASMJOBS_TEST_POSTGRES is set), and the edge (no-compiler) build of wasmjobs-host.
+# WASMJOBS_TEST_POSTGRES is set), and the edge (no-compiler) build of the example edge host.
 # Installs what it needs. This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== edge profile: wasmjobs-host without the compiler"
-cargo build --quiet -p wasmjobs-host --no-default-features
+echo "== edge profile: the example edge host, with wasmjobs-host built without the compiler"
+# The edge tests run this binary (tests/src/lib.rs: edge_host_bin).
+cargo build --quiet -p wasmjobs-edge-host --profile edge
 
 echo "== tests"
 if [ -z "${WASMJOBS_TEST_POSTGRES:-}" ]; then

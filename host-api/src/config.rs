@@ -26,6 +26,11 @@ pub struct SandboxConfig {
     /// Pages of memory, tables and stacks kept resident between instances in a slot (faster
     /// re-instantiation at the cost of idle RSS).
     pub keep_resident_bytes: usize,
+    /// Compile for, and run as, this target instead of the host: a target triple such as
+    /// `aarch64-unknown-linux-gnu` (to precompile artifacts for another machine; such a
+    /// sandbox cannot run them), or `pulley64` for wasmtime's portable interpreter (needs the
+    /// `pulley` feature to run; no native code is generated or mapped executable).
+    pub target: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -37,6 +42,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             max_wasm_stack_bytes: 1 << 20,
             keep_resident_bytes: 1 << 20,
+            target: None,
         }
     }
 }

@@ -24,6 +24,43 @@
 //! # }
 //! ```
 //!
+//! # Runtime only (the edge profile)
+//!
+//! Built with `default-features = false` there is no compiler: load artifacts made by
+//! `wasmjobs compile` (or [`Sandbox::precompile`]) and run them with per-call limits and an
+//! event sink. `examples/edge-host` in the repository is a whole HTTP server built this way.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::path::Path;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use wasmjobs_host::{Event, Limits, Outcome, RunRequest, Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::new(&SandboxConfig::default())?;
+//! // Maps the artifact into memory; fails with `LoadError::IncompatibleArtifact` if another
+//! // wasmtime version, other settings or another CPU made it.
+//! let render = sandbox.load_artifact_file(Path::new("markdown.cwasm"))?;
+//! let limits = Limits {
+//!     memory_bytes: 32 << 20,
+//!     timeout: Duration::from_secs(1),
+//!     ..Limits::default()
+//! };
+//! for page in ["# One", "# Two"] {
+//!     let request = RunRequest::new(page.as_bytes().to_vec())
+//!         .limits(limits)
+//!         .events(Arc::new(|event: Event| eprintln!("{event:?}")));
+//!     let report = sandbox.run(&render, request).await;
+//!     match report.outcome {
+//!         Outcome::Succeeded => println!("{}", String::from_utf8_lossy(&report.output)),
+//!         Outcome::TimedOut => eprintln!("too slow"),
+//!         other => eprintln!("{other}: {}", report.error.unwrap_or_default()),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! See `docs/embedding.md` in the repository for the whole embedding API.
 
 mod bindings;

@@ -93,6 +93,8 @@ pub enum LoadError {
     IncompatibleArtifact(String),
     #[error("not a precompiled wasmjobs artifact (.cwasm): {0}")]
     NotAnArtifact(String),
+    #[error("cannot read the artifact: {0}")]
+    Io(String),
     #[error(
         "this build of wasmjobs-host has no compiler: load a precompiled artifact (.cwasm) instead"
     )]
@@ -157,6 +159,49 @@ impl JobModule {
     }
 }
 
+/// Which world a component with these imports and exports targets, or why it cannot run here.
+fn classify(imports: &[String], exports: &[String]) -> Result<World, LoadError> {
+    let world = if exports.iter().any(|e| e == "run") {
+        World::Job
+    } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2.")) {
+        World::Command
+    } else {
+        return Err(LoadError::UnsupportedWorld {
+            exports: exports.to_vec(),
+        });
+    };
+    let unsupported: Vec<String> = imports
+        .iter()
+        .filter(|i| !is_supported_import(i))
+        .cloned()
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(LoadError::UnsupportedImports {
+            imports: unsupported,
+        });
+    }
+    Ok(world)
+}
+
+/// What wasmtime says a would-be artifact is; anything but a precompiled component is refused
+/// with what it is instead.
+fn check_artifact_kind(
+    kind: Option<wasmtime::Precompiled>,
+    is_wasm: bool,
+) -> Result<(), LoadError> {
+    match kind {
+        Some(wasmtime::Precompiled::Component) => Ok(()),
+        Some(wasmtime::Precompiled::Module) => Err(LoadError::NotAnArtifact(
+            "it is a precompiled core module".into(),
+        )),
+        None if is_wasm => Err(LoadError::NotAnArtifact(
+            "it is WebAssembly, not a precompiled artifact: compile it with `wasmjobs compile`"
+                .into(),
+        )),
+        None => Err(LoadError::NotAnArtifact("unrecognised file format".into())),
+    }
+}
+
 /// Checks the first bytes: wasm at all, and component rather than core module.
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if !bytes.starts_with(b"\0asm") {
@@ -210,9 +255,28 @@ impl Sandbox {
 
     /// Compiles wasm bytes to a native artifact for this engine (what `wasmjobs compile`
     /// writes to a `.cwasm` file), after checking it is a loadable job.
+    ///
+    /// A sandbox whose [`SandboxConfig::target`](crate::SandboxConfig::target) is another
+    /// CPU cannot load what it compiles: the component is then checked by compiling it once
+    /// for this machine as well.
     #[cfg(feature = "compiler")]
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-        self.load(bytes)?.serialize()
+        let engine = &self.inner.engine;
+        if self.inner.config.target.is_none() || engine.is_pulley() {
+            return self.load(bytes)?.serialize();
+        }
+        check_header(bytes)?;
+        let host = wasmtime::Engine::new(wasmtime::Config::new().wasm_component_model(true))
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component =
+            Component::new(&host, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&host).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&host).map(|(n, _)| n.to_string()).collect();
+        classify(&imports, &exports)?;
+        engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
     }
 
     /// Loads a precompiled artifact made by [`JobModule::serialize`] or
@@ -233,26 +297,50 @@ impl Sandbox {
         digest: String,
         size: u64,
     ) -> Result<JobModule, LoadError> {
-        match wasmtime::Engine::detect_precompiled(bytes) {
-            Some(wasmtime::Precompiled::Component) => {}
-            Some(wasmtime::Precompiled::Module) => {
-                return Err(LoadError::NotAnArtifact(
-                    "it is a precompiled core module".into(),
-                ));
-            }
-            None if bytes.starts_with(b"\0asm") => {
-                return Err(LoadError::NotAnArtifact(
-                    "it is WebAssembly, not a precompiled artifact".into(),
-                ));
-            }
-            None => return Err(LoadError::NotAnArtifact("unrecognised file format".into())),
-        }
+        check_artifact_kind(
+            wasmtime::Engine::detect_precompiled(bytes),
+            bytes.starts_with(b"\0asm"),
+        )?;
         // SAFETY: `Component::deserialize` requires bytes produced by wasmtime's own
         // serialization; it checks the version and engine settings itself and refuses a
         // mismatch. Callers are told (above) to pass only artifacts this project wrote.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.inner.engine, bytes) }
             .map_err(|e| LoadError::IncompatibleArtifact(format!("{e:#}")))?;
+        self.prepare(component, digest, size)
+    }
+
+    /// Loads a precompiled artifact from a file by mapping it into memory rather than
+    /// reading it: the fastest way to start (an edge host's cold start). The same checks and
+    /// the same warning as [`Sandbox::load_artifact`] apply.
+    pub fn load_artifact_file(&self, path: &std::path::Path) -> Result<JobModule, LoadError> {
+        let io = |e: std::io::Error| LoadError::Io(format!("{}: {e}", path.display()));
+        let mut head = [0u8; 4];
+        {
+            use std::io::Read as _;
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            let n = file.read(&mut head).map_err(io)?;
+            if n < head.len() {
+                return Err(LoadError::NotAnArtifact(format!(
+                    "{} is too short to be one",
+                    path.display()
+                )));
+            }
+        }
+        let kind = if head == *b"\x7fELF" {
+            wasmtime::Engine::detect_precompiled_file(path)
+                .map_err(|e| LoadError::NotAnArtifact(format!("{e:#}")))?
+        } else {
+            None
+        };
+        check_artifact_kind(kind, head == *b"\0asm")?;
+        // SAFETY: as in `load_artifact`; in addition the file must not change while it is
+        // mapped, which holds for artifacts written once and never edited in place.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.inner.engine, path) }
+            .map_err(|e| LoadError::IncompatibleArtifact(format!("{e:#}")))?;
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        let digest = sha256_digest(&std::fs::read(path).map_err(io)?);
         self.prepare(component, digest, size)
     }
 
@@ -267,23 +355,7 @@ impl Sandbox {
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
 
-        let world = if exports.iter().any(|e| e == "run") {
-            World::Job
-        } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2.")) {
-            World::Command
-        } else {
-            return Err(LoadError::UnsupportedWorld { exports });
-        };
-        let unsupported: Vec<String> = imports
-            .iter()
-            .filter(|i| !is_supported_import(i))
-            .cloned()
-            .collect();
-        if !unsupported.is_empty() {
-            return Err(LoadError::UnsupportedImports {
-                imports: unsupported,
-            });
-        }
+        let world = classify(&imports, &exports)?;
 
         let instance_pre = self
             .inner

@@ -35,7 +35,7 @@ impl Sandbox {
     /// Builds the engine, starts the epoch ticker thread and links the host API.
     pub fn new(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let engine =
-            Engine::new(&engine_config(config)).map_err(|e| SandboxError(format!("{e:#}")))?;
+            Engine::new(&engine_config(config)?).map_err(|e| SandboxError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError(format!("{e:#}")))?;
@@ -76,8 +76,12 @@ impl Sandbox {
     }
 }
 
-fn engine_config(cfg: &SandboxConfig) -> Config {
+fn engine_config(cfg: &SandboxConfig) -> Result<Config, SandboxError> {
     let mut c = Config::new();
+    if let Some(target) = &cfg.target {
+        c.target(target)
+            .map_err(|e| SandboxError(format!("target {target:?}: {e:#}")))?;
+    }
     c.wasm_component_model(true);
     c.consume_fuel(true);
     c.epoch_interruption(true);
@@ -108,7 +112,7 @@ fn engine_config(cfg: &SandboxConfig) -> Config {
         // Reset only the pages an instance dirtied (Linux 6.7+; ignored elsewhere).
         .pagemap_scan(Enabled::Auto);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    c
+    Ok(c)
 }
 
 /// Increments the engine's epoch every `tick` until the engine is dropped.

@@ -237,3 +237,86 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Path of the example edge host (`examples/edge-host`), built once per test run on its own,
+/// in the `edge` profile, so that its `wasmjobs-host` has no compiler — as users build it —
+/// rather than the compiler the rest of the workspace unifies into it.
+pub fn edge_host_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::Path::new(guests::ROOT);
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "wasmjobs-edge-host",
+                    "--profile",
+                    "edge",
+                ])
+                .current_dir(root)
+                .status()
+                .expect("run cargo build for the edge host");
+        assert!(status.success(), "building the edge host failed");
+        let exe = std::env::current_exe().expect("current exe");
+        let target = exe.ancestors().nth(3).expect("target dir");
+        let bin = target.join("edge").join("wasmjobs-edge-host");
+        assert!(bin.is_file(), "no edge host binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running edge host (`examples/edge-host`) on a free loopback port; killed when dropped.
+pub struct EdgeHost {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl EdgeHost {
+    /// Starts `bin --config config --listen 127.0.0.1:0` and waits for its "listening on" line.
+    pub fn start(bin: &std::path::Path, config: &std::path::Path) -> EdgeHost {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the edge host");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let Some(url) = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("edge host output");
+            panic!(
+                "the edge host did not start: {line}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        EdgeHost {
+            url: url.to_string(),
+            child,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for EdgeHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -228,6 +228,52 @@ fn compile_then_run_the_artifact() {
 }
 
 #[test]
+fn compile_for_a_named_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let arm = dir.path().join("noop-aarch64.cwasm");
+    let o = wasmjobs(&[
+        "compile",
+        guests::NOOP,
+        "--target",
+        "aarch64-unknown-linux-gnu",
+        "-o",
+        arm.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bytes = std::fs::read(&arm).expect("artifact written");
+    // An ELF file for the AArch64 machine (e_machine 183 at offset 18).
+    assert!(bytes.starts_with(b"\x7fELF"));
+    assert_eq!(
+        u16::from_le_bytes([bytes[18], bytes[19]]),
+        183,
+        "EM_AARCH64"
+    );
+    // This x86_64 machine refuses to run it, saying why.
+    let o = wasmjobs(&["run", arm.to_str().expect("utf-8"), "--input", "x"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("incompatible"), "{}", stderr(&o));
+
+    // A target that does not exist, and a component that is not a job: one clear line each.
+    let o = wasmjobs(&["compile", guests::NOOP, "--target", "vax-dec-ultrix"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("vax-dec-ultrix"), "{}", stderr(&o));
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let o = wasmjobs(&[
+        "compile",
+        core.to_str().expect("utf-8"),
+        "--target",
+        "aarch64-unknown-linux-gnu",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("core WebAssembly module"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn build_compiles_a_job_crate_and_prints_the_component() {
     let root = std::path::Path::new(guests::ROOT);
     let o = Command::new(wasmjobs_bin())

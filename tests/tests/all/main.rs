@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod e2e;
+mod edge;
 mod examples;
 mod sandbox;
 mod store;

@@ -535,6 +535,72 @@ async fn precompiled_artifacts_round_trip_and_foreign_ones_are_refused() {
 }
 
 #[tokio::test]
+async fn pulley_runs_jobs_without_native_code_under_the_same_limits() {
+    let pulley = Sandbox::new(&SandboxConfig {
+        max_instances: 8,
+        target: Some("pulley64".into()),
+        ..SandboxConfig::default()
+    })
+    .expect("a Pulley sandbox");
+    let artifact = pulley
+        .precompile(&guest_bytes(guests::TESTJOB))
+        .expect("compile to Pulley bytecode");
+    // Native and Pulley artifacts are not interchangeable.
+    assert!(matches!(
+        fixture().sandbox.load_artifact(&artifact),
+        Err(LoadError::IncompatibleArtifact(_))
+    ));
+    let job = pulley
+        .load_artifact(&artifact)
+        .expect("load Pulley artifact");
+    let run = |input: Value, limits: Limits| {
+        let (pulley, job) = (&pulley, &job);
+        async move {
+            pulley
+                .run(
+                    job,
+                    RunRequest::new(input.to_string().into_bytes()).limits(limits),
+                )
+                .await
+        }
+    };
+    let r = run(
+        json!({"mode": "greet", "name": "pulley"}),
+        Limits::default(),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(output_json(&r)["greeting"], "hello, pulley");
+    let r = run(
+        json!({"mode": "spin"}),
+        Limits {
+            fuel: 2_000_000,
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::OutOfFuel, "{r:?}");
+    let r = run(
+        json!({"mode": "spin"}),
+        Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+    let r = run(
+        json!({"mode": "membomb"}),
+        Limits {
+            memory_bytes: 16 << 20,
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::OutOfMemory, "{r:?}");
+}
+
+#[tokio::test]
 async fn a_thousand_hostile_attempts_leave_host_memory_flat() {
     let modes = ["membomb", "spin", "panic", "bigout", "logflood", "recurse"];
     let limits = Limits {
