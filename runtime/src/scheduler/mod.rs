@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use wasmjobs_host::{CancelHandle, Event, Limits, Outcome, RunRequest, Sandbox};
+use wasmjobs_host::{CancelHandle, Event, Limits, RunRequest, Sandbox};
 
 pub use cron::{next_after, parse as cron_parse};
 pub use modules::ModuleCache;
@@ -315,11 +315,10 @@ async fn run_attempt(s: &Shared, job: Claimed) {
         Err(message) => wasmjobs_host::AttemptReport::failed_before_start(message),
     };
     lock(&s.running).remove(&job.id);
-    let outcome = if cancel.is_cancelled() && report.outcome != Outcome::Succeeded {
-        Outcome::Cancelled
-    } else {
-        report.outcome
-    };
+    // The attempt records what really happened, even when a cancel arrived as it ended on its
+    // own (out_of_fuel, failed, …): `store::policy::decide` still ends a job whose cancel was
+    // requested `cancelled`, and a completion for a lease we lost is refused by the store.
+    let outcome = report.outcome;
     let mut events = std::mem::take(&mut *lock(&buffered));
     if report.logs_truncated {
         events.push(NewEvent { kind: "log", data: json!({ "level": "warn", "source": "wasmjobs", "message": "logs truncated at the log limit" }) });
