@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (SQLite always; Postgres when
 # WASMJOBS_TEST_POSTGRES is set), and the edge (no-compiler) build of the example edge host.
+# Then fuzzes the live HTTP API from its OpenAPI document (scripts/fuzz-api.sh).
 # Installs what it needs. This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ if [ -z "${WASMJOBS_TEST_POSTGRES:-}" ]; then
   echo "note: WASMJOBS_TEST_POSTGRES is not set; Postgres tests will report that they were skipped"
 fi
 cargo test --workspace
+
+echo "== API fuzzing from the OpenAPI document (schemathesis)"
+./scripts/fuzz-api.sh

@@ -14,7 +14,7 @@ use crate::policy::{AdmissionPolicy, OverCap};
 use crate::store::{Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
 
 /// A job submission, as `POST /v1/jobs` takes it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJob {
     /// Module name or `sha256:…` digest. The job pins the digest.
@@ -26,8 +26,10 @@ pub struct SubmitJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::LimitsDoc>)]
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
     pub priority: i64,
@@ -37,6 +39,7 @@ pub struct SubmitJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::GrantsDoc>)]
     pub grants: Option<Grants>,
     /// Overall deadline from submission, e.g. `"10m"`: no attempt starts after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

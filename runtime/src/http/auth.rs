@@ -43,7 +43,8 @@ pub fn hash(secret: &str) -> String {
 
 pub(super) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let tokens = &state.config.tokens;
-    if tokens.is_empty() || req.uri().path() == "/healthz" {
+    // Liveness and the API's description are public.
+    if tokens.is_empty() || matches!(req.uri().path(), "/healthz" | "/openapi.json") {
         return next.run(req).await;
     }
     let presented = req

@@ -18,6 +18,25 @@ use super::jobs::{output_json, parse_id};
 use super::{ApiError, AppState};
 use crate::store::{Event, JobId, JobState, Notice};
 
+/// Follow a job live (Server-Sent Events): its history, then live state changes, logs,
+/// progress, the output and an `end` event; then the stream closes. Send `Last-Event-ID` to
+/// resume.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/events",
+    tag = "jobs",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The job id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::http::openapi::SseEventDoc),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,

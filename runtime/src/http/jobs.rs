@@ -61,6 +61,24 @@ pub(super) fn output_json(job: &Job) -> Value {
     }
 }
 
+/// Submit a job. A repeated `idempotency_key` answers 200 with the first job.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    params(("wait" = Option<String>, Query, description = "Hold the request until the job ends or this long passes, e.g. `5s` (at most 5m)")),
+    request_body = crate::service::SubmitJob,
+    responses(
+        (status = 201, description = "Accepted; `Location` names the job", body = crate::http::openapi::JobView),
+        (status = 200, description = "The job first submitted with this idempotency key", body = crate::http::openapi::JobView),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Unknown module, a field of the wrong type, or over a cap of the admission policy", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn submit(
     State(state): State<AppState>,
     Query(q): Query<SubmitQuery>,
@@ -124,6 +142,23 @@ pub(super) struct GetQuery {
     include: Option<String>,
 }
 
+/// One job: state, attempts, output, timestamps.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The job id"),
+        ("include" = Option<String>, Query, description = "`input` adds `input_base64`"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = crate::http::openapi::JobView),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -159,6 +194,24 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
 }
 
+/// Jobs, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    params(
+        ("state" = Option<crate::http::openapi::JobStateDoc>, Query, description = "Only jobs in this state"),
+        ("module" = Option<String>, Query, description = "Only jobs of this module (name or digest)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = crate::http::openapi::JobList),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -227,6 +280,21 @@ pub(super) async fn list(
     Ok(Json(json!({ "jobs": items, "next_cursor": next_cursor })))
 }
 
+/// Cancel a job: a queued or scheduled one at once, a running one within a second.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = i64, Path, minimum = 1, description = "The job id")),
+    responses(
+        (status = 200, description = "Cancelled, or cancel requested", body = crate::http::openapi::StateReply),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The job already ended", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -241,6 +309,21 @@ pub(super) async fn cancel(
     Ok(Json(json!({ "id": id, "state": st, "message": note })))
 }
 
+/// Put a failed or cancelled job back in the queue.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = i64, Path, minimum = 1, description = "The job id")),
+    responses(
+        (status = 200, description = "Queued again", body = crate::http::openapi::StateReply),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The job is not failed or cancelled", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -1,19 +1,22 @@
 //! The HTTP API (axum), versioned under `/v1`. [`app`] builds the router; `wasmjobs serve`
 //! binds it. Routes: modules, jobs (submit, get, list, events over SSE, cancel, retry),
-//! schedules, `/healthz`.
+//! schedules, `/healthz`, `/metrics`, `/openapi.json` (generated from the handlers: see
+//! [`openapi`]).
 
 mod auth;
 mod error;
 mod events;
 mod jobs;
 mod modules;
+pub(crate) mod openapi;
 mod schedules;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wasmjobs_host::Sandbox;
 
 pub use auth::{Scope, Token};
@@ -54,35 +57,45 @@ impl Default for ApiConfig {
 
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
-    let module_limit = state.config.max_module_bytes;
-    let body_limit = state.config.max_body_bytes;
-    let v1 = Router::new()
-        .route(
-            "/modules",
-            post(modules::upload)
-                .layer(DefaultBodyLimit::max(module_limit))
-                .get(modules::list),
-        )
-        .route("/modules/{key}", get(modules::get))
-        .route("/modules/{key}/wasm", get(modules::wasm))
-        .route("/jobs", post(jobs::submit).get(jobs::list))
-        .route("/jobs/{id}", get(jobs::get))
-        .route("/jobs/{id}/events", get(events::job_events))
-        .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/jobs/{id}/retry", post(jobs::retry))
-        .route("/schedules", post(schedules::add).get(schedules::list))
-        .route("/schedules/{key}", axum::routing::delete(schedules::delete))
-        .layer(DefaultBodyLimit::max(body_limit));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let (router, _doc) = routes(&state.config).split_for_parts();
+    router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of [`app`], as `GET /openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    routes(&ApiConfig::default()).split_for_parts().1
+}
+
+/// Every documented route. Handlers are registered only through `routes!`, which also adds
+/// their `#[utoipa::path]` to the document: nothing is served undocumented.
+fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
+    use utoipa::OpenApi as _;
+    let (schemas, paths, upload) = routes!(modules::upload);
+    let upload = upload.layer(DefaultBodyLimit::max(config.max_module_bytes));
+    let v1 = OpenApiRouter::new()
+        .routes((schemas, paths, upload))
+        .routes(routes!(modules::list))
+        .routes(routes!(modules::get))
+        .routes(routes!(modules::wasm))
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(events::job_events))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(schedules::add, schedules::list))
+        .routes(routes!(schedules::delete))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/v1", v1)
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
 /// Serves the API on `listener` until `shutdown` completes. Sets TCP_NODELAY on every
@@ -104,6 +117,14 @@ pub async fn serve(
         .await
 }
 
+/// Liveness and the store backend.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "Up", body = openapi::Health))
+)]
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {
@@ -111,6 +132,16 @@ async fn healthz(
 }
 
 /// Prometheus text format: jobs by state.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain", body = String),
+        (status = 401, description = "No or unknown bearer token", body = openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = openapi::ErrorBody),
+    )
+)]
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -132,6 +163,25 @@ async fn metrics(
         out,
     )
         .into_response())
+}
+
+/// This document (OpenAPI 3.1), built once.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    static DOC: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| serde_json::to_vec(&openapi_document()).unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.clone(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -30,6 +30,23 @@ fn module_json(m: &ModuleRecord, name: Option<&str>) -> Value {
 
 /// Validates (and compiles) the component, then stores it. Same bytes again: `200` with the
 /// same digest; new: `201`.
+/// Upload a component. Same bytes again answer 200 with the same digest.
+#[utoipa::path(
+    post,
+    path = "/modules",
+    tag = "modules",
+    params(("name" = Option<String>, Query, description = "A name to point at this digest (moves it if it pointed elsewhere)")),
+    request_body(content = crate::http::openapi::WasmBytes, content_type = "application/wasm", description = "The component's wasm bytes"),
+    responses(
+        (status = 201, description = "Stored", body = crate::http::openapi::ModuleView),
+        (status = 200, description = "Already stored", body = crate::http::openapi::ModuleView),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Over the module size limit", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not wasm, a core module, another world, or imports the policy never grants", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn upload(
     State(state): State<AppState>,
     Query(q): Query<UploadQuery>,
@@ -78,6 +95,18 @@ pub(super) async fn upload(
     Ok((status, Json(module_json(&record, q.name.as_deref()))))
 }
 
+/// Every stored module.
+#[utoipa::path(
+    get,
+    path = "/modules",
+    tag = "modules",
+    responses(
+        (status = 200, description = "The modules", body = crate::http::openapi::ModuleList),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let modules = state.service.store.list_modules().await?;
     Ok(Json(
@@ -85,6 +114,20 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
     ))
 }
 
+/// One module by name or digest.
+#[utoipa::path(
+    get,
+    path = "/modules/{key}",
+    tag = "modules",
+    params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
+    responses(
+        (status = 200, description = "The module", body = crate::http::openapi::ModuleView),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such module", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -99,6 +142,20 @@ pub(super) async fn get(
 }
 
 /// The module's wasm bytes (for `wasmjobs job replay` and for mirroring).
+/// The module's wasm bytes (what `wasmjobs job replay` runs).
+#[utoipa::path(
+    get,
+    path = "/modules/{key}/wasm",
+    tag = "modules",
+    params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
+    responses(
+        (status = 200, description = "The wasm bytes", content_type = "application/wasm", body = crate::http::openapi::WasmBytes),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such module", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn wasm(
     State(state): State<AppState>,
     Path(key): Path<String>,

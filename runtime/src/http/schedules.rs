@@ -21,6 +21,22 @@ struct AddSchedule {
     name: Option<String>,
 }
 
+/// Add a cron schedule that submits a job each tick.
+#[utoipa::path(
+    post,
+    path = "/schedules",
+    tag = "schedules",
+    request_body = crate::http::openapi::ScheduleRequest,
+    responses(
+        (status = 201, description = "Added", body = crate::http::openapi::ScheduleView),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "A bad cron expression, an unknown module, or a bad job", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn add(
     State(state): State<AppState>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -60,12 +76,38 @@ pub(super) async fn add(
     Ok((StatusCode::CREATED, Json(json!(s))))
 }
 
+/// Every schedule.
+#[utoipa::path(
+    get,
+    path = "/schedules",
+    tag = "schedules",
+    responses(
+        (status = 200, description = "The schedules", body = crate::http::openapi::ScheduleList),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({ "schedules": state.service.store.list_schedules().await? }),
     ))
 }
 
+/// Delete a schedule by id or name.
+#[utoipa::path(
+    delete,
+    path = "/schedules/{key}",
+    tag = "schedules",
+    params(("key" = String, Path, description = "The schedule's id or name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such schedule", body = crate::http::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     Path(key): Path<String>,

@@ -686,3 +686,101 @@ async fn bearer_tokens_and_scopes() {
         server.stop().await;
     }
 }
+
+/// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
+const ROUTES: [(&str, &str); 16] = [
+    ("post", "/v1/modules"),
+    ("get", "/v1/modules"),
+    ("get", "/v1/modules/{key}"),
+    ("get", "/v1/modules/{key}/wasm"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/jobs/{id}/retry"),
+    ("post", "/v1/schedules"),
+    ("get", "/v1/schedules"),
+    ("delete", "/v1/schedules/{key}"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_nothing_else() {
+    let (_backend, store, _db) = test_stores("openapi")
+        .await
+        .into_iter()
+        .next()
+        .expect("a SQLite store");
+    let server = TestServer::start(store, ApiConfig::default(), 0).await;
+    let (status, doc) = call(server.app(), "GET", "/openapi.json", Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "OpenAPI 3.1: {}",
+        doc["openapi"]
+    );
+    assert_eq!(
+        doc,
+        serde_json::to_value(wasmjobs::http::openapi_document()).expect("json")
+    );
+
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        documented, expected,
+        "the document lists exactly the API's routes"
+    );
+
+    // Every documented route is served: no fallback 404 ("no route for") and no 405.
+    for (method, path) in &expected {
+        let uri = path.replace("{key}", "nope").replace("{id}", "999999");
+        let (status, body) = call(
+            server.app(),
+            &method.to_uppercase(),
+            &uri,
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.starts_with("no route for"),
+            "{method} {uri} is documented but not served"
+        );
+        // Each documented operation names its responses, errors included.
+        let op = &doc["paths"][path][method];
+        assert!(
+            op["responses"]["200"].is_object()
+                || op["responses"]["201"].is_object()
+                || op["responses"]["204"].is_object(),
+            "{method} {path}: {op}"
+        );
+    }
+    // And a route that does not exist is the fallback, so the check above can fail.
+    let (status, body) = call(server.app(), "GET", "/v1/nothing", Body::empty(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("no route for")
+    );
+}

@@ -1,0 +1,287 @@
+//! The OpenAPI 3.1 document, served at `/openapi.json`. Paths, parameters and request bodies
+//! come from the `#[utoipa::path]` attribute on each handler, and the router registers handlers
+//! through `utoipa_axum::routes!`, so a route cannot be served without being documented.
+//!
+//! Most responses are built as JSON values from the store's types; the structs below describe
+//! their shape for the document only. `tests/tests/all/api.rs` checks that the document lists
+//! every route, and CI fuzzes a live server from it (schemathesis) to check responses match.
+
+#![allow(dead_code)] // the structs below are only read by the OpenAPI derive
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wasmjobs",
+        description = "WebAssembly-sandboxed jobs: upload components, submit jobs, follow them live.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "modules", description = "Job components, content-addressed by sha256"),
+        (name = "jobs", description = "Submit, inspect, follow, cancel and retry jobs"),
+        (name = "schedules", description = "Cron schedules that submit jobs"),
+        (name = "service", description = "Health, metrics and this document"),
+    )
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from the server's config; none is needed when the server has no tokens (loopback only).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Raw bytes (a wasm component).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(crate) struct WasmBytes(Vec<u8>);
+
+/// One Server-Sent Event of a job's stream. `event` is `state`, `log`, `progress`, `output`,
+/// `end` or `error`; `data` is a JSON object; `id` (the job's event sequence number, for
+/// `Last-Event-ID`) is on every event but `output` and `end`.
+#[derive(ToSchema)]
+pub(crate) struct SseEventDoc {
+    id: Option<String>,
+    event: String,
+    data: String,
+}
+
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Machine-readable, e.g. `invalid_json`, `not_found`, `over_cap`.
+    code: String,
+    /// For people: names the field and value at fault.
+    message: String,
+}
+
+/// A stored module.
+#[derive(ToSchema)]
+pub(crate) struct ModuleView {
+    /// `sha256:<hex>`
+    digest: String,
+    /// The name it was uploaded under (or its first name).
+    name: Option<String>,
+    names: Vec<String>,
+    size: u64,
+    /// `wasmjobs:job/job` or `wasi:cli/command`
+    world: String,
+    imports: Vec<String>,
+    /// Milliseconds since the Unix epoch.
+    created_at: i64,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ModuleList {
+    modules: Vec<ModuleView>,
+}
+
+/// A job's state (docs/state-machine.md).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum JobStateDoc {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// How an attempt ended.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum OutcomeDoc {
+    Succeeded,
+    Failed,
+    Trapped,
+    OutOfFuel,
+    TimedOut,
+    OutOfMemory,
+    OutputTooLarge,
+    Cancelled,
+    Lost,
+}
+
+/// A size: bytes, or text such as `"64MiB"`.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum SizeDoc {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A duration: milliseconds, or text such as `"5s"`.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(untagged)]
+pub(crate) enum DurationDoc {
+    Millis(u64),
+    Text(String),
+}
+
+/// Limits of one attempt; each omitted field takes the server's default.
+#[derive(ToSchema)]
+pub(crate) struct LimitsDoc {
+    fuel: Option<u64>,
+    memory_bytes: Option<SizeDoc>,
+    timeout_ms: Option<DurationDoc>,
+    max_output_bytes: Option<SizeDoc>,
+    max_log_bytes: Option<SizeDoc>,
+}
+
+/// The retry policy.
+#[derive(ToSchema)]
+pub(crate) struct RetryDoc {
+    max_attempts: Option<u32>,
+    initial_backoff_ms: Option<DurationDoc>,
+    multiplier: Option<f64>,
+    max_backoff_ms: Option<DurationDoc>,
+    /// 0 to 1.
+    jitter: Option<f64>,
+    retry_on: Option<Vec<OutcomeDoc>>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct DirGrantDoc {
+    host: String,
+    guest: String,
+    writable: Option<bool>,
+}
+
+/// Directories and environment variables the job may see.
+#[derive(ToSchema)]
+pub(crate) struct GrantsDoc {
+    dirs: Option<Vec<DirGrantDoc>>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+/// One attempt of a job.
+#[derive(ToSchema)]
+pub(crate) struct AttemptView {
+    attempt: u32,
+    worker: String,
+    outcome: Option<OutcomeDoc>,
+    /// Which trap, when the outcome is `trapped`.
+    trap: Option<String>,
+    error: Option<String>,
+    fuel_consumed: Option<u64>,
+    peak_memory_bytes: Option<u64>,
+    wall_time_us: Option<u64>,
+    started_at: i64,
+    finished_at: Option<i64>,
+}
+
+/// A job. Its output is `output` (when it is JSON), `output_text` (UTF-8) or `output_base64`.
+#[derive(ToSchema)]
+pub(crate) struct JobView {
+    id: i64,
+    /// The module digest the job is pinned to.
+    module: String,
+    state: JobStateDoc,
+    priority: i64,
+    run_at: i64,
+    limits: Value,
+    retry: Value,
+    grants: Value,
+    idempotency_key: Option<String>,
+    attempts: Vec<AttemptView>,
+    attempt_count: u32,
+    deadline_at: Option<i64>,
+    worker: Option<String>,
+    lease_until: Option<i64>,
+    cancel_requested: bool,
+    outcome: Option<OutcomeDoc>,
+    error: Option<String>,
+    workflow_ref: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    output: Option<Value>,
+    output_text: Option<String>,
+    output_base64: Option<String>,
+    /// With `?include=input`.
+    input_base64: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct JobSummary {
+    id: i64,
+    module: String,
+    state: JobStateDoc,
+    priority: i64,
+    attempt_count: u32,
+    outcome: Option<OutcomeDoc>,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct JobList {
+    jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct StateReply {
+    id: i64,
+    state: JobStateDoc,
+    message: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ScheduleRequest {
+    /// A cron expression (5 fields, or 6 with seconds).
+    cron: String,
+    /// The job each tick submits, as for `POST /v1/jobs`.
+    job: crate::service::SubmitJob,
+    name: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ScheduleView {
+    id: i64,
+    name: Option<String>,
+    cron: String,
+    /// The job it submits.
+    target: Value,
+    next_run_at: i64,
+    created_at: i64,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ScheduleList {
+    schedules: Vec<ScheduleView>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct Health {
+    status: String,
+    /// `sqlite` or `postgres`.
+    store: String,
+}
