@@ -28,6 +28,40 @@ pub struct PgStore {
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
+/// Columns of keyless jobs inserted with one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct KeylessColumns {
+    id: Vec<i64>,
+    module: Vec<String>,
+    state: Vec<&'static str>,
+    priority: Vec<i64>,
+    run_at: Vec<i64>,
+    input: Vec<Vec<u8>>,
+    limits: Vec<String>,
+    retry: Vec<String>,
+    grants: Vec<String>,
+    deadline_at: Vec<Option<i64>>,
+    workflow_ref: Vec<Option<String>>,
+}
+
+/// Columns of a batch of completions, applied with one `UPDATE … FROM UNNEST` per table.
+#[derive(Default)]
+struct CompletionColumns {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    outcome: Vec<&'static str>,
+    error: Vec<Option<String>>,
+    output: Vec<Option<Vec<u8>>>,
+    run_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    event_count: Vec<i64>,
+    attempt: Vec<i64>,
+    trap: Vec<Option<String>>,
+    fuel: Vec<i64>,
+    peak_memory: Vec<i64>,
+    wall_time: Vec<i64>,
+}
+
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
 
 impl PgStore {
@@ -354,31 +388,38 @@ impl Store for PgStore {
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(jobs.len());
+        let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
         let mut notices = Vec::new();
         let mut any_queued = false;
         let mut events = Vec::new();
+        // Jobs with an idempotency key one at a time (a key may repeat, even within the
+        // batch); the others in one INSERT, ids drawn from the sequence up front so that each
+        // row's id is known without relying on the order of RETURNING.
+        let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
         for j in jobs {
-            if let Some(key) = &j.idempotency_key {
-                let existing: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(id) = existing {
-                    let job = fetch_job(&mut tx, id)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                    out.push((job, false));
-                    continue;
-                }
-            }
             let run_at = j.run_at.unwrap_or(now);
             let state = if run_at > now {
                 JobState::Scheduled
             } else {
                 JobState::Queued
             };
+            let Some(key) = j.idempotency_key.clone() else {
+                keyless.push((out.len(), j, state, run_at));
+                out.push(None);
+                continue;
+            };
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(id) = existing {
+                let job = fetch_job(&mut tx, id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                out.push(Some((job, false)));
+                continue;
+            }
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
                                    idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
@@ -392,22 +433,81 @@ impl Store for PgStore {
             .bind(json(&j.limits))
             .bind(json(&j.retry))
             .bind(json(&j.grants))
-            .bind(j.idempotency_key.as_deref())
+            .bind(&key)
             .bind(j.deadline_at)
             .bind(j.workflow_ref.as_deref())
             .bind(now)
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            let extra = if state == JobState::Scheduled {
-                json!({ "run_at": run_at })
-            } else {
-                json!({})
-            };
-            events.extend(pending(id, 1, &[NewEvent::state(state, extra)]));
-            any_queued |= state == JobState::Queued;
-            notices.push(Notice::Events(id));
-            out.push((Job::inserted(id, j, state, run_at, now), true));
+            out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
+        }
+        if !keyless.is_empty() {
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1)",
+            )
+            .bind(keyless.len() as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.len() != keyless.len() {
+                return Err(StoreError::Corrupt(
+                    "the job id sequence returned too few ids".into(),
+                ));
+            }
+            let mut cols = KeylessColumns::default();
+            for (id, (_, j, state, run_at)) in ids.iter().zip(&keyless) {
+                cols.id.push(*id);
+                cols.module.push(j.module_digest.clone());
+                cols.state.push(state.as_str());
+                cols.priority.push(j.priority);
+                cols.run_at.push(*run_at);
+                cols.input.push(j.input.clone());
+                cols.limits.push(json(&j.limits));
+                cols.retry.push(json(&j.retry));
+                cols.grants.push(json(&j.grants));
+                cols.deadline_at.push(j.deadline_at);
+                cols.workflow_ref.push(j.workflow_ref.clone());
+            }
+            sqlx::query(
+                "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
+                                   deadline_at, workflow_ref, created_at, updated_at, event_seq)
+                 SELECT u.*, $12, $12, 1
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
+                             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) AS u",
+            )
+            .bind(&cols.id)
+            .bind(&cols.module)
+            .bind(&cols.state)
+            .bind(&cols.priority)
+            .bind(&cols.run_at)
+            .bind(&cols.input)
+            .bind(&cols.limits)
+            .bind(&cols.retry)
+            .bind(&cols.grants)
+            .bind(&cols.deadline_at)
+            .bind(&cols.workflow_ref)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for (id, (slot, j, state, run_at)) in ids.into_iter().zip(keyless) {
+                out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
+            }
+        }
+        let mut result = Vec::with_capacity(out.len());
+        for entry in out {
+            let (job, created) =
+                entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into()))?;
+            if created {
+                let extra = if job.state == JobState::Scheduled {
+                    json!({ "run_at": job.run_at })
+                } else {
+                    json!({})
+                };
+                events.extend(pending(job.id, 1, &[NewEvent::state(job.state, extra)]));
+                any_queued |= job.state == JobState::Queued;
+                notices.push(Notice::Events(job.id));
+            }
+            result.push((job, created));
         }
         write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
@@ -415,7 +515,7 @@ impl Store for PgStore {
             notices.push(Notice::JobsAvailable);
         }
         self.notify(notices).await;
-        Ok(out)
+        Ok(result)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -598,27 +698,146 @@ impl Store for PgStore {
     }
 
     async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
+        // A fixed number of statements per batch, whatever its size: lock and read the jobs,
+        // update them, update their attempts, insert their events.
         let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(completions.len());
-        let mut notices = Vec::new();
-        let mut events = Vec::new();
-        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
-        let mut order: Vec<usize> = (0..completions.len()).collect();
-        order.sort_by_key(|&i| completions[i].job_id);
-        let mut applied = vec![Completed::Refused; completions.len()];
-        for i in order {
-            let c = &completions[i];
-            let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
-            if let Completed::Applied(state) = r {
-                notices.push(Notice::Events(c.job_id));
-                if state == JobState::Scheduled {
-                    notices.push(Notice::JobsAvailable);
-                }
-            }
-            applied[i] = r;
+        let mut ids: Vec<i64> = completions.iter().map(|c| c.job_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        #[derive(sqlx::FromRow)]
+        struct Snap {
+            id: i64,
+            state: String,
+            attempts: i64,
+            worker: Option<String>,
+            retry: String,
+            cancel_requested: bool,
+            deadline_at: Option<i64>,
         }
-        results.extend(applied);
-        write_events(&mut tx, &events, now).await?;
+        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
+        let snaps: Vec<Snap> = sqlx::query_as(
+            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at FROM jobs
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let snaps: std::collections::HashMap<i64, Snap> =
+            snaps.into_iter().map(|s| (s.id, s)).collect();
+
+        let mut results = vec![Completed::Refused; completions.len()];
+        let mut done = std::collections::HashSet::new();
+        let mut jobs = CompletionColumns::default();
+        let mut job_events: Vec<(JobId, Vec<NewEvent>)> = Vec::new();
+        let mut notices = Vec::new();
+        for (i, c) in completions.iter().enumerate() {
+            let Some(snap) = snaps.get(&c.job_id) else {
+                continue;
+            };
+            // The fence: still running this very attempt, on this worker; once per batch.
+            if snap.state != "running"
+                || snap.attempts != i64::from(c.attempt)
+                || snap.worker.as_deref() != Some(c.worker.as_str())
+                || !done.insert(c.job_id)
+            {
+                continue;
+            }
+            let retry: RetryPolicy = serde_json::from_str(&snap.retry)
+                .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?;
+            let next = decide(
+                &JobSnapshot {
+                    attempts: u32::try_from(snap.attempts).unwrap_or(0),
+                    retry,
+                    cancel_requested: snap.cancel_requested,
+                    deadline_at: snap.deadline_at,
+                },
+                c.outcome,
+                now,
+            );
+            let state = next.state();
+            let run_at = match next {
+                Next::Retry { run_at } => Some(run_at),
+                _ => None,
+            };
+            let mut events = c.events.clone();
+            let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
+            if let Some(run_at) = run_at {
+                extra["run_at"] = json!(run_at);
+            }
+            events.push(NewEvent::state(state, extra));
+            let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
+            jobs.id.push(c.job_id);
+            jobs.state.push(state.as_str());
+            jobs.outcome.push(c.outcome.as_str());
+            jobs.error.push(c.error.clone());
+            jobs.output.push(keep_output.then(|| c.output.clone()));
+            jobs.run_at.push(run_at);
+            jobs.finished_at.push(state.is_final().then_some(now));
+            jobs.event_count.push(events.len() as i64);
+            jobs.attempt.push(i64::from(c.attempt));
+            jobs.trap.push(c.trap.clone());
+            jobs.fuel
+                .push(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX));
+            jobs.peak_memory
+                .push(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX));
+            jobs.wall_time
+                .push(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX));
+            job_events.push((c.job_id, events));
+            notices.push(Notice::Events(c.job_id));
+            if state == JobState::Scheduled {
+                notices.push(Notice::JobsAvailable);
+            }
+            results[i] = Completed::Applied(state);
+        }
+        if !jobs.id.is_empty() {
+            let seqs: Vec<(i64, i64)> = sqlx::query_as(
+                "UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
+                        worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
+                        finished_at = v.finished_at, updated_at = $9, event_seq = jobs.event_seq + v.n
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[],
+                             $7::bigint[], $8::bigint[]) AS v(id, state, outcome, error, output, run_at, finished_at, n)
+                 WHERE jobs.id = v.id
+                 RETURNING jobs.id, jobs.event_seq",
+            )
+            .bind(&jobs.id)
+            .bind(&jobs.state)
+            .bind(&jobs.outcome)
+            .bind(&jobs.error)
+            .bind(&jobs.output)
+            .bind(&jobs.run_at)
+            .bind(&jobs.finished_at)
+            .bind(&jobs.event_count)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error,
+                        fuel_consumed = v.fuel, peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $9
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                             $7::bigint[], $8::bigint[]) AS v(job_id, attempt, outcome, trap, error, fuel, peak, wall)
+                 WHERE attempts.job_id = v.job_id AND attempts.attempt = v.attempt",
+            )
+            .bind(&jobs.id)
+            .bind(&jobs.attempt)
+            .bind(&jobs.outcome)
+            .bind(&jobs.trap)
+            .bind(&jobs.error)
+            .bind(&jobs.fuel)
+            .bind(&jobs.peak_memory)
+            .bind(&jobs.wall_time)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let seqs: std::collections::HashMap<i64, i64> = seqs.into_iter().collect();
+            let mut rows = Vec::new();
+            for (id, events) in &job_events {
+                let last = *seqs
+                    .get(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("job {id} was not updated")))?;
+                rows.extend(pending(*id, last, events));
+            }
+            write_events(&mut tx, &rows, now).await?;
+        }
         tx.commit().await?;
         self.notify(notices).await;
         Ok(results)
