@@ -10,3 +10,4 @@ pub mod policy;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod watch;

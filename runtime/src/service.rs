@@ -68,17 +68,22 @@ type Reply = oneshot::Sender<Result<(Job, bool), StoreError>>;
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub policy: Arc<AdmissionPolicy>,
+    /// Wakes the followers of one job when it changes (SSE streams, `?wait=`).
+    pub watchers: crate::watch::JobWatchers,
     inserts: mpsc::Sender<(NewJob, Reply)>,
 }
 
 impl JobService {
-    /// Must be called inside a tokio runtime: it starts the task that commits submissions.
+    /// Must be called inside a tokio runtime: it starts the task that commits submissions and
+    /// the one that routes the store's notices to each job's followers.
     pub fn new(store: Arc<dyn Store>, policy: AdmissionPolicy) -> JobService {
         let (inserts, rx) = mpsc::channel(4096);
         tokio::spawn(group_commit(store.clone(), rx));
+        let watchers = crate::watch::JobWatchers::start(store.subscribe());
         JobService {
             store,
             policy: Arc::new(policy),
+            watchers,
             inserts,
         }
     }

@@ -20,7 +20,23 @@ use wasmjobs_tests::{guest_bytes, guests};
 mod common;
 use common::{cores, cpu_model};
 
-const RATE: u64 = 500;
+/// Attempts in flight on the server (`--workers`; `WASMJOBS_BENCH_WORKERS` overrides).
+fn workers() -> usize {
+    std::env::var("WASMJOBS_BENCH_WORKERS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(16)
+}
+
+/// Jobs per second of the latency run (`WASMJOBS_BENCH_RATE` overrides; the issue's figure is 500).
+fn rate() -> u64 {
+    std::env::var("WASMJOBS_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(500)
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -31,7 +47,8 @@ async fn main() {
     println!("wasmjobs HTTP API benchmark");
     println!("machine: {} cores, {}", cores(), cpu_model());
     println!(
-        "server: wasmjobs serve (release), workers = cores; job: tests/guests/noop; client: this process, same machine{}",
+        "server: wasmjobs serve (release) --workers {}; job: tests/guests/noop; client: this process, same machine{}",
+        workers(),
         if quick { " (--quick)" } else { "" }
     );
     println!();
@@ -71,7 +88,8 @@ async fn main() {
         let lat = steady_latency(&http, &server.url, steady).await;
         println!("{backend}:");
         println!(
-            "  POST /v1/jobs → final SSE event, open loop at {RATE} jobs/s for {:?}: {} jobs at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}{}",
+            "  POST /v1/jobs → final SSE event, open loop at {} jobs/s for {:?}: {} jobs at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}{}",
+            rate(),
             steady,
             lat.count,
             lat.rate,
@@ -84,6 +102,10 @@ async fn main() {
             } else {
                 ""
             }
+        );
+        println!(
+            "    of which POST /v1/jobs → 201 (accepted, durable): p50 {:.2} ms, p99 {:.2} ms",
+            lat.submit_p50, lat.submit_p99
         );
         let rate = submit_rate(&http, &server.url, burst).await;
         println!(
@@ -148,6 +170,7 @@ impl Server {
             .expect("free port");
         let child = Command::new(bin)
             .args(["serve", "--db", db, "--addr", &format!("127.0.0.1:{port}")])
+            .args(["--workers", &workers().to_string()])
             .arg("--cache-dir")
             .arg(dir.join("cache"))
             .current_dir(dir)
@@ -181,12 +204,15 @@ struct Latency {
     p99: f64,
     max: f64,
     errors: usize,
+    /// Of which `POST /v1/jobs` → `201`.
+    submit_p50: f64,
+    submit_p99: f64,
 }
 
 /// Starts one job every 1/RATE s (open loop: a slow answer does not slow the arrivals) and
 /// measures, for each, from sending its `POST /v1/jobs` to reading its SSE `end` event.
 async fn steady_latency(http: &reqwest::Client, url: &str, duration: Duration) -> Latency {
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate()));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -198,19 +224,25 @@ async fn steady_latency(http: &reqwest::Client, url: &str, duration: Duration) -
     }
     let sent = start.elapsed().as_secs_f64();
     let mut ms = Vec::new();
+    let mut submit_ms = Vec::new();
     let mut errors = 0;
     for t in tasks {
         match t.await {
-            Ok(Ok(d)) => ms.push(d.as_secs_f64() * 1e3),
+            Ok(Ok((accepted, done))) => {
+                submit_ms.push(accepted.as_secs_f64() * 1e3);
+                ms.push(done.as_secs_f64() * 1e3);
+            }
             _ => errors += 1,
         }
     }
     ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1)))
+    submit_ms.sort_by(f64::total_cmp);
+    let pct_of = |v: &[f64], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let pct = |p: f64| pct_of(&ms, p);
     Latency {
         count: ms.len() + errors,
         rate: (ms.len() + errors) as f64 / sent,
@@ -218,10 +250,12 @@ async fn steady_latency(http: &reqwest::Client, url: &str, duration: Duration) -
         p99: pct(0.99),
         max: ms.last().copied().unwrap_or(f64::NAN),
         errors,
+        submit_p50: pct_of(&submit_ms, 0.50),
+        submit_p99: pct_of(&submit_ms, 0.99),
     }
 }
 
-async fn one_job(http: &reqwest::Client, url: &str) -> Result<Duration, String> {
+async fn one_job(http: &reqwest::Client, url: &str) -> Result<(Duration, Duration), String> {
     let t0 = Instant::now();
     let r = http
         .post(format!("{url}/v1/jobs"))
@@ -233,6 +267,7 @@ async fn one_job(http: &reqwest::Client, url: &str) -> Result<Duration, String> 
         return Err(format!("submit: {}", r.status()));
     }
     let job: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    let accepted = t0.elapsed();
     let id = job["id"].as_i64().ok_or("no id")?;
     let events = http
         .get(format!("{url}/v1/jobs/{id}/events"))
@@ -247,7 +282,7 @@ async fn one_job(http: &reqwest::Client, url: &str) -> Result<Duration, String> 
             let elapsed = t0.elapsed();
             let text = String::from_utf8_lossy(&seen);
             return if text.contains(r#""outcome":"succeeded""#) {
-                Ok(elapsed)
+                Ok((accepted, elapsed))
             } else {
                 Err(format!("job {id} did not succeed: {text}"))
             };

@@ -11,12 +11,12 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::jobs::{output_json, parse_id};
 use super::{ApiError, AppState};
-use crate::store::{Event, JobId, JobState, Notice};
+use crate::store::{Event, JobId, JobState};
 
 /// Follow a job live (Server-Sent Events): its history, then live state changes, logs,
 /// progress, the output and an `end` event; then the stream closes. Send `Last-Event-ID` to
@@ -58,10 +58,11 @@ pub(super) async fn job_events(
     if state.service.store.get_job(id).await?.is_none() {
         return Err(ApiError::not_found(format!("job {id} not found")));
     }
-    let notices = state.service.store.subscribe();
+    // Follow before the first read: a change between the two is not lost.
+    let watch = state.service.watchers.watch(id);
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        if let Err(e) = pump(&state, id, after, notices, &tx).await {
+        if let Err(e) = pump(&state, id, after, watch, &tx).await {
             let _ = tx
                 .send(Ok(SseEvent::default()
                     .event("error")
@@ -95,7 +96,7 @@ async fn pump(
     state: &AppState,
     id: JobId,
     mut after: i64,
-    mut notices: broadcast::Receiver<Notice>,
+    mut watch: crate::watch::JobWatch,
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ApiError> {
     let store = &state.service.store;
@@ -144,18 +145,8 @@ async fn pump(
         if events.len() == 500 {
             continue;
         }
-        // Wait for this job's next events (or poll in case a notice was missed).
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match notices.recv().await {
-                    Ok(Notice::Events(j)) if j == id => return,
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-                    _ => {}
-                }
-            }
-        })
-        .await;
+        // Wait for this job's next events (or poll, in case a notice was missed).
+        let _ = tokio::time::timeout(Duration::from_secs(2), watch.changed()).await;
         if tx.is_closed() {
             return Ok(());
         }

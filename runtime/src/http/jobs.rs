@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::service::SubmitJob;
-use crate::store::{Job, JobFilter, JobId, JobState, Notice, now_ms};
+use crate::store::{Job, JobFilter, JobId, JobState, now_ms};
 
 /// How long `?wait=` may hold a request.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -95,32 +95,25 @@ pub(super) async fn submit(
         .transpose()?
         .map(|w| w.min(MAX_WAIT));
     let req: SubmitJob = super::error::parse_json(&body)?;
-    let mut notices = state.service.store.subscribe();
     let (mut job, created) = state.service.submit(req).await?;
-    if let Some(wait) = wait {
+    if let Some(wait) = wait
+        && !job.state.is_final()
+    {
+        // Follow first, then read: a change between the two is not lost.
+        let mut watch = state.service.watchers.watch(job.id);
         let until = tokio::time::Instant::now() + wait;
-        while !job.state.is_final() {
-            let woke = tokio::time::timeout_at(until, async {
-                loop {
-                    match notices.recv().await {
-                        Ok(Notice::Events(id)) if id == job.id => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            return;
-                        }
-                        _ => {}
-                    }
-                }
-            })
-            .await;
+        loop {
             job = state
                 .service
                 .store
                 .get_job(job.id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("job vanished"))?;
-            if woke.is_err() {
+            if job.state.is_final()
+                || tokio::time::timeout_at(until, watch.changed())
+                    .await
+                    .is_err()
+            {
                 break;
             }
         }

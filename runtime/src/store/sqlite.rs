@@ -23,6 +23,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     notices: broadcast::Sender<Notice>,
+    /// The background checkpointer runs while this lives.
+    _checkpointer: std::sync::Arc<()>,
 }
 
 type Tx<'a> = Transaction<'a, Sqlite>;
@@ -43,13 +45,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The writer never checkpoints: copying the WAL into the database (and syncing it)
+        // inside a commit stalls every write queued behind it for tens of milliseconds. A
+        // connection of its own does it in the background instead (`checkpointer`).
         let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let checkpoint = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&writer).await?;
+        let alive = std::sync::Arc::new(());
+        tokio::spawn(checkpointer(checkpoint, std::sync::Arc::downgrade(&alive)));
         let reader = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .connect_with(options.read_only(true))
             .await?;
         let (notices, _) = broadcast::channel(4096);
@@ -57,12 +68,33 @@ impl SqliteStore {
             writer,
             reader,
             notices,
+            _checkpointer: alive,
         })
     }
 
     fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
         for n in notices {
             let _ = self.notices.send(n);
+        }
+    }
+}
+
+/// Copies the WAL into the database every 200 ms without blocking writers or readers
+/// (`PASSIVE`); ends when the store is dropped.
+async fn checkpointer(pool: SqlitePool, store: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.upgrade().is_none() {
+            pool.close().await;
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!("WAL checkpoint failed: {e}");
         }
     }
 }
