@@ -815,7 +815,7 @@ impl Store for PgStore {
                         fuel_consumed = v.fuel, peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $9
                  FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
                              $7::bigint[], $8::bigint[]) AS v(job_id, attempt, outcome, trap, error, fuel, peak, wall)
-                 WHERE attempts.job_id = v.job_id AND attempts.attempt = v.attempt",
+                 WHERE attempts.job_id = ANY($1) AND attempts.job_id = v.job_id AND attempts.attempt = v.attempt",
             )
             .bind(&jobs.id)
             .bind(&jobs.attempt)
