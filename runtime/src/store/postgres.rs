@@ -10,10 +10,8 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Transaction};
 use tokio::sync::broadcast;
-use wasmjobs_host::Outcome;
 
 use super::model::*;
-use super::policy::{JobSnapshot, Next, RetryPolicy, decide};
 use super::rows::*;
 use super::{Notice, Result, Store, StoreError};
 
@@ -247,31 +245,22 @@ async fn apply_completion(
     let Some(snap) = snap else {
         return Ok(Completed::Refused);
     };
-    let retry: RetryPolicy = serde_json::from_str(&snap.retry)
-        .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?;
-    let next = decide(
-        &JobSnapshot {
-            attempts: u32::try_from(snap.attempts).unwrap_or(0),
-            retry,
+    let Ending {
+        state,
+        run_at,
+        finished_at,
+        keep_output,
+        events,
+    } = ending(
+        EndingSnapshot {
+            attempts: snap.attempts,
+            retry: &snap.retry,
             cancel_requested: snap.cancel_requested,
             deadline_at: snap.deadline_at,
         },
-        c.outcome,
+        c,
         now,
-    );
-    let state = next.state();
-    let finished_at = state.is_final().then_some(now);
-    let run_at = match next {
-        Next::Retry { run_at } => Some(run_at),
-        _ => None,
-    };
-    let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
-    let mut events = c.events.clone();
-    let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
-    if let Some(run_at) = run_at {
-        extra["run_at"] = json!(run_at);
-    }
-    events.push(NewEvent::state(state, extra));
+    )?;
     let last_seq: i64 = sqlx::query_scalar(
         "UPDATE jobs SET state = $1, outcome = $2, error = $3, output = $4, worker = NULL, lease_until = NULL,
                 run_at = COALESCE($5, run_at), finished_at = $6, updated_at = $7, event_seq = event_seq + $8
@@ -742,37 +731,29 @@ impl Store for PgStore {
             {
                 continue;
             }
-            let retry: RetryPolicy = serde_json::from_str(&snap.retry)
-                .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?;
-            let next = decide(
-                &JobSnapshot {
-                    attempts: u32::try_from(snap.attempts).unwrap_or(0),
-                    retry,
+            let Ending {
+                state,
+                run_at,
+                finished_at,
+                keep_output,
+                events,
+            } = ending(
+                EndingSnapshot {
+                    attempts: snap.attempts,
+                    retry: &snap.retry,
                     cancel_requested: snap.cancel_requested,
                     deadline_at: snap.deadline_at,
                 },
-                c.outcome,
+                c,
                 now,
-            );
-            let state = next.state();
-            let run_at = match next {
-                Next::Retry { run_at } => Some(run_at),
-                _ => None,
-            };
-            let mut events = c.events.clone();
-            let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
-            if let Some(run_at) = run_at {
-                extra["run_at"] = json!(run_at);
-            }
-            events.push(NewEvent::state(state, extra));
-            let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
+            )?;
             jobs.id.push(c.job_id);
             jobs.state.push(state.as_str());
             jobs.outcome.push(c.outcome.as_str());
             jobs.error.push(c.error.clone());
             jobs.output.push(keep_output.then(|| c.output.clone()));
             jobs.run_at.push(run_at);
-            jobs.finished_at.push(state.is_final().then_some(now));
+            jobs.finished_at.push(finished_at);
             jobs.event_count.push(events.len() as i64);
             jobs.attempt.push(i64::from(c.attempt));
             jobs.trap.push(c.trap.clone());

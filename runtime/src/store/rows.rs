@@ -225,3 +225,64 @@ pub(super) fn pending(job_id: JobId, last_seq: i64, events: &[NewEvent]) -> Vec<
         .map(|(i, e)| (job_id, first + i as i64, e.kind, e.data.to_string()))
         .collect()
 }
+
+/// What the end of an attempt does to its job: the next state, a retry's `run_at`, whether the
+/// output is kept, and the events to append (the attempt's own, then the state change).
+pub(super) struct Ending {
+    pub state: super::model::JobState,
+    pub run_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub keep_output: bool,
+    pub events: Vec<NewEvent>,
+}
+
+/// The job's columns the decision needs, as both backends store them.
+pub(super) struct EndingSnapshot<'a> {
+    pub attempts: i64,
+    pub retry: &'a str,
+    pub cancel_requested: bool,
+    pub deadline_at: Option<i64>,
+}
+
+/// Decides where a job goes after attempt `c` (`policy::decide`) and the events that say so.
+pub(super) fn ending(
+    snap: EndingSnapshot<'_>,
+    c: &super::model::Completion,
+    now: i64,
+) -> super::Result<Ending> {
+    use super::policy::{JobSnapshot, Next, RetryPolicy, decide};
+    let retry: RetryPolicy = serde_json::from_str(snap.retry)
+        .map_err(|e| super::StoreError::Corrupt(format!("retry: {e}")))?;
+    let next = decide(
+        &JobSnapshot {
+            attempts: u32::try_from(snap.attempts).unwrap_or(0),
+            retry,
+            cancel_requested: snap.cancel_requested,
+            deadline_at: snap.deadline_at,
+        },
+        c.outcome,
+        now,
+    );
+    let state = next.state();
+    let run_at = match next {
+        Next::Retry { run_at } => Some(run_at),
+        _ => None,
+    };
+    let mut events = c.events.clone();
+    let mut extra =
+        serde_json::json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
+    if let Some(run_at) = run_at {
+        extra["run_at"] = serde_json::json!(run_at);
+    }
+    events.push(NewEvent::state(state, extra));
+    Ok(Ending {
+        state,
+        run_at,
+        finished_at: state.is_final().then_some(now),
+        keep_output: matches!(
+            c.outcome,
+            wasmjobs_host::Outcome::Succeeded | wasmjobs_host::Outcome::Failed
+        ),
+        events,
+    })
+}

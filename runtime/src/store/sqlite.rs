@@ -10,10 +10,8 @@ use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
 use tokio::sync::broadcast;
-use wasmjobs_host::Outcome;
 
 use super::model::*;
-use super::policy::{JobSnapshot, Next, RetryPolicy, decide};
 use super::rows::*;
 use super::{Notice, Result, Store, StoreError};
 
@@ -181,31 +179,22 @@ async fn apply_completion(
     let Some(snap) = snap else {
         return Ok(Completed::Refused);
     };
-    let retry: RetryPolicy = serde_json::from_str(&snap.retry)
-        .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?;
-    let next = decide(
-        &JobSnapshot {
-            attempts: u32::try_from(snap.attempts).unwrap_or(0),
-            retry,
+    let Ending {
+        state,
+        run_at,
+        finished_at,
+        keep_output,
+        events,
+    } = ending(
+        EndingSnapshot {
+            attempts: snap.attempts,
+            retry: &snap.retry,
             cancel_requested: snap.cancel_requested,
             deadline_at: snap.deadline_at,
         },
-        c.outcome,
+        c,
         now,
-    );
-    let state = next.state();
-    let finished_at = state.is_final().then_some(now);
-    let run_at = match next {
-        Next::Retry { run_at } => Some(run_at),
-        _ => None,
-    };
-    let keep_output = matches!(c.outcome, Outcome::Succeeded | Outcome::Failed);
-    let mut events = c.events.clone();
-    let mut extra = json!({ "attempt": c.attempt, "outcome": c.outcome, "error": c.error });
-    if let Some(run_at) = run_at {
-        extra["run_at"] = json!(run_at);
-    }
-    events.push(NewEvent::state(state, extra));
+    )?;
     let last_seq: i64 = sqlx::query_scalar(
         "UPDATE jobs SET state = ?, outcome = ?, error = ?, output = ?, worker = NULL, lease_until = NULL,
                 run_at = COALESCE(?, run_at), finished_at = ?, updated_at = ?, event_seq = event_seq + ?
