@@ -11,3 +11,4 @@ pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod watch;
+pub mod workflow;

@@ -1,0 +1,655 @@
+//! Workflow definitions: parsing (JSON or YAML), validation with messages that name the
+//! offenders, the order nodes can run in, conditions, and drawings (Mermaid, DOT).
+//!
+//! ```yaml
+//! name: wordcount
+//! timeout: 10m              # optional: the whole run
+//! nodes:
+//!   - name: split
+//!     module: splitter      # a module name or sha256 digest
+//!   - name: count
+//!     module: wordfreq
+//!     needs: [split]
+//!     for_each: { items: /chunks, concurrency: 8 }
+//!   - name: merge
+//!     module: merge
+//!     needs: [count]
+//!   - name: report
+//!     module: report
+//!     needs: [merge]
+//!     when: /total > 100    # or success (the default), failure, always
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use wasmjobs_host::Limits;
+
+use crate::store::RetryPolicy;
+
+/// A workflow definition as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// `[a-z0-9_-]`, 1 to 64 characters; versions are kept per name.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Overall timeout of a run, e.g. `"10m"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    pub nodes: Vec<Node>,
+}
+
+/// One node: a job to run once its upstream nodes are done and its condition holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    /// A module name or `sha256:` digest; a run pins the digest.
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// When the node runs; `success` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+}
+
+/// Fan-out: one job per element of a JSON array, outputs gathered in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForEach {
+    /// A JSON pointer to the array in the node's input; the input itself when empty.
+    #[serde(default)]
+    pub items: String,
+    /// Most element jobs at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+fn default_concurrency() -> u32 {
+    16
+}
+
+/// What a failed element does to a `for_each` node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The node fails at the first failed element; the others are cancelled.
+    #[default]
+    FailFast,
+    /// Every element runs; the node fails if any did, with every outcome recorded.
+    CollectAll,
+}
+
+/// A node's condition, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Every upstream succeeded (the default).
+    Success,
+    /// At least one upstream failed.
+    Failure,
+    /// Every upstream ended, whatever the outcome.
+    Always,
+    /// Every upstream succeeded and the predicate holds on the node's input.
+    Predicate(Predicate),
+}
+
+/// `POINTER OP VALUE`: a JSON pointer into the node's input (one upstream: its output;
+/// several: an object keyed by upstream name), a comparison, and a JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predicate {
+    pub pointer: String,
+    pub op: Op,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+        }
+    }
+}
+
+impl fmt::Display for Predicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.pointer, self.op.as_str(), self.value)
+    }
+}
+
+impl Condition {
+    /// Parses `success`, `failure`, `always` or a predicate such as `/score > 0.5`.
+    pub fn parse(text: &str) -> Result<Condition, String> {
+        let t = text.trim();
+        match t {
+            "" | "success" => return Ok(Condition::Success),
+            "failure" => return Ok(Condition::Failure),
+            "always" => return Ok(Condition::Always),
+            _ => {}
+        }
+        if !t.starts_with('/') {
+            return Err(format!(
+                "expected success, failure, always or a predicate such as \"/score > 0.5\", got {t:?}"
+            ));
+        }
+        // The pointer ends at the first space; then the operator, then a JSON value.
+        let (pointer, rest) = t
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{t:?} has a pointer but no comparison"))?;
+        let rest = rest.trim_start();
+        let (op, value) = [
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+        ]
+        .iter()
+        .find_map(|(s, op)| rest.strip_prefix(s).map(|v| (*op, v.trim())))
+        .ok_or_else(|| {
+            format!("{t:?}: expected one of == != > >= < <= after the pointer {pointer}")
+        })?;
+        if value.is_empty() {
+            return Err(format!("{t:?}: nothing to compare with"));
+        }
+        let value: Value = serde_json::from_str(value).map_err(|e| {
+            format!("{t:?}: {value:?} is not a JSON value (strings need quotes): {e}")
+        })?;
+        if matches!(op, Op::Gt | Op::Ge | Op::Lt | Op::Le) && !value.is_number() {
+            return Err(format!(
+                "{t:?}: {} compares numbers, not {value}",
+                op.as_str()
+            ));
+        }
+        Ok(Condition::Predicate(Predicate {
+            pointer: pointer.to_string(),
+            op,
+            value,
+        }))
+    }
+}
+
+impl Predicate {
+    /// Whether the predicate holds on `input`. A missing field, or a field of another type
+    /// than an ordering needs, makes it false.
+    pub fn eval(&self, input: &Value) -> bool {
+        let Some(found) = input.pointer(&self.pointer) else {
+            return false;
+        };
+        match self.op {
+            Op::Eq => json_eq(found, &self.value),
+            Op::Ne => !json_eq(found, &self.value),
+            op => match (found.as_f64(), self.value.as_f64()) {
+                (Some(a), Some(b)) => match op {
+                    Op::Gt => a > b,
+                    Op::Ge => a >= b,
+                    Op::Lt => a < b,
+                    _ => a <= b,
+                },
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Equality where `1` and `1.0` are equal.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+        _ => a == b,
+    }
+}
+
+/// Why a definition was refused. Each names the offenders.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("cannot parse the definition: {0}")]
+    Parse(String),
+    #[error("invalid workflow definition: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// A validated definition: nodes in an order where every node comes after its `needs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub definition: Definition,
+    /// Node indexes in running order.
+    pub order: Vec<usize>,
+    /// Each node's condition, parsed, by index.
+    pub conditions: Vec<Condition>,
+}
+
+impl Definition {
+    /// Parses JSON (a body starting with `{`) or YAML.
+    pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
+        if text.trim_start().starts_with('{') {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| DefinitionError::Parse(format!("{}: {}", e.path(), e.inner())))
+        } else {
+            yaml_serde::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))
+        }
+    }
+
+    /// Checks everything that can be checked without the store: names, `needs`, cycles,
+    /// conditions, `for_each`. Module names are checked by the service, which knows them.
+    pub fn validate(self) -> Result<Validated, DefinitionError> {
+        let mut problems = Vec::new();
+        if !valid_name(&self.name) {
+            problems.push(format!(
+                "workflow name {:?}: 1 to 64 of a-z, 0-9, _ and -",
+                self.name
+            ));
+        }
+        if let Some(t) = &self.timeout
+            && let Err(e) = wasmjobs_host::units::parse_duration(t)
+        {
+            problems.push(format!("timeout {t:?}: {e}"));
+        }
+        if self.nodes.is_empty() {
+            problems.push("the workflow has no nodes".into());
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut duplicates = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !valid_name(&n.name) {
+                problems.push(format!(
+                    "node name {:?}: 1 to 64 of a-z, 0-9, _ and -",
+                    n.name
+                ));
+            }
+            if index.insert(n.name.as_str(), i).is_some() {
+                duplicates.insert(n.name.as_str());
+            }
+            if n.module.trim().is_empty() {
+                problems.push(format!("node {:?} has no module", n.name));
+            }
+            if let Some(fe) = &n.for_each {
+                if fe.concurrency == 0 {
+                    problems.push(format!(
+                        "node {:?}: for_each.concurrency must be at least 1",
+                        n.name
+                    ));
+                }
+                if !fe.items.is_empty() && !fe.items.starts_with('/') {
+                    problems.push(format!(
+                        "node {:?}: for_each.items {:?} is not a JSON pointer (it starts with /)",
+                        n.name, fe.items
+                    ));
+                }
+            }
+        }
+        for d in &duplicates {
+            problems.push(format!("duplicate node name {d:?}"));
+        }
+        let mut conditions = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let mut seen = BTreeSet::new();
+            for need in &n.needs {
+                if !index.contains_key(need.as_str()) {
+                    problems.push(format!(
+                        "node {:?} needs {need:?}, which is not a node of this workflow",
+                        n.name
+                    ));
+                }
+                if !seen.insert(need) {
+                    problems.push(format!("node {:?} lists {need:?} twice in needs", n.name));
+                }
+            }
+            match Condition::parse(n.when.as_deref().unwrap_or("")) {
+                Ok(c) => conditions.push(c),
+                Err(e) => {
+                    problems.push(format!("node {:?}: when {e}", n.name));
+                    conditions.push(Condition::Success);
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DefinitionError::Invalid(problems));
+        }
+        let order = match topological_order(&self.nodes, &index) {
+            Ok(order) => order,
+            Err(cycle) => {
+                return Err(DefinitionError::Invalid(vec![format!(
+                    "cycle: {}",
+                    cycle.join(" → ")
+                )]));
+            }
+        };
+        Ok(Validated {
+            definition: self,
+            order,
+            conditions,
+        })
+    }
+
+    /// The graph as Mermaid (`flowchart TD`).
+    pub fn mermaid(&self) -> String {
+        let mut out = String::from("flowchart TD\n");
+        for n in &self.nodes {
+            let shape = if n.for_each.is_some() {
+                format!("{}[[\"{} ({}) ×N\"]]", n.name, n.name, n.module)
+            } else {
+                format!("{}[\"{} ({})\"]", n.name, n.name, n.module)
+            };
+            out.push_str(&format!("  {shape}\n"));
+        }
+        for n in &self.nodes {
+            for need in &n.needs {
+                match n.when.as_deref().map(str::trim) {
+                    None | Some("") | Some("success") => {
+                        out.push_str(&format!("  {need} --> {}\n", n.name));
+                    }
+                    Some(w) => out.push_str(&format!(
+                        "  {need} -- \"{}\" --> {}\n",
+                        w.replace('"', "'"),
+                        n.name
+                    )),
+                }
+            }
+        }
+        out
+    }
+
+    /// The graph as Graphviz DOT.
+    pub fn dot(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut out = format!("digraph {} {{\n  rankdir=TB;\n", q(&self.name));
+        for n in &self.nodes {
+            let label = format!("{}\n{}", n.name, n.module);
+            let shape = if n.for_each.is_some() { "box3d" } else { "box" };
+            out.push_str(&format!(
+                "  {} [label={}, shape={shape}];\n",
+                q(&n.name),
+                q(&label)
+            ));
+        }
+        for n in &self.nodes {
+            for need in &n.needs {
+                match n.when.as_deref().map(str::trim) {
+                    None | Some("") | Some("success") => {
+                        out.push_str(&format!("  {} -> {};\n", q(need), q(&n.name)));
+                    }
+                    Some(w) => out.push_str(&format!(
+                        "  {} -> {} [label={}];\n",
+                        q(need),
+                        q(&n.name),
+                        q(w)
+                    )),
+                }
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Every module the definition names, once each.
+    pub fn modules(&self) -> BTreeSet<&str> {
+        self.nodes.iter().map(|n| n.module.as_str()).collect()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Kahn's algorithm, taking nodes in definition order when several are ready. On a cycle,
+/// returns one cycle as node names, first node repeated at the end.
+fn topological_order(
+    nodes: &[Node],
+    index: &HashMap<&str, usize>,
+) -> Result<Vec<usize>, Vec<String>> {
+    let mut pending: Vec<usize> = nodes.iter().map(|n| n.needs.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        for need in &n.needs {
+            dependents[index[need.as_str()]].push(i);
+        }
+    }
+    let mut ready: BTreeMap<usize, ()> = (0..nodes.len())
+        .filter(|&i| pending[i] == 0)
+        .map(|i| (i, ()))
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some((&i, ())) = ready.iter().next() {
+        ready.remove(&i);
+        order.push(i);
+        for &d in &dependents[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.insert(d, ());
+            }
+        }
+    }
+    if order.len() == nodes.len() {
+        return Ok(order);
+    }
+    // Every node left has an unfinished need; walk needs until a node repeats.
+    let left: BTreeSet<usize> = (0..nodes.len()).filter(|i| pending[*i] > 0).collect();
+    let start = *left.iter().next().unwrap_or(&0);
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = nodes[at]
+            .needs
+            .iter()
+            .map(|n| index[n.as_str()])
+            .find(|i| left.contains(i))
+            .unwrap_or(start);
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            // `path` follows needs (upstream); print the cycle the way data flows, starting
+            // from the node where it closed.
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            cycle.rotate_right(1);
+            let mut names: Vec<String> = cycle.iter().map(|&i| nodes[i].name.clone()).collect();
+            names.push(nodes[cycle[0]].name.clone());
+            return Err(names);
+        }
+        path.push(next);
+        at = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPELINE: &str = r#"
+name: wordcount
+timeout: 10m
+nodes:
+  - name: split
+    module: splitter
+  - name: count
+    module: wordfreq
+    needs: [split]
+    for_each: { items: /chunks, concurrency: 8 }
+  - name: merge
+    module: merge
+    needs: [count]
+  - name: report
+    module: report
+    needs: [merge]
+    when: /total > 100
+"#;
+
+    #[test]
+    fn yaml_and_json_parse_to_the_same_definition() {
+        let yaml = Definition::parse(PIPELINE).expect("yaml");
+        let json = serde_json::to_string(&yaml).expect("to json");
+        assert_eq!(Definition::parse(&json).expect("json"), yaml);
+        let v = yaml.validate().expect("valid");
+        let names: Vec<&str> = v
+            .order
+            .iter()
+            .map(|&i| v.definition.nodes[i].name.as_str())
+            .collect();
+        assert_eq!(names, ["split", "count", "merge", "report"]);
+        assert_eq!(
+            v.conditions[3],
+            Condition::Predicate(Predicate {
+                pointer: "/total".into(),
+                op: Op::Gt,
+                value: serde_json::json!(100)
+            })
+        );
+        assert_eq!(
+            v.definition.nodes[1]
+                .for_each
+                .as_ref()
+                .map(|f| f.concurrency),
+            Some(8)
+        );
+    }
+
+    fn invalid(text: &str) -> Vec<String> {
+        match Definition::parse(text).and_then(Definition::validate) {
+            Err(DefinitionError::Invalid(p)) => p,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cycle_is_printed() {
+        let p = invalid(
+            r#"{"name": "c", "nodes": [
+                {"name": "a", "module": "m", "needs": ["c"]},
+                {"name": "b", "module": "m", "needs": ["a"]},
+                {"name": "c", "module": "m", "needs": ["b"]},
+                {"name": "d", "module": "m"}]}"#,
+        );
+        assert_eq!(p, ["cycle: a → b → c → a"], "{p:?}");
+        let p =
+            invalid(r#"{"name": "s", "nodes": [{"name": "a", "module": "m", "needs": ["a"]}]}"#);
+        assert_eq!(p, ["cycle: a → a"]);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let p = invalid(
+            r#"{"name": "Bad Name", "timeout": "soon", "nodes": [
+                {"name": "a", "module": "m"},
+                {"name": "a", "module": "m"},
+                {"name": "b", "module": "", "needs": ["ghost", "a", "a"], "when": "/x >> 1"},
+                {"name": "c", "module": "m", "when": "sometimes"},
+                {"name": "d", "module": "m", "when": "/n > \"big\""},
+                {"name": "e", "module": "m", "for_each": {"items": "chunks", "concurrency": 0}}]}"#,
+        );
+        let all = p.join("\n");
+        for expected in [
+            "workflow name \"Bad Name\"",
+            "timeout \"soon\"",
+            "duplicate node name \"a\"",
+            "node \"b\" has no module",
+            "node \"b\" needs \"ghost\", which is not a node",
+            "node \"b\" lists \"a\" twice",
+            "node \"b\": when",
+            "\"sometimes\"",
+            "compares numbers",
+            "for_each.concurrency must be at least 1",
+            "for_each.items \"chunks\" is not a JSON pointer",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert!(matches!(
+            Definition::parse(r#"{"name": "x", "nodes": [{"name": "a", "modul": "m"}]}"#),
+            Err(DefinitionError::Parse(m)) if m.contains("modul")
+        ));
+        assert!(matches!(
+            Definition::parse("name: [unclosed"),
+            Err(DefinitionError::Parse(_))
+        ));
+        assert_eq!(
+            invalid(r#"{"name": "e", "nodes": []}"#),
+            ["the workflow has no nodes"]
+        );
+    }
+
+    #[test]
+    fn predicates_compare_json_values() {
+        let input =
+            serde_json::json!({"score": 0.7, "label": "cat", "n": 3, "ok": true, "up": {"x": 1}});
+        let holds = |p: &str| match Condition::parse(p).expect(p) {
+            Condition::Predicate(pred) => pred.eval(&input),
+            other => panic!("{other:?}"),
+        };
+        assert!(holds("/score > 0.5"));
+        assert!(!holds("/score >= 0.8"));
+        assert!(holds("/label == \"cat\""));
+        assert!(holds("/label != \"dog\""));
+        assert!(holds("/n == 3.0"));
+        assert!(holds("/ok == true"));
+        assert!(holds("/up/x <= 1"));
+        assert!(!holds("/missing == 1"), "a missing field is false");
+        assert!(
+            !holds("/label > 1"),
+            "a string is not ordered against a number"
+        );
+        assert!(
+            !holds("/missing != 1"),
+            "a missing field is false for != too"
+        );
+        assert_eq!(Condition::parse("always"), Ok(Condition::Always));
+        assert_eq!(Condition::parse("failure"), Ok(Condition::Failure));
+        assert_eq!(Condition::parse(" "), Ok(Condition::Success));
+        assert!(Condition::parse("/x ==").is_err());
+        assert!(Condition::parse("/x").is_err());
+        assert!(
+            Condition::parse("/x == cat").is_err(),
+            "strings need quotes"
+        );
+    }
+
+    #[test]
+    fn drawings_show_every_node_and_edge() {
+        let d = Definition::parse(PIPELINE).expect("parse");
+        let m = d.mermaid();
+        assert!(m.starts_with("flowchart TD\n"));
+        assert!(m.contains("count[[\"count (wordfreq) ×N\"]]"), "{m}");
+        assert!(m.contains("split --> count"), "{m}");
+        assert!(m.contains("merge -- \"/total > 100\" --> report"), "{m}");
+        let dot = d.dot();
+        assert!(dot.starts_with("digraph \"wordcount\" {"), "{dot}");
+        assert!(dot.contains("\"split\" -> \"count\";"), "{dot}");
+        assert!(
+            dot.contains("\"merge\" -> \"report\" [label=\"/total > 100\"];"),
+            "{dot}"
+        );
+        assert!(dot.contains("shape=box3d"), "{dot}");
+        assert_eq!(
+            d.modules().into_iter().collect::<Vec<_>>(),
+            ["merge", "report", "splitter", "wordfreq"]
+        );
+    }
+}
