@@ -92,9 +92,19 @@ impl Client {
     }
 
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        self.post_body(path, body, "application/wasm").await
+    }
+
+    /// POSTs `body` as `content_type`; the answer is JSON.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<Value> {
         let r = self
             .request(reqwest::Method::POST, path)
-            .header("content-type", "application/wasm")
+            .header("content-type", content_type)
             .body(body);
         let resp = self.send(r).await?;
         resp.json().await.context("the server sent invalid JSON")

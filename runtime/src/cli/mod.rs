@@ -13,6 +13,7 @@ mod inspect;
 mod remote;
 mod run;
 mod serve;
+mod workflow;
 
 /// wasmjobs — run WebAssembly jobs in a sandbox under fuel, memory and time limits.
 #[derive(Debug, Parser)]
@@ -43,6 +44,8 @@ enum Command {
     Job(remote::JobCmd),
     /// Cron schedules on a server.
     Schedule(remote::ScheduleCmd),
+    /// Workflow definitions on a server: create, list, show, graph.
+    Workflow(workflow::WorkflowCmd),
 }
 
 /// Parses arguments, runs the command, and turns errors into one readable line.
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
             Command::Module(cmd) => remote::module(cmd).await,
             Command::Job(cmd) => remote::job(cmd).await,
             Command::Schedule(cmd) => remote::schedule(cmd).await,
+            Command::Workflow(cmd) => workflow::workflow(cmd).await,
         }
     });
     match result {
@@ -114,4 +118,15 @@ pub(crate) fn local_sandbox() -> anyhow::Result<wasmjobs_host::Sandbox> {
         ..Default::default()
     };
     Ok(wasmjobs_host::Sandbox::new(&config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_definition_is_consistent() {
+        // Clap checks a subcommand's definition (e.g. two arguments named alike) only when it
+        // is used; this checks them all.
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -10,6 +10,7 @@ mod jobs;
 mod modules;
 pub(crate) mod openapi;
 mod schedules;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -90,6 +91,9 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::retry))
         .routes(routes!(schedules::add, schedules::list))
         .routes(routes!(schedules::delete))
+        .routes(routes!(workflows::create, workflows::list))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::graph))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)

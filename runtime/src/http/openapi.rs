@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "modules", description = "Job components, content-addressed by sha256"),
         (name = "jobs", description = "Submit, inspect, follow, cancel and retry jobs"),
         (name = "schedules", description = "Cron schedules that submit jobs"),
+        (name = "workflows", description = "Workflow definitions, versioned by name"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -284,4 +285,18 @@ pub(crate) struct Health {
     status: String,
     /// `sqlite` or `postgres`.
     store: String,
+}
+
+/// One version of a workflow definition.
+#[derive(ToSchema)]
+pub(crate) struct WorkflowView {
+    name: String,
+    version: i64,
+    created_at: i64,
+    definition: crate::workflow::Definition,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct WorkflowList {
+    workflows: Vec<WorkflowView>,
 }

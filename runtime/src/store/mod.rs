@@ -143,6 +143,24 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         next: for<'c> fn(&'c str, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>>;
+
+    // Workflow definitions (the workflow service's own table).
+    /// Stores `definition` (JSON) as the next version of workflow `name`, unless it equals the
+    /// latest version, which is then returned with `false`.
+    async fn put_workflow(
+        &self,
+        name: &str,
+        definition: &str,
+        now: i64,
+    ) -> Result<(WorkflowRecord, bool)>;
+    /// One version of a workflow, or its latest when `version` is `None`.
+    async fn get_workflow(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<WorkflowRecord>>;
+    /// The latest version of every workflow, by name.
+    async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>>;
 }
 
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` for Postgres, anything

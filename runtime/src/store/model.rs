@@ -286,6 +286,16 @@ pub struct JobFilter {
     pub cursor: Option<JobId>,
 }
 
+/// One version of a workflow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    pub name: String,
+    pub version: i64,
+    /// The definition as JSON.
+    pub definition: Value,
+    pub created_at: i64,
+}
+
 /// A cron schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {

@@ -1036,6 +1036,85 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
+    async fn put_workflow(
+        &self,
+        name: &str,
+        definition: &str,
+        now: i64,
+    ) -> Result<(WorkflowRecord, bool)> {
+        let mut tx = self.pool.begin().await?;
+        // One writer per name at a time: versions are max + 1.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasmjobs.workflow.' || $1))")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let latest: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = $1 ORDER BY version DESC LIMIT 1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let version = match latest {
+            Some(row) => {
+                let record = row.into_record()?;
+                if serde_json::from_str::<serde_json::Value>(definition)
+                    .ok()
+                    .as_ref()
+                    == Some(&record.definition)
+                {
+                    return Ok((record, false));
+                }
+                record.version + 1
+            }
+            None => 1,
+        };
+        sqlx::query(
+            "INSERT INTO workflows (name, version, definition, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(definition)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let record = WorkflowRow {
+            name: name.to_string(),
+            version,
+            definition: definition.to_string(),
+            created_at: now,
+        }
+        .into_record()?;
+        Ok((record, true))
+    }
+
+    async fn get_workflow(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<WorkflowRecord>> {
+        let row: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = $1 AND ($2::bigint IS NULL OR version = $3)
+             ORDER BY version DESC LIMIT 1"
+        )))
+        .bind(name)
+        .bind(version)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(WorkflowRow::into_record).transpose()
+    }
+
+    async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>> {
+        let rows: Vec<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+             WHERE version = (SELECT MAX(version) FROM workflows WHERE name = w.name) ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(WorkflowRow::into_record).collect()
+    }
+
     async fn take_due_schedules(
         &self,
         now: i64,

@@ -286,3 +286,25 @@ pub(super) fn ending(
         events,
     })
 }
+
+#[derive(sqlx::FromRow)]
+pub(super) struct WorkflowRow {
+    pub name: String,
+    pub version: i64,
+    pub definition: String,
+    pub created_at: i64,
+}
+
+impl WorkflowRow {
+    pub(super) fn into_record(self) -> Result<WorkflowRecord> {
+        Ok(WorkflowRecord {
+            definition: serde_json::from_str(&self.definition)
+                .map_err(|e| StoreError::Corrupt(format!("workflow {}: {e}", self.name)))?,
+            name: self.name,
+            version: self.version,
+            created_at: self.created_at,
+        })
+    }
+}
+
+pub(super) const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";

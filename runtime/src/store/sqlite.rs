@@ -786,6 +786,80 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    async fn put_workflow(
+        &self,
+        name: &str,
+        definition: &str,
+        now: i64,
+    ) -> Result<(WorkflowRecord, bool)> {
+        let mut tx = self.writer.begin().await?;
+        let latest: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ? ORDER BY version DESC LIMIT 1"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let version = match latest {
+            Some(row) => {
+                let record = row.into_record()?;
+                if serde_json::from_str::<serde_json::Value>(definition)
+                    .ok()
+                    .as_ref()
+                    == Some(&record.definition)
+                {
+                    return Ok((record, false));
+                }
+                record.version + 1
+            }
+            None => 1,
+        };
+        sqlx::query(
+            "INSERT INTO workflows (name, version, definition, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(definition)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let record = WorkflowRow {
+            name: name.to_string(),
+            version,
+            definition: definition.to_string(),
+            created_at: now,
+        }
+        .into_record()?;
+        Ok((record, true))
+    }
+
+    async fn get_workflow(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Option<WorkflowRecord>> {
+        let row: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ? AND (? IS NULL OR version = ?)
+             ORDER BY version DESC LIMIT 1"
+        )))
+        .bind(name)
+        .bind(version)
+        .bind(version)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(WorkflowRow::into_record).transpose()
+    }
+
+    async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>> {
+        let rows: Vec<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+             WHERE version = (SELECT MAX(version) FROM workflows WHERE name = w.name) ORDER BY name"
+        )))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(WorkflowRow::into_record).collect()
+    }
+
     async fn take_due_schedules(
         &self,
         now: i64,

@@ -30,7 +30,7 @@ use wasmjobs_host::Limits;
 use crate::store::RetryPolicy;
 
 /// A workflow definition as submitted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     /// `[a-z0-9_-]`, 1 to 64 characters; versions are kept per name.
@@ -44,7 +44,7 @@ pub struct Definition {
 }
 
 /// One node: a job to run once its upstream nodes are done and its condition holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub name: String,
@@ -56,15 +56,17 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::LimitsDoc>)]
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::http::openapi::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
 }
 
 /// Fan-out: one job per element of a JSON array, outputs gathered in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForEach {
     /// A JSON pointer to the array in the node's input; the input itself when empty.
@@ -82,7 +84,7 @@ fn default_concurrency() -> u32 {
 }
 
 /// What a failed element does to a `for_each` node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// The node fails at the first failed element; the others are cancelled.

@@ -378,6 +378,40 @@ async fn cli_client_against_a_live_server() {
         out(&o)
     );
 
+    // Workflow definitions: create from YAML, list, draw; a bad one is one line naming it.
+    let wf = dir.path().join("wf.yaml");
+    std::fs::write(
+        &wf,
+        "name: pair\nnodes:\n  - name: first\n    module: testjob\n  - name: count\n    module: wordfreq\n    needs: [first]\n",
+    )
+    .expect("write workflow");
+    let o = cli(&["workflow", "create", wf.to_str().expect("utf-8")]);
+    assert_eq!(
+        (o.status.code(), out(&o).trim()),
+        (Some(0), "pair version 1"),
+        "{}",
+        err(&o)
+    );
+    let o = cli(&["workflow", "list"]);
+    assert!(
+        out(&o).contains("pair") && out(&o).contains("2 nodes"),
+        "{}",
+        out(&o)
+    );
+    let o = cli(&["workflow", "graph", "pair"]);
+    assert!(out(&o).contains("first --> count"), "{}", out(&o));
+    let o = cli(&["workflow", "graph", "pair@1", "--dot"]);
+    assert!(out(&o).contains("\"first\" -> \"count\";"), "{}", out(&o));
+    std::fs::write(
+        &wf,
+        "name: loop\nnodes:\n  - {name: a, module: testjob, needs: [a]}\n",
+    )
+    .expect("write workflow");
+    let o = cli(&["workflow", "create", wf.to_str().expect("utf-8")]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err(&o).contains("cycle: a → a"), "{}", err(&o));
+    assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
+
     let o = cli(&[
         "job",
         "submit",
