@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use wasmjobs_tests::{guest_bytes, guests};
+use wasmjobs_tests::{free_port, guest_bytes, guests};
 
 mod common;
 use common::{cores, cpu_model};
@@ -164,10 +164,7 @@ struct Server {
 
 impl Server {
     fn start(bin: &Path, dir: &Path, db: &str) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = free_port();
         let child = Command::new(bin)
             .args(["serve", "--db", db, "--addr", &format!("127.0.0.1:{port}")])
             .args(["--workers", &workers().to_string()])

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use wasmjobs_host::{Limits, Sandbox, SandboxConfig};
-use wasmjobs_tests::{guest_bytes, guests};
+use wasmjobs_tests::{free_port, guest_bytes, guests, rss_bytes_of};
 
 mod common;
 use common::{TRIVIAL_WAT, cores, cpu_model, floor_us_per_job, per_job_us};
@@ -163,7 +163,7 @@ fn main() {
     let mut child = spawn(&bin, &config, port);
     let _ = first_response(port, "/healthz", b"");
     let pid = child.id();
-    let idle_start = rss_of(pid);
+    let idle_start = rss_bytes_of(pid);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -196,7 +196,7 @@ fn main() {
         );
     }
     std::thread::sleep(Duration::from_millis(500));
-    let idle_after = rss_of(pid);
+    let idle_after = rss_bytes_of(pid);
     println!("RSS of the edge host:");
     println!(
         "  idle after start {:>6.1} MiB   under load (peak) {:>6.1} MiB   idle after load {:>6.1} MiB",
@@ -385,15 +385,6 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
     }
 }
 
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Samples a process's RSS every 20 ms on a thread; `stop` returns the peak.
 struct RssSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -407,7 +398,7 @@ impl RssSampler {
         let handle = std::thread::spawn(move || {
             let mut peak = 0;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_of(pid));
+                peak = peak.max(rss_bytes_of(pid));
                 std::thread::sleep(Duration::from_millis(20));
             }
             peak
@@ -419,11 +410,4 @@ impl RssSampler {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.join().unwrap_or(0)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }

@@ -14,7 +14,16 @@ pub fn guest_bytes(path: &str) -> Vec<u8> {
 
 /// Resident set size of this process in bytes (Linux), for memory-flatness checks.
 pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` in bytes (Linux), 0 when it cannot be read.
+pub fn rss_bytes_of(pid: u32) -> u64 {
+    rss_of(&pid.to_string())
+}
+
+fn rss_of(proc_dir: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{proc_dir}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -231,7 +240,8 @@ fn spawn(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
         .expect("start wasmjobs")
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
