@@ -1054,37 +1054,20 @@ impl Store for PgStore {
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
-        let version = match latest {
-            Some(row) => {
-                let record = row.into_record()?;
-                if serde_json::from_str::<serde_json::Value>(definition)
-                    .ok()
-                    .as_ref()
-                    == Some(&record.definition)
-                {
-                    return Ok((record, false));
-                }
-                record.version + 1
-            }
-            None => 1,
-        };
+        let (record, created) = next_workflow(latest, name, definition, now)?;
+        if !created {
+            return Ok((record, false));
+        }
         sqlx::query(
             "INSERT INTO workflows (name, version, definition, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(name)
-        .bind(version)
+        .bind(record.version)
         .bind(definition)
         .bind(now)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let record = WorkflowRow {
-            name: name.to_string(),
-            version,
-            definition: definition.to_string(),
-            created_at: now,
-        }
-        .into_record()?;
         Ok((record, true))
     }
 

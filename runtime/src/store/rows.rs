@@ -289,10 +289,10 @@ pub(super) fn ending(
 
 #[derive(sqlx::FromRow)]
 pub(super) struct WorkflowRow {
-    pub name: String,
-    pub version: i64,
-    pub definition: String,
-    pub created_at: i64,
+    name: String,
+    version: i64,
+    definition: String,
+    created_at: i64,
 }
 
 impl WorkflowRow {
@@ -305,6 +305,36 @@ impl WorkflowRow {
             created_at: self.created_at,
         })
     }
+}
+
+/// What storing `definition` (JSON) as workflow `name` means, given its latest stored version:
+/// that version itself with `false` when the definitions are equal, else the record of the next
+/// version, to insert, with `true`.
+pub(super) fn next_workflow(
+    latest: Option<WorkflowRow>,
+    name: &str,
+    definition: &str,
+    now: i64,
+) -> Result<(WorkflowRecord, bool)> {
+    let definition: serde_json::Value = serde_json::from_str(definition)
+        .map_err(|e| StoreError::Corrupt(format!("workflow {name}: {e}")))?;
+    let version = match latest {
+        Some(row) => {
+            let record = row.into_record()?;
+            if record.definition == definition {
+                return Ok((record, false));
+            }
+            record.version + 1
+        }
+        None => 1,
+    };
+    let record = WorkflowRecord {
+        name: name.to_string(),
+        version,
+        definition,
+        created_at: now,
+    };
+    Ok((record, true))
 }
 
 pub(super) const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";
