@@ -44,11 +44,19 @@ fn main() {
     for (ws, names) in [
         (
             "tests/guests",
-            &["testjob", "testcmd", "noop", "sleeper"][..],
+            &["testjob", "testcmd", "noop", "sleeper", "flow"][..],
         ),
         (
             "examples",
-            &["wordfreq", "csvstats", "thumbnail", "markdown", "linecount"][..],
+            &[
+                "wordfreq",
+                "csvstats",
+                "thumbnail",
+                "markdown",
+                "linecount",
+                "splitter",
+                "wordmerge",
+            ][..],
         ),
     ] {
         build_workspace(&root.join(ws).join("Cargo.toml"), &target);

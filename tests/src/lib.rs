@@ -103,6 +103,7 @@ pub struct TestServer {
     pub state: wasmjobs::http::AppState,
     node: Option<wasmjobs::scheduler::Node>,
     server: tokio::task::JoinHandle<()>,
+    engine: Option<wasmjobs::workflow::engine::Engine>,
 }
 
 impl TestServer {
@@ -121,8 +122,11 @@ impl TestServer {
         let service =
             wasmjobs::service::JobService::new(store, wasmjobs::policy::AdmissionPolicy::default());
         let modules = ModuleCache::new(None);
+        let workflows = wasmjobs::workflow::WorkflowService::new(service.clone());
+        let engine = Some(wasmjobs::workflow::engine::start(workflows.clone()));
         let state = wasmjobs::http::AppState {
             service: service.clone(),
+            workflows,
             sandbox: sandbox.clone(),
             modules: modules.clone(),
             config: std::sync::Arc::new(api),
@@ -152,6 +156,7 @@ impl TestServer {
             state,
             node,
             server,
+            engine,
         }
     }
 
@@ -160,6 +165,9 @@ impl TestServer {
     }
 
     pub async fn stop(mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.shutdown().await;
+        }
         if let Some(node) = self.node.take() {
             node.shutdown().await;
         }

@@ -121,7 +121,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     Ok(exit::for_outcome(report.outcome))
 }
 
-fn read_input(arg: Option<&str>) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_input(arg: Option<&str>) -> anyhow::Result<Vec<u8>> {
     match arg {
         None => Ok(Vec::new()),
         Some("@-") => {

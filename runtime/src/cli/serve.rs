@@ -132,8 +132,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         Some(t) => usize::try_from(wasmjobs_host::units::parse_size(t)?).unwrap_or(usize::MAX),
         None => ApiConfig::default().max_module_bytes,
     };
+    let workflows = crate::workflow::WorkflowService::new(s.service.clone());
+    let engine = crate::workflow::engine::start(workflows.clone());
     let state = AppState {
         service: s.service.clone(),
+        workflows,
         sandbox: s.sandbox.clone(),
         modules: s.modules.clone(),
         config: Arc::new(ApiConfig {
@@ -161,6 +164,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     crate::http::serve(listener, state, shutdown_signal())
         .await
         .context("server")?;
+    engine.shutdown().await;
     if let Some(node) = node {
         node.shutdown().await;
     }

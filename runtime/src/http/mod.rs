@@ -9,6 +9,7 @@ mod events;
 mod jobs;
 mod modules;
 pub(crate) mod openapi;
+mod runs;
 mod schedules;
 mod workflows;
 
@@ -30,6 +31,7 @@ use crate::service::JobService;
 #[derive(Clone)]
 pub struct AppState {
     pub service: JobService,
+    pub workflows: crate::workflow::WorkflowService,
     pub sandbox: Sandbox,
     pub modules: ModuleCache,
     pub config: Arc<ApiConfig>,
@@ -94,6 +96,10 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::create, workflows::list))
         .routes(routes!(workflows::get))
         .routes(routes!(workflows::graph))
+        .routes(routes!(runs::start))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::events))
+        .routes(routes!(runs::cancel))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)

@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "jobs", description = "Submit, inspect, follow, cancel and retry jobs"),
         (name = "schedules", description = "Cron schedules that submit jobs"),
         (name = "workflows", description = "Workflow definitions, versioned by name"),
+        (name = "workflow-runs", description = "Runs of workflows: start, follow, cancel"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -299,4 +300,58 @@ pub(crate) struct WorkflowView {
 #[derive(ToSchema)]
 pub(crate) struct WorkflowList {
     workflows: Vec<WorkflowView>,
+}
+
+/// A workflow run: its state, each node's, and its output once it succeeded.
+#[derive(ToSchema)]
+pub(crate) struct RunView {
+    id: i64,
+    workflow: String,
+    version: i64,
+    state: crate::store::RunState,
+    error: Option<String>,
+    cancel_requested: bool,
+    deadline_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    /// In definition order.
+    nodes: Vec<RunNodeView>,
+    /// The output of the run's leaf node (an object keyed by leaf name when several
+    /// succeeded); `null` until the run succeeded.
+    output: Option<Value>,
+}
+
+/// One node of a run.
+#[derive(ToSchema)]
+pub(crate) struct RunNodeView {
+    name: String,
+    /// The module digest the run pinned.
+    module: String,
+    state: crate::store::NodeState,
+    needs: Vec<String>,
+    /// The node's job (plain nodes, once started).
+    job: Option<i64>,
+    error: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    /// `for_each` nodes only.
+    items: Option<RunItemsView>,
+}
+
+/// The elements of a `for_each` node.
+#[derive(ToSchema)]
+pub(crate) struct RunItemsView {
+    total: i64,
+    submitted: i64,
+    done: i64,
+    failed: i64,
+    elements: Vec<RunElementView>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct RunElementView {
+    index: i64,
+    state: crate::store::NodeState,
+    job: Option<i64>,
 }

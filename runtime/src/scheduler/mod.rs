@@ -232,7 +232,7 @@ async fn wait_jobs_available(notices: &mut tokio::sync::broadcast::Receiver<Noti
         match notices.recv().await {
             Ok(Notice::JobsAvailable)
             | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Ok(Notice::Events(_)) => {}
+            Ok(Notice::Events(_) | Notice::Run(_) | Notice::RunRequest(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                 std::future::pending::<()>().await
             }

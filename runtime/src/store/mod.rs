@@ -8,6 +8,8 @@
 
 pub mod model;
 pub mod policy;
+#[macro_use]
+mod workflow_sql;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -47,11 +49,15 @@ pub enum Notice {
     Events(JobId),
     /// Jobs became claimable.
     JobsAvailable,
+    /// A workflow run has new events (for whoever follows it).
+    Run(RunId),
+    /// A workflow run was created or asked to cancel (for the workflow engine).
+    RunRequest(RunId),
 }
 
 /// The store. Implemented by [`sqlite::SqliteStore`] and [`postgres::PgStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WorkflowStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Changes as they are committed.
@@ -161,6 +167,48 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<WorkflowRecord>>;
     /// The latest version of every workflow, by name.
     async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>>;
+}
+
+/// The workflow service's tables: runs, their nodes, `for_each` elements and run events.
+/// One implementation for both backends (`workflow_sql.rs`); the SQL is the same but for
+/// placeholders.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Stores a run and its nodes, all `pending`, and announces it.
+    async fn create_run(&self, run: NewRun, now: i64) -> Result<RunRecord>;
+    /// The run, every node (with its job's state) and the elements still running.
+    async fn get_run(&self, id: RunId) -> Result<Option<RunSnapshot>>;
+    /// Writes one engine step in one transaction, with the jobs it submits, if the run is
+    /// still at `rev`. `None`: someone stepped the run in between (nothing was written).
+    /// Otherwise the ids of the jobs submitted, node jobs first, then element jobs, in order.
+    async fn apply_run(
+        &self,
+        id: RunId,
+        rev: i64,
+        changes: RunChanges,
+        now: i64,
+    ) -> Result<Option<Vec<JobId>>>;
+    /// Runs that need a step: never stepped, a job of theirs ended, a cancel was requested,
+    /// or their deadline passed.
+    async fn runs_to_advance(&self, now: i64) -> Result<Vec<RunId>>;
+    /// Up to `limit` pending elements of a `for_each` node from index `from`: index, input.
+    async fn pending_items(
+        &self,
+        run: RunId,
+        node: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>>;
+    /// Every element of a `for_each` node, in order: its job's output (`None` if it has none).
+    async fn item_outputs(&self, run: RunId, node: &str) -> Result<Vec<Option<Vec<u8>>>>;
+    /// Every element of a `for_each` node, in order: index, state, job.
+    async fn items(&self, run: RunId, node: &str) -> Result<Vec<(i64, NodeState, Option<JobId>)>>;
+    /// A finished job's output (outputs never change once a job ended).
+    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>>;
+    /// Asks a run to stop: returns its state afterwards.
+    async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState>;
+    /// Run events with `seq > after`, in order, at most `limit`.
+    async fn run_events(&self, id: RunId, after: i64, limit: u32) -> Result<Vec<RunEvent>>;
 }
 
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` for Postgres, anything

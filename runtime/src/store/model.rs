@@ -313,3 +313,196 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// A workflow run's id.
+pub type RunId = i64;
+
+/// The states of a workflow run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    /// Cancel requested (or the run's timeout passed): no new node starts, and the run ends
+    /// once the jobs it already started have stopped.
+    Cancelling,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// The states of a node of a run (and of one element of a `for_each` node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Waiting for its upstream nodes.
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    /// Its condition was false.
+    Skipped,
+    Cancelled,
+}
+
+macro_rules! str_enum {
+    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }, final: $($fin:ident)|+) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $s),+ }
+            }
+            pub fn is_final(self) -> bool {
+                matches!(self, $($ty::$fin)|+)
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    format!("unknown {} {s:?}", stringify!($ty))
+                })
+            }
+        }
+    };
+}
+
+str_enum!(RunState {
+    Running => "running", Cancelling => "cancelling", Succeeded => "succeeded",
+    Failed => "failed", Cancelled => "cancelled",
+}, final: Succeeded | Failed | Cancelled);
+
+str_enum!(NodeState {
+    Pending => "pending", Running => "running", Succeeded => "succeeded", Failed => "failed",
+    Skipped => "skipped", Cancelled => "cancelled",
+}, final: Succeeded | Failed | Skipped | Cancelled);
+
+impl From<JobState> for NodeState {
+    /// What a node (or element) is when its job is in `state`.
+    fn from(state: JobState) -> NodeState {
+        match state {
+            JobState::Scheduled | JobState::Queued | JobState::Running => NodeState::Running,
+            JobState::Succeeded => NodeState::Succeeded,
+            JobState::Failed => NodeState::Failed,
+            JobState::Cancelled => NodeState::Cancelled,
+        }
+    }
+}
+
+/// A stored workflow run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub workflow: String,
+    pub version: i64,
+    pub state: RunState,
+    #[serde(skip)]
+    pub input: Vec<u8>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub deadline_at: Option<i64>,
+    /// Bumped by every step of the engine (optimistic concurrency between nodes).
+    #[serde(skip)]
+    pub rev: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A node of a run, with the state of its job (plain nodes) read alongside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub name: String,
+    /// The module digest the run pinned.
+    pub module: String,
+    pub state: NodeState,
+    pub job_id: Option<JobId>,
+    /// `for_each` nodes: how many elements, how many submitted, ended, and failed.
+    pub items_total: Option<i64>,
+    pub items_next: i64,
+    pub items_done: i64,
+    pub items_failed: i64,
+    /// A `for_each` node's gathered outputs.
+    pub output: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// The node's job's state and error, when it has a job.
+    pub job_state: Option<JobState>,
+    pub job_error: Option<String>,
+}
+
+/// A submitted element of a `for_each` node whose end the run has not yet taken in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    pub node: String,
+    pub idx: i64,
+    pub job_id: JobId,
+    pub job_state: JobState,
+    pub job_error: Option<String>,
+}
+
+/// A run as the engine steps it: the run, every node, and the elements still running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSnapshot {
+    pub run: RunRecord,
+    pub nodes: Vec<NodeRecord>,
+    pub running_items: Vec<ItemRecord>,
+}
+
+/// A run to create: every node starts `pending`; the engine's first step starts the roots.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: String,
+    pub version: i64,
+    pub input: Vec<u8>,
+    pub deadline_at: Option<i64>,
+    /// Node name and pinned module digest, in definition order.
+    pub nodes: Vec<(String, String)>,
+}
+
+/// One step of the engine, written in one transaction if the run's `rev` is still the one
+/// the step read.
+#[derive(Debug, Clone, Default)]
+pub struct RunChanges {
+    /// A new run state and error.
+    pub state: Option<(RunState, Option<String>)>,
+    /// Changed nodes, written whole (their `job_id` is set by `node_jobs`).
+    pub nodes: Vec<NodeRecord>,
+    /// Jobs to submit for nodes, by node name.
+    pub node_jobs: Vec<(String, NewJob)>,
+    /// Elements to store as pending: node, index, input.
+    pub new_items: Vec<(String, i64, Vec<u8>)>,
+    /// Elements whose job ended: node, index, the element's final state.
+    pub item_states: Vec<(String, i64, NodeState)>,
+    /// Elements to submit: node, index, job. Their stored input is dropped (the job has it).
+    pub item_jobs: Vec<(String, i64, NewJob)>,
+    /// Run events: node and run state changes.
+    pub events: Vec<NewEvent>,
+}
+
+impl RunChanges {
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && self.nodes.is_empty()
+            && self.node_jobs.is_empty()
+            && self.new_items.is_empty()
+            && self.item_states.is_empty()
+            && self.item_jobs.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// One entry of a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    pub run_id: RunId,
+    pub seq: i64,
+    pub kind: String,
+    pub data: Value,
+    pub at: i64,
+}

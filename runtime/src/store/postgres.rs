@@ -114,6 +114,12 @@ impl PgStore {
                         for part in n.payload().split(',') {
                             let notice = match part {
                                 "a" => Some(Notice::JobsAvailable),
+                                run if run.starts_with('r') => {
+                                    run[1..].parse().ok().map(Notice::Run)
+                                }
+                                run if run.starts_with('w') => {
+                                    run[1..].parse().ok().map(Notice::RunRequest)
+                                }
                                 id => id.parse().ok().map(Notice::Events),
                             };
                             if let Some(notice) = notice {
@@ -138,6 +144,10 @@ impl PgStore {
         })
     }
 
+    async fn announce(&self, notices: Vec<Notice>) {
+        self.notify(notices).await;
+    }
+
     /// Announces changes to every node (this one included, through its listener).
     async fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
         let parts: Vec<String> = notices
@@ -145,6 +155,8 @@ impl PgStore {
             .map(|n| match n {
                 Notice::JobsAvailable => "a".to_string(),
                 Notice::Events(id) => id.to_string(),
+                Notice::Run(id) => format!("r{id}"),
+                Notice::RunRequest(id) => format!("w{id}"),
             })
             .collect();
         // NOTIFY payloads are limited to 8000 bytes.
@@ -160,6 +172,15 @@ impl PgStore {
         }
     }
 }
+
+workflow_store!(
+    PgStore,
+    Postgres,
+    sql: super::workflow_sql::postgres_placeholders,
+    insert_jobs: insert_jobs_tx,
+    writer: pool,
+    reader: pool
+);
 
 /// Appends events to a job's history under the job row's lock; seq continues without gaps.
 async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Result<()> {
@@ -203,6 +224,141 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
+/// `tx` commits. Used by job submission and by the workflow engine's steps.
+async fn insert_jobs_tx(
+    tx: &mut Tx<'_>,
+    jobs: Vec<NewJob>,
+    now: i64,
+) -> Result<(Vec<(Job, bool)>, Vec<Notice>)> {
+    let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
+    let mut notices = Vec::new();
+    let mut any_queued = false;
+    let mut events = Vec::new();
+    // Jobs with an idempotency key one at a time (a key may repeat, even within the
+    // batch); the others in one INSERT, ids drawn from the sequence up front so that each
+    // row's id is known without relying on the order of RETURNING.
+    let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
+    for j in jobs {
+        let run_at = j.run_at.unwrap_or(now);
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        let Some(key) = j.idempotency_key.clone() else {
+            keyless.push((out.len(), j, state, run_at));
+            out.push(None);
+            continue;
+        };
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
+                .bind(&key)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some(id) = existing {
+            let job = fetch_job(tx, id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+            out.push(Some((job, false)));
+            continue;
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
+                               idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING id",
+        )
+        .bind(&j.module_digest)
+        .bind(state.as_str())
+        .bind(j.priority)
+        .bind(run_at)
+        .bind(&j.input)
+        .bind(json(&j.limits))
+        .bind(json(&j.retry))
+        .bind(json(&j.grants))
+        .bind(&key)
+        .bind(j.deadline_at)
+        .bind(j.workflow_ref.as_deref())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
+    }
+    if !keyless.is_empty() {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(keyless.len() as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+        if ids.len() != keyless.len() {
+            return Err(StoreError::Corrupt(
+                "the job id sequence returned too few ids".into(),
+            ));
+        }
+        let mut cols = KeylessColumns::default();
+        for (id, (_, j, state, run_at)) in ids.iter().zip(&keyless) {
+            cols.id.push(*id);
+            cols.module.push(j.module_digest.clone());
+            cols.state.push(state.as_str());
+            cols.priority.push(j.priority);
+            cols.run_at.push(*run_at);
+            cols.input.push(j.input.clone());
+            cols.limits.push(json(&j.limits));
+            cols.retry.push(json(&j.retry));
+            cols.grants.push(json(&j.grants));
+            cols.deadline_at.push(j.deadline_at);
+            cols.workflow_ref.push(j.workflow_ref.clone());
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
+                               deadline_at, workflow_ref, created_at, updated_at, event_seq)
+             SELECT u.*, $12, $12, 1
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
+                         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) AS u",
+        )
+        .bind(&cols.id)
+        .bind(&cols.module)
+        .bind(&cols.state)
+        .bind(&cols.priority)
+        .bind(&cols.run_at)
+        .bind(&cols.input)
+        .bind(&cols.limits)
+        .bind(&cols.retry)
+        .bind(&cols.grants)
+        .bind(&cols.deadline_at)
+        .bind(&cols.workflow_ref)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        for (id, (slot, j, state, run_at)) in ids.into_iter().zip(keyless) {
+            out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
+        }
+    }
+    let mut result = Vec::with_capacity(out.len());
+    for entry in out {
+        let (job, created) =
+            entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into()))?;
+        if created {
+            let extra = if job.state == JobState::Scheduled {
+                json!({ "run_at": job.run_at })
+            } else {
+                json!({})
+            };
+            events.extend(pending(job.id, 1, &[NewEvent::state(job.state, extra)]));
+            any_queued |= job.state == JobState::Queued;
+            notices.push(Notice::Events(job.id));
+        }
+        result.push((job, created));
+    }
+    write_events(tx, &events, now).await?;
+    if any_queued {
+        notices.push(Notice::JobsAvailable);
+    }
+    Ok((result, notices))
 }
 
 async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
@@ -377,134 +533,10 @@ impl Store for PgStore {
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.pool.begin().await?;
-        let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
-        let mut notices = Vec::new();
-        let mut any_queued = false;
-        let mut events = Vec::new();
-        // Jobs with an idempotency key one at a time (a key may repeat, even within the
-        // batch); the others in one INSERT, ids drawn from the sequence up front so that each
-        // row's id is known without relying on the order of RETURNING.
-        let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
-        for j in jobs {
-            let run_at = j.run_at.unwrap_or(now);
-            let state = if run_at > now {
-                JobState::Scheduled
-            } else {
-                JobState::Queued
-            };
-            let Some(key) = j.idempotency_key.clone() else {
-                keyless.push((out.len(), j, state, run_at));
-                out.push(None);
-                continue;
-            };
-            let existing: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
-                    .bind(&key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(id) = existing {
-                let job = fetch_job(&mut tx, id)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                out.push(Some((job, false)));
-                continue;
-            }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
-                                   idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING id",
-            )
-            .bind(&j.module_digest)
-            .bind(state.as_str())
-            .bind(j.priority)
-            .bind(run_at)
-            .bind(&j.input)
-            .bind(json(&j.limits))
-            .bind(json(&j.retry))
-            .bind(json(&j.grants))
-            .bind(&key)
-            .bind(j.deadline_at)
-            .bind(j.workflow_ref.as_deref())
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
-        }
-        if !keyless.is_empty() {
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1)",
-            )
-            .bind(keyless.len() as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            if ids.len() != keyless.len() {
-                return Err(StoreError::Corrupt(
-                    "the job id sequence returned too few ids".into(),
-                ));
-            }
-            let mut cols = KeylessColumns::default();
-            for (id, (_, j, state, run_at)) in ids.iter().zip(&keyless) {
-                cols.id.push(*id);
-                cols.module.push(j.module_digest.clone());
-                cols.state.push(state.as_str());
-                cols.priority.push(j.priority);
-                cols.run_at.push(*run_at);
-                cols.input.push(j.input.clone());
-                cols.limits.push(json(&j.limits));
-                cols.retry.push(json(&j.retry));
-                cols.grants.push(json(&j.grants));
-                cols.deadline_at.push(j.deadline_at);
-                cols.workflow_ref.push(j.workflow_ref.clone());
-            }
-            sqlx::query(
-                "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                                   deadline_at, workflow_ref, created_at, updated_at, event_seq)
-                 SELECT u.*, $12, $12, 1
-                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
-                             $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) AS u",
-            )
-            .bind(&cols.id)
-            .bind(&cols.module)
-            .bind(&cols.state)
-            .bind(&cols.priority)
-            .bind(&cols.run_at)
-            .bind(&cols.input)
-            .bind(&cols.limits)
-            .bind(&cols.retry)
-            .bind(&cols.grants)
-            .bind(&cols.deadline_at)
-            .bind(&cols.workflow_ref)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            for (id, (slot, j, state, run_at)) in ids.into_iter().zip(keyless) {
-                out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
-            }
-        }
-        let mut result = Vec::with_capacity(out.len());
-        for entry in out {
-            let (job, created) =
-                entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into()))?;
-            if created {
-                let extra = if job.state == JobState::Scheduled {
-                    json!({ "run_at": job.run_at })
-                } else {
-                    json!({})
-                };
-                events.extend(pending(job.id, 1, &[NewEvent::state(job.state, extra)]));
-                any_queued |= job.state == JobState::Queued;
-                notices.push(Notice::Events(job.id));
-            }
-            result.push((job, created));
-        }
-        write_events(&mut tx, &events, now).await?;
+        let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
         tx.commit().await?;
-        if any_queued {
-            notices.push(Notice::JobsAvailable);
-        }
         self.notify(notices).await;
-        Ok(result)
+        Ok(out)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

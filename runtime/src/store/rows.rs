@@ -338,3 +338,128 @@ pub(super) fn next_workflow(
 }
 
 pub(super) const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at";
+
+pub(super) const RUN_COLUMNS: &str = "id, workflow, version, state, input, error, cancel_requested, deadline_at, \
+     rev, created_at, updated_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunRow {
+    id: i64,
+    workflow: String,
+    version: i64,
+    state: String,
+    input: Vec<u8>,
+    error: Option<String>,
+    cancel_requested: bool,
+    deadline_at: Option<i64>,
+    rev: i64,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl RunRow {
+    pub(super) fn into_record(self) -> Result<RunRecord> {
+        Ok(RunRecord {
+            id: self.id,
+            workflow: self.workflow,
+            version: self.version,
+            state: self.state.parse().map_err(|e| corrupt("run state", e))?,
+            input: self.input,
+            error: self.error,
+            cancel_requested: self.cancel_requested,
+            deadline_at: self.deadline_at,
+            rev: self.rev,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct NodeRow {
+    node: String,
+    module: String,
+    state: String,
+    job_id: Option<i64>,
+    items_total: Option<i64>,
+    items_next: i64,
+    items_done: i64,
+    items_failed: i64,
+    output: Option<Vec<u8>>,
+    error: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    job_state: Option<String>,
+    job_error: Option<String>,
+}
+
+impl NodeRow {
+    pub(super) fn into_record(self) -> Result<NodeRecord> {
+        Ok(NodeRecord {
+            name: self.node,
+            module: self.module,
+            state: self.state.parse().map_err(|e| corrupt("node state", e))?,
+            job_id: self.job_id,
+            items_total: self.items_total,
+            items_next: self.items_next,
+            items_done: self.items_done,
+            items_failed: self.items_failed,
+            output: self.output,
+            error: self.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            job_state: self
+                .job_state
+                .map(|s| s.parse().map_err(|e| corrupt("job state", e)))
+                .transpose()?,
+            job_error: self.job_error,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ItemRow {
+    node: String,
+    idx: i64,
+    job_id: i64,
+    job_state: String,
+    job_error: Option<String>,
+}
+
+impl ItemRow {
+    pub(super) fn into_record(self) -> Result<ItemRecord> {
+        Ok(ItemRecord {
+            node: self.node,
+            idx: self.idx,
+            job_id: self.job_id,
+            job_state: self
+                .job_state
+                .parse()
+                .map_err(|e| corrupt("job state", e))?,
+            job_error: self.job_error,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunEventRow {
+    run_id: i64,
+    seq: i64,
+    kind: String,
+    data: String,
+    at: i64,
+}
+
+impl RunEventRow {
+    pub(super) fn into_event(self) -> Result<RunEvent> {
+        Ok(RunEvent {
+            run_id: self.run_id,
+            seq: self.seq,
+            kind: self.kind,
+            data: serde_json::from_str(&self.data).map_err(|e| corrupt("run event data", e))?,
+            at: self.at,
+        })
+    }
+}

@@ -75,7 +75,20 @@ impl SqliteStore {
             let _ = self.notices.send(n);
         }
     }
+
+    async fn announce(&self, notices: Vec<Notice>) {
+        self.notify(notices);
+    }
 }
+
+workflow_store!(
+    SqliteStore,
+    Sqlite,
+    sql: super::workflow_sql::sqlite_placeholders,
+    insert_jobs: insert_jobs_tx,
+    writer: writer,
+    reader: reader
+);
 
 /// Copies the WAL into the database every 200 ms without blocking writers or readers
 /// (`PASSIVE`); ends when the store is dropped.
@@ -138,6 +151,75 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
+/// `tx` commits. Used by job submission and by the workflow engine's steps.
+async fn insert_jobs_tx(
+    tx: &mut Tx<'_>,
+    jobs: Vec<NewJob>,
+    now: i64,
+) -> Result<(Vec<(Job, bool)>, Vec<Notice>)> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut notices = Vec::new();
+    let mut any_queued = false;
+    let mut events = Vec::new();
+    for j in jobs {
+        if let Some(key) = &j.idempotency_key {
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if let Some(id) = existing {
+                let job = fetch_job(tx, id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                out.push((job, false));
+                continue;
+            }
+        }
+        let run_at = j.run_at.unwrap_or(now);
+        let state = if run_at > now {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
+                               idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+        )
+        .bind(&j.module_digest)
+        .bind(state.as_str())
+        .bind(j.priority)
+        .bind(run_at)
+        .bind(&j.input)
+        .bind(json(&j.limits))
+        .bind(json(&j.retry))
+        .bind(json(&j.grants))
+        .bind(j.idempotency_key.as_deref())
+        .bind(j.deadline_at)
+        .bind(j.workflow_ref.as_deref())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        let extra = if state == JobState::Scheduled {
+            json!({ "run_at": run_at })
+        } else {
+            json!({})
+        };
+        events.extend(pending(id, 1, &[NewEvent::state(state, extra)]));
+        any_queued |= state == JobState::Queued;
+        notices.push(Notice::Events(id));
+        out.push((Job::inserted(id, j, state, run_at, now), true));
+    }
+    write_events(tx, &events, now).await?;
+    if any_queued {
+        notices.push(Notice::JobsAvailable);
+    }
+    Ok((out, notices))
 }
 
 async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
@@ -311,66 +393,8 @@ impl Store for SqliteStore {
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         let mut tx = self.writer.begin().await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut notices = Vec::new();
-        let mut any_queued = false;
-        let mut events = Vec::new();
-        for j in jobs {
-            if let Some(key) = &j.idempotency_key {
-                let existing: Option<i64> =
-                    sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?")
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some(id) = existing {
-                    let job = fetch_job(&mut tx, id)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                    out.push((job, false));
-                    continue;
-                }
-            }
-            let run_at = j.run_at.unwrap_or(now);
-            let state = if run_at > now {
-                JobState::Scheduled
-            } else {
-                JobState::Queued
-            };
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
-                                   idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
-            )
-            .bind(&j.module_digest)
-            .bind(state.as_str())
-            .bind(j.priority)
-            .bind(run_at)
-            .bind(&j.input)
-            .bind(json(&j.limits))
-            .bind(json(&j.retry))
-            .bind(json(&j.grants))
-            .bind(j.idempotency_key.as_deref())
-            .bind(j.deadline_at)
-            .bind(j.workflow_ref.as_deref())
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let extra = if state == JobState::Scheduled {
-                json!({ "run_at": run_at })
-            } else {
-                json!({})
-            };
-            events.extend(pending(id, 1, &[NewEvent::state(state, extra)]));
-            any_queued |= state == JobState::Queued;
-            notices.push(Notice::Events(id));
-            out.push((Job::inserted(id, j, state, run_at, now), true));
-        }
-        write_events(&mut tx, &events, now).await?;
+        let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
         tx.commit().await?;
-        if any_queued {
-            notices.push(Notice::JobsAvailable);
-        }
         self.notify(notices);
         Ok(out)
     }

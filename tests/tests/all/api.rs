@@ -496,7 +496,7 @@ async fn cancel_stops_a_running_job_within_a_second() {
 }
 
 /// Reads an SSE stream until `end` or until `stop_after` events; returns (id, event, data).
-async fn read_sse(
+pub(crate) async fn read_sse(
     url: &str,
     last_id: Option<&str>,
     stop_after: Option<usize>,
@@ -688,7 +688,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 24] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -706,6 +706,10 @@ const ROUTES: [(&str, &str); 20] = [
     ("get", "/v1/workflows"),
     ("get", "/v1/workflows/{name}"),
     ("get", "/v1/workflows/{name}/graph"),
+    ("post", "/v1/workflows/{name}/runs"),
+    ("get", "/v1/workflow-runs/{id}"),
+    ("get", "/v1/workflow-runs/{id}/events"),
+    ("post", "/v1/workflow-runs/{id}/cancel"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -777,6 +781,7 @@ async fn openapi_document_lists_every_route_and_nothing_else() {
         assert!(
             op["responses"]["200"].is_object()
                 || op["responses"]["201"].is_object()
+                || op["responses"]["202"].is_object()
                 || op["responses"]["204"].is_object(),
             "{method} {path}: {op}"
         );

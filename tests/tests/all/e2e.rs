@@ -53,6 +53,42 @@ fn job_body(i: usize) -> Value {
     }
 }
 
+/// A database of its own on the Postgres server `pg` (the binary uses the public schema).
+fn fresh_database(pg: &str, tag: &str) -> String {
+    let dbname = format!("wasmjobs_{tag}_{}", std::process::id());
+    let admin = std::process::Command::new("psql")
+        .args([
+            pg,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {dbname}"),
+            "-c",
+            &format!("CREATE DATABASE {dbname}"),
+        ])
+        .status();
+    assert!(
+        admin.is_ok_and(|s| s.success()),
+        "cannot create database {dbname} with psql"
+    );
+    format!(
+        "{}/{dbname}",
+        pg.rsplit_once('/').map_or(pg, |(base, _)| base)
+    )
+}
+
+/// Drops a database [`fresh_database`] made.
+fn drop_database(pg: &str, db: &str) {
+    let dbname = db.rsplit('/').next().unwrap_or_default();
+    let _ = std::process::Command::new("psql")
+        .args([
+            pg,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"),
+        ])
+        .status();
+}
+
 async fn job(http: &reqwest::Client, url: &str, id: i64) -> Value {
     http.get(format!("{url}/v1/jobs/{id}"))
         .send()
@@ -229,26 +265,7 @@ async fn dead_worker_node_jobs_finish_elsewhere_postgres() {
         );
         return;
     };
-    // A database of its own: the binary uses the public schema.
-    let dbname = format!("wasmjobs_nodes_{}", std::process::id());
-    let admin = std::process::Command::new("psql")
-        .args([
-            pg.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {dbname}"),
-            "-c",
-            &format!("CREATE DATABASE {dbname}"),
-        ])
-        .status();
-    assert!(
-        admin.is_ok_and(|s| s.success()),
-        "cannot create database {dbname} with psql"
-    );
-    let db = format!(
-        "{}/{dbname}",
-        pg.rsplit_once('/').map_or(pg.as_str(), |(base, _)| base)
-    );
+    let db = fresh_database(&pg, "nodes");
 
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
@@ -335,14 +352,8 @@ async fn dead_worker_node_jobs_finish_elsewhere_postgres() {
         started.elapsed()
     );
     drop(workers);
-    let _ = std::process::Command::new("psql")
-        .args([
-            pg.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"),
-        ])
-        .status();
+    drop(api);
+    drop_database(&pg, &db);
 }
 
 /// The CLI client against a real server: upload, submit --wait, logs --follow, status, replay,
@@ -560,4 +571,132 @@ async fn tokens_on_the_wire_and_no_public_bind_without_them() {
         String::from_utf8_lossy(&o.stderr)
             .contains("refusing to listen on 0.0.0.0:0 without API tokens")
     );
+}
+
+/// `kill -9` of the server in the middle of workflow runs, then a restart on the same store:
+/// every run finishes, and a node that had finished keeps its job (same id, one attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_workflow_resumes_without_rerunning_finished_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut dbs = vec![("sqlite", dir.path().join("wf.db").display().to_string())];
+    match std::env::var("WASMJOBS_TEST_POSTGRES") {
+        Ok(pg) if !pg.is_empty() => dbs.push(("postgres", fresh_database(&pg, "wf_crash"))),
+        _ => eprintln!(
+            "SKIPPED: the Postgres half of kill_9_mid_workflow_resumes_without_rerunning_finished_nodes (set WASMJOBS_TEST_POSTGRES to run it)"
+        ),
+    }
+    std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
+    let http = reqwest::Client::new();
+    for (backend, db) in dbs {
+        let mut server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+        upload(&http, &server.url, guests::FLOW, "flow").await;
+        let definition = json!({ "name": "crash", "nodes": [
+            { "name": "a", "module": "flow" },
+            { "name": "b", "module": "flow", "needs": ["a"] },
+            { "name": "fan", "module": "flow", "needs": ["b"],
+              "for_each": { "items": "/items", "concurrency": 2 } },
+            { "name": "d", "module": "flow", "needs": ["fan"] },
+        ]});
+        let r = http
+            .post(format!("{}/v1/workflows", server.url))
+            .json(&definition)
+            .send()
+            .await
+            .expect("define");
+        assert!(r.status().is_success(), "{backend}: define {}", r.status());
+        let input = json!({ "n": 0, "sleep_ms": 400, "items": (1..=10).collect::<Vec<i64>>() });
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let v: Value = http
+                .post(format!("{}/v1/workflows/crash/runs", server.url))
+                .json(&json!({ "input": input }))
+                .send()
+                .await
+                .expect("start")
+                .json()
+                .await
+                .expect("json");
+            runs.push(v["id"].as_i64().expect("run id"));
+        }
+        let get = |url: String| {
+            let http = http.clone();
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .expect("get")
+                    .json::<Value>()
+                    .await
+                    .expect("json")
+            }
+        };
+        let node_of = |run: &Value, name: &str| -> Value {
+            run["nodes"]
+                .as_array()
+                .and_then(|ns| ns.iter().find(|n| n["name"] == name))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        // Kill it once every run's first node finished and the second is running.
+        let until = Instant::now() + Duration::from_secs(30);
+        let finished: Vec<i64> = loop {
+            let mut jobs = Vec::new();
+            for id in &runs {
+                let run = get(format!("{}/v1/workflow-runs/{id}", server.url)).await;
+                if node_of(&run, "a")["state"] == "succeeded"
+                    && node_of(&run, "b")["state"] == "running"
+                {
+                    jobs.push(node_of(&run, "a")["job"].as_i64().expect("a's job"));
+                }
+            }
+            if jobs.len() == runs.len() {
+                break jobs;
+            }
+            assert!(
+                Instant::now() < until,
+                "{backend}: the runs never reached b"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        server.kill9();
+
+        let server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+        for (id, a_job) in runs.iter().zip(&finished) {
+            let until = Instant::now() + Duration::from_secs(90);
+            let run = loop {
+                let run = get(format!("{}/v1/workflow-runs/{id}", server.url)).await;
+                if ["succeeded", "failed", "cancelled"]
+                    .contains(&run["state"].as_str().unwrap_or(""))
+                {
+                    break run;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "{backend}: run {id} did not finish: {run}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(run["state"], "succeeded", "{backend}: {run}");
+            let doubled: Vec<i64> = (1..=10).map(|x| x * 2).collect();
+            assert_eq!(
+                run["output"],
+                json!({ "count": 10, "items": doubled }),
+                "{backend}"
+            );
+            let a = node_of(&run, "a");
+            assert_eq!(a["job"].as_i64(), Some(*a_job), "{backend}: a kept its job");
+            let a_job = job(&http, &server.url, *a_job).await;
+            assert_eq!(
+                a_job["attempts"].as_array().map(Vec::len),
+                Some(1),
+                "{backend}: a finished node never runs again: {a_job}"
+            );
+        }
+        drop(server);
+        if backend == "postgres"
+            && let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        {
+            drop_database(&pg, &db);
+        }
+    }
 }

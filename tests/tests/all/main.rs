@@ -8,3 +8,4 @@ mod edge;
 mod examples;
 mod sandbox;
 mod store;
+mod workflows;

@@ -1,0 +1,317 @@
+//! Workflow runs: `POST /v1/workflows/{name}/runs`, `GET /v1/workflow-runs/{id}`,
+//! `GET /v1/workflow-runs/{id}/events` (SSE), `POST /v1/workflow-runs/{id}/cancel`.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use base64::Engine as _;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::parse_json;
+use super::{ApiError, AppState};
+use crate::store::{JobId, NodeState, Notice, RunId};
+
+/// What `POST /v1/workflows/{name}/runs` takes.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartRun {
+    /// The run's input as JSON: what the root nodes get.
+    #[serde(default)]
+    input: Option<Value>,
+    /// The input as raw bytes, base64-encoded. Exclusive with `input`.
+    #[serde(default)]
+    input_base64: Option<String>,
+    /// A version of the workflow (default: the latest).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    version: Option<i64>,
+}
+
+fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse::<RunId>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid workflow run id {id:?}: expected a positive integer"
+        ))
+    })
+}
+
+/// Start a run of a workflow on an input. The run pins the workflow's version and its
+/// modules' digests.
+#[utoipa::path(
+    post,
+    path = "/workflows/{name}/runs",
+    tag = "workflow-runs",
+    params(("name" = String, Path, description = "The workflow's name")),
+    request_body(content = StartRun, description = "The run's input"),
+    responses(
+        (status = 201, description = "The run, started", body = crate::http::openapi::RunView),
+        (status = 400, description = "Malformed JSON or input", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such workflow or version", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "A field is invalid, over the policy's caps, or a module is gone", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(super::error::body_rejection)?;
+    let req: StartRun = parse_json(&body)?;
+    if req.version.is_some_and(|v| v < 1) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "version must be a positive integer",
+        ));
+    }
+    let input = match (&req.input, &req.input_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "give either input or input_base64, not both",
+            ));
+        }
+        (Some(v), None) => v.to_string().into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("input_base64 is not valid base64: {e}"),
+                )
+            })?,
+        (None, None) => Vec::new(),
+    };
+    let (run, _) = state.workflows.start_run(&name, req.version, input).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.workflows.view(run.id).await?),
+    ))
+}
+
+/// A run: its state, every node's state and job (and each `for_each` element), its output
+/// once it succeeded.
+#[utoipa::path(
+    get,
+    path = "/workflow-runs/{id}",
+    tag = "workflow-runs",
+    params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    responses(
+        (status = 200, description = "The run", body = crate::http::openapi::RunView),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_run_id(&id)?;
+    Ok(Json(state.workflows.view(id).await?))
+}
+
+/// Cancel a run: its pending nodes are cancelled and its running jobs stopped; the run ends
+/// `cancelled` once they have.
+#[utoipa::path(
+    post,
+    path = "/workflow-runs/{id}/cancel",
+    tag = "workflow-runs",
+    params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    responses(
+        (status = 202, description = "Cancel requested; the run as it stands", body = crate::http::openapi::RunView),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The run already finished", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_run_id(&id)?;
+    state.workflows.cancel_run(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(state.workflows.view(id).await?)))
+}
+
+/// Follow a run live (Server-Sent Events): `run` and `node` events (state changes, with the
+/// run event's sequence number as the event id), the `log` and `progress` events of its nodes'
+/// jobs (with `node`, `job` and, for a `for_each` element, `index`), then `end`.
+#[utoipa::path(
+    get,
+    path = "/workflow-runs/{id}/events",
+    tag = "workflow-runs",
+    params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::http::openapi::SseEventDoc),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = parse_run_id(&id)?;
+    // Listen before the first read: a change between the two is not lost.
+    let notices = state.service.store.subscribe();
+    if state.service.store.get_run(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("workflow run {id} not found")));
+    }
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        if let Err(e) = pump(&state, id, notices, &tx).await {
+            let _ = tx
+                .send(Ok(SseEvent::default()
+                    .event("error")
+                    .data(json!({ "message": e.message }).to_string())))
+                .await;
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Where a node job's log stream stands.
+struct JobCursor {
+    node: String,
+    index: Option<i64>,
+    after: i64,
+    /// The job had ended when its events were last read: nothing more will come.
+    drained: bool,
+}
+
+async fn pump(
+    state: &AppState,
+    id: RunId,
+    mut notices: broadcast::Receiver<Notice>,
+    tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
+) -> Result<(), ApiError> {
+    let store = &state.service.store;
+    let mut after = 0;
+    let mut jobs: HashMap<JobId, JobCursor> = HashMap::new();
+    loop {
+        // The run as it stands before reading events: if it is final here, every event of it
+        // is already written.
+        let snap = store
+            .get_run(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("workflow run {id} not found")))?;
+        let run_events = store.run_events(id, after, 500).await?;
+        for e in &run_events {
+            after = e.seq;
+            let mut data = e.data.clone();
+            data["at"] = json!(e.at);
+            let event = SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.kind.as_str())
+                .data(data.to_string());
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(());
+            }
+        }
+        // The jobs of the run's nodes and running elements: their logs and progress.
+        for n in &snap.nodes {
+            if let Some(job) = n.job_id {
+                jobs.entry(job).or_insert_with(|| JobCursor {
+                    node: n.name.clone(),
+                    index: None,
+                    after: 0,
+                    drained: false,
+                });
+            }
+        }
+        for item in &snap.running_items {
+            jobs.entry(item.job_id).or_insert_with(|| JobCursor {
+                node: item.node.clone(),
+                index: Some(item.idx),
+                after: 0,
+                drained: false,
+            });
+        }
+        let running: HashSet<JobId> = snap
+            .running_items
+            .iter()
+            .filter(|i| !i.job_state.is_final())
+            .map(|i| i.job_id)
+            .chain(snap.nodes.iter().filter_map(|n| match n.job_state {
+                Some(s) if !s.is_final() && n.state == NodeState::Running => n.job_id,
+                _ => None,
+            }))
+            .collect();
+        for (&job, cursor) in jobs.iter_mut().filter(|(_, c)| !c.drained) {
+            loop {
+                let events = store.events(job, cursor.after, 500).await?;
+                for e in &events {
+                    cursor.after = e.seq;
+                    if e.kind != "log" && e.kind != "progress" {
+                        continue;
+                    }
+                    let mut data = e.data.clone();
+                    data["node"] = json!(cursor.node);
+                    data["job"] = json!(job);
+                    if let Some(i) = cursor.index {
+                        data["index"] = json!(i);
+                    }
+                    data["at"] = json!(e.at);
+                    let event = SseEvent::default()
+                        .event(e.kind.as_str())
+                        .data(data.to_string());
+                    if tx.send(Ok(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if events.len() < 500 {
+                    break;
+                }
+            }
+            cursor.drained = !running.contains(&job);
+        }
+        if snap.run.state.is_final() && run_events.len() < 500 {
+            let end = json!({ "state": snap.run.state, "error": snap.run.error });
+            let _ = tx
+                .send(Ok(SseEvent::default().event("end").data(end.to_string())))
+                .await;
+            return Ok(());
+        }
+        if run_events.len() == 500 {
+            continue;
+        }
+        // Wait for a change of the run or of one of its jobs (or poll, should a notice be lost).
+        let wait = async {
+            loop {
+                match notices.recv().await {
+                    Ok(Notice::Run(r)) if r == id => return,
+                    Ok(Notice::Events(j)) if jobs.contains_key(&j) => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}
