@@ -20,7 +20,7 @@ export CARGO_TARGET_DIR="$PWD/target/wasm-guests"
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
 unset CARGO_TARGET_DIR
 J=target/wasm-guests/wasm32-wasip2/release
-ls -l "$J"/{wordfreq,csvstats,thumbnail,markdown,linecount}.wasm | awk '{print "  " $5 " bytes  " $9}'
+ls -l "$J"/{wordfreq,csvstats,thumbnail,markdown,linecount,splitter,wordmerge}.wasm | awk '{print "  " $5 " bytes  " $9}'
 
 step "wordfreq: the five most frequent words of a text (JSON in, JSON out)"
 "$WJ" run "$J/wordfreq.wasm" --input @examples/data/tale.json
@@ -60,13 +60,25 @@ export WASMJOBS_SERVER="http://127.0.0.1:$PORT"
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null' EXIT
 for _ in $(seq 100); do "$WJ" job list >/dev/null 2>&1 && break; sleep 0.1; done
-for m in wordfreq csvstats markdown; do
+for m in wordfreq csvstats markdown splitter wordmerge; do
   printf '  uploaded %-9s %s\n' "$m" "$("$WJ" module upload "$J/$m.wasm" --name "$m")"
 done
 echo "  wordfreq as a job (submit --wait):"
 "$WJ" job submit wordfreq --input "$(cat examples/data/tale.json)" --wait
 echo "  csvstats as a job, followed live (submit --follow):"
 "$WJ" job submit csvstats --input "$(cat examples/data/weather.json)" --follow 2>&1 | grep -E '^\[|^--' | sed 's/^/    /'
+
+step "A workflow: split a text into chunks, count each chunk's words in its own job, merge"
+sed -n '/^name:/,$p' examples/workflows/wordcount.yaml | sed 's/^/    /'
+"$WJ" workflow create examples/workflows/wordcount.yaml | sed 's/^/  created /'
+echo "  its graph (Mermaid):"
+"$WJ" workflow graph wordcount | sed 's/^/    /'
+echo "  a run, followed live (workflow run --follow; on a terminal the tree redraws in place):"
+"$WJ" workflow run wordcount --input @examples/data/tale.json --follow > "$DEMO/run.out" 2> "$DEMO/run.log"
+sed 's/^/    /' "$DEMO/run.log"
+echo "  the run's output (the merge node's): the ten most frequent words"
+sed 's/^/    /' "$DEMO/run.out"
+
 echo "  the jobs, as stored in $DEMO/wasmjobs.db:"
 "$WJ" job list | sed 's/^/    /'
 kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true

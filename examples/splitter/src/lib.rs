@@ -2,7 +2,7 @@
 //! of the word-count workflow (`examples/workflows/wordcount.yaml`), whose `for_each` node runs
 //! one `wordfreq` job per chunk.
 //!
-//! Input `{"text": string, "lines_per_chunk"?: number}` (default 4); output
+//! Input `{"text": string, "lines_per_chunk"?: number}` (default 2); output
 //! `{"chunks": [{"text", "top"}], "lines": n}`. Each chunk asks `wordfreq` for every word
 //! (`top` large), so that the merge sees complete counts.
 
@@ -16,7 +16,7 @@ struct Input {
 }
 
 fn default_lines() -> usize {
-    4
+    2
 }
 
 #[derive(Serialize)]

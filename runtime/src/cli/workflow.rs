@@ -221,6 +221,13 @@ fn run_exit_code(run: &Value) -> u8 {
 /// per change otherwise), node logs above it, then the output on stdout.
 async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
     let mut run = c.get(&format!("/v1/workflow-runs/{id}")).await?;
+    // The stream replays the run's history from its start: begin from nothing.
+    for n in run["nodes"].as_array_mut().into_iter().flatten() {
+        n["state"] = json!("pending");
+        for key in ["job", "error", "items"] {
+            n[key] = Value::Null;
+        }
+    }
     let tty = std::io::stderr().is_terminal() && !json_out;
     let mut progress: HashMap<String, (u64, u64)> = HashMap::new();
     let mut drawn = 0usize;
@@ -249,10 +256,12 @@ async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
             let node = data["node"].as_str().unwrap_or("").to_string();
             match event {
                 "node" => {
+                    let mut changed = true;
                     if let Some(n) = run["nodes"]
                         .as_array_mut()
                         .and_then(|ns| ns.iter_mut().find(|n| n["name"] == node.as_str()))
                     {
+                        changed = n["state"] != data["state"];
                         n["state"] = data["state"].clone();
                         for key in ["job", "error", "items"] {
                             if !data[key].is_null() {
@@ -260,7 +269,7 @@ async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
                             }
                         }
                     }
-                    if !tty {
+                    if !tty && changed {
                         eprintln!(
                             "{node}: {}{}",
                             data["state"].as_str().unwrap_or("?"),

@@ -559,8 +559,12 @@ async fn plan(
         run_error = error;
     }
 
-    for name in &changed {
-        if let Some(n) = nodes.remove(name) {
+    // Events in running order, so that a node's end comes before its successors' start.
+    for &i in &def.order {
+        let name = &def.definition.nodes[i].name;
+        if changed.contains(name)
+            && let Some(n) = nodes.remove(name)
+        {
             ch.events.push(node_event(&n));
             ch.nodes.push(n);
         }

@@ -423,6 +423,78 @@ async fn cli_client_against_a_live_server() {
     assert!(err(&o).contains("cycle: a → a"), "{}", err(&o));
     assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
 
+    // Workflow runs: followed live to the output, a failing one, status, cancel.
+    let o = cli(&["module", "upload", guests::FLOW, "--name", "flow"]);
+    assert!(o.status.success(), "{}", err(&o));
+    std::fs::write(
+        &wf,
+        "name: steps\nnodes:\n  - {name: a, module: flow}\n  - {name: b, module: flow, needs: [a]}\n",
+    )
+    .expect("write workflow");
+    let o = cli(&["workflow", "create", wf.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&[
+        "workflow",
+        "run",
+        "steps",
+        "--input",
+        r#"{"n": 0}"#,
+        "--follow",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(out(&o).trim(), r#"{"n":2}"#);
+    for line in [
+        "a: running",
+        "a: succeeded",
+        "b: succeeded",
+        "[a info] step 1",
+        "✓ b",
+    ] {
+        assert!(err(&o).contains(line), "missing {line:?} in:\n{}", err(&o));
+    }
+    assert!(
+        err(&o).find("a: succeeded") < err(&o).find("b: running"),
+        "{}",
+        err(&o)
+    );
+    let o = cli(&[
+        "workflow",
+        "run",
+        "steps",
+        "--input",
+        r#"{"n": 0, "fail_at": 2}"#,
+        "--follow",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("b: failed"), "{}", err(&o));
+    assert!(err(&o).contains("step 2 fails on purpose"), "{}", err(&o));
+    let o = cli(&[
+        "workflow",
+        "run",
+        "steps",
+        "--input",
+        r#"{"n": 0, "sleep_ms": 20000}"#,
+    ]);
+    assert!(o.status.success(), "{}", err(&o));
+    let run = out(&o).trim().to_string();
+    assert!(run.parse::<i64>().is_ok(), "{run}");
+    let o = cli(&["workflow", "status", &run]);
+    assert!(out(&o).contains("steps v1"), "{}", out(&o));
+    let o = cli(&["workflow", "cancel", &run]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = cli(&["workflow", "status", &run, "--follow"]);
+    assert_eq!(o.status.code(), Some(15), "{}", err(&o));
+    assert!(err(&o).contains("cancelled"), "{}", err(&o));
+    let o = cli(&["workflow", "status", "abc"]);
+    assert!(
+        err(&o).contains("invalid workflow run id \"abc\""),
+        "{}",
+        err(&o)
+    );
+    let o = cli(&["workflow", "run", "ghost"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err(&o).contains("ghost"), "{}", err(&o));
+
     let o = cli(&[
         "job",
         "submit",
