@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Property-based fuzzing of the HTTP API from its own OpenAPI document (schemathesis, from
-# PyPI): starts `wasmjobs serve` on a fresh SQLite file with one module and one finished job,
+# PyPI): starts `wasmjobs serve` on a fresh SQLite file with one module, one finished job and one
+# finished workflow run,
 # then sends generated requests to every operation. Fails on any 5xx and on any response that
 # breaks the documented schema. Part of scripts/test.sh (CI).
 #
@@ -28,11 +29,14 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 200); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.05; done
 
-# Something to find: a module and a finished job.
+# Something to find: a module, a finished job, a workflow and a finished run of it.
 NOOP=$(ls target/wasm-guests/wasm32-wasip2/release/noop.wasm)
 export WASMJOBS_SERVER="$URL"
 "$WJ" module upload "$NOOP" --name noop >/dev/null
 "$WJ" job submit noop --input '"hello"' --wait >/dev/null
+printf 'name: pair\nnodes:\n  - {name: a, module: noop}\n  - {name: b, module: noop, needs: [a]}\n' > "$DIR/pair.yaml"
+"$WJ" workflow create "$DIR/pair.yaml" >/dev/null
+"$WJ" workflow run pair --input '"hello"' --follow >/dev/null 2>&1
 
 PYTHONPATH=scripts SCHEMATHESIS_HOOKS=fuzz_hooks "$VENV/bin/schemathesis" run "$URL/openapi.json" \
   --checks not_a_server_error,response_schema_conformance \

@@ -151,6 +151,7 @@ impl JobService {
             idempotency_key: req.idempotency_key,
             deadline_at,
             workflow_ref: req.workflow_ref,
+            input_from: None,
         };
         let (reply, answer) = oneshot::channel();
         if self.inserts.send((job, reply)).await.is_err() {

@@ -39,7 +39,12 @@ impl JobWatchers {
                             tx.send_modify(|n| *n += 1);
                         }
                     }
-                    Ok(Notice::JobsAvailable | Notice::Run(_) | Notice::RunRequest(_)) => {}
+                    Ok(
+                        Notice::JobsAvailable
+                        | Notice::Ended(_)
+                        | Notice::Run(_)
+                        | Notice::RunRequest(_),
+                    ) => {}
                     // Missed some: wake everyone, they re-read the store.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let reg = registry.lock().unwrap_or_else(PoisonError::into_inner);

@@ -64,3 +64,8 @@ CREATE TABLE workflow_events (
     at      BIGINT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+
+-- A job whose input is another job's output (a workflow node with one upstream): the output
+-- stays where it is and is read once, when the job's attempt starts, instead of being copied.
+ALTER TABLE jobs ADD COLUMN input_from BIGINT;
+CREATE INDEX jobs_input_from ON jobs (input_from) WHERE input_from IS NOT NULL;

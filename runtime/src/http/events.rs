@@ -43,18 +43,7 @@ pub(super) async fn job_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
-    let after = match headers
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::trim))
-    {
-        None => 0,
-        Some(Ok(v)) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "invalid Last-Event-ID {v:?}: expected an event id from this stream"
-            ))
-        })?,
-        Some(Err(_)) => return Err(ApiError::bad_request("invalid Last-Event-ID header")),
-    };
+    let after = last_event_id(&headers)?;
     if state.service.store.get_job(id).await?.is_none() {
         return Err(ApiError::not_found(format!("job {id} not found")));
     }
@@ -72,6 +61,22 @@ pub(super) async fn job_events(
     });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The `Last-Event-ID` a reconnecting client sends: where to resume (0 without one).
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
+    match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => Ok(0),
+        Some(Ok(v)) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid Last-Event-ID {v:?}: expected an event id from this stream"
+            ))
+        }),
+        Some(Err(_)) => Err(ApiError::bad_request("invalid Last-Event-ID header")),
+    }
 }
 
 fn to_sse(e: &Event) -> SseEvent {

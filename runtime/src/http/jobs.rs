@@ -168,7 +168,17 @@ pub(super) async fn get(
     match q.include.as_deref() {
         None => {}
         Some("input") => {
-            v["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&job.input))
+            // A job whose input is another job's output: that output, as the job reads it.
+            let input = match job.input_from {
+                Some(from) => state
+                    .service
+                    .store
+                    .job_output(from)
+                    .await?
+                    .unwrap_or_default(),
+                None => job.input.clone(),
+            };
+            v["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&input))
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(

@@ -220,6 +220,8 @@ pub(crate) struct JobView {
     outcome: Option<OutcomeDoc>,
     error: Option<String>,
     workflow_ref: Option<String>,
+    /// The job whose output is this job's input (a workflow node with one upstream).
+    input_from: Option<i64>,
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,

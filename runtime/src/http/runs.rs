@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use base64::Engine as _;
 use futures::Stream;
@@ -158,10 +158,13 @@ pub(super) async fn cancel(
     get,
     path = "/workflow-runs/{id}/events",
     tag = "workflow-runs",
-    params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The run id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume the run events after this id"),
+    ),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::http::openapi::SseEventDoc),
-        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad run id or Last-Event-ID", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
     )
@@ -169,8 +172,10 @@ pub(super) async fn cancel(
 pub(super) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_run_id(&id)?;
+    let after = super::events::last_event_id(&headers)?;
     // Listen before the first read: a change between the two is not lost.
     let notices = state.service.store.subscribe();
     if state.service.store.get_run(id).await?.is_none() {
@@ -178,7 +183,7 @@ pub(super) async fn events(
     }
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        if let Err(e) = pump(&state, id, notices, &tx).await {
+        if let Err(e) = pump(&state, id, after, notices, &tx).await {
             let _ = tx
                 .send(Ok(SseEvent::default()
                     .event("error")
@@ -202,11 +207,11 @@ struct JobCursor {
 async fn pump(
     state: &AppState,
     id: RunId,
+    mut after: i64,
     mut notices: broadcast::Receiver<Notice>,
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ApiError> {
     let store = &state.service.store;
-    let mut after = 0;
     let mut jobs: HashMap<JobId, JobCursor> = HashMap::new();
     loop {
         // The run as it stands before reading events: if it is final here, every event of it

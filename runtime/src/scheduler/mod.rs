@@ -232,7 +232,7 @@ async fn wait_jobs_available(notices: &mut tokio::sync::broadcast::Receiver<Noti
         match notices.recv().await {
             Ok(Notice::JobsAvailable)
             | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Ok(Notice::Events(_) | Notice::Run(_) | Notice::RunRequest(_)) => {}
+            Ok(Notice::Events(_) | Notice::Ended(_) | Notice::Run(_) | Notice::RunRequest(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                 std::future::pending::<()>().await
             }
@@ -277,13 +277,25 @@ async fn run_attempt(s: &Shared, job: Claimed) {
         let left = Duration::from_millis(u64::try_from(deadline - started).unwrap_or(0));
         limits.timeout = limits.timeout.min(left);
     }
-    let report = match s
-        .modules
-        .get(&*s.store, &s.sandbox, &job.module_digest)
-        .await
-    {
-        Ok(module) => {
-            let req = RunRequest::new(job.input.clone())
+    // A job whose input is another job's output reads it now, once.
+    let input = match job.input_from {
+        None => Ok(job.input.clone()),
+        Some(from) => match s.store.job_output(from).await {
+            Ok(out) => Ok(out.unwrap_or_default()),
+            Err(e) => Err(format!("cannot read the input (job {from}'s output): {e}")),
+        },
+    };
+    let module = match input {
+        Ok(input) => s
+            .modules
+            .get(&*s.store, &s.sandbox, &job.module_digest)
+            .await
+            .map(|m| (m, input)),
+        Err(e) => Err(e),
+    };
+    let report = match module {
+        Ok((module, input)) => {
+            let req = RunRequest::new(input)
                 .limits(limits)
                 .grants(job.grants.clone())
                 .cancel(cancel.clone())

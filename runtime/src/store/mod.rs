@@ -47,6 +47,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum Notice {
     /// New events were written for this job.
     Events(JobId),
+    /// This job reached a final state (sent with its `Events`).
+    Ended(JobId),
     /// Jobs became claimable.
     JobsAvailable,
     /// A workflow run has new events (for whoever follows it).

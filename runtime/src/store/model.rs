@@ -111,6 +111,9 @@ pub struct NewJob {
     pub deadline_at: Option<i64>,
     /// Opaque reference for a service built on jobs (workflows).
     pub workflow_ref: Option<String>,
+    /// The job's input is this (finished) job's output, read when an attempt starts; `input`
+    /// is then empty. Lets a workflow pass a large output on without copying it.
+    pub input_from: Option<JobId>,
 }
 
 /// A stored job.
@@ -137,6 +140,8 @@ pub struct Job {
     pub output: Option<Vec<u8>>,
     pub error: Option<String>,
     pub workflow_ref: Option<String>,
+    /// The job whose output is this job's input (see [`NewJob::input_from`]).
+    pub input_from: Option<JobId>,
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
@@ -165,6 +170,7 @@ impl Job {
             output: None,
             error: None,
             workflow_ref: new.workflow_ref,
+            input_from: new.input_from,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -227,6 +233,8 @@ pub struct Claimed {
     pub grants: Grants,
     pub attempt: u32,
     pub deadline_at: Option<i64>,
+    /// Read the input from this job's output (see [`NewJob::input_from`]).
+    pub input_from: Option<JobId>,
 }
 
 /// How an attempt ended, reported by the worker that ran it.

@@ -40,6 +40,7 @@ struct KeylessColumns {
     grants: Vec<String>,
     deadline_at: Vec<Option<i64>>,
     workflow_ref: Vec<Option<String>>,
+    input_from: Vec<Option<i64>>,
 }
 
 /// Columns of a batch of completions, applied with one `UPDATE … FROM UNNEST` per table.
@@ -120,6 +121,9 @@ impl PgStore {
                                 run if run.starts_with('w') => {
                                     run[1..].parse().ok().map(Notice::RunRequest)
                                 }
+                                ended if ended.starts_with('e') => {
+                                    ended[1..].parse().ok().map(Notice::Ended)
+                                }
                                 id => id.parse().ok().map(Notice::Events),
                             };
                             if let Some(notice) = notice {
@@ -157,6 +161,7 @@ impl PgStore {
                 Notice::Events(id) => id.to_string(),
                 Notice::Run(id) => format!("r{id}"),
                 Notice::RunRequest(id) => format!("w{id}"),
+                Notice::Ended(id) => format!("e{id}"),
             })
             .collect();
         // NOTIFY payloads are limited to 8000 bytes.
@@ -267,8 +272,9 @@ async fn insert_jobs_tx(
         }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
-                               idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) RETURNING id",
+                               idempotency_key, deadline_at, workflow_ref, input_from, created_at, updated_at,
+                               event_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1) RETURNING id",
         )
         .bind(&j.module_digest)
         .bind(state.as_str())
@@ -281,6 +287,7 @@ async fn insert_jobs_tx(
         .bind(&key)
         .bind(j.deadline_at)
         .bind(j.workflow_ref.as_deref())
+        .bind(j.input_from)
         .bind(now)
         .bind(now)
         .fetch_one(&mut **tx)
@@ -312,13 +319,14 @@ async fn insert_jobs_tx(
             cols.grants.push(json(&j.grants));
             cols.deadline_at.push(j.deadline_at);
             cols.workflow_ref.push(j.workflow_ref.clone());
+            cols.input_from.push(j.input_from);
         }
         sqlx::query(
             "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                               deadline_at, workflow_ref, created_at, updated_at, event_seq)
-             SELECT u.*, $12, $12, 1
+                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq)
+             SELECT u.*, $13, $13, 1
              FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
-                         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[]) AS u",
+                         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[]) AS u",
         )
         .bind(&cols.id)
         .bind(&cols.module)
@@ -331,6 +339,7 @@ async fn insert_jobs_tx(
         .bind(&cols.grants)
         .bind(&cols.deadline_at)
         .bind(&cols.workflow_ref)
+        .bind(&cols.input_from)
         .bind(now)
         .execute(&mut **tx)
         .await?;
@@ -628,6 +637,7 @@ impl Store for PgStore {
             let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
             push_events(&mut tx, id, &[e], now).await?;
             notices.push(Notice::Events(id));
+            notices.push(Notice::Ended(id));
         }
         let due: Vec<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', updated_at = $1
@@ -797,6 +807,9 @@ impl Store for PgStore {
                 .push(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX));
             job_events.push((c.job_id, events));
             notices.push(Notice::Events(c.job_id));
+            if state.is_final() {
+                notices.push(Notice::Ended(c.job_id));
+            }
             if state == JobState::Scheduled {
                 notices.push(Notice::JobsAvailable);
             }
@@ -889,7 +902,11 @@ impl Store for PgStore {
         }
         write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
-        let mut notices: Vec<Notice> = rescued.iter().map(|id| Notice::Events(*id)).collect();
+        // A rescued job may have ended (failed, no attempts left): followers of ends look.
+        let mut notices: Vec<Notice> = rescued
+            .iter()
+            .flat_map(|id| [Notice::Events(*id), Notice::Ended(*id)])
+            .collect();
         notices.push(Notice::JobsAvailable);
         self.notify(notices).await;
         Ok(rescued)
@@ -951,7 +968,11 @@ impl Store for PgStore {
             }
         };
         tx.commit().await?;
-        self.notify([Notice::Events(id)]).await;
+        if state == JobState::Cancelled && job.state != JobState::Cancelled {
+            self.notify([Notice::Events(id), Notice::Ended(id)]).await;
+        } else {
+            self.notify([Notice::Events(id)]).await;
+        }
         Ok(state)
     }
 
@@ -998,7 +1019,7 @@ impl Store for PgStore {
 
     async fn prune(&self, before: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let cond = "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1";
+        let cond = format!("SELECT id FROM jobs WHERE {}", super::rows::prunable("$1"));
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM events WHERE job_id IN ({cond})"
         )))
@@ -1011,11 +1032,19 @@ impl Store for PgStore {
         .bind(before)
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1")
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM jobs WHERE {}",
+            super::rows::prunable("$1")
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Finished workflow runs (their nodes, elements and events go with them).
+        sqlx::query("DELETE FROM workflow_runs WHERE finished_at IS NOT NULL AND finished_at < $1")
             .bind(before)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
         tx.commit().await?;
         Ok(n)
     }

@@ -6,7 +6,7 @@ use super::{Result, StoreError};
 
 pub(super) const JOB_COLUMNS: &str = "id, module_digest, state, priority, run_at, input, limits, retry, grants, \
      idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, output, error, \
-     workflow_ref, created_at, updated_at, finished_at, event_seq";
+     workflow_ref, input_from, created_at, updated_at, finished_at, event_seq";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
@@ -29,6 +29,7 @@ pub(super) struct JobRow {
     output: Option<Vec<u8>>,
     error: Option<String>,
     workflow_ref: Option<String>,
+    input_from: Option<i64>,
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
@@ -66,6 +67,7 @@ impl JobRow {
             output: self.output,
             error: self.error,
             workflow_ref: self.workflow_ref,
+            input_from: self.input_from,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
@@ -93,6 +95,7 @@ impl JobRow {
             grants: job.grants,
             attempt: job.attempts,
             deadline_at: job.deadline_at,
+            input_from: job.input_from,
         })
     }
 }
@@ -462,4 +465,16 @@ impl RunEventRow {
             at: self.at,
         })
     }
+}
+
+/// Which jobs retention deletes: finished before the bound (`placeholder`), unless an unfinished
+/// job reads its output as input, or it belongs to a workflow run still going (whose engine
+/// may read its output).
+pub(super) fn prunable(placeholder: &str) -> String {
+    format!(
+        "finished_at IS NOT NULL AND finished_at < {placeholder}
+         AND id NOT IN (SELECT input_from FROM jobs WHERE input_from IS NOT NULL AND finished_at IS NULL)
+         AND (workflow_ref IS NULL OR workflow_ref NOT IN
+              (SELECT CAST(id AS TEXT) FROM workflow_runs WHERE state IN ('running', 'cancelling')))"
+    )
 }

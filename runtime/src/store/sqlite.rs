@@ -187,8 +187,9 @@ async fn insert_jobs_tx(
         };
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
-                               idempotency_key, deadline_at, workflow_ref, created_at, updated_at, event_seq)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+                               idempotency_key, deadline_at, workflow_ref, input_from, created_at, updated_at,
+                               event_seq)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
         )
         .bind(&j.module_digest)
         .bind(state.as_str())
@@ -201,6 +202,7 @@ async fn insert_jobs_tx(
         .bind(j.idempotency_key.as_deref())
         .bind(j.deadline_at)
         .bind(j.workflow_ref.as_deref())
+        .bind(j.input_from)
         .bind(now)
         .bind(now)
         .fetch_one(&mut **tx)
@@ -488,6 +490,7 @@ impl Store for SqliteStore {
             let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
             push_events(&mut tx, id, &[e], now).await?;
             notices.push(Notice::Events(id));
+            notices.push(Notice::Ended(id));
         }
         let due: Vec<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state = 'scheduled' AND run_at <= ? RETURNING id",
@@ -590,6 +593,9 @@ impl Store for SqliteStore {
             let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
             if let Completed::Applied(state) = r {
                 notices.push(Notice::Events(c.job_id));
+                if state.is_final() {
+                    notices.push(Notice::Ended(c.job_id));
+                }
                 if state == JobState::Scheduled {
                     notices.push(Notice::JobsAvailable);
                 }
@@ -634,7 +640,11 @@ impl Store for SqliteStore {
         }
         write_events(&mut tx, &events, now).await?;
         tx.commit().await?;
-        let mut notices: Vec<Notice> = rescued.iter().map(|id| Notice::Events(*id)).collect();
+        // A rescued job may have ended (failed, no attempts left): followers of ends look.
+        let mut notices: Vec<Notice> = rescued
+            .iter()
+            .flat_map(|id| [Notice::Events(*id), Notice::Ended(*id)])
+            .collect();
         notices.push(Notice::JobsAvailable);
         self.notify(notices);
         Ok(rescued)
@@ -694,7 +704,11 @@ impl Store for SqliteStore {
             }
         };
         tx.commit().await?;
-        self.notify([Notice::Events(id)]);
+        if state == JobState::Cancelled && job.state != JobState::Cancelled {
+            self.notify([Notice::Events(id), Notice::Ended(id)]);
+        } else {
+            self.notify([Notice::Events(id)]);
+        }
         Ok(state)
     }
 
@@ -740,7 +754,7 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before: i64) -> Result<u64> {
         let mut tx = self.writer.begin().await?;
-        let cond = "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?";
+        let cond = format!("SELECT id FROM jobs WHERE {}", super::rows::prunable("?"));
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM events WHERE job_id IN ({cond})"
         )))
@@ -753,11 +767,19 @@ impl Store for SqliteStore {
         .bind(before)
         .execute(&mut *tx)
         .await?;
-        let n = sqlx::query("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?")
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM jobs WHERE {}",
+            super::rows::prunable("?")
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // Finished workflow runs (their nodes, elements and events go with them).
+        sqlx::query("DELETE FROM workflow_runs WHERE finished_at IS NOT NULL AND finished_at < ?")
             .bind(before)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
         tx.commit().await?;
         Ok(n)
     }

@@ -121,7 +121,7 @@ async fn run_engine(
 
 fn take(n: Notice, following: &Following, due: &mut BTreeSet<RunId>) {
     match n {
-        Notice::Events(job) => {
+        Notice::Ended(job) => {
             if let Some(&run) = following.job_run.get(&job) {
                 due.insert(run);
             }
@@ -129,7 +129,7 @@ fn take(n: Notice, following: &Following, due: &mut BTreeSet<RunId>) {
         Notice::RunRequest(run) => {
             due.insert(run);
         }
-        Notice::JobsAvailable | Notice::Run(_) => {}
+        Notice::JobsAvailable | Notice::Events(_) | Notice::Run(_) => {}
     }
 }
 
@@ -466,13 +466,21 @@ async fn plan(
             nodes.insert(d.name.clone(), n);
             continue;
         }
-        let input = match input {
-            Some(i) => i,
-            None => node_input(service, run, &nodes, &d.needs).await?,
-        };
         n.started_at = Some(now);
         match &d.for_each {
+            // One upstream whose output is its job's: the job reads it from there when it
+            // starts, instead of a copy here.
+            None if let Some(from) = passed_on(&nodes, &d.needs) => {
+                let mut job = node_job(service, def, snap, &d.name, &n.module, Vec::new());
+                job.input_from = Some(from);
+                n.state = NodeState::Running;
+                ch.node_jobs.push((d.name.clone(), job));
+            }
             None => {
+                let input = match input {
+                    Some(i) => i,
+                    None => node_input(service, run, &nodes, &d.needs).await?,
+                };
                 let job = node_job(service, def, snap, &d.name, &n.module, input);
                 if let Err(e) = service
                     .jobs
@@ -487,7 +495,13 @@ async fn plan(
                     ch.node_jobs.push((d.name.clone(), job));
                 }
             }
-            Some(fe) => match elements(&input, &fe.items) {
+            Some(fe) => match elements(
+                &match input {
+                    Some(i) => i,
+                    None => node_input(service, run, &nodes, &d.needs).await?,
+                },
+                &fe.items,
+            ) {
                 Err(e) => {
                     n.state = NodeState::Failed;
                     n.error = Some(e);
@@ -616,6 +630,19 @@ async fn node_input(
     }
 }
 
+/// The job whose output a node with `needs` takes as its input unchanged: its one upstream's,
+/// when that succeeded and is a plain node (a `for_each` node's gathered output lives in the
+/// run, not in a job).
+fn passed_on(nodes: &HashMap<String, NodeRecord>, needs: &[String]) -> Option<JobId> {
+    match needs {
+        [up] => nodes
+            .get(up)
+            .filter(|n| n.state == NodeState::Succeeded && n.items_total.is_none())
+            .and_then(|n| n.job_id),
+        _ => None,
+    }
+}
+
 /// The array a `for_each` node fans out over: its input, or the part `pointer` names.
 fn elements(input: &[u8], pointer: &str) -> Result<Vec<Value>, String> {
     let value: Value = serde_json::from_slice(input)
@@ -677,6 +704,7 @@ fn node_job(
         idempotency_key: None,
         deadline_at: snap.run.deadline_at,
         workflow_ref: Some(snap.run.id.to_string()),
+        input_from: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn new_job(digest: &str) -> NewJob {
         idempotency_key: None,
         deadline_at: None,
         workflow_ref: None,
+        input_from: None,
     }
 }
 

@@ -156,6 +156,30 @@ async fn chains_and_diamonds_pass_data_along() {
         }
         jobs.dedup();
         assert_eq!(jobs.len(), 6, "one job per node");
+        // Outputs are not copied from node to node: each job reads its upstream's output,
+        // which stays in the upstream job, when it starts.
+        for pair in jobs.windows(2) {
+            let (up, down) = (pair[0], pair[1]);
+            let j = api.job(down).await;
+            assert_eq!(j["input_from"], up, "{backend}: {j}");
+            let (_, with_input) = api
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/jobs/{down}?include=input"),
+                    None,
+                )
+                .await;
+            use base64::Engine as _;
+            let input = base64::engine::general_purpose::STANDARD
+                .decode(with_input["input_base64"].as_str().unwrap_or_default())
+                .expect("base64");
+            let upstream_output = api.job(up).await["output"].clone();
+            assert_eq!(
+                serde_json::from_slice::<Value>(&input).expect("json input"),
+                upstream_output
+            );
+        }
+        assert!(api.job(jobs[0]).await["input_from"].is_null());
 
         // A diamond: the join gets an object keyed by upstream name.
         api.define(json!({ "name": "diamond", "nodes": [
@@ -558,6 +582,19 @@ async fn the_event_stream_shows_node_states_and_logs() {
             .map(|(id, _, _)| id.parse().expect("id"))
             .collect();
         assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        // Reconnecting with Last-Event-ID resumes the run events after it.
+        let resumed = crate::api::read_sse(
+            &format!("{}/v1/workflow-runs/{id}/events", api.url),
+            Some(&ids[2].to_string()),
+            None,
+        )
+        .await;
+        let again: Vec<i64> = resumed
+            .iter()
+            .filter(|(_, e, _)| e == "node" || e == "run")
+            .map(|(id, _, _)| id.parse().expect("id"))
+            .collect();
+        assert_eq!(again, ids[3..], "{backend}");
         server.stop().await;
     }
 }
