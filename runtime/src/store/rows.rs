@@ -399,6 +399,11 @@ pub(super) struct NodeRow {
 }
 
 impl NodeRow {
+    /// A `for_each` node that has elements.
+    pub(super) fn fans_out(&self) -> bool {
+        self.items_total.is_some_and(|t| t > 0)
+    }
+
     pub(super) fn into_record(self) -> Result<NodeRecord> {
         Ok(NodeRecord {
             name: self.node,

@@ -90,14 +90,16 @@ macro_rules! workflow_store {
                 .bind(id)
                 .fetch_all(&self.$reader)
                 .await?;
-                let items: Vec<ItemRow> = sqlx::query_as(AssertSqlSafe($sql(
+                // Elements exist only for `for_each` nodes that started.
+                let fans = nodes.iter().any(NodeRow::fans_out);
+                let items: Vec<ItemRow> = if !fans { Vec::new() } else { sqlx::query_as(AssertSqlSafe($sql(
                     "SELECT i.node, i.idx, i.job_id, j.state AS job_state, j.error AS job_error
                      FROM workflow_items i JOIN jobs j ON j.id = i.job_id
                      WHERE i.run_id = ? AND i.state = 'running' ORDER BY i.node, i.idx",
                 )))
                 .bind(id)
                 .fetch_all(&self.$reader)
-                .await?;
+                .await? };
                 Ok(Some(RunSnapshot {
                     run: run.into_record()?,
                     nodes: nodes
@@ -119,30 +121,31 @@ macro_rules! workflow_store {
                 now: i64,
             ) -> Result<Option<Vec<JobId>>> {
                 let mut tx = self.$writer.begin().await?;
-                let stepped = sqlx::query(AssertSqlSafe($sql(
-                    "UPDATE workflow_runs SET rev = rev + 1, updated_at = ? WHERE id = ? AND rev = ?",
+                // One statement: the guard, the new state, and room for the step's events.
+                let (state, error, finished) = match &changes.state {
+                    Some((s, e)) => (Some(s.as_str()), e.as_deref(), s.is_final().then_some(now)),
+                    None => (None, None, None),
+                };
+                let n_events = changes.events.len() as i64;
+                let last_seq: Option<i64> = sqlx::query_scalar(AssertSqlSafe($sql(
+                    "UPDATE workflow_runs
+                     SET rev = rev + 1, updated_at = ?, event_seq = event_seq + ?,
+                         state = COALESCE(?, state), error = COALESCE(?, error),
+                         finished_at = COALESCE(?, finished_at)
+                     WHERE id = ? AND rev = ? RETURNING event_seq",
                 )))
                 .bind(now)
+                .bind(n_events)
+                .bind(state)
+                .bind(error)
+                .bind(finished)
                 .bind(id)
                 .bind(rev)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if stepped == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(last_seq) = last_seq else {
                     return Ok(None);
-                }
-                if let Some((state, error)) = &changes.state {
-                    sqlx::query(AssertSqlSafe($sql(
-                        "UPDATE workflow_runs SET state = ?, error = COALESCE(?, error), finished_at = ?
-                         WHERE id = ?",
-                    )))
-                    .bind(state.as_str())
-                    .bind(error.as_deref())
-                    .bind(state.is_final().then_some(now))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                };
                 let node_job_count = changes.node_jobs.len();
                 let jobs: Vec<NewJob> = changes
                     .node_jobs
@@ -152,6 +155,12 @@ macro_rules! workflow_store {
                     .collect();
                 let (inserted, mut notices) = $insert_jobs(&mut tx, jobs, now).await?;
                 let ids: Vec<JobId> = inserted.iter().map(|(j, _)| j.id).collect();
+                let node_job: std::collections::HashMap<&str, JobId> = changes
+                    .node_jobs
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .zip(ids.iter().copied())
+                    .collect();
                 for n in &changes.nodes {
                     sqlx::query(AssertSqlSafe($sql(
                         "UPDATE workflow_nodes SET state = ?, job_id = ?, items_total = ?, items_next = ?,
@@ -160,7 +169,7 @@ macro_rules! workflow_store {
                          WHERE run_id = ? AND node = ?",
                     )))
                     .bind(n.state.as_str())
-                    .bind(n.job_id)
+                    .bind(node_job.get(n.name.as_str()).copied().or(n.job_id))
                     .bind(n.items_total)
                     .bind(n.items_next)
                     .bind(n.items_done)
@@ -174,7 +183,14 @@ macro_rules! workflow_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                for ((node, _), job) in changes.node_jobs.iter().zip(&ids) {
+                let written: std::collections::HashSet<&str> =
+                    changes.nodes.iter().map(|n| n.name.as_str()).collect();
+                for ((node, _), job) in changes
+                    .node_jobs
+                    .iter()
+                    .zip(&ids)
+                    .filter(|((node, _), _)| !written.contains(node.as_str()))
+                {
                     sqlx::query(AssertSqlSafe($sql(
                         "UPDATE workflow_nodes SET job_id = ? WHERE run_id = ? AND node = ?",
                     )))
@@ -221,14 +237,7 @@ macro_rules! workflow_store {
                     .await?;
                 }
                 if !changes.events.is_empty() {
-                    let n = changes.events.len() as i64;
-                    let last: i64 = sqlx::query_scalar(AssertSqlSafe($sql(
-                        "UPDATE workflow_runs SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq",
-                    )))
-                    .bind(n)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let (n, last) = (n_events, last_seq);
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO workflow_events (run_id, seq, kind, data, at) ",
                     );
