@@ -224,6 +224,25 @@ async fn chains_and_diamonds_pass_data_along() {
             "{backend}: {error}"
         );
         assert!(run["output"].is_null());
+
+        // A node's own limits and retry policy apply to its job.
+        api.define(json!({ "name": "tight", "nodes": [
+            { "name": "a", "module": "flow" },
+            { "name": "b", "module": "flow", "needs": ["a"],
+              "limits": { "fuel": 1000 }, "retry": { "max_attempts": 2, "initial_backoff_ms": 10 } },
+        ]}))
+        .await;
+        let run = api.wait(api.start("tight", json!({ "n": 0 })).await).await;
+        assert_eq!(run["state"], "failed", "{backend}: {run}");
+        let job = api.job(node(&run, "b")["job"].as_i64().expect("job")).await;
+        assert_eq!(job["outcome"], "out_of_fuel", "{backend}: {job}");
+        assert_eq!(job["limits"]["fuel"], 1000, "{job}");
+        assert_eq!(job["retry"]["max_attempts"], 2, "{job}");
+        assert_eq!(
+            job["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "out_of_fuel is not retried by default: {job}"
+        );
         server.stop().await;
     }
 }
@@ -658,6 +677,57 @@ async fn bad_run_requests_are_named() {
             .send(reqwest::Method::GET, "/v1/workflow-runs/77/events", None)
             .await;
         assert_eq!(status, 404, "{v}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_finished_runs_and_keeps_running_ones() {
+    for (backend, store, _db) in test_stores("wf_prune").await {
+        let server = TestServer::start(store.clone(), ApiConfig::default(), 2).await;
+        let api = Api::new(&server).await;
+        api.define(chain("short", 2)).await;
+        let done = api.wait(api.start("short", json!({ "n": 0 })).await).await;
+        let done_id = done["id"].as_i64().expect("id");
+        let done_job = node(&done, "s0")["job"].as_i64().expect("job");
+        // A run still going, whose first node finished: its job's output is still needed.
+        let going = api
+            .start("short", json!({ "n": 0, "sleep_ms": 600, "fail_at": 99 }))
+            .await;
+        let until = Instant::now() + Duration::from_secs(20);
+        let going_job = loop {
+            let run = api.run(going).await;
+            if node(&run, "s0")["state"] == "succeeded" {
+                break node(&run, "s0")["job"].as_i64().expect("job");
+            }
+            assert!(Instant::now() < until, "{backend}: {run}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pruned = store
+            .prune(wasmjobs::store::now_ms() + 1)
+            .await
+            .expect("prune");
+        assert!(pruned >= 2, "{backend}: {pruned}");
+        let (status, _) = api
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/workflow-runs/{done_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "{backend}: the finished run is gone");
+        let (status, _) = api
+            .send(reqwest::Method::GET, &format!("/v1/jobs/{done_job}"), None)
+            .await;
+        assert_eq!(status, 404, "{backend}: and its jobs");
+        assert_eq!(
+            api.job(going_job).await["state"],
+            "succeeded",
+            "{backend}: a going run keeps its finished jobs"
+        );
+        let run = api.wait(going).await;
+        assert_eq!(run["state"], "succeeded", "{backend}: {run}");
+        assert_eq!(run["output"]["n"], 2);
         server.stop().await;
     }
 }
