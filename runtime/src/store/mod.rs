@@ -193,6 +193,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// Runs that need a step: never stepped, a job of theirs ended, a cancel was requested,
     /// or their deadline passed.
     async fn runs_to_advance(&self, now: i64) -> Result<Vec<RunId>>;
+    /// Every run not yet finished (an engine steps each once when it starts).
+    async fn active_runs(&self) -> Result<Vec<RunId>>;
     /// Up to `limit` pending elements of a `for_each` node from index `from`: index, input.
     async fn pending_items(
         &self,

@@ -273,6 +273,14 @@ macro_rules! workflow_store {
                 .await?)
             }
 
+            async fn active_runs(&self) -> Result<Vec<RunId>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT id FROM workflow_runs WHERE state IN ('running', 'cancelling') ORDER BY id",
+                )
+                .fetch_all(&self.$reader)
+                .await?)
+            }
+
             async fn pending_items(
                 &self,
                 run: RunId,

@@ -6,8 +6,9 @@
 //! is in the store, so after a crash the next step picks up where the last committed one left
 //! off: a node whose job was submitted keeps that job, and a finished node never runs again.
 //!
-//! What wakes the engine: the store's notices for the jobs of runs it follows (a job's events),
-//! a run being created or asked to cancel, and a periodic scan ([`WorkflowStore::runs_to_advance`])
+//! What wakes the engine: the store's notices for the jobs of runs it follows (a job's end),
+//! a run being created or asked to cancel, its own start (every unfinished run is stepped once),
+//! and a periodic scan ([`WorkflowStore::runs_to_advance`])
 //! that also catches runs stepped by other nodes and passed deadlines.
 //!
 //! [`WorkflowStore::runs_to_advance`]: crate::store::WorkflowStore::runs_to_advance
@@ -26,6 +27,9 @@ use crate::store::{
     JobId, JobState, NewEvent, NewJob, NodeRecord, NodeState, Notice, RunChanges, RunId,
     RunSnapshot, RunState, StoreError, now_ms,
 };
+
+/// Most elements one `for_each` node fans out over.
+pub const MAX_ELEMENTS: usize = 100_000;
 
 /// How often the engine scans for runs to step even without a notice.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
@@ -81,6 +85,17 @@ async fn run_engine(
 ) {
     let mut following = Following::default();
     let mut due: BTreeSet<RunId> = BTreeSet::new();
+    // Step every run that is not finished once: after a restart this follows their jobs again
+    // and settles whatever changed while no engine ran.
+    match service.store().active_runs().await {
+        Ok(runs) => due.extend(runs),
+        Err(e) => tracing::warn!("workflow engine: cannot list active runs: {e}"),
+    }
+    while let Some(run) = due.pop_first() {
+        if let Err(e) = advance(&service, run, &mut following).await {
+            tracing::warn!("workflow run {run}: step failed (retried on the next scan): {e}");
+        }
+    }
     let mut scan = tokio::time::interval(SCAN_EVERY);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -150,9 +165,41 @@ pub async fn advance(
             following.follow(run, Vec::new());
             return Ok(());
         }
-        let def = service
+        let def = match service
             .definition(&snap.run.workflow, Some(snap.run.version))
-            .await?;
+            .await
+        {
+            Ok(def) => def,
+            // The definition the run pinned is gone or no longer valid: the run cannot go on,
+            // and says why (instead of being retried for ever).
+            Err(ServiceError::Store(
+                e @ (StoreError::NotFound { .. } | StoreError::Corrupt(_)),
+            )) => {
+                let error = format!("the run's definition cannot be used: {e}");
+                let changes = RunChanges {
+                    state: Some((RunState::Failed, Some(error.clone()))),
+                    events: vec![NewEvent {
+                        kind: "run",
+                        data: json!({ "state": RunState::Failed, "error": error }),
+                    }],
+                    ..RunChanges::default()
+                };
+                match store
+                    .apply_run(run, snap.run.rev, changes, now_ms())
+                    .await?
+                {
+                    Some(_) => {
+                        for job in outstanding(&snap) {
+                            let _ = store.cancel(job, now_ms()).await;
+                        }
+                        following.follow(run, Vec::new());
+                        return Ok(());
+                    }
+                    None => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let now = now_ms();
         let Plan { changes, cancel } = plan(service, &def, &snap, now).await?;
         let mut jobs: Vec<JobId> = outstanding(&snap);
@@ -653,6 +700,10 @@ fn elements(input: &[u8], pointer: &str) -> Result<Vec<Value>, String> {
         value.pointer(pointer).cloned()
     };
     match found {
+        Some(Value::Array(items)) if items.len() > MAX_ELEMENTS => Err(format!(
+            "for_each over {} elements: at most {MAX_ELEMENTS} per node",
+            items.len()
+        )),
         Some(Value::Array(items)) => Ok(items),
         Some(other) => Err(format!(
             "for_each.items {:?} is not an array in the node's input: found {}",
@@ -716,4 +767,37 @@ pub async fn advance_all(service: &WorkflowService) -> Result<usize, ServiceErro
         advance(service, run, &mut ()).await?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_come_from_the_input_or_a_pointer_and_are_bounded() {
+        assert_eq!(elements(b"[1, 2]", ""), Ok(vec![json!(1), json!(2)]));
+        assert_eq!(
+            elements(br#"{"a": {"b": ["x"]}}"#, "/a/b"),
+            Ok(vec![json!("x")])
+        );
+        let e = elements(br#"{"a": 3}"#, "/a").expect_err("not an array");
+        assert!(
+            e.contains("\"/a\" is not an array") && e.contains("a number"),
+            "{e}"
+        );
+        let e = elements(br#"{"a": 3}"#, "/b").expect_err("missing");
+        assert!(e.contains("\"/b\" is missing"), "{e}");
+        let e = elements(b"not json", "").expect_err("not json");
+        assert!(e.contains("not JSON"), "{e}");
+        let big = serde_json::to_vec(&vec![0; MAX_ELEMENTS + 1]).expect("json");
+        let e = elements(&big, "").expect_err("too many");
+        assert!(e.contains(&format!("at most {MAX_ELEMENTS}")), "{e}");
+    }
+
+    #[test]
+    fn outputs_become_json_values() {
+        assert_eq!(output_value(b""), Value::Null);
+        assert_eq!(output_value(br#"{"n": 1}"#), json!({"n": 1}));
+        assert_eq!(output_value(b"plain text"), json!("plain text"));
+    }
 }

@@ -164,21 +164,37 @@ impl WorkflowService {
                 what: "workflow run",
                 id: id.to_string(),
             })?;
+        // Without a usable definition (the run then fails, saying why), nodes are shown as
+        // stored, by name.
         let def = self
             .definition(&snap.run.workflow, Some(snap.run.version))
-            .await?;
+            .await
+            .ok();
+        let order: Vec<(&str, &[String])> = match &def {
+            Some(def) => def
+                .definition
+                .nodes
+                .iter()
+                .map(|d| (d.name.as_str(), d.needs.as_slice()))
+                .collect(),
+            None => snap
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str(), &[][..]))
+                .collect(),
+        };
         let by_name: HashMap<&str, &NodeRecord> =
             snap.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let mut nodes = Vec::with_capacity(def.definition.nodes.len());
-        for d in &def.definition.nodes {
-            let Some(n) = by_name.get(d.name.as_str()) else {
+        let mut nodes = Vec::with_capacity(order.len());
+        for (name, needs) in order {
+            let Some(n) = by_name.get(name) else {
                 continue;
             };
             let mut v = json!({
                 "name": n.name,
                 "module": n.module,
                 "state": n.state,
-                "needs": d.needs,
+                "needs": needs,
                 "job": n.job_id,
                 "error": n.error,
                 "started_at": n.started_at,
@@ -198,10 +214,11 @@ impl WorkflowService {
             }
             nodes.push(v);
         }
-        let output = if snap.run.state == RunState::Succeeded {
-            Some(self.output(&snap, &def).await?)
-        } else {
-            None
+        let output = match &def {
+            Some(def) if snap.run.state == RunState::Succeeded => {
+                Some(self.output(&snap, def).await?)
+            }
+            _ => None,
         };
         Ok(json!({
             "id": snap.run.id,

@@ -787,3 +787,97 @@ async fn kill_9_mid_workflow_resumes_without_rerunning_finished_nodes() {
         }
     }
 }
+
+/// A run whose pinned definition can no longer be used after a restart (here: edited in the
+/// database to one that does not validate) fails with a message saying so, instead of being
+/// stepped for ever; its running job is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_definition_became_unusable_fails_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bad.db").display().to_string();
+    std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
+    let http = reqwest::Client::new();
+    let mut server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+    upload(&http, &server.url, guests::FLOW, "flow").await;
+    let r = http
+        .post(format!("{}/v1/workflows", server.url))
+        .json(&json!({ "name": "doomed", "nodes": [
+            { "name": "a", "module": "flow" },
+            { "name": "b", "module": "flow", "needs": ["a"] },
+        ]}))
+        .send()
+        .await
+        .expect("define");
+    assert!(r.status().is_success());
+    let run: Value = http
+        .post(format!("{}/v1/workflows/doomed/runs", server.url))
+        .json(&json!({ "input": { "n": 0, "sleep_ms": 20_000 } }))
+        .send()
+        .await
+        .expect("start")
+        .json()
+        .await
+        .expect("json");
+    let id = run["id"].as_i64().expect("id");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = http
+            .get(format!("{}/v1/workflow-runs/{id}", server.url))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if let Some(j) = v["nodes"][0]["job"].as_i64()
+            && job(&http, &server.url, j).await["state"] == "running"
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "a never ran: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{db}"))
+        .await
+        .expect("open the database");
+    sqlx::query("UPDATE workflows SET definition = '{\"name\": \"doomed\", \"nodes\": []}'")
+        .execute(&pool)
+        .await
+        .expect("edit");
+    pool.close().await;
+
+    let server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let v: Value = http
+            .get(format!("{}/v1/workflow-runs/{id}", server.url))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if v["state"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < until, "the run did not fail: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the run's definition cannot be used") && error.contains("no nodes"),
+        "{error}"
+    );
+    // The job that was running at the kill is not run again to completion: it ends cancelled.
+    let a_job = run["nodes"][0]["job"].as_i64().expect("a's job");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = job(&http, &server.url, a_job).await;
+        if j["state"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < until, "a's job was not stopped: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
