@@ -481,7 +481,8 @@ pub struct RunChanges {
     pub state: Option<(RunState, Option<String>)>,
     /// Changed nodes, written whole (their `job_id` is set by `node_jobs`).
     pub nodes: Vec<NodeRecord>,
-    /// Jobs to submit for nodes, by node name.
+    /// Jobs to submit for nodes, by node name. Each such node is also in `nodes`, which
+    /// writes its job id.
     pub node_jobs: Vec<(String, NewJob)>,
     /// Elements to store as pending: node, index, input.
     pub new_items: Vec<(String, i64, Vec<u8>)>,

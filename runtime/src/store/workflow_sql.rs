@@ -161,80 +161,74 @@ macro_rules! workflow_store {
                     .map(|(n, _)| n.as_str())
                     .zip(ids.iter().copied())
                     .collect();
-                for n in &changes.nodes {
-                    sqlx::query(AssertSqlSafe($sql(
-                        "UPDATE workflow_nodes SET state = ?, job_id = ?, items_total = ?, items_next = ?,
-                                items_done = ?, items_failed = ?, output = ?, error = ?, started_at = ?,
-                                finished_at = ?
-                         WHERE run_id = ? AND node = ?",
-                    )))
-                    .bind(n.state.as_str())
-                    .bind(node_job.get(n.name.as_str()).copied().or(n.job_id))
-                    .bind(n.items_total)
-                    .bind(n.items_next)
-                    .bind(n.items_done)
-                    .bind(n.items_failed)
-                    .bind(n.output.as_deref())
-                    .bind(n.error.as_deref())
-                    .bind(n.started_at)
-                    .bind(n.finished_at)
-                    .bind(id)
-                    .bind(&n.name)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let written: std::collections::HashSet<&str> =
-                    changes.nodes.iter().map(|n| n.name.as_str()).collect();
-                for ((node, _), job) in changes
+                // Changed nodes in one statement per 200 (the rows exist: an upsert is a bulk
+                // update that needs no statement per row).
+                debug_assert!(changes
                     .node_jobs
                     .iter()
-                    .zip(&ids)
-                    .filter(|((node, _), _)| !written.contains(node.as_str()))
-                {
-                    sqlx::query(AssertSqlSafe($sql(
-                        "UPDATE workflow_nodes SET job_id = ? WHERE run_id = ? AND node = ?",
-                    )))
-                    .bind(job)
-                    .bind(id)
-                    .bind(node)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for chunk in changes.new_items.chunks(500) {
+                    .all(|(j, _)| changes.nodes.iter().any(|n| &n.name == j)));
+                for chunk in changes.nodes.chunks(200) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO workflow_items (run_id, node, idx, state, input) ",
+                        "INSERT INTO workflow_nodes (run_id, node, module, state, job_id, items_total,
+                             items_next, items_done, items_failed, output, error, started_at, finished_at) ",
                     );
-                    q.push_values(chunk, |mut b, (node, idx, input)| {
+                    q.push_values(chunk, |mut b, n| {
                         b.push_bind(id)
-                            .push_bind(node.as_str())
-                            .push_bind(*idx)
-                            .push_bind("pending")
-                            .push_bind(input.as_slice());
+                            .push_bind(n.name.as_str())
+                            .push_bind(n.module.as_str())
+                            .push_bind(n.state.as_str())
+                            .push_bind(node_job.get(n.name.as_str()).copied().or(n.job_id))
+                            .push_bind(n.items_total)
+                            .push_bind(n.items_next)
+                            .push_bind(n.items_done)
+                            .push_bind(n.items_failed)
+                            .push_bind(n.output.as_deref())
+                            .push_bind(n.error.as_deref())
+                            .push_bind(n.started_at)
+                            .push_bind(n.finished_at);
                     });
+                    q.push(
+                        " ON CONFLICT (run_id, node) DO UPDATE SET state = excluded.state,
+                          job_id = COALESCE(excluded.job_id, workflow_nodes.job_id),
+                          items_total = excluded.items_total, items_next = excluded.items_next,
+                          items_done = excluded.items_done, items_failed = excluded.items_failed,
+                          output = excluded.output, error = excluded.error,
+                          started_at = excluded.started_at, finished_at = excluded.finished_at",
+                    );
                     q.build().execute(&mut *tx).await?;
                 }
-                for (node, idx, state) in &changes.item_states {
-                    sqlx::query(AssertSqlSafe($sql(
-                        "UPDATE workflow_items SET state = ? WHERE run_id = ? AND node = ? AND idx = ?",
-                    )))
-                    .bind(state.as_str())
-                    .bind(id)
-                    .bind(node)
-                    .bind(idx)
-                    .execute(&mut *tx)
-                    .await?;
+                // Elements: new ones (pending, with their input), submitted ones (running, their
+                // job; the input dropped) and ended ones, merged per element into one upsert.
+                let mut items: std::collections::BTreeMap<(&str, i64), (&str, Option<&[u8]>, Option<JobId>)> =
+                    std::collections::BTreeMap::new();
+                for (node, idx, input) in &changes.new_items {
+                    items.insert((node.as_str(), *idx), ("pending", Some(input.as_slice()), None));
                 }
                 for ((node, idx, _), job) in changes.item_jobs.iter().zip(&ids[node_job_count..]) {
-                    sqlx::query(AssertSqlSafe($sql(
-                        "UPDATE workflow_items SET state = 'running', job_id = ?, input = NULL
-                         WHERE run_id = ? AND node = ? AND idx = ?",
-                    )))
-                    .bind(job)
-                    .bind(id)
-                    .bind(node)
-                    .bind(idx)
-                    .execute(&mut *tx)
-                    .await?;
+                    items.insert((node.as_str(), *idx), ("running", None, Some(*job)));
+                }
+                for (node, idx, state) in &changes.item_states {
+                    items.insert((node.as_str(), *idx), (state.as_str(), None, None));
+                }
+                let items: Vec<_> = items.into_iter().collect();
+                for chunk in items.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO workflow_items (run_id, node, idx, state, input, job_id) ",
+                    );
+                    q.push_values(chunk, |mut b, ((node, idx), (state, input, job))| {
+                        b.push_bind(id)
+                            .push_bind(*node)
+                            .push_bind(*idx)
+                            .push_bind(*state)
+                            .push_bind(*input)
+                            .push_bind(*job);
+                    });
+                    q.push(
+                        " ON CONFLICT (run_id, node, idx) DO UPDATE SET state = excluded.state,
+                          input = excluded.input,
+                          job_id = COALESCE(excluded.job_id, workflow_items.job_id)",
+                    );
+                    q.build().execute(&mut *tx).await?;
                 }
                 if !changes.events.is_empty() {
                     let (n, last) = (n_events, last_seq);
