@@ -91,22 +91,7 @@ impl JobService {
     /// Validates and stores a job; nothing is stored when it is refused. Returns the job and
     /// whether it was created (`false`: an earlier job with the same idempotency key).
     pub async fn submit(&self, req: SubmitJob) -> Result<(Job, bool), ServiceError> {
-        let input = match (&req.input, &req.input_base64) {
-            (Some(_), Some(_)) => {
-                return Err(ServiceError::Invalid(
-                    "give either input or input_base64, not both".into(),
-                ));
-            }
-            (Some(v), None) => {
-                serde_json::to_vec(v).map_err(|e| ServiceError::Invalid(format!("input: {e}")))?
-            }
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| {
-                    ServiceError::Invalid(format!("input_base64 is not valid base64: {e}"))
-                })?,
-            (None, None) => Vec::new(),
-        };
+        let input = input_bytes(req.input.as_ref(), req.input_base64.as_deref())?;
         if req.module.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "module is required: a module name or sha256 digest".into(),
@@ -126,15 +111,7 @@ impl JobService {
                 "idempotency_key must be 1 to 200 characters".into(),
             ));
         }
-        let now = now_ms();
-        let deadline_at = match &req.deadline {
-            Some(d) => {
-                let d = wasmjobs_host::units::parse_duration(d)
-                    .map_err(|e| ServiceError::Invalid(format!("deadline: {e}")))?;
-                Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-            }
-            None => None,
-        };
+        let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
         let module = self
             .store
             .get_module(&req.module)
@@ -162,6 +139,38 @@ impl JobService {
             Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
         }
     }
+}
+
+/// The input a request gives as JSON (`input`) or as base64 bytes (`input_base64`), as bytes;
+/// empty when it gives neither.
+pub fn input_bytes(json: Option<&Value>, base64: Option<&str>) -> Result<Vec<u8>, ServiceError> {
+    match (json, base64) {
+        (Some(_), Some(_)) => Err(ServiceError::Invalid(
+            "give either input or input_base64, not both".into(),
+        )),
+        (Some(v), None) => {
+            serde_json::to_vec(v).map_err(|e| ServiceError::Invalid(format!("input: {e}")))
+        }
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| ServiceError::Invalid(format!("input_base64 is not valid base64: {e}"))),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// `now` plus a duration given as text (`"10m"`), or `None` without one; a bad duration is an
+/// error naming `field`.
+pub fn deadline_after(
+    now: i64,
+    field: &str,
+    text: Option<&str>,
+) -> Result<Option<i64>, ServiceError> {
+    text.map(|t| {
+        let d = wasmjobs_host::units::parse_duration(t)
+            .map_err(|e| ServiceError::Invalid(format!("{field}: {e}")))?;
+        Ok(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    })
+    .transpose()
 }
 
 /// Commits submissions in groups: whatever arrived while the previous group was being written

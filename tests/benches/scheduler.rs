@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::Executor;
 use wasmjobs::policy::AdmissionPolicy;
-use wasmjobs::scheduler::{ModuleCache, Node, NodeConfig};
+use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
-use wasmjobs::store::{JobState, NewModule, Store, now_ms};
-use wasmjobs_host::{Sandbox, SandboxConfig, sha256_digest};
-use wasmjobs_tests::{guest_bytes, guests};
+use wasmjobs::store::{JobState, Store};
+use wasmjobs_tests::guests;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -187,29 +186,8 @@ async fn raw_ceiling(backend: &str, url: &str, n: usize, _dir: &std::path::Path)
 
 /// Throughput of N jobs, then latency at 500 jobs/s. Returns (jobs/s, (p50, p99, max) ms).
 async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64)) {
-    let wasm = guest_bytes(guests::NOOP);
-    let digest = sha256_digest(&wasm);
-    let sandbox = Sandbox::new(&SandboxConfig {
-        max_instances: 256,
-        ..SandboxConfig::default()
-    })
-    .expect("sandbox");
-    let modules = ModuleCache::new(None);
-    modules
-        .insert(&sandbox, &digest, wasm.clone())
-        .await
-        .expect("module");
-    let module = NewModule {
-        digest,
-        world: "wasmjobs:job/job".into(),
-        imports: vec![],
-        bytes: wasm,
-        name: Some("noop".into()),
-    };
-    store
-        .put_module(module, now_ms())
-        .await
-        .expect("put module");
+    let (sandbox, modules) =
+        wasmjobs_tests::install_guest(store.as_ref(), guests::NOOP, "noop", 256).await;
     let service = JobService::new(store.clone(), AdmissionPolicy::default());
     let node = Node::start(
         service.clone(),

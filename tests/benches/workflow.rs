@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wasmjobs::policy::AdmissionPolicy;
-use wasmjobs::scheduler::{ModuleCache, Node, NodeConfig};
+use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
-use wasmjobs::store::{NewModule, Notice, RunId, RunState, Store, now_ms};
+use wasmjobs::store::{Notice, RunId, RunState, Store, now_ms};
 use wasmjobs::workflow::WorkflowService;
-use wasmjobs_host::{Sandbox, SandboxConfig, sha256_digest};
-use wasmjobs_tests::{guest_bytes, guests};
+use wasmjobs_tests::guests;
 
 const CHAIN: usize = 50;
 const WIDE: usize = 1000;
@@ -62,31 +61,8 @@ async fn main() {
 }
 
 async fn bench(store: Arc<dyn Store>) {
-    let wasm = guest_bytes(guests::FLOW);
-    let digest = sha256_digest(&wasm);
-    let sandbox = Sandbox::new(&SandboxConfig {
-        max_instances: 128,
-        ..SandboxConfig::default()
-    })
-    .expect("sandbox");
-    let modules = ModuleCache::new(None);
-    modules
-        .insert(&sandbox, &digest, wasm.clone())
-        .await
-        .expect("module");
-    store
-        .put_module(
-            NewModule {
-                digest,
-                world: "wasmjobs:job/job".into(),
-                imports: vec![],
-                bytes: wasm,
-                name: Some("flow".into()),
-            },
-            now_ms(),
-        )
-        .await
-        .expect("put module");
+    let (sandbox, modules) =
+        wasmjobs_tests::install_guest(store.as_ref(), guests::FLOW, "flow", 128).await;
     let jobs = JobService::new(store.clone(), AdmissionPolicy::default());
     let node = Node::start(
         jobs.clone(),

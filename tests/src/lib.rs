@@ -338,3 +338,39 @@ impl Drop for EdgeHost {
         let _ = self.child.wait();
     }
 }
+
+/// A sandbox, and `wasm` (a guest built by `build.rs`) stored as module `name` and compiled
+/// into a fresh module cache: what a node needs to run jobs of it at once (benchmarks).
+pub async fn install_guest(
+    store: &dyn wasmjobs::store::Store,
+    wasm: &str,
+    name: &str,
+    max_instances: u32,
+) -> (wasmjobs_host::Sandbox, wasmjobs::scheduler::ModuleCache) {
+    let bytes = guest_bytes(wasm);
+    let digest = wasmjobs_host::sha256_digest(&bytes);
+    let sandbox = wasmjobs_host::Sandbox::new(&wasmjobs_host::SandboxConfig {
+        max_instances,
+        ..wasmjobs_host::SandboxConfig::default()
+    })
+    .expect("sandbox");
+    let modules = wasmjobs::scheduler::ModuleCache::new(None);
+    modules
+        .insert(&sandbox, &digest, bytes.clone())
+        .await
+        .expect("module");
+    store
+        .put_module(
+            wasmjobs::store::NewModule {
+                digest,
+                world: "wasmjobs:job/job".into(),
+                imports: vec![],
+                bytes,
+                name: Some(name.into()),
+            },
+            wasmjobs::store::now_ms(),
+        )
+        .await
+        .expect("put module");
+    (sandbox, modules)
+}

@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use base64::Engine as _;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -77,26 +76,7 @@ pub(super) async fn start(
             "version must be a positive integer",
         ));
     }
-    let input = match (&req.input, &req.input_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "give either input or input_base64, not both",
-            ));
-        }
-        (Some(v), None) => v.to_string().into_bytes(),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid",
-                    format!("input_base64 is not valid base64: {e}"),
-                )
-            })?,
-        (None, None) => Vec::new(),
-    };
+    let input = crate::service::input_bytes(req.input.as_ref(), req.input_base64.as_deref())?;
     let (run, _) = state.workflows.start_run(&name, req.version, input).await?;
     Ok((
         StatusCode::CREATED,

@@ -124,14 +124,8 @@ impl WorkflowService {
             )));
         }
         let now = now_ms();
-        let deadline_at = match &def.definition.timeout {
-            Some(t) => {
-                let d = wasmjobs_host::units::parse_duration(t)
-                    .map_err(|e| ServiceError::Invalid(format!("timeout: {e}")))?;
-                Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-            }
-            None => None,
-        };
+        let deadline_at =
+            crate::service::deadline_after(now, "timeout", def.definition.timeout.as_deref())?;
         let run = self
             .store()
             .create_run(
