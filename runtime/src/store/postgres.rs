@@ -152,14 +152,6 @@ impl PgStore {
         self.notify(notices).await;
     }
 
-    async fn write_conn(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
-        Ok(self.pool.acquire().await?)
-    }
-
-    async fn read_conn(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
-        Ok(self.pool.acquire().await?)
-    }
-
     /// Announces changes to every node (this one included, through its listener).
     async fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
         let parts: Vec<String> = notices
@@ -190,7 +182,9 @@ workflow_store!(
     PgStore,
     Postgres,
     sql: super::workflow_sql::postgres_placeholders,
-    insert_jobs: insert_jobs_tx
+    insert_jobs: insert_jobs_tx,
+    writer: pool,
+    reader: pool
 );
 
 /// Appends events to a job's history under the job row's lock; seq continues without gaps.

@@ -8,17 +8,16 @@
 
 /// `impl WorkflowStore for $store`: `$db` is the sqlx database, `$sql` turns `?` placeholders
 /// into the backend's, `$insert_jobs` inserts jobs inside a transaction (returning the jobs
-/// and the notices to send). The store provides `write_conn` and `read_conn` (a connection to
-/// write on, one to read on) and `announce` (sends notices).
+/// and the notices to send), `$writer`/`$reader` name the pools, `$announce` sends notices.
 macro_rules! workflow_store {
     (
-        $store:ty, $db:ty, sql: $sql:path, insert_jobs: $insert_jobs:path
+        $store:ty, $db:ty, sql: $sql:path, insert_jobs: $insert_jobs:path,
+        writer: $writer:ident, reader: $reader:ident
     ) => {
         #[async_trait::async_trait]
         impl super::WorkflowStore for $store {
             async fn create_run(&self, run: NewRun, now: i64) -> Result<RunRecord> {
-                let mut conn = self.write_conn().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = self.$writer.begin().await?;
                 let id: i64 = sqlx::query_scalar(AssertSqlSafe($sql(
                     "INSERT INTO workflow_runs (workflow, version, state, input, deadline_at, event_seq,
                                                 created_at, updated_at)
@@ -78,7 +77,7 @@ macro_rules! workflow_store {
                     "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = ?"
                 ))))
                 .bind(id)
-                .fetch_optional(&mut *self.read_conn().await?)
+                .fetch_optional(&self.$reader)
                 .await?;
                 let Some(run) = run else { return Ok(None) };
                 let nodes: Vec<NodeRow> = sqlx::query_as(AssertSqlSafe($sql(
@@ -89,7 +88,7 @@ macro_rules! workflow_store {
                      WHERE n.run_id = ? ORDER BY n.node",
                 )))
                 .bind(id)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?;
                 // Elements exist only for `for_each` nodes that started.
                 let fans = nodes.iter().any(NodeRow::fans_out);
@@ -99,7 +98,7 @@ macro_rules! workflow_store {
                      WHERE i.run_id = ? AND i.state = 'running' ORDER BY i.node, i.idx",
                 )))
                 .bind(id)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await? };
                 Ok(Some(RunSnapshot {
                     run: run.into_record()?,
@@ -121,8 +120,7 @@ macro_rules! workflow_store {
                 changes: RunChanges,
                 now: i64,
             ) -> Result<Option<Vec<JobId>>> {
-                let mut conn = self.write_conn().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = self.$writer.begin().await?;
                 // One statement: the guard, the new state, and room for the step's events.
                 let (state, error, finished) = match &changes.state {
                     Some((s, e)) => (Some(s.as_str()), e.as_deref(), s.is_final().then_some(now)),
@@ -265,7 +263,7 @@ macro_rules! workflow_store {
                      WHERE i.state = 'running' AND j.state IN ('succeeded', 'failed', 'cancelled')",
                 )))
                 .bind(now)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?)
             }
 
@@ -273,7 +271,7 @@ macro_rules! workflow_store {
                 Ok(sqlx::query_scalar(
                     "SELECT id FROM workflow_runs WHERE state IN ('running', 'cancelling') ORDER BY id",
                 )
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?)
             }
 
@@ -293,7 +291,7 @@ macro_rules! workflow_store {
                 .bind(node)
                 .bind(from)
                 .bind(limit)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -308,7 +306,7 @@ macro_rules! workflow_store {
                 )))
                 .bind(run)
                 .bind(node)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?;
                 Ok(rows.into_iter().map(|(o,)| o).collect())
             }
@@ -323,7 +321,7 @@ macro_rules! workflow_store {
                 )))
                 .bind(run)
                 .bind(node)
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?;
                 rows.into_iter()
                     .map(|(i, s, j)| {
@@ -336,14 +334,13 @@ macro_rules! workflow_store {
                 let out: Option<Option<Vec<u8>>> =
                     sqlx::query_scalar(AssertSqlSafe($sql("SELECT output FROM jobs WHERE id = ?")))
                         .bind(id)
-                        .fetch_optional(&mut *self.read_conn().await?)
+                        .fetch_optional(&self.$reader)
                         .await?;
                 Ok(out.flatten())
             }
 
             async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {
-                let mut conn = self.write_conn().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = self.$writer.begin().await?;
                 let state: Option<String> = sqlx::query_scalar(AssertSqlSafe($sql(
                     "SELECT state FROM workflow_runs WHERE id = ?",
                 )))
@@ -385,7 +382,7 @@ macro_rules! workflow_store {
                 .bind(id)
                 .bind(after)
                 .bind(i64::from(limit))
-                .fetch_all(&mut *self.read_conn().await?)
+                .fetch_all(&self.$reader)
                 .await?;
                 rows.into_iter().map(RunEventRow::into_event).collect()
             }
