@@ -150,7 +150,9 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
     match cmd.verb {
         JobVerb::Submit(a) => submit(&c, a, json_out).await,
         JobVerb::Status { id } => {
-            let job = c.get(&format!("/v1/jobs/{}", check_id(&id)?)).await?;
+            let job = c
+                .get(&format!("/v1/jobs/{}", check_id("job", &id)?))
+                .await?;
             if json_out {
                 println!("{job}");
             } else {
@@ -159,7 +161,7 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
         JobVerb::Logs { id, follow } => {
-            let id = check_id(&id)?;
+            let id = check_id("job", &id)?;
             if follow {
                 let code = follow_job(&c, id, json_out).await?;
                 return Ok(code);
@@ -179,7 +181,10 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
         }
         JobVerb::Cancel { id } => {
             let v = c
-                .post_json(&format!("/v1/jobs/{}/cancel", check_id(&id)?), &json!({}))
+                .post_json(
+                    &format!("/v1/jobs/{}/cancel", check_id("job", &id)?),
+                    &json!({}),
+                )
                 .await?;
             println!(
                 "{}",
@@ -193,7 +198,10 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
         }
         JobVerb::Retry { id } => {
             let v = c
-                .post_json(&format!("/v1/jobs/{}/retry", check_id(&id)?), &json!({}))
+                .post_json(
+                    &format!("/v1/jobs/{}/retry", check_id("job", &id)?),
+                    &json!({}),
+                )
                 .await?;
             println!(
                 "{}",
@@ -236,7 +244,7 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        JobVerb::Replay { id } => replay(&c, check_id(&id)?, json_out).await,
+        JobVerb::Replay { id } => replay(&c, check_id("job", &id)?, json_out).await,
     }
 }
 
@@ -504,10 +512,11 @@ pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn check_id(id: &str) -> anyhow::Result<i64> {
+/// An id given on the command line: a positive integer, or an error naming `what`.
+pub(super) fn check_id(what: &str, id: &str) -> anyhow::Result<i64> {
     match id.parse::<i64>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => bail!("invalid job id {id:?}: expected a positive integer"),
+        _ => bail!("invalid {what} id {id:?}: expected a positive integer"),
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -168,7 +168,7 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
             }
         }
         WorkflowVerb::Status { id, follow } => {
-            let id = run_id(&id)?;
+            let id = super::remote::check_id("workflow run", &id)?;
             if follow {
                 return follow_run(&c, id, cmd.client.json).await;
             }
@@ -186,7 +186,7 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
             return Ok(run_exit_code(&run));
         }
         WorkflowVerb::Cancel { id } => {
-            let id = run_id(&id)?;
+            let id = super::remote::check_id("workflow run", &id)?;
             let run = c
                 .post_json(&format!("/v1/workflow-runs/{id}/cancel"), &json!({}))
                 .await?;
@@ -198,13 +198,6 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-fn run_id(id: &str) -> anyhow::Result<i64> {
-    match id.parse::<i64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => bail!("invalid workflow run id {id:?}: expected a positive integer"),
-    }
 }
 
 /// 0 when the run succeeded, 1 when it failed, 15 when cancelled (as for a job), 3 otherwise.

@@ -42,7 +42,7 @@ pub(super) async fn job_events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id("job", &id)?;
     let after = last_event_id(&headers)?;
     if state.service.store.get_job(id).await?.is_none() {
         return Err(ApiError::not_found(format!("job {id} not found")));

@@ -22,10 +22,11 @@ pub(super) struct SubmitQuery {
     wait: Option<String>,
 }
 
-pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
-    id.parse::<JobId>().ok().filter(|n| *n > 0).ok_or_else(|| {
+/// An id from a path: a positive integer, or a 400 naming `what` (`job`, `workflow run`).
+pub(super) fn parse_id(what: &str, id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "invalid job id {id:?}: expected a positive integer"
+            "invalid {what} id {id:?}: expected a positive integer"
         ))
     })
 }
@@ -157,7 +158,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id("job", &id)?;
     let job = state
         .service
         .store
@@ -302,7 +303,7 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id("job", &id)?;
     let st = state.service.store.cancel(id, now_ms()).await?;
     let note = if st == JobState::Running {
         "cancel requested: the running attempt stops within a second"
@@ -331,7 +332,7 @@ pub(super) async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id("job", &id)?;
     let st = state.service.store.retry(id, now_ms()).await?;
     Ok(Json(json!({ "id": id, "state": st })))
 }

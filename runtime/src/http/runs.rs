@@ -17,8 +17,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::parse_json;
+use super::jobs::parse_id;
 use super::{ApiError, AppState};
-use crate::store::{JobId, NodeState, Notice, RunId};
+use crate::store::{JobId, Notice, RunId};
 
 /// What `POST /v1/workflows/{name}/runs` takes.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -34,14 +35,6 @@ pub(crate) struct StartRun {
     #[serde(default)]
     #[schema(minimum = 1)]
     version: Option<i64>,
-}
-
-fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
-    id.parse::<RunId>().ok().filter(|n| *n > 0).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "invalid workflow run id {id:?}: expected a positive integer"
-        ))
-    })
 }
 
 /// Start a run of a workflow on an input. The run pins the workflow's version and its
@@ -102,7 +95,7 @@ pub(super) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_run_id(&id)?;
+    let id = parse_id("workflow run", &id)?;
     Ok(Json(state.workflows.view(id).await?))
 }
 
@@ -126,7 +119,7 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = parse_run_id(&id)?;
+    let id = parse_id("workflow run", &id)?;
     state.workflows.cancel_run(id).await?;
     Ok((StatusCode::ACCEPTED, Json(state.workflows.view(id).await?)))
 }
@@ -154,7 +147,7 @@ pub(super) async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let id = parse_run_id(&id)?;
+    let id = parse_id("workflow run", &id)?;
     let after = super::events::last_event_id(&headers)?;
     // Listen before the first read: a change between the two is not lost.
     let notices = state.service.store.subscribe();
@@ -232,16 +225,7 @@ async fn pump(
                 drained: false,
             });
         }
-        let running: HashSet<JobId> = snap
-            .running_items
-            .iter()
-            .filter(|i| !i.job_state.is_final())
-            .map(|i| i.job_id)
-            .chain(snap.nodes.iter().filter_map(|n| match n.job_state {
-                Some(s) if !s.is_final() && n.state == NodeState::Running => n.job_id,
-                _ => None,
-            }))
-            .collect();
+        let running: HashSet<JobId> = snap.outstanding_jobs().into_iter().collect();
         for (&job, cursor) in jobs.iter_mut().filter(|(_, c)| !c.drained) {
             loop {
                 let events = store.events(job, cursor.after, 500).await?;

@@ -462,6 +462,25 @@ pub struct RunSnapshot {
     pub running_items: Vec<ItemRecord>,
 }
 
+impl RunSnapshot {
+    /// The jobs the run waits on that have not ended: its running nodes' and elements'.
+    pub fn outstanding_jobs(&self) -> Vec<JobId> {
+        let nodes = self
+            .nodes
+            .iter()
+            .filter_map(|n| match (n.job_id, n.job_state) {
+                (Some(j), Some(s)) if n.state == NodeState::Running && !s.is_final() => Some(j),
+                _ => None,
+            });
+        let items = self
+            .running_items
+            .iter()
+            .filter(|i| !i.job_state.is_final())
+            .map(|i| i.job_id);
+        nodes.chain(items).collect()
+    }
+}
+
 /// A run to create: every node starts `pending`; the engine's first step starts the roots.
 #[derive(Debug, Clone)]
 pub struct NewRun {

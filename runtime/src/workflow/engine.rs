@@ -65,7 +65,8 @@ struct Following {
 }
 
 impl Following {
-    fn set(&mut self, run: RunId, jobs: Vec<JobId>) {
+    /// Follows `jobs` for `run`, instead of what it followed before.
+    fn follow(&mut self, run: RunId, jobs: Vec<JobId>) {
         for j in self.run_jobs.remove(&run).unwrap_or_default() {
             self.job_run.remove(&j);
         }
@@ -87,14 +88,10 @@ async fn run_engine(
     let mut due: BTreeSet<RunId> = BTreeSet::new();
     // Step every run that is not finished once: after a restart this follows their jobs again
     // and settles whatever changed while no engine ran.
+    // (The scan's first tick is immediate, so the loop below steps them at once.)
     match service.store().active_runs().await {
         Ok(runs) => due.extend(runs),
         Err(e) => tracing::warn!("workflow engine: cannot list active runs: {e}"),
-    }
-    while let Some(run) = due.pop_first() {
-        if let Err(e) = advance(&service, run, &mut following).await {
-            tracing::warn!("workflow run {run}: step failed (retried on the next scan): {e}");
-        }
     }
     let mut scan = tokio::time::interval(SCAN_EVERY);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,12 +145,11 @@ fn take(n: Notice, following: &Following, due: &mut BTreeSet<RunId>) {
     }
 }
 
-/// Steps one run until nothing more can happen before one of its jobs ends. Public for the
-/// tests and benchmarks that drive the engine by hand.
-pub async fn advance(
+/// Steps one run until nothing more can happen before one of its jobs ends.
+async fn advance(
     service: &WorkflowService,
     run: RunId,
-    following: &mut impl FollowJobs,
+    following: &mut Following,
 ) -> Result<(), ServiceError> {
     let store = service.store();
     for _ in 0..20 {
@@ -169,7 +165,7 @@ pub async fn advance(
             .definition(&snap.run.workflow, Some(snap.run.version))
             .await
         {
-            Ok(def) => def,
+            Ok((_, def)) => def,
             // The definition the run pinned is gone or no longer valid: the run cannot go on,
             // and says why (instead of being retried for ever).
             Err(ServiceError::Store(
@@ -189,7 +185,7 @@ pub async fn advance(
                     .await?
                 {
                     Some(_) => {
-                        for job in outstanding(&snap) {
+                        for job in snap.outstanding_jobs() {
                             let _ = store.cancel(job, now_ms()).await;
                         }
                         following.follow(run, Vec::new());
@@ -202,7 +198,7 @@ pub async fn advance(
         };
         let now = now_ms();
         let Plan { changes, cancel } = plan(service, &def, &snap, now).await?;
-        let mut jobs: Vec<JobId> = outstanding(&snap);
+        let mut jobs: Vec<JobId> = snap.outstanding_jobs();
         if !changes.is_empty() {
             let finishing = changes.state.as_ref().is_some_and(|(s, _)| s.is_final());
             match store.apply_run(run, snap.run.rev, changes, now).await? {
@@ -227,38 +223,6 @@ pub async fn advance(
     Err(ServiceError::Invalid(format!(
         "workflow run {run}: gave up stepping after 20 conflicting steps"
     )))
-}
-
-/// Who wants to know which jobs a run waits on.
-pub trait FollowJobs {
-    fn follow(&mut self, run: RunId, jobs: Vec<JobId>);
-}
-
-impl FollowJobs for Following {
-    fn follow(&mut self, run: RunId, jobs: Vec<JobId>) {
-        self.set(run, jobs);
-    }
-}
-
-impl FollowJobs for () {
-    fn follow(&mut self, _: RunId, _: Vec<JobId>) {}
-}
-
-/// The jobs a run waits on that have not ended.
-fn outstanding(snap: &RunSnapshot) -> Vec<JobId> {
-    let nodes = snap
-        .nodes
-        .iter()
-        .filter_map(|n| match (n.job_id, n.job_state) {
-            (Some(j), Some(s)) if n.state == NodeState::Running && !s.is_final() => Some(j),
-            _ => None,
-        });
-    let items = snap
-        .running_items
-        .iter()
-        .filter(|i| !i.job_state.is_final())
-        .map(|i| i.job_id);
-    nodes.chain(items).collect()
 }
 
 /// One step: what to write, and which jobs to stop once it is written.
@@ -757,16 +721,6 @@ fn node_job(
         workflow_ref: Some(snap.run.id.to_string()),
         input_from: None,
     }
-}
-
-/// Steps every run that needs it once (for tests and tools that run without the engine task).
-pub async fn advance_all(service: &WorkflowService) -> Result<usize, ServiceError> {
-    let runs = service.store().runs_to_advance(now_ms()).await?;
-    let n = runs.len();
-    for run in runs {
-        advance(service, run, &mut ()).await?;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

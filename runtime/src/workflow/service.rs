@@ -36,16 +36,17 @@ impl WorkflowService {
         &self.jobs.store
     }
 
-    /// A stored definition, validated (once per version).
+    /// A stored definition (its latest version when `version` is `None`), validated once per
+    /// version, with its version.
     pub async fn definition(
         &self,
         name: &str,
         version: Option<i64>,
-    ) -> Result<Arc<Validated>, ServiceError> {
+    ) -> Result<(i64, Arc<Validated>), ServiceError> {
         if let Some(v) = version
             && let Some(d) = self.cached(name, v)
         {
-            return Ok(d);
+            return Ok((v, d));
         }
         let record = self
             .store()
@@ -59,7 +60,7 @@ impl WorkflowService {
                 },
             })?;
         if let Some(d) = self.cached(name, record.version) {
-            return Ok(d);
+            return Ok((record.version, d));
         }
         let definition: Definition = serde_json::from_value(record.definition)
             .map_err(|e| StoreError::Corrupt(format!("workflow {name:?}: {e}")))?;
@@ -72,7 +73,7 @@ impl WorkflowService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert((name.to_string(), record.version), validated.clone());
-        Ok(validated)
+        Ok((record.version, validated))
     }
 
     fn cached(&self, name: &str, version: i64) -> Option<Arc<Validated>> {
@@ -91,20 +92,7 @@ impl WorkflowService {
         version: Option<i64>,
         input: Vec<u8>,
     ) -> Result<(RunRecord, Arc<Validated>), ServiceError> {
-        let version = match version {
-            Some(v) => v,
-            None => {
-                self.store()
-                    .get_workflow(name, None)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "workflow",
-                        id: format!("{name:?}"),
-                    })?
-                    .version
-            }
-        };
-        let def = self.definition(name, Some(version)).await?;
+        let (version, def) = self.definition(name, version).await?;
         let policy = &self.jobs.policy;
         policy.admit(&policy.defaults, input.len(), &Default::default())?;
         let mut nodes = Vec::with_capacity(def.definition.nodes.len());
@@ -163,7 +151,8 @@ impl WorkflowService {
         let def = self
             .definition(&snap.run.workflow, Some(snap.run.version))
             .await
-            .ok();
+            .ok()
+            .map(|(_, def)| def);
         let order: Vec<(&str, &[String])> = match &def {
             Some(def) => def
                 .definition
