@@ -39,59 +39,100 @@ struct LogState {
     lines: Vec<LogLine>,
     used: u64,
     truncated: bool,
+    /// The unfinished last line of stdout and of stderr, indexed by [`Stdio`].
+    partial: [Vec<u8>; 2],
 }
 
-/// The attempt's log: every source writes here; lines past the cap are dropped and flagged.
-#[derive(Clone)]
-pub(crate) struct Logs {
-    state: Arc<Mutex<LogState>>,
+struct LogShared {
+    state: Mutex<LogState>,
     limit: u64,
     started: Instant,
     sink: Arc<dyn EventSink>,
 }
 
+/// The attempt's log: every source writes here; lines past the cap are dropped and flagged.
+/// One allocation per attempt, shared by stdout, stderr and `report.log` (a live instance
+/// carries it for as long as it sleeps, so it is kept small).
+#[derive(Clone)]
+pub(crate) struct Logs(Arc<LogShared>);
+
 impl Logs {
     pub(crate) fn new(limit: u64, started: Instant, sink: Arc<dyn EventSink>) -> Logs {
-        Logs {
-            state: Arc::new(Mutex::new(LogState {
+        Logs(Arc::new(LogShared {
+            state: Mutex::new(LogState {
                 lines: Vec::new(),
                 used: 0,
                 truncated: false,
-            })),
+                partial: [Vec::new(), Vec::new()],
+            }),
             limit,
             started,
             sink,
-        }
+        }))
     }
 
     pub(crate) fn push(&self, level: LogLevel, source: &str, message: &str) {
+        let line = self.record(&mut lock(&self.0.state), level, source, message);
+        if let Some(line) = line {
+            self.0.sink.event(Event::Log(line));
+        }
+    }
+
+    /// Stores one line under the cap; the caller sends what it returns to the sink once the
+    /// lock is released.
+    fn record(
+        &self,
+        st: &mut LogState,
+        level: LogLevel,
+        source: &str,
+        message: &str,
+    ) -> Option<LogLine> {
         let cost = message.len() as u64 + 16;
-        let line = {
-            let mut st = lock(&self.state);
-            if st.truncated || st.used + cost > self.limit {
-                st.truncated = true;
-                return;
-            }
-            st.used += cost;
-            let line = LogLine {
-                at_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                level,
-                source: source.to_string(),
-                message: message.to_string(),
-            };
-            st.lines.push(line.clone());
-            line
+        if st.truncated || st.used + cost > self.0.limit {
+            st.truncated = true;
+            return None;
+        }
+        st.used += cost;
+        let line = LogLine {
+            at_ms: u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            level,
+            source: source.to_string(),
+            message: message.to_string(),
         };
-        self.sink.event(Event::Log(line));
+        st.lines.push(line.clone());
+        Some(line)
     }
 
     pub(crate) fn progress(&self, done: u64, total: u64) {
-        self.sink.event(Event::Progress { done, total });
+        self.0.sink.event(Event::Progress { done, total });
     }
 
     pub(crate) fn take(&self) -> (Vec<LogLine>, bool) {
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.0.state);
         (std::mem::take(&mut st.lines), st.truncated)
+    }
+}
+
+/// Which of the guest's standard streams a [`LogStream`] captures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stdio {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stdio {
+    fn source(self) -> &'static str {
+        match self {
+            Stdio::Stdout => "stdout",
+            Stdio::Stderr => "stderr",
+        }
+    }
+
+    fn level(self) -> LogLevel {
+        match self {
+            Stdio::Stdout => LogLevel::Info,
+            Stdio::Stderr => LogLevel::Warn,
+        }
     }
 }
 
@@ -99,48 +140,66 @@ impl Logs {
 #[derive(Clone)]
 pub(crate) struct LogStream {
     logs: Logs,
-    source: &'static str,
-    level: LogLevel,
-    partial: Arc<Mutex<Vec<u8>>>,
+    stdio: Stdio,
 }
 
 impl LogStream {
-    pub(crate) fn new(logs: Logs, source: &'static str, level: LogLevel) -> LogStream {
-        LogStream {
-            logs,
-            source,
-            level,
-            partial: Arc::new(Mutex::new(Vec::new())),
-        }
+    pub(crate) fn new(logs: Logs, stdio: Stdio) -> LogStream {
+        LogStream { logs, stdio }
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        let mut partial = lock(&self.partial);
-        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
-            if let Some(line) = chunk.strip_suffix(b"\n") {
-                partial.extend_from_slice(line);
-                self.emit(&mut partial);
-            } else {
-                partial.extend_from_slice(chunk);
-                if partial.len() >= MAX_PARTIAL_LINE {
-                    self.emit(&mut partial);
+        let mut lines = Vec::new();
+        {
+            let mut st = lock(&self.logs.0.state);
+            let st = &mut *st;
+            let i = self.stdio as usize;
+            for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+                let complete = match chunk.strip_suffix(b"\n") {
+                    Some(line) => {
+                        st.partial[i].extend_from_slice(line);
+                        true
+                    }
+                    None => {
+                        st.partial[i].extend_from_slice(chunk);
+                        st.partial[i].len() >= MAX_PARTIAL_LINE
+                    }
+                };
+                if complete {
+                    lines.extend(self.emit(st));
                 }
             }
         }
+        for line in lines {
+            self.logs.0.sink.event(Event::Log(line));
+        }
     }
 
-    fn emit(&self, partial: &mut Vec<u8>) {
-        let text = String::from_utf8_lossy(partial);
-        self.logs
-            .push(self.level, self.source, text.trim_end_matches('\r'));
-        partial.clear();
+    fn emit(&self, st: &mut LogState) -> Option<LogLine> {
+        let i = self.stdio as usize;
+        let mut partial = std::mem::take(&mut st.partial[i]);
+        let line = self.logs.record(
+            st,
+            self.stdio.level(),
+            self.stdio.source(),
+            String::from_utf8_lossy(&partial).trim_end_matches('\r'),
+        );
+        partial.clear(); // keeps its capacity for the next line
+        st.partial[i] = partial;
+        line
     }
 
     /// Logs a last line that had no newline.
     pub(crate) fn finish(&self) {
-        let mut partial = lock(&self.partial);
-        if !partial.is_empty() {
-            self.emit(&mut partial);
+        let line = {
+            let mut st = lock(&self.logs.0.state);
+            if st.partial[self.stdio as usize].is_empty() {
+                return;
+            }
+            self.emit(&mut st)
+        };
+        if let Some(line) = line {
+            self.logs.0.sink.event(Event::Log(line));
         }
     }
 }
@@ -305,7 +364,7 @@ mod tests {
     #[test]
     fn logs_stop_at_the_cap_and_say_so() {
         let logs = Logs::new(100, Instant::now(), Arc::new(NoEvents));
-        let stream = LogStream::new(logs.clone(), "stderr", LogLevel::Warn);
+        let stream = LogStream::new(logs.clone(), Stdio::Stderr);
         for _ in 0..1000 {
             stream.write_bytes(b"0123456789\n");
         }
@@ -318,13 +377,41 @@ mod tests {
     #[test]
     fn lines_are_split_across_writes() {
         let logs = Logs::new(10_000, Instant::now(), Arc::new(NoEvents));
-        let stream = LogStream::new(logs.clone(), "stdout", LogLevel::Info);
+        let stream = LogStream::new(logs.clone(), Stdio::Stdout);
         stream.write_bytes(b"hel");
         stream.write_bytes(b"lo\nwor");
         stream.write_bytes(b"ld");
         stream.finish();
         let msgs: Vec<_> = logs.take().0.into_iter().map(|l| l.message).collect();
         assert_eq!(msgs, ["hello", "world"]);
+    }
+
+    #[test]
+    fn stdout_and_stderr_keep_their_own_unfinished_lines() {
+        let logs = Logs::new(10_000, Instant::now(), Arc::new(NoEvents));
+        let out = LogStream::new(logs.clone(), Stdio::Stdout);
+        let err = LogStream::new(logs.clone(), Stdio::Stderr);
+        out.write_bytes(b"to ");
+        err.write_bytes(b"oh ");
+        out.write_bytes(b"stdout\n");
+        err.write_bytes(b"no\n");
+        let lines: Vec<_> = logs
+            .take()
+            .0
+            .into_iter()
+            .map(|l| (l.source, l.level, l.message))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    "stdout".to_string(),
+                    LogLevel::Info,
+                    "to stdout".to_string()
+                ),
+                ("stderr".to_string(), LogLevel::Warn, "oh no".to_string()),
+            ]
+        );
     }
 
     #[test]

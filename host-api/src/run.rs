@@ -10,8 +10,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::capture::{Killed, LogStream, Logs, OutputBuffer};
-use crate::events::{EventSink, LogLevel, NoEvents};
+use crate::capture::{Killed, LogStream, Logs, OutputBuffer, Stdio};
+use crate::events::{EventSink, NoEvents};
 use crate::host::HostState;
 use crate::limiter::Limiter;
 use crate::limits::{Grants, Limits};
@@ -99,8 +99,8 @@ impl Sandbox {
         let deadline = started + req.limits.timeout;
         let logs = Logs::new(req.limits.max_log_bytes, started, req.events.clone());
         let output = OutputBuffer::new(req.limits.max_output_bytes);
-        let stdout_log = LogStream::new(logs.clone(), "stdout", LogLevel::Info);
-        let stderr_log = LogStream::new(logs.clone(), "stderr", LogLevel::Warn);
+        let stdout_log = LogStream::new(logs.clone(), Stdio::Stdout);
+        let stderr_log = LogStream::new(logs.clone(), Stdio::Stderr);
 
         let wasi = match build_wasi(module.world(), &req, &output, &stdout_log, &stderr_log) {
             Ok(w) => w,
@@ -200,8 +200,11 @@ async fn call(sandbox: &Sandbox, module: &JobModule, store: &mut Store<HostState
         Ok(permit) => permit,
         Err(_) => return Ended::Error(wasmtime::Error::msg("the sandbox is shutting down")),
     };
+    // The instantiation futures are boxed: a future is as large as its largest state, and
+    // inline they would make every attempt's task ~0.9 KB larger for as long as it lives
+    // (a guest asleep in a WASI call keeps it), though instantiation is over in microseconds.
     if let Some(pre) = module.job_pre() {
-        let job = match pre.instantiate_async(&mut *store).await {
+        let job = match Box::pin(pre.instantiate_async(&mut *store)).await {
             Ok(job) => job,
             Err(e) => return Ended::Error(e),
         };
@@ -210,7 +213,7 @@ async fn call(sandbox: &Sandbox, module: &JobModule, store: &mut Store<HostState
             Err(e) => Ended::Error(e),
         }
     } else if let Some(pre) = module.command_pre() {
-        let command = match pre.instantiate_async(&mut *store).await {
+        let command = match Box::pin(pre.instantiate_async(&mut *store)).await {
             Ok(c) => c,
             Err(e) => return Ended::Error(e),
         };
