@@ -10,6 +10,8 @@
 //! `wasmjobs serve` starts), with every sandbox limit on.
 //!
 //! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench workflow`
+//! (`WASMJOBS_BENCH_REPEAT=N`: median of N chain runs instead of 5; `WASMJOBS_BENCH_PHASES=1`:
+//! where each node's time goes).
 
 mod common;
 
@@ -26,6 +28,8 @@ use wasmjobs_tests::guests;
 
 const CHAIN: usize = 50;
 const WIDE: usize = 1000;
+/// Chain runs measured (the median is printed); `WASMJOBS_BENCH_REPEAT` overrides it, for
+/// A/B comparisons on this noisy machine.
 const REPEAT: usize = 5;
 
 #[tokio::main(flavor = "multi_thread")]
@@ -94,9 +98,14 @@ async fn bench(store: Arc<dyn Store>) {
         .put_workflow("chain", &def, now_ms())
         .await
         .expect("define chain");
+    let repeat: usize = std::env::var("WASMJOBS_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(REPEAT);
     let mut wall = Vec::new();
     let mut own = Vec::new();
-    for i in 0..=REPEAT {
+    for i in 0..=repeat {
         let (elapsed, jobs_time) = run_chain(&workflows).await;
         if i > 0 {
             wall.push(elapsed);
@@ -110,7 +119,7 @@ async fn bench(store: Arc<dyn Store>) {
     };
     let (w, o) = (median(&mut wall), median(&mut own));
     println!(
-        "   {CHAIN}-node chain: run {:.1} ms, jobs' own time {:.1} ms → overhead {:.2} ms per node (median of {REPEAT})",
+        "   {CHAIN}-node chain: run {:.1} ms, jobs' own time {:.1} ms → overhead {:.2} ms per node (median of {repeat})",
         w * 1e3,
         o * 1e3,
         (w - o) * 1e3 / CHAIN as f64

@@ -277,25 +277,14 @@ async fn run_attempt(s: &Shared, job: Claimed) {
         let left = Duration::from_millis(u64::try_from(deadline - started).unwrap_or(0));
         limits.timeout = limits.timeout.min(left);
     }
-    // A job whose input is another job's output reads it now, once.
-    let input = match job.input_from {
-        None => Ok(job.input.clone()),
-        Some(from) => match s.store.job_output(from).await {
-            Ok(out) => Ok(out.unwrap_or_default()),
-            Err(e) => Err(format!("cannot read the input (job {from}'s output): {e}")),
-        },
-    };
-    let module = match input {
-        Ok(input) => s
-            .modules
-            .get(&*s.store, &s.sandbox, &job.module_digest)
-            .await
-            .map(|m| (m, input)),
-        Err(e) => Err(e),
-    };
+    // (A job whose input is another job's output got that output from its claim.)
+    let module = s
+        .modules
+        .get(&*s.store, &s.sandbox, &job.module_digest)
+        .await;
     let report = match module {
-        Ok((module, input)) => {
-            let req = RunRequest::new(input)
+        Ok(module) => {
+            let req = RunRequest::new(job.input)
                 .limits(limits)
                 .grants(job.grants.clone())
                 .cancel(cancel.clone())

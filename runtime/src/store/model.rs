@@ -228,12 +228,14 @@ impl NewEvent {
 pub struct Claimed {
     pub id: JobId,
     pub module_digest: String,
+    /// What the attempt reads: the job's own input or, for a job with `input_from`, that
+    /// job's output, read by the claim's transaction (empty if it has none).
     pub input: Vec<u8>,
     pub limits: Limits,
     pub grants: Grants,
     pub attempt: u32,
     pub deadline_at: Option<i64>,
-    /// Read the input from this job's output (see [`NewJob::input_from`]).
+    /// The job whose output is `input` (see [`NewJob::input_from`]).
     pub input_from: Option<JobId>,
 }
 

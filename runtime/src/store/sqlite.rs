@@ -48,6 +48,7 @@ impl SqliteStore {
         // connection of its own does it in the background instead (`checkpointer`).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -59,6 +60,7 @@ impl SqliteStore {
         tokio::spawn(checkpointer(checkpoint, std::sync::Arc::downgrade(&alive)));
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await?;
         let (notices, _) = broadcast::channel(4096);
@@ -536,6 +538,7 @@ impl Store for SqliteStore {
             notices.push(Notice::Events(c.id));
             claimed.push(c);
         }
+        read_upstream_outputs(&mut tx, &mut claimed).await?;
         for chunk in claimed.chunks(500) {
             let mut q = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
@@ -915,4 +918,33 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(due)
     }
+}
+
+/// Gives each claimed job that reads another job's output that output as its input, in the
+/// claim's transaction (one statement for the batch, instead of a read per attempt).
+async fn read_upstream_outputs(
+    tx: &mut Transaction<'_, Sqlite>,
+    claimed: &mut [Claimed],
+) -> Result<()> {
+    let from: Vec<JobId> = claimed.iter().filter_map(|c| c.input_from).collect();
+    if from.is_empty() {
+        return Ok(());
+    }
+    let mut outputs = std::collections::HashMap::with_capacity(from.len());
+    for chunk in from.chunks(500) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT id, output FROM jobs WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        q.push(")");
+        let rows: Vec<(i64, Option<Vec<u8>>)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        outputs.extend(rows);
+    }
+    for c in claimed {
+        if let Some(from) = c.input_from {
+            c.input = outputs.get(&from).cloned().flatten().unwrap_or_default();
+        }
+    }
+    Ok(())
 }

@@ -73,11 +73,13 @@ macro_rules! workflow_store {
             }
 
             async fn get_run(&self, id: RunId) -> Result<Option<RunSnapshot>> {
+                // One connection for the two or three reads (a pool use costs more than a read).
+                let mut conn = self.$reader.acquire().await?;
                 let run: Option<RunRow> = sqlx::query_as(AssertSqlSafe($sql(&format!(
                     "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = ?"
                 ))))
                 .bind(id)
-                .fetch_optional(&self.$reader)
+                .fetch_optional(&mut *conn)
                 .await?;
                 let Some(run) = run else { return Ok(None) };
                 let nodes: Vec<NodeRow> = sqlx::query_as(AssertSqlSafe($sql(
@@ -88,7 +90,7 @@ macro_rules! workflow_store {
                      WHERE n.run_id = ? ORDER BY n.node",
                 )))
                 .bind(id)
-                .fetch_all(&self.$reader)
+                .fetch_all(&mut *conn)
                 .await?;
                 // Elements exist only for `for_each` nodes that started.
                 let fans = nodes.iter().any(NodeRow::fans_out);
@@ -98,7 +100,7 @@ macro_rules! workflow_store {
                      WHERE i.run_id = ? AND i.state = 'running' ORDER BY i.node, i.idx",
                 )))
                 .bind(id)
-                .fetch_all(&self.$reader)
+                .fetch_all(&mut *conn)
                 .await? };
                 Ok(Some(RunSnapshot {
                     run: run.into_record()?,
