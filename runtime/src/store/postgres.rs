@@ -658,11 +658,11 @@ impl Store for PgStore {
             .await?;
             notices.push(Notice::Events(id));
         }
-        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3,
                     event_seq = event_seq + 1
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING {JOB_COLUMNS}"
+             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
         )))
         .bind(worker)
         .bind(now + lease_ms)
@@ -671,7 +671,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut rows = rows;
-        rows.sort_by_key(JobRow::claim_order);
+        rows.sort_by_key(ClaimRow::claim_order);
         let mut claimed = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -685,7 +685,6 @@ impl Store for PgStore {
             notices.push(Notice::Events(c.id));
             claimed.push(c);
         }
-        read_upstream_outputs(&mut tx, &mut claimed).await?;
         for chunk in claimed.chunks(500) {
             let mut q = sqlx::QueryBuilder::<Postgres>::new(
                 "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
@@ -1187,28 +1186,4 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(due)
     }
-}
-
-/// Gives each claimed job that reads another job's output that output as its input, in the
-/// claim's transaction (one statement for the batch, instead of a read per attempt).
-async fn read_upstream_outputs(
-    tx: &mut Transaction<'_, Postgres>,
-    claimed: &mut [Claimed],
-) -> Result<()> {
-    let from: Vec<JobId> = claimed.iter().filter_map(|c| c.input_from).collect();
-    if from.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<(i64, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT id, output FROM jobs WHERE id = ANY($1)")
-            .bind(&from)
-            .fetch_all(&mut **tx)
-            .await?;
-    let outputs: std::collections::HashMap<i64, Option<Vec<u8>>> = rows.into_iter().collect();
-    for c in claimed {
-        if let Some(from) = c.input_from {
-            c.input = outputs.get(&from).cloned().flatten().unwrap_or_default();
-        }
-    }
-    Ok(())
 }

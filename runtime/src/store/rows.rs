@@ -74,18 +74,7 @@ impl JobRow {
         })
     }
 
-    /// Claim order: priority (highest first), then run_at, then age. `RETURNING` does not keep
-    /// the order of the subquery, so claims sort by this.
-    pub(super) fn claim_order(&self) -> (i64, i64, i64) {
-        (-self.priority, self.run_at, self.id)
-    }
-
-    /// The last event sequence number the row holds.
-    pub(super) fn event_seq(&self) -> i64 {
-        self.event_seq
-    }
-
-    pub(super) fn into_claimed(self) -> Result<Claimed> {
+    fn into_claimed(self) -> Result<Claimed> {
         let job = self.into_job()?;
         Ok(Claimed {
             id: job.id,
@@ -97,6 +86,40 @@ impl JobRow {
             deadline_at: job.deadline_at,
             input_from: job.input_from,
         })
+    }
+}
+
+/// What a claim returns besides the job's columns: the output of the job whose output is this
+/// job's input (so the attempt needs no read of its own). `jobs` is the claim's target table.
+pub(super) const UPSTREAM_OUTPUT: &str =
+    "(SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output";
+
+/// A row returned by a claim: `RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}`.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    upstream_output: Option<Vec<u8>>,
+}
+
+impl ClaimRow {
+    /// Claim order: priority (highest first), then run_at, then age. `RETURNING` does not keep
+    /// the order of the subquery, so claims sort by this.
+    pub(super) fn claim_order(&self) -> (i64, i64, i64) {
+        (-self.job.priority, self.job.run_at, self.job.id)
+    }
+
+    /// The last event sequence number the row holds.
+    pub(super) fn event_seq(&self) -> i64 {
+        self.job.event_seq
+    }
+
+    pub(super) fn into_claimed(self) -> Result<Claimed> {
+        let mut claimed = self.job.into_claimed()?;
+        if claimed.input_from.is_some() {
+            claimed.input = self.upstream_output.unwrap_or_default();
+        }
+        Ok(claimed)
     }
 }
 

@@ -479,7 +479,7 @@ impl Store for SqliteStore {
         let mut notices = Vec::new();
         // Jobs past their overall deadline never start.
         let expired: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, updated_at = ?
+            "UPDATE jobs INDEXED BY jobs_deadline SET state = 'failed', error = ?, finished_at = ?, updated_at = ?
              WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= ? RETURNING id",
         )
         .bind(DEADLINE_PASSED)
@@ -495,7 +495,7 @@ impl Store for SqliteStore {
             notices.push(Notice::Ended(id));
         }
         let due: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state = 'scheduled' AND run_at <= ? RETURNING id",
+            "UPDATE jobs INDEXED BY jobs_scheduled SET state = 'queued', updated_at = ? WHERE state = 'scheduled' AND run_at <= ? RETURNING id",
         )
         .bind(now)
         .bind(now)
@@ -511,11 +511,11 @@ impl Store for SqliteStore {
             .await?;
             notices.push(Notice::Events(id));
         }
-        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?,
                     event_seq = event_seq + 1
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT ?)
-             RETURNING {JOB_COLUMNS}"
+             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT ?)
+             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
         )))
         .bind(worker)
         .bind(now + lease_ms)
@@ -524,7 +524,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut rows = rows;
-        rows.sort_by_key(JobRow::claim_order);
+        rows.sort_by_key(ClaimRow::claim_order);
         let mut claimed = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -538,7 +538,6 @@ impl Store for SqliteStore {
             notices.push(Notice::Events(c.id));
             claimed.push(c);
         }
-        read_upstream_outputs(&mut tx, &mut claimed).await?;
         for chunk in claimed.chunks(500) {
             let mut q = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
@@ -918,33 +917,4 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(due)
     }
-}
-
-/// Gives each claimed job that reads another job's output that output as its input, in the
-/// claim's transaction (one statement for the batch, instead of a read per attempt).
-async fn read_upstream_outputs(
-    tx: &mut Transaction<'_, Sqlite>,
-    claimed: &mut [Claimed],
-) -> Result<()> {
-    let from: Vec<JobId> = claimed.iter().filter_map(|c| c.input_from).collect();
-    if from.is_empty() {
-        return Ok(());
-    }
-    let mut outputs = std::collections::HashMap::with_capacity(from.len());
-    for chunk in from.chunks(500) {
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT id, output FROM jobs WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        q.push(")");
-        let rows: Vec<(i64, Option<Vec<u8>>)> = q.build_query_as().fetch_all(&mut **tx).await?;
-        outputs.extend(rows);
-    }
-    for c in claimed {
-        if let Some(from) = c.input_from {
-            c.input = outputs.get(&from).cloned().flatten().unwrap_or_default();
-        }
-    }
-    Ok(())
 }
