@@ -241,6 +241,99 @@ async fn claims_follow_priority_then_run_at_then_age() {
 }
 
 #[tokio::test]
+async fn a_claim_fails_jobs_past_their_deadline_and_queues_due_ones() {
+    for (backend, store, _db) in test_stores("sweeps").await {
+        let digest = module(&*store).await;
+        let mut notices = store.subscribe();
+        let late_queued = store
+            .insert_job(
+                NewJob {
+                    deadline_at: Some(50),
+                    ..new_job(&digest)
+                },
+                1,
+            )
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let late_scheduled = store
+            .insert_job(
+                NewJob {
+                    run_at: Some(80),
+                    deadline_at: Some(60),
+                    ..new_job(&digest)
+                },
+                2,
+            )
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let due = store
+            .insert_job(
+                NewJob {
+                    run_at: Some(90),
+                    ..new_job(&digest)
+                },
+                3,
+            )
+            .await
+            .expect("insert")
+            .0
+            .id;
+        // At 100 both deadlines have passed: neither job starts; the due one does.
+        let claimed: Vec<i64> = store
+            .claim("w", 10, 100, 1000)
+            .await
+            .expect("claim")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(claimed, [due], "{backend}");
+        for id in [late_queued, late_scheduled] {
+            let job = store.get_job(id).await.expect("get").expect("exists");
+            assert_eq!(job.state, JobState::Failed, "{backend}: job {id}");
+            assert_eq!(job.attempts, 0, "{backend}: job {id} never started");
+            assert!(
+                job.error.as_deref().unwrap_or("").contains("deadline"),
+                "{backend}: {:?}",
+                job.error
+            );
+        }
+        let states = |events: Vec<Event>| -> Vec<String> {
+            events
+                .iter()
+                .filter(|e| e.kind == "state")
+                .map(|e| e.data["state"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(
+            states(store.events(late_scheduled, 0, 100).await.expect("events")),
+            ["scheduled", "failed"],
+            "{backend}"
+        );
+        assert_eq!(
+            states(store.events(due, 0, 100).await.expect("events")),
+            ["scheduled", "queued", "running"],
+            "{backend}"
+        );
+        // Followers of job ends hear about both failures.
+        let mut ended = Vec::new();
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while ended.len() < 2 {
+                if let Ok(Notice::Ended(id)) = notices.recv().await {
+                    ended.push(id);
+                }
+            }
+        });
+        wait.await.expect("two Ended notices");
+        ended.sort_unstable();
+        assert_eq!(ended, [late_queued, late_scheduled], "{backend}");
+    }
+}
+
+#[tokio::test]
 async fn idempotency_key_returns_the_first_job() {
     for (backend, store, _db) in test_stores("idem").await {
         let digest = module(&*store).await;
