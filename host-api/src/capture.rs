@@ -73,7 +73,12 @@ impl Logs {
 
     pub(crate) fn push(&self, level: LogLevel, source: &str, message: &str) {
         let line = self.record(&mut lock(&self.0.state), level, source, message);
-        if let Some(line) = line {
+        self.publish(line);
+    }
+
+    /// Sends stored lines to the live sink (outside the state's lock).
+    fn publish(&self, lines: impl IntoIterator<Item = LogLine>) {
+        for line in lines {
             self.0.sink.event(Event::Log(line));
         }
     }
@@ -170,9 +175,7 @@ impl LogStream {
                 }
             }
         }
-        for line in lines {
-            self.logs.0.sink.event(Event::Log(line));
-        }
+        self.logs.publish(lines);
     }
 
     fn emit(&self, st: &mut LogState) -> Option<LogLine> {
@@ -198,9 +201,7 @@ impl LogStream {
             }
             self.emit(&mut st)
         };
-        if let Some(line) = line {
-            self.logs.0.sink.event(Event::Log(line));
-        }
+        self.logs.publish(line);
     }
 }
 

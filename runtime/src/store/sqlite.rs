@@ -148,20 +148,6 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
     Ok(())
 }
 
-/// Appends `INSERT INTO events …` for `rows` (at most 500: SQLite's bind limit) to `q`, which may
-/// already hold other statements: statements that return nothing share one command to the
-/// connection's thread, and each command costs a thread hand-off each way (~60–80 µs here).
-fn push_events_insert(q: &mut sqlx::QueryBuilder<Sqlite>, rows: &[PendingEvent], now: i64) {
-    q.push("INSERT INTO events (job_id, seq, kind, data, at) ");
-    q.push_values(rows, |mut b, (job, seq, kind, data)| {
-        b.push_bind(*job)
-            .push_bind(*seq)
-            .push_bind(*kind)
-            .push_bind(data.as_str())
-            .push_bind(now);
-    });
-}
-
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
 /// `tx` commits. Used by job submission and by the workflow engine's steps.
 async fn insert_jobs_tx(
@@ -506,15 +492,17 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         for (id, state) in swept {
-            if state == JobState::Failed.as_str() {
-                let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
-                push_events(&mut tx, id, &[e], now).await?;
-                notices.push(Notice::Ended(id));
+            let failed = state == JobState::Failed.as_str();
+            let e = if failed {
+                NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }))
             } else {
-                let e = NewEvent::state(JobState::Queued, json!({}));
-                push_events(&mut tx, id, &[e], now).await?;
-            }
+                NewEvent::state(JobState::Queued, json!({}))
+            };
+            push_events(&mut tx, id, &[e], now).await?;
             notices.push(Notice::Events(id));
+            if failed {
+                notices.push(Notice::Ended(id));
+            }
         }
         let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?,
