@@ -225,11 +225,7 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
 
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
 /// `tx` commits. Used by job submission and by the workflow engine's steps.
-async fn insert_jobs_tx(
-    tx: &mut Tx<'_>,
-    jobs: Vec<NewJob>,
-    now: i64,
-) -> Result<(Vec<(Job, bool)>, Vec<Notice>)> {
+async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> {
     let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
     let mut notices = Vec::new();
     let mut any_queued = false;

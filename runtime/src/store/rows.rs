@@ -4,12 +4,33 @@
 use super::model::*;
 use super::{Result, StoreError};
 
+/// Reads a row from a rusqlite statement, by column name (the SQLite store).
+pub(super) trait FromSqlite: Sized {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+/// A row struct both stores read: sqlx's `FromRow` (Postgres) and [`FromSqlite`].
+macro_rules! row {
+    (pub(super) struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        #[derive(sqlx::FromRow)]
+        pub(super) struct $name {
+            $($field: $ty),*
+        }
+
+        impl FromSqlite for $name {
+            fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok($name { $($field: row.get(stringify!($field))?),* })
+            }
+        }
+    };
+}
+
 pub(super) const JOB_COLUMNS: &str = "id, module_digest, state, priority, run_at, input, limits, retry, grants, \
      idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, output, error, \
      workflow_ref, input_from, created_at, updated_at, finished_at, event_seq";
 
-#[derive(sqlx::FromRow)]
-pub(super) struct JobRow {
+row! {
+    pub(super) struct JobRow {
     id: i64,
     module_digest: String,
     state: String,
@@ -33,7 +54,7 @@ pub(super) struct JobRow {
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
-    event_seq: i64,
+    event_seq: i64,}
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -89,10 +110,8 @@ impl JobRow {
     }
 }
 
-/// Appends `INSERT INTO events …` for `rows` (at most 500 per statement: SQLite's bind limit)
-/// to `q`. On SQLite `q` may already hold other statements: statements that return nothing
-/// share one command to the connection's thread, and each command costs a thread hand-off each
-/// way (~60–80 µs here).
+/// Appends `INSERT INTO events …` for `rows` (at most 500 per statement) to `q`: Postgres
+/// writes a batch's events with one statement.
 pub(super) fn push_events_insert<DB>(
     q: &mut sqlx::QueryBuilder<DB>,
     rows: &[PendingEvent],
@@ -125,6 +144,15 @@ pub(super) struct ClaimRow {
     upstream_output: Option<Vec<u8>>,
 }
 
+impl FromSqlite for ClaimRow {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ClaimRow {
+            job: JobRow::from_sqlite(row)?,
+            upstream_output: row.get("upstream_output")?,
+        })
+    }
+}
+
 impl ClaimRow {
     /// Claim order: priority (highest first), then run_at, then age. `RETURNING` does not keep
     /// the order of the subquery, so claims sort by this.
@@ -146,8 +174,8 @@ impl ClaimRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct AttemptRow {
+row! {
+    pub(super) struct AttemptRow {
     attempt: i64,
     worker: String,
     outcome: Option<String>,
@@ -157,7 +185,7 @@ pub(super) struct AttemptRow {
     peak_memory_bytes: Option<i64>,
     wall_time_us: Option<i64>,
     started_at: i64,
-    finished_at: Option<i64>,
+    finished_at: Option<i64>,}
 }
 
 impl AttemptRow {
@@ -178,13 +206,13 @@ impl AttemptRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct EventRow {
+row! {
+    pub(super) struct EventRow {
     job_id: i64,
     seq: i64,
     kind: String,
     data: String,
-    at: i64,
+    at: i64,}
 }
 
 impl EventRow {
@@ -199,14 +227,14 @@ impl EventRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ModuleRow {
+row! {
+    pub(super) struct ModuleRow {
     digest: String,
     size: i64,
     world: String,
     imports: String,
     created_at: i64,
-    names: Option<String>,
+    names: Option<String>,}
 }
 
 impl ModuleRow {
@@ -233,14 +261,14 @@ impl ModuleRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ScheduleRow {
+row! {
+    pub(super) struct ScheduleRow {
     id: i64,
     name: Option<String>,
     cron: String,
     target: String,
     next_run_at: i64,
-    created_at: i64,
+    created_at: i64,}
 }
 
 impl ScheduleRow {
@@ -261,6 +289,10 @@ impl ScheduleRow {
 pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
+
+/// Jobs inserted (each with `false` when its idempotency key returned an earlier job) and the
+/// notices to send once the transaction commits.
+pub(super) type Inserted = (Vec<(Job, bool)>, Vec<super::Notice>);
 
 /// An event row to write: job, seq, kind, data.
 pub(super) type PendingEvent = (JobId, i64, &'static str, String);
@@ -336,12 +368,12 @@ pub(super) fn ending(
     })
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct WorkflowRow {
+row! {
+    pub(super) struct WorkflowRow {
     name: String,
     version: i64,
     definition: String,
-    created_at: i64,
+    created_at: i64,}
 }
 
 impl WorkflowRow {
@@ -391,8 +423,8 @@ pub(super) const WORKFLOW_COLUMNS: &str = "name, version, definition, created_at
 pub(super) const RUN_COLUMNS: &str = "id, workflow, version, state, input, error, cancel_requested, deadline_at, \
      rev, created_at, updated_at, finished_at";
 
-#[derive(sqlx::FromRow)]
-pub(super) struct RunRow {
+row! {
+    pub(super) struct RunRow {
     id: i64,
     workflow: String,
     version: i64,
@@ -404,7 +436,7 @@ pub(super) struct RunRow {
     rev: i64,
     created_at: i64,
     updated_at: i64,
-    finished_at: Option<i64>,
+    finished_at: Option<i64>,}
 }
 
 impl RunRow {
@@ -426,8 +458,8 @@ impl RunRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct NodeRow {
+row! {
+    pub(super) struct NodeRow {
     node: String,
     module: String,
     state: String,
@@ -441,7 +473,7 @@ pub(super) struct NodeRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     job_state: Option<String>,
-    job_error: Option<String>,
+    job_error: Option<String>,}
 }
 
 impl NodeRow {
@@ -473,13 +505,13 @@ impl NodeRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct ItemRow {
+row! {
+    pub(super) struct ItemRow {
     node: String,
     idx: i64,
     job_id: i64,
     job_state: String,
-    job_error: Option<String>,
+    job_error: Option<String>,}
 }
 
 impl ItemRow {
@@ -497,13 +529,13 @@ impl ItemRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct RunEventRow {
+row! {
+    pub(super) struct RunEventRow {
     run_id: i64,
     seq: i64,
     kind: String,
     data: String,
-    at: i64,
+    at: i64,}
 }
 
 impl RunEventRow {

@@ -1,37 +1,67 @@
 //! The SQLite backend: the embedded default. WAL mode; one writer connection (SQLite allows one
-//! writer at a time, so writes queue in-process instead of spinning on SQLITE_BUSY) and a pool
-//! of readers. Claims are one atomic `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
+//! writer at a time, so writes queue in-process instead of spinning on SQLITE_BUSY) and a few
+//! readers. Claims are one atomic `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
+//!
+//! Statements run with rusqlite on the calling task's thread, a whole transaction per lock of
+//! the writer (decision 005). SQLite's work per statement is a few microseconds; handing each
+//! statement to a connection thread and back (as sqlx's SQLite driver does) cost 60–80 µs here,
+//! most of a chained workflow step. sqlx still applies the migrations (`_sqlx_migrations`).
 
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Sqlite, SqlitePool, Transaction};
 use tokio::sync::broadcast;
 
 use super::model::*;
 use super::rows::*;
+use super::workflow_sql as w;
 use super::{Notice, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Idle readers kept open; more are opened when reads overlap.
+const IDLE_READERS: usize = 8;
+
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    /// `Arc` so that long writes (retention) can move it to a blocking thread.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
     notices: broadcast::Sender<Notice>,
     /// The background checkpointer runs while this lives.
-    _checkpointer: std::sync::Arc<()>,
+    _checkpointer: Arc<()>,
 }
 
-type Tx<'a> = Transaction<'a, Sqlite>;
+type Tx<'a> = rusqlite::Transaction<'a>;
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
+
+/// Opens a connection with the settings every connection uses.
+fn connect(path: &PathBuf, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // In WAL mode NORMAL survives a process crash (kill -9); FULL adds power-loss safety.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and applies migrations.
     pub async fn open(path: &str) -> Result<SqliteStore> {
+        use sqlx::ConnectOptions;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+        use std::str::FromStr;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
             .map_err(|e| StoreError::BadUrl {
                 url: path.to_string(),
@@ -39,34 +69,30 @@ impl SqliteStore {
             })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL survives a process crash (kill -9); FULL adds power-loss safety.
-            .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let file = options.get_filename().to_path_buf();
+        let mut migrate = options.connect().await?;
+        MIGRATOR.run(&mut migrate).await?;
+        sqlx::Connection::close(migrate).await?;
+
+        let writer = connect(&file, false)?;
         // The writer never checkpoints: copying the WAL into the database (and syncing it)
         // inside a commit stalls every write queued behind it for tens of milliseconds. A
         // connection of its own does it in the background instead (`checkpointer`).
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        MIGRATOR.run(&writer).await?;
-        let checkpoint = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        let alive = std::sync::Arc::new(());
-        tokio::spawn(checkpointer(checkpoint, std::sync::Arc::downgrade(&alive)));
-        let reader = SqlitePoolOptions::new()
-            .max_connections(8)
-            .test_before_acquire(false)
-            .connect_with(options.read_only(true))
-            .await?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoint = connect(&file, false)?;
+        let alive = Arc::new(());
+        let store = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("wasmjobs-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint, store))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the checkpointer: {e}")))?;
         let (notices, _) = broadcast::channel(4096);
         Ok(SqliteStore {
-            writer,
-            reader,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Mutex::new(Vec::new()),
+            path: file,
             notices,
             _checkpointer: alive,
         })
@@ -78,83 +104,119 @@ impl SqliteStore {
         }
     }
 
-    async fn announce(&self, notices: Vec<Notice>) {
-        self.notify(notices);
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), on this thread: committed if it
+    /// returns `Ok`, rolled back otherwise. Writers queue on the one writer connection.
+    async fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().await;
+        in_transaction(&mut conn, f)
+    }
+
+    /// Runs `f` on a reader, on this thread, inside one read transaction (one snapshot).
+    fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let idle = self.readers.lock().ok().and_then(|mut r| r.pop());
+        let mut conn = match idle {
+            Some(c) => c,
+            None => connect(&self.path, true)?,
+        };
+        let out = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let out = f(&tx)?;
+            tx.finish()?;
+            Ok(out)
+        })();
+        if let Ok(mut idle) = self.readers.lock()
+            && idle.len() < IDLE_READERS
+        {
+            idle.push(conn);
+        }
+        out
     }
 }
 
-workflow_store!(
-    SqliteStore,
-    Sqlite,
-    sql: super::workflow_sql::sqlite_placeholders,
-    insert_jobs: insert_jobs_tx,
-    writer: writer,
-    reader: reader
-);
+fn in_transaction<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
 
 /// Copies the WAL into the database every 200 ms without blocking writers or readers
 /// (`PASSIVE`); ends when the store is dropped.
-async fn checkpointer(pool: SqlitePool, store: std::sync::Weak<()>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+fn checkpointer(conn: Connection, store: std::sync::Weak<()>) {
     loop {
-        tick.tick().await;
+        std::thread::sleep(Duration::from_millis(200));
         if store.upgrade().is_none() {
-            pool.close().await;
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(e) = done {
             tracing::warn!("WAL checkpoint failed: {e}");
         }
     }
 }
 
+/// Rows of a query, each read with [`FromSqlite`].
+fn rows<T: FromSqlite>(tx: &Tx<'_>, sql: &str, args: impl rusqlite::Params) -> Result<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let out = stmt
+        .query_map(args, |r| T::from_sqlite(r))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(out)
+}
+
+/// The first column of each row of a query.
+fn column<T: rusqlite::types::FromSql>(
+    tx: &Tx<'_>,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let out = stmt
+        .query_map(args, |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(out)
+}
+
+/// The first column of the first row, if there is one.
+fn scalar<T: rusqlite::types::FromSql>(
+    tx: &Tx<'_>,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> Result<Option<T>> {
+    Ok(tx
+        .prepare_cached(sql)?
+        .query_row(args, |r| r.get(0))
+        .optional()?)
+}
+
 /// Appends events to a job's history under the job row's lock; seq continues without gaps.
-async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Result<()> {
+fn push_events(tx: &Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let n = events.len() as i64;
-    let last: i64 = sqlx::query_scalar(
+    let last: i64 = scalar(
+        tx,
         "UPDATE jobs SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq",
-    )
-    .bind(n)
-    .bind(job_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    for (i, e) in events.iter().enumerate() {
-        sqlx::query("INSERT INTO events (job_id, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)")
-            .bind(job_id)
-            .bind(last - n + 1 + i as i64)
-            .bind(e.kind)
-            .bind(e.data.to_string())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+        params![events.len() as i64, job_id],
+    )?
+    .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} vanished")))?;
+    write_events(tx, &pending(job_id, last, events), now)
 }
 
-/// Writes event rows with multi-row INSERTs (one statement per 500 rows).
-async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
-    for chunk in rows.chunks(500) {
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new("");
-        push_events_insert(&mut q, chunk, now);
-        q.build().execute(&mut **tx).await?;
+/// Writes event rows (one cached statement, run once per row).
+fn write_events(tx: &Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (job_id, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for (job, seq, kind, data) in rows {
+        stmt.execute(params![job, seq, kind, data, now])?;
     }
     Ok(())
 }
 
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
 /// `tx` commits. Used by job submission and by the workflow engine's steps.
-async fn insert_jobs_tx(
-    tx: &mut Tx<'_>,
-    jobs: Vec<NewJob>,
-    now: i64,
-) -> Result<(Vec<(Job, bool)>, Vec<Notice>)> {
+fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> {
     let mut out = Vec::with_capacity(jobs.len());
     let mut notices = Vec::new();
     let mut any_queued = false;
@@ -162,14 +224,10 @@ async fn insert_jobs_tx(
     for j in jobs {
         if let Some(key) = &j.idempotency_key {
             let existing: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = ?")
-                    .bind(key)
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                scalar(tx, "SELECT id FROM jobs WHERE idempotency_key = ?", [key])?;
             if let Some(id) = existing {
-                let job = fetch_job(tx, id)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                let job =
+                    fetch_job(tx, id)?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
                 out.push((job, false));
                 continue;
             }
@@ -180,28 +238,30 @@ async fn insert_jobs_tx(
         } else {
             JobState::Queued
         };
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = scalar(
+            tx,
             "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
                                idempotency_key, deadline_at, workflow_ref, input_from, created_at, updated_at,
                                event_seq)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
-        )
-        .bind(&j.module_digest)
-        .bind(state.as_str())
-        .bind(j.priority)
-        .bind(run_at)
-        .bind(&j.input)
-        .bind(json(&j.limits))
-        .bind(json(&j.retry))
-        .bind(json(&j.grants))
-        .bind(j.idempotency_key.as_deref())
-        .bind(j.deadline_at)
-        .bind(j.workflow_ref.as_deref())
-        .bind(j.input_from)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
+            params![
+                j.module_digest,
+                state.as_str(),
+                j.priority,
+                run_at,
+                j.input,
+                json(&j.limits),
+                json(&j.retry),
+                json(&j.grants),
+                j.idempotency_key,
+                j.deadline_at,
+                j.workflow_ref,
+                j.input_from,
+                now,
+                now
+            ],
+        )?
+        .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
         let extra = if state == JobState::Scheduled {
             json!({ "run_at": run_at })
         } else {
@@ -212,50 +272,43 @@ async fn insert_jobs_tx(
         notices.push(Notice::Events(id));
         out.push((Job::inserted(id, j, state, run_at, now), true));
     }
-    write_events(tx, &events, now).await?;
+    write_events(tx, &events, now)?;
     if any_queued {
         notices.push(Notice::JobsAvailable);
     }
     Ok((out, notices))
 }
 
-async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
-    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
-    )))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?;
+fn fetch_job(tx: &Tx<'_>, id: JobId) -> Result<Option<Job>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    let row: Option<JobRow> = rows(tx, &sql, [id])?.pop();
     row.map(JobRow::into_job).transpose()
 }
 
 /// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the
 /// rescuer, which acts on expired leases).
-async fn apply_completion(
+fn apply_completion(
     events_out: &mut Vec<PendingEvent>,
-    tx: &mut Tx<'_>,
+    tx: &Tx<'_>,
     c: &Completion,
     fence: Option<&str>,
     now: i64,
 ) -> Result<Completed> {
-    #[derive(sqlx::FromRow)]
-    struct Snap {
-        attempts: i64,
-        retry: String,
-        cancel_requested: bool,
-        deadline_at: Option<i64>,
-    }
-    let snap: Option<Snap> = sqlx::query_as(
-        "SELECT attempts, retry, cancel_requested, deadline_at FROM jobs
-         WHERE id = ? AND state = 'running' AND attempts = ? AND (? IS NULL OR worker = ?)",
-    )
-    .bind(c.job_id)
-    .bind(i64::from(c.attempt))
-    .bind(fence)
-    .bind(fence)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(snap) = snap else {
+    let snap = tx
+        .prepare_cached(
+            "SELECT attempts, retry, cancel_requested, deadline_at FROM jobs
+             WHERE id = ? AND state = 'running' AND attempts = ? AND (? IS NULL OR worker = ?)",
+        )?
+        .query_row(params![c.job_id, i64::from(c.attempt), fence, fence], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((attempts, retry, cancel_requested, deadline_at)) = snap else {
         return Ok(Completed::Refused);
     };
     let Ending {
@@ -266,51 +319,58 @@ async fn apply_completion(
         events,
     } = ending(
         EndingSnapshot {
-            attempts: snap.attempts,
-            retry: &snap.retry,
-            cancel_requested: snap.cancel_requested,
-            deadline_at: snap.deadline_at,
+            attempts,
+            retry: &retry,
+            cancel_requested,
+            deadline_at,
         },
         c,
         now,
     )?;
-    // Both updates in one command (see `push_events_insert`); only the first returns a row.
-    let seqs: Vec<i64> = sqlx::query_scalar(
+    let last_seq: i64 = scalar(
+        tx,
         "UPDATE jobs SET state = ?, outcome = ?, error = ?, output = ?, worker = NULL, lease_until = NULL,
                 run_at = COALESCE(?, run_at), finished_at = ?, updated_at = ?, event_seq = event_seq + ?
-         WHERE id = ? RETURNING event_seq;
-         UPDATE attempts SET outcome = ?, trap = ?, error = ?, fuel_consumed = ?, peak_memory_bytes = ?,
+         WHERE id = ? RETURNING event_seq",
+        params![
+            state.as_str(),
+            c.outcome.as_str(),
+            c.error,
+            keep_output.then_some(c.output.as_slice()),
+            run_at,
+            finished_at,
+            now,
+            events.len() as i64,
+            c.job_id
+        ],
+    )?
+    .ok_or_else(|| {
+        StoreError::Corrupt(format!("job {} vanished while completing it", c.job_id))
+    })?;
+    tx.prepare_cached(
+        "UPDATE attempts SET outcome = ?, trap = ?, error = ?, fuel_consumed = ?, peak_memory_bytes = ?,
                 wall_time_us = ?, finished_at = ?
          WHERE job_id = ? AND attempt = ?",
-    )
-    .bind(state.as_str())
-    .bind(c.outcome.as_str())
-    .bind(c.error.as_deref())
-    .bind(keep_output.then_some(c.output.as_slice()))
-    .bind(run_at)
-    .bind(finished_at)
-    .bind(now)
-    .bind(events.len() as i64)
-    .bind(c.job_id)
-    .bind(c.outcome.as_str())
-    .bind(c.trap.as_deref())
-    .bind(c.error.as_deref())
-    .bind(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX))
-    .bind(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX))
-    .bind(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX))
-    .bind(now)
-    .bind(c.job_id)
-    .bind(i64::from(c.attempt))
-    .fetch_all(&mut **tx)
-    .await?;
-    let Some(&last_seq) = seqs.first() else {
-        return Err(StoreError::Corrupt(format!(
-            "job {} vanished while completing it",
-            c.job_id
-        )));
-    };
+    )?
+    .execute(params![
+        c.outcome.as_str(),
+        c.trap,
+        c.error,
+        i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX),
+        i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX),
+        i64::try_from(c.wall_time_us).unwrap_or(i64::MAX),
+        now,
+        c.job_id,
+        i64::from(c.attempt)
+    ])?;
     events_out.extend(pending(c.job_id, last_seq, &events));
     Ok(Completed::Applied(state))
+}
+
+/// `true` if `e` is a UNIQUE constraint failure.
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
 }
 
 #[async_trait]
@@ -324,33 +384,32 @@ impl Store for SqliteStore {
     }
 
     async fn put_module(&self, m: NewModule, now: i64) -> Result<(ModuleRecord, bool)> {
-        let mut tx = self.writer.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO modules (digest, size, world, imports, bytes, created_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(&m.digest)
-        .bind(m.bytes.len() as i64)
-        .bind(&m.world)
-        .bind(json(&m.imports))
-        .bind(&m.bytes)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if let Some(name) = &m.name {
-            sqlx::query(
-                "INSERT INTO module_names (name, digest, updated_at) VALUES (?, ?, ?)
-                 ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-            )
-            .bind(name)
-            .bind(&m.digest)
-            .bind(now)
-            .execute(&mut *tx)
+        let inserted = self
+            .write(|tx| {
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO modules (digest, size, world, imports, bytes, created_at)
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                    )?
+                    .execute(params![
+                        m.digest,
+                        m.bytes.len() as i64,
+                        m.world,
+                        json(&m.imports),
+                        m.bytes,
+                        now
+                    ])?
+                    == 1;
+                if let Some(name) = &m.name {
+                    tx.prepare_cached(
+                        "INSERT INTO module_names (name, digest, updated_at) VALUES (?, ?, ?)
+                         ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![name, m.digest, now])?;
+                }
+                Ok(inserted)
+            })
             .await?;
-        }
-        tx.commit().await?;
         let record = self.get_module(&m.digest).await?.ok_or_else(|| {
             StoreError::Corrupt(format!("module {} vanished after insert", m.digest))
         })?;
@@ -358,92 +417,89 @@ impl Store for SqliteStore {
     }
 
     async fn get_module(&self, key: &str) -> Result<Option<ModuleRecord>> {
-        let row: Option<ModuleRow> = sqlx::query_as(
-            "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
-                    (SELECT group_concat(n.name, char(10)) FROM module_names n WHERE n.digest = m.digest) AS names
-             FROM modules m
-             WHERE m.digest = ? OR m.digest = (SELECT digest FROM module_names WHERE name = ?)",
-        )
-        .bind(key)
-        .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        let row: Option<ModuleRow> = self.read(|tx| {
+            Ok(rows(
+                tx,
+                "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
+                        (SELECT group_concat(n.name, char(10)) FROM module_names n WHERE n.digest = m.digest) AS names
+                 FROM modules m
+                 WHERE m.digest = ? OR m.digest = (SELECT digest FROM module_names WHERE name = ?)",
+                [key, key],
+            )?
+            .pop())
+        })?;
         row.map(ModuleRow::into_record).transpose()
     }
 
     async fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT bytes FROM modules WHERE digest = ?")
-                .bind(digest)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
+        self.read(|tx| scalar(tx, "SELECT bytes FROM modules WHERE digest = ?", [digest]))
     }
 
     async fn list_modules(&self) -> Result<Vec<ModuleRecord>> {
-        let rows: Vec<ModuleRow> = sqlx::query_as(
-            "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
-                    (SELECT group_concat(n.name, char(10)) FROM module_names n WHERE n.digest = m.digest) AS names
-             FROM modules m ORDER BY m.created_at, m.digest",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<ModuleRow> = self.read(|tx| {
+            rows(
+                tx,
+                "SELECT m.digest, m.size, m.world, m.imports, m.created_at,
+                        (SELECT group_concat(n.name, char(10)) FROM module_names n WHERE n.digest = m.digest) AS names
+                 FROM modules m ORDER BY m.created_at, m.digest",
+                [],
+            )
+        })?;
         rows.into_iter().map(ModuleRow::into_record).collect()
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
-        let mut tx = self.writer.begin().await?;
-        let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
-        tx.commit().await?;
+        let (out, notices) = self.write(|tx| insert_jobs_tx(tx, jobs, now)).await?;
         self.notify(notices);
         Ok(out)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(JobRow::into_job).transpose()
+        self.read(|tx| fetch_job(tx, id))
     }
 
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
-        let rows: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
-                    started_at, finished_at
-             FROM attempts WHERE job_id = ? ORDER BY attempt",
-        )
-        .bind(id)
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<AttemptRow> = self.read(|tx| {
+            rows(
+                tx,
+                "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
+                        started_at, finished_at
+                 FROM attempts WHERE job_id = ? ORDER BY attempt",
+                [id],
+            )
+        })?;
         rows.into_iter().map(AttemptRow::into_attempt).collect()
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE (? IS NULL OR state = ?) AND (? IS NULL OR module_digest = ?) AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?"
-        )))
-        .bind(f.state.map(JobState::as_str))
-        .bind(f.state.map(JobState::as_str))
-        .bind(f.module_digest.as_deref())
-        .bind(f.module_digest.as_deref())
-        .bind(f.cursor)
-        .bind(f.cursor)
-        .bind(i64::from(f.limit))
-        .fetch_all(&self.reader)
-        .await?;
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_digest = ?2) AND (?3 IS NULL OR id < ?3)
+             ORDER BY id DESC LIMIT ?4"
+        );
+        let rows: Vec<JobRow> = self.read(|tx| {
+            rows(
+                tx,
+                &sql,
+                params![
+                    f.state.map(JobState::as_str),
+                    f.module_digest,
+                    f.cursor,
+                    i64::from(f.limit)
+                ],
+            )
+        })?;
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-                .fetch_all(&self.reader)
-                .await?;
+        let rows: Vec<(String, i64)> = self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let out = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(out)
+        })?;
         rows.into_iter()
             .map(|(s, n)| {
                 let state = s.parse().map_err(|e: String| StoreError::Corrupt(e))?;
@@ -453,14 +509,13 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<EventRow> = self.read(|tx| {
+            rows(
+                tx,
+                "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                params![id, after, i64::from(limit)],
+            )
+        })?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
@@ -471,82 +526,68 @@ impl Store for SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
-        let mut tx = self.writer.begin().await?;
-        let mut notices = Vec::new();
-        // Jobs past their overall deadline never start, and scheduled jobs whose time came are
-        // queued: both sweeps in one command (see `push_events_insert`), each naming its partial
-        // index so that a deep queue is never scanned.
-        let swept: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE jobs INDEXED BY jobs_deadline SET state = 'failed', error = ?, finished_at = ?, updated_at = ?
-             WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= ?
-             RETURNING id, state;
-             UPDATE jobs INDEXED BY jobs_scheduled SET state = 'queued', updated_at = ?
-             WHERE state = 'scheduled' AND run_at <= ? RETURNING id, state",
-        )
-        .bind(DEADLINE_PASSED)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (id, state) in swept {
-            let failed = state == JobState::Failed.as_str();
-            let e = if failed {
-                NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }))
-            } else {
-                NewEvent::state(JobState::Queued, json!({}))
-            };
-            push_events(&mut tx, id, &[e], now).await?;
-            notices.push(Notice::Events(id));
-            if failed {
-                notices.push(Notice::Ended(id));
-            }
-        }
-        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let claim_sql = format!(
             "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?,
                     event_seq = event_seq + 1
-             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT ?)
+             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
+                          ORDER BY priority DESC, run_at, id LIMIT ?)
              RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
-        )))
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rows = rows;
-        rows.sort_by_key(ClaimRow::claim_order);
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq = row.event_seq();
-            let c = row.into_claimed()?;
-            let e = NewEvent::state(
-                JobState::Running,
-                json!({ "attempt": c.attempt, "worker": worker }),
-            );
-            events.extend(pending(c.id, seq, &[e]));
-            notices.push(Notice::Events(c.id));
-            claimed.push(c);
-        }
-        // One claimed job, one state event: the attempts and their events go in one command.
-        for (chunk, evs) in claimed.chunks(500).zip(events.chunks(500)) {
-            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
-            );
-            q.push_values(chunk, |mut b, c| {
-                b.push_bind(c.id)
-                    .push_bind(i64::from(c.attempt))
-                    .push_bind(worker)
-                    .push_bind(now);
-            });
-            q.push("; ");
-            push_events_insert(&mut q, evs, now);
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        );
+        let (claimed, notices) = self
+            .write(|tx| {
+                let mut notices = Vec::new();
+                // Jobs past their overall deadline never start, and scheduled jobs whose time
+                // came are queued. Each sweep names its partial index: without statistics the
+                // planner would scan `jobs_state_id` and sort.
+                let failed: Vec<i64> = column(
+                    tx,
+                    "UPDATE jobs INDEXED BY jobs_deadline SET state = 'failed', error = ?, finished_at = ?, updated_at = ?
+                     WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= ?
+                     RETURNING id",
+                    params![DEADLINE_PASSED, now, now, now],
+                )?;
+                let queued: Vec<i64> = column(
+                    tx,
+                    "UPDATE jobs INDEXED BY jobs_scheduled SET state = 'queued', updated_at = ?
+                     WHERE state = 'scheduled' AND run_at <= ? RETURNING id",
+                    params![now, now],
+                )?;
+                for id in failed {
+                    let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
+                    push_events(tx, id, &[e], now)?;
+                    notices.extend([Notice::Events(id), Notice::Ended(id)]);
+                }
+                for id in queued {
+                    push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], now)?;
+                    notices.push(Notice::Events(id));
+                }
+                let mut rows: Vec<ClaimRow> = rows(
+                    tx,
+                    &claim_sql,
+                    params![worker, now + lease_ms, now, i64::from(limit)],
+                )?;
+                rows.sort_by_key(ClaimRow::claim_order);
+                let mut claimed = Vec::with_capacity(rows.len());
+                let mut attempt = tx.prepare_cached(
+                    "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
+                )?;
+                let mut events = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let seq = row.event_seq();
+                    let c = row.into_claimed()?;
+                    attempt.execute(params![c.id, i64::from(c.attempt), worker, now])?;
+                    let e = NewEvent::state(
+                        JobState::Running,
+                        json!({ "attempt": c.attempt, "worker": worker }),
+                    );
+                    events.extend(pending(c.id, seq, &[e]));
+                    notices.push(Notice::Events(c.id));
+                    claimed.push(c);
+                }
+                write_events(tx, &events, now)?;
+                Ok((claimed, notices))
+            })
+            .await?;
         self.notify(notices);
         Ok(claimed)
     }
@@ -559,84 +600,93 @@ impl Store for SqliteStore {
         events: &[NewEvent],
         now: i64,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
-        let holds: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE id = ? AND state = 'running' AND worker = ? AND attempts = ?")
-                .bind(id)
-                .bind(worker)
-                .bind(i64::from(attempt))
-                .fetch_optional(&mut *tx)
-                .await?;
-        if holds.is_none() {
-            return Ok(false);
+        let held = self
+            .write(|tx| {
+                let holds: Option<i64> = scalar(
+                    tx,
+                    "SELECT id FROM jobs WHERE id = ? AND state = 'running' AND worker = ? AND attempts = ?",
+                    params![id, worker, i64::from(attempt)],
+                )?;
+                if holds.is_none() {
+                    return Ok(false);
+                }
+                push_events(tx, id, events, now)?;
+                Ok(true)
+            })
+            .await?;
+        if held {
+            self.notify([Notice::Events(id)]);
         }
-        push_events(&mut tx, id, events, now).await?;
-        tx.commit().await?;
-        self.notify([Notice::Events(id)]);
-        Ok(true)
+        Ok(held)
     }
 
     async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
-        let mut tx = self.writer.begin().await?;
-        let mut results = Vec::with_capacity(completions.len());
-        let mut notices = Vec::new();
-        let mut events = Vec::new();
-        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
-        let mut order: Vec<usize> = (0..completions.len()).collect();
-        order.sort_by_key(|&i| completions[i].job_id);
-        let mut applied = vec![Completed::Refused; completions.len()];
-        for i in order {
-            let c = &completions[i];
-            let r = apply_completion(&mut events, &mut tx, c, Some(&c.worker), now).await?;
-            if let Completed::Applied(state) = r {
-                notices.push(Notice::Events(c.job_id));
-                if state.is_final() {
-                    notices.push(Notice::Ended(c.job_id));
+        let (results, notices) = self
+            .write(|tx| {
+                let mut notices = Vec::new();
+                let mut events = Vec::new();
+                let mut results = Vec::with_capacity(completions.len());
+                for c in &completions {
+                    let r = apply_completion(&mut events, tx, c, Some(&c.worker), now)?;
+                    if let Completed::Applied(state) = r {
+                        notices.push(Notice::Events(c.job_id));
+                        if state.is_final() {
+                            notices.push(Notice::Ended(c.job_id));
+                        }
+                        if state == JobState::Scheduled {
+                            notices.push(Notice::JobsAvailable);
+                        }
+                    }
+                    results.push(r);
                 }
-                if state == JobState::Scheduled {
-                    notices.push(Notice::JobsAvailable);
-                }
-            }
-            applied[i] = r;
-        }
-        results.extend(applied);
-        write_events(&mut tx, &events, now).await?;
-        tx.commit().await?;
+                write_events(tx, &events, now)?;
+                Ok((results, notices))
+            })
+            .await?;
         self.notify(notices);
         Ok(results)
     }
 
     async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
-        let rows: Vec<(i64, bool)> = sqlx::query_as(
-            "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND worker = ? RETURNING id, cancel_requested",
-        )
-        .bind(now + lease_ms)
-        .bind(worker)
-        .fetch_all(&self.writer)
-        .await?;
-        Ok(rows)
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND worker = ?
+                 RETURNING id, cancel_requested",
+            )?;
+            let out = stmt
+                .query_map(params![now + lease_ms, worker], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
-        let mut tx = self.writer.begin().await?;
-        let expired: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rescued = Vec::new();
-        let mut events = Vec::new();
-        for (id, attempts, worker) in expired {
-            let c = Completion::lost(id, attempts, worker);
-            if let Completed::Applied(_) =
-                apply_completion(&mut events, &mut tx, &c, None, now).await?
-            {
-                rescued.push(id);
-            }
-        }
-        write_events(&mut tx, &events, now).await?;
-        tx.commit().await?;
+        let rescued = self
+            .write(|tx| {
+                let expired: Vec<(i64, i64, Option<String>)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
+                    )?;
+                    stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                let mut rescued = Vec::new();
+                let mut events = Vec::new();
+                for (id, attempts, worker) in expired {
+                    let c = Completion::lost(id, attempts, worker);
+                    if let Completed::Applied(_) =
+                        apply_completion(&mut events, tx, &c, None, now)?
+                    {
+                        rescued.push(id);
+                    }
+                }
+                write_events(tx, &events, now)?;
+                Ok(rescued)
+            })
+            .await?;
         // A rescued job may have ended (failed, no attempts left): followers of ends look.
         let mut notices: Vec<Notice> = rescued
             .iter()
@@ -648,137 +698,125 @@ impl Store for SqliteStore {
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'")
-                .fetch_one(&self.reader)
-                .await?,
-        )
+        self.read(|tx| {
+            Ok(scalar::<Option<i64>>(
+                tx,
+                "SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'",
+                [],
+            )?
+            .flatten())
+        })
     }
 
     async fn cancel(&self, id: JobId, now: i64) -> Result<JobState> {
-        let mut tx = self.writer.begin().await?;
-        let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
-            what: "job",
-            id: id.to_string(),
-        })?;
-        let state = match job.state {
-            JobState::Scheduled | JobState::Queued => {
-                sqlx::query(
-                    "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
-                )
-                .bind(now)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                push_events(
-                    &mut tx,
-                    id,
-                    &[NewEvent::state(JobState::Cancelled, json!({}))],
-                    now,
-                )
-                .await?;
-                JobState::Cancelled
-            }
-            JobState::Running if !job.cancel_requested => {
-                sqlx::query("UPDATE jobs SET cancel_requested = TRUE, updated_at = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                let e = NewEvent {
-                    kind: "cancel_requested",
-                    data: json!({ "attempt": job.attempts }),
+        let (before, after) = self
+            .write(|tx| {
+                let job = fetch_job(tx, id)?.ok_or(StoreError::NotFound {
+                    what: "job",
+                    id: id.to_string(),
+                })?;
+                let state = match job.state {
+                    JobState::Scheduled | JobState::Queued => {
+                        tx.prepare_cached(
+                            "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = ?, updated_at = ?
+                             WHERE id = ?",
+                        )?
+                        .execute(params![now, now, id])?;
+                        push_events(tx, id, &[NewEvent::state(JobState::Cancelled, json!({}))], now)?;
+                        JobState::Cancelled
+                    }
+                    JobState::Running if !job.cancel_requested => {
+                        tx.prepare_cached(
+                            "UPDATE jobs SET cancel_requested = TRUE, updated_at = ? WHERE id = ?",
+                        )?
+                        .execute(params![now, id])?;
+                        let e = NewEvent {
+                            kind: "cancel_requested",
+                            data: json!({ "attempt": job.attempts }),
+                        };
+                        push_events(tx, id, &[e], now)?;
+                        JobState::Running
+                    }
+                    JobState::Running | JobState::Cancelled => job.state,
+                    done @ (JobState::Succeeded | JobState::Failed) => {
+                        return Err(StoreError::Conflict(format!(
+                            "job {id} already finished: it is {done}"
+                        )));
+                    }
                 };
-                push_events(&mut tx, id, &[e], now).await?;
-                JobState::Running
-            }
-            JobState::Running | JobState::Cancelled => job.state,
-            done @ (JobState::Succeeded | JobState::Failed) => {
-                return Err(StoreError::Conflict(format!(
-                    "job {id} already finished: it is {done}"
-                )));
-            }
-        };
-        tx.commit().await?;
-        if state == JobState::Cancelled && job.state != JobState::Cancelled {
+                Ok((job.state, state))
+            })
+            .await?;
+        if after == JobState::Cancelled && before != JobState::Cancelled {
             self.notify([Notice::Events(id), Notice::Ended(id)]);
         } else {
             self.notify([Notice::Events(id)]);
         }
-        Ok(state)
+        Ok(after)
     }
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
-        let mut tx = self.writer.begin().await?;
-        let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
-            what: "job",
-            id: id.to_string(),
-        })?;
-        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
-            return Err(StoreError::Conflict(format!(
-                "job {id} is {}: only failed or cancelled jobs can be retried",
-                job.state
-            )));
-        }
-        let mut retry = job.retry.clone();
-        retry.max_attempts = job.attempts.saturating_add(job.retry.max_attempts.max(1));
-        sqlx::query(
-            "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
-                    error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?
-             WHERE id = ?",
-        )
-        .bind(json(&retry))
-        .bind(now)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
+        self.write(|tx| {
+            let job = fetch_job(tx, id)?.ok_or(StoreError::NotFound {
+                what: "job",
+                id: id.to_string(),
+            })?;
+            if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+                return Err(StoreError::Conflict(format!(
+                    "job {id} is {}: only failed or cancelled jobs can be retried",
+                    job.state
+                )));
+            }
+            let mut retry = job.retry.clone();
+            retry.max_attempts = job.attempts.saturating_add(job.retry.max_attempts.max(1));
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
+                        error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?
+                 WHERE id = ?",
+            )?
+            .execute(params![json(&retry), now, now, id])?;
+            push_events(
+                tx,
+                id,
+                &[NewEvent::state(JobState::Queued, json!({ "retried": true }))],
+                now,
+            )
+        })
         .await?;
-        push_events(
-            &mut tx,
-            id,
-            &[NewEvent::state(
-                JobState::Queued,
-                json!({ "retried": true }),
-            )],
-            now,
-        )
-        .await?;
-        tx.commit().await?;
         self.notify([Notice::Events(id), Notice::JobsAvailable]);
         Ok(JobState::Queued)
     }
 
     async fn prune(&self, before: i64) -> Result<u64> {
-        let mut tx = self.writer.begin().await?;
-        let cond = format!("SELECT id FROM jobs WHERE {}", super::rows::prunable("?"));
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM events WHERE job_id IN ({cond})"
-        )))
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM attempts WHERE job_id IN ({cond})"
-        )))
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
-        let n = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM jobs WHERE {}",
-            super::rows::prunable("?")
-        )))
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Finished workflow runs (their nodes, elements and events go with them).
-        sqlx::query("DELETE FROM workflow_runs WHERE finished_at IS NOT NULL AND finished_at < ?")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(n)
+        // Retention may delete many rows: on a blocking thread, holding the writer.
+        let conn = self.writer.clone().lock_owned().await;
+        let prune = move || {
+            let mut conn = conn;
+            in_transaction(&mut conn, |tx| {
+                let cond = format!("SELECT id FROM jobs WHERE {}", prunable("?"));
+                tx.execute(
+                    &format!("DELETE FROM events WHERE job_id IN ({cond})"),
+                    [before],
+                )?;
+                tx.execute(
+                    &format!("DELETE FROM attempts WHERE job_id IN ({cond})"),
+                    [before],
+                )?;
+                let n = tx.execute(
+                    &format!("DELETE FROM jobs WHERE {}", prunable("?")),
+                    [before],
+                )?;
+                // Finished workflow runs (their nodes, elements and events go with them).
+                tx.execute(
+                    "DELETE FROM workflow_runs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                    [before],
+                )?;
+                Ok(n as u64)
+            })
+        };
+        tokio::task::spawn_blocking(prune)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("retention stopped: {e}")))?
     }
 
     async fn add_schedule(
@@ -789,43 +827,51 @@ impl Store for SqliteStore {
         next_run_at: i64,
         now: i64,
     ) -> Result<Schedule> {
-        let row: ScheduleRow = sqlx::query_as(
-            "INSERT INTO schedules (name, cron, target, next_run_at, created_at) VALUES (?, ?, ?, ?, ?)
-             RETURNING id, name, cron, target, next_run_at, created_at",
-        )
-        .bind(name.as_deref())
-        .bind(cron)
-        .bind(target.to_string())
-        .bind(next_run_at)
-        .bind(now)
-        .fetch_one(&self.writer)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::Conflict(format!("a schedule named {:?} already exists", name.as_deref().unwrap_or("")))
-            }
-            _ => StoreError::Database(e),
-        })?;
-        row.into_schedule()
+        let row: Option<ScheduleRow> = self
+            .write(|tx| {
+                Ok(rows(
+                    tx,
+                    "INSERT INTO schedules (name, cron, target, next_run_at, created_at) VALUES (?, ?, ?, ?, ?)
+                     RETURNING id, name, cron, target, next_run_at, created_at",
+                    params![name, cron, target.to_string(), next_run_at, now],
+                )?
+                .pop())
+            })
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "a schedule named {:?} already exists",
+                        name.as_deref().unwrap_or("")
+                    ))
+                } else {
+                    e
+                }
+            })?;
+        row.ok_or_else(|| StoreError::Corrupt("schedule insert returned nothing".into()))?
+            .into_schedule()
     }
 
     async fn list_schedules(&self) -> Result<Vec<Schedule>> {
-        let rows: Vec<ScheduleRow> = sqlx::query_as(
-            "SELECT id, name, cron, target, next_run_at, created_at FROM schedules ORDER BY id",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows: Vec<ScheduleRow> = self.read(|tx| {
+            rows(
+                tx,
+                "SELECT id, name, cron, target, next_run_at, created_at FROM schedules ORDER BY id",
+                [],
+            )
+        })?;
         rows.into_iter().map(ScheduleRow::into_schedule).collect()
     }
 
     async fn delete_schedule(&self, key: &str) -> Result<bool> {
         let id: Option<i64> = key.parse().ok();
-        let n = sqlx::query("DELETE FROM schedules WHERE id = ? OR name = ?")
-            .bind(id)
-            .bind(key)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        let n = self
+            .write(|tx| {
+                Ok(tx
+                    .prepare_cached("DELETE FROM schedules WHERE id = ? OR name = ?")?
+                    .execute(params![id, key])?)
+            })
+            .await?;
         Ok(n > 0)
     }
 
@@ -835,28 +881,21 @@ impl Store for SqliteStore {
         definition: &str,
         now: i64,
     ) -> Result<(WorkflowRecord, bool)> {
-        let mut tx = self.writer.begin().await?;
-        let latest: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ? ORDER BY version DESC LIMIT 1"
-        )))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (record, created) = next_workflow(latest, name, definition, now)?;
-        if !created {
-            return Ok((record, false));
-        }
-        sqlx::query(
-            "INSERT INTO workflows (name, version, definition, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(record.version)
-        .bind(definition)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((record, true))
+        );
+        self.write(|tx| {
+            let latest: Option<WorkflowRow> = rows(tx, &sql, [name])?.pop();
+            let (record, created) = next_workflow(latest, name, definition, now)?;
+            if created {
+                tx.prepare_cached(
+                    "INSERT INTO workflows (name, version, definition, created_at) VALUES (?, ?, ?, ?)",
+                )?
+                .execute(params![name, record.version, definition, now])?;
+            }
+            Ok((record, created))
+        })
+        .await
     }
 
     async fn get_workflow(
@@ -864,25 +903,21 @@ impl Store for SqliteStore {
         name: &str,
         version: Option<i64>,
     ) -> Result<Option<WorkflowRecord>> {
-        let row: Option<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ? AND (? IS NULL OR version = ?)
+        let sql = format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE name = ?1 AND (?2 IS NULL OR version = ?2)
              ORDER BY version DESC LIMIT 1"
-        )))
-        .bind(name)
-        .bind(version)
-        .bind(version)
-        .fetch_optional(&self.reader)
-        .await?;
+        );
+        let row: Option<WorkflowRow> =
+            self.read(|tx| Ok(rows(tx, &sql, params![name, version])?.pop()))?;
         row.map(WorkflowRow::into_record).transpose()
     }
 
     async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>> {
-        let rows: Vec<WorkflowRow> = sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows w
              WHERE version = (SELECT MAX(version) FROM workflows WHERE name = w.name) ORDER BY name"
-        )))
-        .fetch_all(&self.reader)
-        .await?;
+        );
+        let rows: Vec<WorkflowRow> = self.read(|tx| rows(tx, &sql, []))?;
         rows.into_iter().map(WorkflowRow::into_record).collect()
     }
 
@@ -891,25 +926,226 @@ impl Store for SqliteStore {
         now: i64,
         next: for<'c> fn(&'c str, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>> {
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<ScheduleRow> = sqlx::query_as(
-            "SELECT id, name, cron, target, next_run_at, created_at FROM schedules WHERE next_run_at <= ?",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut due = Vec::new();
-        for row in rows {
-            let s = row.into_schedule()?;
-            let following = next(&s.cron, now).unwrap_or(i64::MAX);
-            sqlx::query("UPDATE schedules SET next_run_at = ? WHERE id = ?")
-                .bind(following)
-                .bind(s.id)
-                .execute(&mut *tx)
-                .await?;
-            due.push(s);
+        self.write(|tx| {
+            let rows: Vec<ScheduleRow> = rows(
+                tx,
+                "SELECT id, name, cron, target, next_run_at, created_at FROM schedules WHERE next_run_at <= ?",
+                [now],
+            )?;
+            let mut due = Vec::new();
+            let mut advance = tx.prepare_cached("UPDATE schedules SET next_run_at = ? WHERE id = ?")?;
+            for row in rows {
+                let s = row.into_schedule()?;
+                let following = next(&s.cron, now).unwrap_or(i64::MAX);
+                advance.execute(params![following, s.id])?;
+                due.push(s);
+            }
+            Ok(due)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl super::WorkflowStore for SqliteStore {
+    async fn create_run(&self, run: NewRun, now: i64) -> Result<RunRecord> {
+        let id = self
+            .write(|tx| {
+                let id: i64 = scalar(
+                    tx,
+                    w::CREATE_RUN,
+                    params![
+                        run.workflow,
+                        run.version,
+                        run.input,
+                        run.deadline_at,
+                        now,
+                        now
+                    ],
+                )?
+                .ok_or_else(|| StoreError::Corrupt("run insert returned no id".into()))?;
+                let mut node = tx.prepare_cached(w::CREATE_NODE)?;
+                for (name, module) in &run.nodes {
+                    node.execute(params![id, name, module])?;
+                }
+                tx.prepare_cached(w::CREATE_RUN_EVENT)?.execute(params![
+                    id,
+                    w::run_created_event(&run),
+                    now
+                ])?;
+                Ok(id)
+            })
+            .await?;
+        self.notify([Notice::Run(id), Notice::RunRequest(id)]);
+        Ok(w::created_run(id, run, now))
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<RunSnapshot>> {
+        self.read(|tx| {
+            let Some(run) = rows::<RunRow>(tx, &w::run_by_id(), [id])?.pop() else {
+                return Ok(None);
+            };
+            let nodes: Vec<NodeRow> = rows(tx, w::RUN_NODES, [id])?;
+            let items: Vec<ItemRow> = if nodes.iter().any(NodeRow::fans_out) {
+                rows(tx, w::RUNNING_ITEMS, [id])?
+            } else {
+                Vec::new()
+            };
+            w::snapshot(run, nodes, items).map(Some)
+        })
+    }
+
+    async fn apply_run(
+        &self,
+        id: RunId,
+        rev: i64,
+        changes: RunChanges,
+        now: i64,
+    ) -> Result<Option<Vec<JobId>>> {
+        let node_sql = format!(
+            "{}VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
+            w::NODE_UPSERT_HEAD,
+            w::NODE_UPSERT_TAIL
+        );
+        let item_sql = format!(
+            "{}VALUES (?, ?, ?, ?, ?, ?){}",
+            w::ITEM_UPSERT_HEAD,
+            w::ITEM_UPSERT_TAIL
+        );
+        let event_sql = format!("{}VALUES (?, ?, ?, ?, ?)", w::RUN_EVENTS_HEAD);
+        let applied = self
+            .write(|tx| {
+                let (state, error, finished) = w::step_state(&changes, now);
+                let n_events = changes.events.len() as i64;
+                let last_seq: Option<i64> = scalar(
+                    tx,
+                    w::STEP_RUN,
+                    params![now, n_events, state, error, finished, id, rev],
+                )?;
+                let Some(last_seq) = last_seq else {
+                    return Ok(None);
+                };
+                let (inserted, notices) = insert_jobs_tx(tx, w::step_jobs(&changes), now)?;
+                let ids: Vec<JobId> = inserted.iter().map(|(j, _)| j.id).collect();
+                let mut stmt = tx.prepare_cached(&node_sql)?;
+                for nw in w::node_writes(&changes, &ids) {
+                    let n = nw.node;
+                    stmt.execute(params![
+                        id,
+                        n.name,
+                        n.module,
+                        n.state.as_str(),
+                        nw.job_id,
+                        n.items_total,
+                        n.items_next,
+                        n.items_done,
+                        n.items_failed,
+                        n.output,
+                        n.error,
+                        n.started_at,
+                        n.finished_at
+                    ])?;
+                }
+                let mut stmt = tx.prepare_cached(&item_sql)?;
+                for (node, idx, state, input, job) in w::item_writes(&changes, &ids) {
+                    stmt.execute(params![id, node, idx, state, input, job])?;
+                }
+                let mut stmt = tx.prepare_cached(&event_sql)?;
+                let first = last_seq - n_events + 1;
+                for (i, e) in changes.events.iter().enumerate() {
+                    stmt.execute(params![
+                        id,
+                        first + i as i64,
+                        e.kind,
+                        e.data.to_string(),
+                        now
+                    ])?;
+                }
+                Ok(Some((ids, notices)))
+            })
+            .await?;
+        let Some((ids, mut notices)) = applied else {
+            return Ok(None);
+        };
+        notices.push(Notice::Run(id));
+        self.notify(notices);
+        Ok(Some(ids))
+    }
+
+    async fn runs_to_advance(&self, now: i64) -> Result<Vec<RunId>> {
+        self.read(|tx| column(tx, w::RUNS_TO_ADVANCE, [now]))
+    }
+
+    async fn active_runs(&self) -> Result<Vec<RunId>> {
+        self.read(|tx| column(tx, w::ACTIVE_RUNS, []))
+    }
+
+    async fn pending_items(
+        &self,
+        run: RunId,
+        node: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(w::PENDING_ITEMS)?;
+            let out = stmt
+                .query_map(params![run, node, from, limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(out)
+        })
+    }
+
+    async fn item_outputs(&self, run: RunId, node: &str) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read(|tx| column(tx, w::ITEM_OUTPUTS, params![run, node]))
+    }
+
+    async fn items(&self, run: RunId, node: &str) -> Result<Vec<(i64, NodeState, Option<JobId>)>> {
+        let rows: Vec<(i64, String, Option<i64>)> = self.read(|tx| {
+            let mut stmt = tx.prepare_cached(w::ITEMS)?;
+            let out = stmt
+                .query_map(params![run, node], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(i, s, j)| Ok((i, s.parse().map_err(StoreError::Corrupt)?, j)))
+            .collect()
+    }
+
+    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>> {
+        self.read(|tx| Ok(scalar::<Option<Vec<u8>>>(tx, w::JOB_OUTPUT, [id])?.flatten()))
+    }
+
+    async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {
+        let requested = self
+            .write(|tx| {
+                let state: Option<String> = scalar(tx, w::RUN_STATE, [id])?;
+                if !w::cancel_decision(id, state)? {
+                    return Ok(false);
+                }
+                tx.prepare_cached(w::REQUEST_CANCEL)?
+                    .execute(params![now, id])?;
+                Ok(true)
+            })
+            .await?;
+        if !requested {
+            return Ok(RunState::Cancelling);
         }
-        tx.commit().await?;
-        Ok(due)
+        self.notify([Notice::Run(id), Notice::RunRequest(id)]);
+        Ok(RunState::Running)
+    }
+
+    async fn run_events(&self, id: RunId, after: i64, limit: u32) -> Result<Vec<RunEvent>> {
+        let rows: Vec<RunEventRow> =
+            self.read(|tx| rows(tx, w::RUN_EVENTS, params![id, after, i64::from(limit)]))?;
+        rows.into_iter().map(RunEventRow::into_event).collect()
     }
 }
