@@ -971,18 +971,7 @@ impl Store for PgStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
-        let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
-            what: "job",
-            id: id.to_string(),
-        })?;
-        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
-            return Err(StoreError::Conflict(format!(
-                "job {id} is {}: only failed or cancelled jobs can be retried",
-                job.state
-            )));
-        }
-        let mut retry = job.retry.clone();
-        retry.max_attempts = job.attempts.saturating_add(job.retry.max_attempts.max(1));
+        let retry = retried(id, fetch_job(&mut tx, id).await?)?;
         sqlx::query(
             "UPDATE jobs SET state = 'queued', retry = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
                     error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $3

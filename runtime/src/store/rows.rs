@@ -290,6 +290,24 @@ pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
+/// The retry policy job `id` (as read, `None` if missing) gets when a user retries it: a fresh
+/// budget of attempts on top of those made. Only failed and cancelled jobs can be retried.
+pub(super) fn retried(id: JobId, job: Option<Job>) -> Result<super::RetryPolicy> {
+    let job = job.ok_or(StoreError::NotFound {
+        what: "job",
+        id: id.to_string(),
+    })?;
+    if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+        return Err(StoreError::Conflict(format!(
+            "job {id} is {}: only failed or cancelled jobs can be retried",
+            job.state
+        )));
+    }
+    let mut retry = job.retry;
+    retry.max_attempts = job.attempts.saturating_add(retry.max_attempts.max(1));
+    Ok(retry)
+}
+
 /// Jobs inserted (each with `false` when its idempotency key returned an earlier job) and the
 /// notices to send once the transaction commits.
 pub(super) type Inserted = (Vec<(Job, bool)>, Vec<super::Notice>);

@@ -757,18 +757,7 @@ impl Store for SqliteStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         self.write(|tx| {
-            let job = fetch_job(tx, id)?.ok_or(StoreError::NotFound {
-                what: "job",
-                id: id.to_string(),
-            })?;
-            if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
-                return Err(StoreError::Conflict(format!(
-                    "job {id} is {}: only failed or cancelled jobs can be retried",
-                    job.state
-                )));
-            }
-            let mut retry = job.retry.clone();
-            retry.max_attempts = job.attempts.saturating_add(job.retry.max_attempts.max(1));
+            let retry = retried(id, fetch_job(tx, id)?)?;
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?

@@ -562,3 +562,117 @@ async fn schedules_fire_once_per_tick() {
         );
     }
 }
+
+/// Submitters, claimers and readers at once, on several threads: every job is claimed exactly
+/// once and ends once, and every history is complete and gapless. (The SQLite store runs each
+/// transaction on the calling thread under one writer lock and opens readers as reads overlap;
+/// Postgres claims with `SKIP LOCKED`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submitters_claimers_and_readers_lose_nothing() {
+    const JOBS: usize = 400;
+    for (backend, store, _db) in test_stores("concurrent").await {
+        let digest = module(&*store).await;
+        let submitters: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, digest) = (store.clone(), digest.clone());
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for _ in 0..JOBS / 4 / 10 {
+                        let group = (0..10).map(|_| new_job(&digest)).collect();
+                        let inserted = store.insert_jobs(group, now_ms()).await.expect("insert");
+                        ids.extend(inserted.into_iter().map(|(j, _)| j.id));
+                        tokio::task::yield_now().await;
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let all_submitted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let claimers: Vec<_> = (0..6)
+            .map(|k| {
+                let (store, all_submitted) = (store.clone(), all_submitted.clone());
+                tokio::spawn(async move {
+                    let worker = format!("w{k}");
+                    let mut mine = Vec::new();
+                    loop {
+                        // Read before claiming: an empty claim after every job was stored
+                        // means none is left.
+                        let last = all_submitted.load(std::sync::atomic::Ordering::SeqCst);
+                        let claimed = store
+                            .claim(&worker, 7, now_ms(), 60_000)
+                            .await
+                            .expect("claim");
+                        if claimed.is_empty() {
+                            if last {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                            continue;
+                        }
+                        let done: Vec<_> = claimed
+                            .iter()
+                            .map(|c| done(c, &worker, Outcome::Succeeded))
+                            .collect();
+                        let results = store.complete(done, now_ms()).await.expect("complete");
+                        assert!(
+                            results
+                                .iter()
+                                .all(|r| matches!(r, Completed::Applied(JobState::Succeeded))),
+                            "{results:?}"
+                        );
+                        mine.extend(claimed.iter().map(|c| c.id));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..12)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        let jobs = store
+                            .list_jobs(&JobFilter {
+                                limit: 20,
+                                ..JobFilter::default()
+                            })
+                            .await
+                            .expect("list");
+                        for j in jobs.iter().take(3) {
+                            store.events(j.id, 0, 100).await.expect("events");
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let mut submitted = Vec::new();
+        for s in submitters {
+            submitted.extend(s.await.expect("submitter"));
+        }
+        all_submitted.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut claimed = Vec::new();
+        for c in claimers {
+            claimed.extend(c.await.expect("claimer"));
+        }
+        for r in readers {
+            r.await.expect("reader");
+        }
+        submitted.sort_unstable();
+        claimed.sort_unstable();
+        assert_eq!(submitted.len(), JOBS, "{backend}");
+        assert_eq!(
+            claimed, submitted,
+            "{backend}: every job claimed exactly once"
+        );
+        for id in submitted {
+            let job = store.get_job(id).await.expect("get").expect("job");
+            assert_eq!(job.state, JobState::Succeeded, "{backend}: job {id}");
+            let events = store.events(id, 0, 100).await.expect("events");
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            // queued, running, the attempt's log line, succeeded.
+            assert_eq!(seqs, [1, 2, 3, 4], "{backend}: job {id}'s history");
+            assert_eq!(store.attempts(id).await.expect("attempts").len(), 1);
+        }
+    }
+}
