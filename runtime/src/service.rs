@@ -2,6 +2,7 @@
 //! admission policy and stores it. Used by the HTTP API and by cron schedules alike, so every
 //! way in obeys the same rules.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -62,7 +63,7 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-type Reply = oneshot::Sender<Result<(Job, bool), StoreError>>;
+type Reply = oneshot::Sender<Result<(Job, bool), ServiceError>>;
 
 #[derive(Clone)]
 pub struct JobService {
@@ -112,13 +113,9 @@ impl JobService {
             ));
         }
         let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
-        let module = self
-            .store
-            .get_module(&req.module)
-            .await?
-            .ok_or_else(|| ServiceError::UnknownModule(req.module.clone()))?;
         let job = NewJob {
-            module_digest: module.digest,
+            // The module's name or digest until its group is committed, which resolves it.
+            module_digest: req.module,
             input,
             limits,
             retry,
@@ -135,7 +132,7 @@ impl JobService {
             return Err(ServiceError::Invalid("the server is shutting down".into()));
         }
         match answer.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => result,
             Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
         }
     }
@@ -176,11 +173,45 @@ pub fn deadline_after(
 /// Commits submissions in groups: whatever arrived while the previous group was being written
 /// goes into the next transaction. Each submitter is answered only after its transaction
 /// committed, so an acknowledged job is durable; one transaction per group instead of per job
-/// is what lets the store keep up with many submitters.
+/// is what lets the store keep up with many submitters. A group looks each module it names up
+/// once (a job names its module by name or digest; it is stored with the digest).
 async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
-        let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.drain(..).unzip();
+        // Looked up once per group; a failed lookup is not kept (each job gets its own error).
+        let mut digests: HashMap<String, Option<String>> = HashMap::new();
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (mut job, reply) in batch.drain(..) {
+            let module = std::mem::take(&mut job.module_digest);
+            let digest = match digests.get(&module) {
+                Some(known) => known.clone(),
+                None => match store.get_module(&module).await {
+                    Ok(found) => {
+                        let digest = found.map(|m| m.digest);
+                        digests.insert(module.clone(), digest.clone());
+                        digest
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        continue;
+                    }
+                },
+            };
+            match digest {
+                Some(digest) => {
+                    job.module_digest = digest;
+                    jobs.push(job);
+                    replies.push(reply);
+                }
+                None => {
+                    let _ = reply.send(Err(ServiceError::UnknownModule(module)));
+                }
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
         match store.insert_jobs(jobs.clone(), now_ms()).await {
             Ok(results) => {
                 for (result, reply) in results.into_iter().zip(replies) {
@@ -195,7 +226,7 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewJob, Rep
                     jobs.len()
                 );
                 for (job, reply) in jobs.into_iter().zip(replies) {
-                    let _ = reply.send(store.insert_job(job, now_ms()).await);
+                    let _ = reply.send(store.insert_job(job, now_ms()).await.map_err(Into::into));
                 }
             }
         }

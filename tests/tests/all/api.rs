@@ -288,6 +288,30 @@ async fn bad_requests_are_clear_4xx_and_store_nothing() {
             json!([]),
             "{backend}: a rejected submission was stored"
         );
+        // Submissions are committed in groups, which look their modules up together: a job
+        // naming an unknown module among good ones is refused alone.
+        let bodies = (0..24).map(|i| {
+            let module = if i % 8 == 5 { "nope" } else { "testjob" };
+            json!({"module": module, "priority": i, "run_at": 4_000_000_000_000_i64})
+        });
+        let answers = futures::future::join_all(bodies.map(|body| submit(&server, body))).await;
+        for (i, (status, v)) in answers.iter().enumerate() {
+            if i % 8 == 5 {
+                assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
+                assert!(v.to_string().contains("unknown module"), "{v}");
+            } else {
+                assert_eq!(*status, StatusCode::CREATED, "{backend}: {v}");
+                assert_eq!(v["priority"], json!(i), "{backend}: {v}");
+                assert!(
+                    v["module"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("sha256:")),
+                    "{v}"
+                );
+            }
+        }
+        let (_, list) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(list["jobs"].as_array().map(Vec::len), Some(21), "{backend}");
         server.stop().await;
     }
 }
