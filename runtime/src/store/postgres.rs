@@ -686,6 +686,12 @@ impl Store for PgStore {
             q.build().execute(&mut *tx).await?;
         }
         write_events(&mut tx, &events, now).await?;
+        if !notices.iter().any(|n| matches!(n, Notice::Ended(_))) {
+            // Nothing ended here, so the claim need not wait for its WAL flush: were Postgres
+            // to lose it in a crash, its jobs would be queued again, and the completion of any
+            // of them (a synchronous commit, later in the WAL) flushes it first.
+            tx.execute("SET LOCAL synchronous_commit = off").await?;
+        }
         tx.commit().await?;
         self.notify(notices).await;
         Ok(claimed)
