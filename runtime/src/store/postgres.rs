@@ -658,21 +658,8 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let mut rows = rows;
-        rows.sort_by_key(ClaimRow::claim_order);
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq = row.event_seq();
-            let c = row.into_claimed()?;
-            let e = NewEvent::state(
-                JobState::Running,
-                json!({ "attempt": c.attempt, "worker": worker }),
-            );
-            events.extend(pending(c.id, seq, &[e]));
-            notices.push(Notice::Events(c.id));
-            claimed.push(c);
-        }
+        let (claimed, events, claim_notices) = claimed(rows, worker)?;
+        notices.extend(claim_notices);
         for chunk in claimed.chunks(500) {
             let mut q = sqlx::QueryBuilder::<Postgres>::new(
                 "INSERT INTO attempts (job_id, attempt, worker, started_at) ",

@@ -153,19 +153,38 @@ impl FromSqlite for ClaimRow {
     }
 }
 
+/// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
+/// events and the notices to send once the claim commits.
+pub(super) fn claimed(
+    mut rows: Vec<ClaimRow>,
+    worker: &str,
+) -> Result<(Vec<Claimed>, Vec<PendingEvent>, Vec<super::Notice>)> {
+    rows.sort_by_key(ClaimRow::claim_order);
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    let mut notices = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq = row.job.event_seq;
+        let c = row.into_claimed()?;
+        let e = NewEvent::state(
+            JobState::Running,
+            serde_json::json!({ "attempt": c.attempt, "worker": worker }),
+        );
+        events.extend(pending(c.id, seq, &[e]));
+        notices.push(super::Notice::Events(c.id));
+        claimed.push(c);
+    }
+    Ok((claimed, events, notices))
+}
+
 impl ClaimRow {
     /// Claim order: priority (highest first), then run_at, then age. `RETURNING` does not keep
     /// the order of the subquery, so claims sort by this.
-    pub(super) fn claim_order(&self) -> (i64, i64, i64) {
+    fn claim_order(&self) -> (i64, i64, i64) {
         (-self.job.priority, self.job.run_at, self.job.id)
     }
 
-    /// The last event sequence number the row holds.
-    pub(super) fn event_seq(&self) -> i64 {
-        self.job.event_seq
-    }
-
-    pub(super) fn into_claimed(self) -> Result<Claimed> {
+    fn into_claimed(self) -> Result<Claimed> {
         let mut claimed = self.job.into_claimed()?;
         if claimed.input_from.is_some() {
             claimed.input = self.upstream_output.unwrap_or_default();

@@ -561,29 +561,19 @@ impl Store for SqliteStore {
                     push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], now)?;
                     notices.push(Notice::Events(id));
                 }
-                let mut rows: Vec<ClaimRow> = rows(
+                let rows: Vec<ClaimRow> = rows(
                     tx,
                     &claim_sql,
                     params![worker, now + lease_ms, now, i64::from(limit)],
                 )?;
-                rows.sort_by_key(ClaimRow::claim_order);
-                let mut claimed = Vec::with_capacity(rows.len());
+                let (claimed, events, claim_notices) = claimed(rows, worker)?;
                 let mut attempt = tx.prepare_cached(
                     "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
                 )?;
-                let mut events = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let seq = row.event_seq();
-                    let c = row.into_claimed()?;
+                for c in &claimed {
                     attempt.execute(params![c.id, i64::from(c.attempt), worker, now])?;
-                    let e = NewEvent::state(
-                        JobState::Running,
-                        json!({ "attempt": c.attempt, "worker": worker }),
-                    );
-                    events.extend(pending(c.id, seq, &[e]));
-                    notices.push(Notice::Events(c.id));
-                    claimed.push(c);
                 }
+                notices.extend(claim_notices);
                 write_events(tx, &events, now)?;
                 Ok((claimed, notices))
             })
