@@ -60,6 +60,14 @@ impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and applies migrations.
     pub async fn open(path: &str) -> Result<SqliteStore> {
         use sqlx::ConnectOptions;
+        if path.contains(":memory:") || path.contains("mode=memory") {
+            return Err(StoreError::BadUrl {
+                url: path.to_string(),
+                reason: "an in-memory SQLite database keeps nothing and cannot be shared by the \
+                         store's connections: give a file path"
+                    .into(),
+            });
+        }
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
         use std::str::FromStr;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))

@@ -676,3 +676,28 @@ async fn concurrent_submitters_claimers_and_readers_lose_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn bad_sqlite_locations_are_refused_with_the_reason() {
+    for url in [":memory:", "sqlite::memory:", "file:x?mode=memory"] {
+        let err = wasmjobs::store::open(url).await.err().expect("refused");
+        assert!(
+            err.to_string().contains("in-memory SQLite database"),
+            "{url}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no/such/dir/x.db");
+    let err = wasmjobs::store::open(&missing.display().to_string())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("unable to open"), "{err}");
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, b"not a database, not even close").expect("write");
+    let err = wasmjobs::store::open(&garbage.display().to_string())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a database"), "{err}");
+}
