@@ -121,24 +121,51 @@ impl SqliteStore {
 
     /// Runs `f` on a reader, on this thread, inside one read transaction (one snapshot).
     fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        let idle = self.readers.lock().ok().and_then(|mut r| r.pop());
-        let mut conn = match idle {
-            Some(c) => c,
-            None => connect(&self.path, true)?,
-        };
-        let out = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let out = f(&tx)?;
-            tx.finish()?;
-            Ok(out)
-        })();
+        let mut conn = self.reader()?;
+        let out = in_snapshot(&mut conn, f);
+        self.put_back(conn);
+        out
+    }
+
+    /// [`read`](Self::read) for reads whose cost grows with the store (whole-table counts):
+    /// on a blocking thread, so that they never hold up the tasks of a runtime thread.
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut conn = self.reader()?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = in_snapshot(&mut conn, f);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a read stopped: {e}")))?;
+        self.put_back(conn);
+        out
+    }
+
+    /// An idle reader, or a new one when every reader is busy.
+    fn reader(&self) -> Result<Connection> {
+        match self.readers.lock().ok().and_then(|mut r| r.pop()) {
+            Some(c) => Ok(c),
+            None => connect(&self.path, true),
+        }
+    }
+
+    fn put_back(&self, conn: Connection) {
         if let Ok(mut idle) = self.readers.lock()
             && idle.len() < IDLE_READERS
         {
             idle.push(conn);
         }
-        out
     }
+}
+
+fn in_snapshot<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let out = f(&tx)?;
+    tx.finish()?;
+    Ok(out)
 }
 
 fn in_transaction<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
@@ -501,13 +528,16 @@ impl Store for SqliteStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
-        let rows: Vec<(String, i64)> = self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let out = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(out)
-        })?;
+        let rows: Vec<(String, i64)> = self
+            .read_blocking(|tx| {
+                let mut stmt =
+                    tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+                let out = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(out)
+            })
+            .await?;
         rows.into_iter()
             .map(|(s, n)| {
                 let state = s.parse().map_err(|e: String| StoreError::Corrupt(e))?;
