@@ -23,6 +23,10 @@ use super::{Notice, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a write waits for another process's write lock, and how long SQLite waits on a lock
+/// inside a statement.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Idle readers kept open; more are opened when reads overlap.
 const IDLE_READERS: usize = 8;
 
@@ -48,7 +52,7 @@ fn connect(path: &PathBuf, read_only: bool) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // In WAL mode NORMAL survives a process crash (kill -9); FULL adds power-loss safety.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
@@ -114,9 +118,26 @@ impl SqliteStore {
 
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`), on this thread: committed if it
     /// returns `Ok`, rolled back otherwise. Writers queue on the one writer connection.
+    ///
+    /// Another process on the same file (`serve` and `worker`s on one host) may hold SQLite's
+    /// write lock. Waiting for it is the one wait a transaction can meet (in WAL mode readers
+    /// never block a writer), and it happens at `BEGIN IMMEDIATE`: that step is retried on the
+    /// runtime's timer, never in SQLite's busy handler, which would sleep on this thread.
     async fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().await;
-        in_transaction(&mut conn, f)
+        let conn = self.writer.lock().await;
+        let mut f = Some(f);
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match try_write(&conn, &mut f) {
+                Ok(out) => return out,
+                Err(_) if started.elapsed() < BUSY_TIMEOUT => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(busy) => return Err(busy.into()),
+            }
+        }
     }
 
     /// Runs `f` on a reader, on this thread, inside one read transaction (one snapshot).
@@ -166,6 +187,43 @@ fn in_snapshot<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<T>) -
     let out = f(&tx)?;
     tx.finish()?;
     Ok(out)
+}
+
+/// `BEGIN IMMEDIATE` without waiting, then `f` (taken) and `COMMIT`. `Err` (SQLite's "database
+/// is locked") if another connection holds the write lock: `f` is left for the next try.
+fn try_write<T, F: FnOnce(&Tx<'_>) -> Result<T>>(
+    conn: &Connection,
+    f: &mut Option<F>,
+) -> std::result::Result<Result<T>, rusqlite::Error> {
+    if let Err(e) = conn.busy_timeout(Duration::ZERO) {
+        return Ok(Err(e.into()));
+    }
+    // A shared borrow, so that the error path can restore the timeout.
+    let tx = match rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            return match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+                {
+                    Err(e)
+                }
+                e => Ok(Err(e.into())),
+            };
+        }
+    };
+    let run = || {
+        // Inside the transaction (a WAL restart at commit, say), waiting is SQLite's again.
+        tx.busy_timeout(BUSY_TIMEOUT)?;
+        let f = f
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("a write ran twice".into()))?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    };
+    Ok(run())
 }
 
 fn in_transaction<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {

@@ -701,3 +701,60 @@ async fn bad_sqlite_locations_are_refused_with_the_reason() {
         .expect("refused");
     assert!(err.to_string().contains("not a database"), "{err}");
 }
+
+/// Another process on the same SQLite file (`serve` and `worker`s on one host) holding the
+/// write lock: a write waits for it without holding up the runtime's thread, then succeeds.
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_writes_wait_for_another_process_without_blocking_the_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db").display().to_string();
+    let store = wasmjobs::store::open(&path).await.expect("store");
+    let digest = module(&*store).await;
+
+    // "The other process": a connection of its own that takes the write lock for 300 ms.
+    let (locked_tx, locked) = tokio::sync::oneshot::channel();
+    let other = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            let conn = rusqlite::Connection::open(&path).expect("open");
+            conn.execute_batch("BEGIN IMMEDIATE").expect("lock");
+            let _ = locked_tx.send(());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            conn.execute_batch("COMMIT").expect("unlock");
+        }
+    });
+    locked.await.expect("locked");
+
+    // On this one thread: a ticker, and a write that has to wait for the lock.
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (job, created) = store
+        .insert_job(new_job(&digest), now_ms())
+        .await
+        .expect("the write waits for the lock, then succeeds");
+    let waited = started.elapsed();
+    ticker.abort();
+    other.join().expect("other process");
+    assert!(created);
+    assert!(
+        waited >= std::time::Duration::from_millis(200),
+        "the write did not wait for the lock: {waited:?}"
+    );
+    // Blocked in SQLite's busy handler, the thread would run no timer at all while waiting.
+    let ticked = ticks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        ticked >= 5,
+        "the runtime stood still while the write waited: {ticked} ticks in {waited:?}"
+    );
+    let stored = store.get_job(job.id).await.expect("get").expect("stored");
+    assert_eq!(stored.state, JobState::Queued);
+}
