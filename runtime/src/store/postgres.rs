@@ -216,8 +216,16 @@ async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i
 /// Writes event rows with multi-row INSERTs (one statement per 500 rows).
 async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
     for chunk in rows.chunks(500) {
-        let mut q = sqlx::QueryBuilder::<Postgres>::new("");
-        push_events_insert(&mut q, chunk, now);
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(
+            "INSERT INTO events (job_id, seq, kind, data, at) ",
+        );
+        q.push_values(chunk, |mut b, (job, seq, kind, data)| {
+            b.push_bind(*job)
+                .push_bind(*seq)
+                .push_bind(*kind)
+                .push_bind(data.as_str())
+                .push_bind(now);
+        });
         q.build().execute(&mut **tx).await?;
     }
     Ok(())

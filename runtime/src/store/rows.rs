@@ -110,27 +110,6 @@ impl JobRow {
     }
 }
 
-/// Appends `INSERT INTO events …` for `rows` (at most 500 per statement) to `q`: Postgres
-/// writes a batch's events with one statement.
-pub(super) fn push_events_insert<DB>(
-    q: &mut sqlx::QueryBuilder<DB>,
-    rows: &[PendingEvent],
-    now: i64,
-) where
-    DB: sqlx::Database,
-    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    q.push("INSERT INTO events (job_id, seq, kind, data, at) ");
-    q.push_values(rows, |mut b, (job, seq, kind, data)| {
-        b.push_bind(*job)
-            .push_bind(*seq)
-            .push_bind(*kind)
-            .push_bind(data.as_str())
-            .push_bind(now);
-    });
-}
-
 /// What a claim returns besides the job's columns: the output of the job whose output is this
 /// job's input (so the attempt needs no read of its own). `jobs` is the claim's target table.
 pub(super) const UPSTREAM_OUTPUT: &str =

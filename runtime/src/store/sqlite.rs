@@ -8,12 +8,15 @@
 //! most of a chained workflow step. sqlx still applies the migrations (`_sqlx_migrations`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::broadcast;
 
 use super::model::*;
@@ -44,6 +47,27 @@ type Tx<'a> = rusqlite::Transaction<'a>;
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
 
+/// Statements put together from shared pieces: built once, not on every call.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,
+                updated_at = ?, event_seq = event_seq + 1
+         WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
+                      ORDER BY priority DESC, run_at, id LIMIT ?)
+         RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
+    )
+});
+static NODE_UPSERT: LazyLock<String> = LazyLock::new(|| {
+    let values = "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    format!("{}{values}{}", w::NODE_UPSERT_HEAD, w::NODE_UPSERT_TAIL)
+});
+static ITEM_UPSERT: LazyLock<String> = LazyLock::new(|| {
+    let values = "VALUES (?, ?, ?, ?, ?, ?)";
+    format!("{}{values}{}", w::ITEM_UPSERT_HEAD, w::ITEM_UPSERT_TAIL)
+});
+static RUN_EVENT_INSERT: LazyLock<String> =
+    LazyLock::new(|| format!("{}VALUES (?, ?, ?, ?, ?)", w::RUN_EVENTS_HEAD));
+
 /// Opens a connection with the settings every connection uses.
 fn connect(path: &PathBuf, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
@@ -63,7 +87,6 @@ fn connect(path: &PathBuf, read_only: bool) -> Result<Connection> {
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` and applies migrations.
     pub async fn open(path: &str) -> Result<SqliteStore> {
-        use sqlx::ConnectOptions;
         if path.contains(":memory:") || path.contains("mode=memory") {
             return Err(StoreError::BadUrl {
                 url: path.to_string(),
@@ -72,8 +95,6 @@ impl SqliteStore {
                     .into(),
             });
         }
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-        use std::str::FromStr;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
             .map_err(|e| StoreError::BadUrl {
                 url: path.to_string(),
@@ -82,7 +103,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let file = options.get_filename().to_path_buf();
         let mut migrate = options.connect().await?;
         MIGRATOR.run(&mut migrate).await?;
@@ -248,13 +269,23 @@ fn checkpointer(conn: Connection, store: std::sync::Weak<()>) {
     }
 }
 
-/// Rows of a query, each read with [`FromSqlite`].
-fn rows<T: FromSqlite>(tx: &Tx<'_>, sql: &str, args: impl rusqlite::Params) -> Result<Vec<T>> {
+/// Every row of a query (its statement prepared once per connection), each read by `map`.
+fn query<T>(
+    tx: &Tx<'_>,
+    sql: &str,
+    args: impl rusqlite::Params,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
     let mut stmt = tx.prepare_cached(sql)?;
     let out = stmt
-        .query_map(args, |r| T::from_sqlite(r))?
+        .query_map(args, map)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(out)
+}
+
+/// Rows of a query, each read with [`FromSqlite`].
+fn rows<T: FromSqlite>(tx: &Tx<'_>, sql: &str, args: impl rusqlite::Params) -> Result<Vec<T>> {
+    query(tx, sql, args, T::from_sqlite)
 }
 
 /// The first column of each row of a query.
@@ -263,11 +294,7 @@ fn column<T: rusqlite::types::FromSql>(
     sql: &str,
     args: impl rusqlite::Params,
 ) -> Result<Vec<T>> {
-    let mut stmt = tx.prepare_cached(sql)?;
-    let out = stmt
-        .query_map(args, |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(out)
+    query(tx, sql, args, |r| r.get(0))
 }
 
 /// The first column of the first row, if there is one.
@@ -588,12 +615,12 @@ impl Store for SqliteStore {
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
         let rows: Vec<(String, i64)> = self
             .read_blocking(|tx| {
-                let mut stmt =
-                    tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-                let out = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok(out)
+                query(
+                    tx,
+                    "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
             })
             .await?;
         rows.into_iter()
@@ -622,13 +649,6 @@ impl Store for SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
-        let claim_sql = format!(
-            "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?,
-                    event_seq = event_seq + 1
-             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
-                          ORDER BY priority DESC, run_at, id LIMIT ?)
-             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
-        );
         let (claimed, notices) = self
             .write(|tx| {
                 let mut notices = Vec::new();
@@ -659,7 +679,7 @@ impl Store for SqliteStore {
                 }
                 let rows: Vec<ClaimRow> = rows(
                     tx,
-                    &claim_sql,
+                    &CLAIM,
                     params![worker, now + lease_ms, now, i64::from(limit)],
                 )?;
                 let (claimed, events, claim_notices) = claimed(rows, worker)?;
@@ -735,16 +755,13 @@ impl Store for SqliteStore {
 
     async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
+            query(
+                tx,
                 "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND worker = ?
                  RETURNING id, cancel_requested",
-            )?;
-            let out = stmt
-                .query_map(params![now + lease_ms, worker], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(out)
+                params![now + lease_ms, worker],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
         })
         .await
     }
@@ -752,13 +769,12 @@ impl Store for SqliteStore {
     async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
         let rescued = self
             .write(|tx| {
-                let expired: Vec<(i64, i64, Option<String>)> = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
-                    )?;
-                    stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect::<rusqlite::Result<_>>()?
-                };
+                let expired: Vec<(i64, i64, Option<String>)> = query(
+                    tx,
+                    "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
+                    [now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
                 let mut rescued = Vec::new();
                 let mut events = Vec::new();
                 for (id, attempts, worker) in expired {
@@ -1057,7 +1073,7 @@ impl super::WorkflowStore for SqliteStore {
 
     async fn get_run(&self, id: RunId) -> Result<Option<RunSnapshot>> {
         self.read(|tx| {
-            let Some(run) = rows::<RunRow>(tx, &w::run_by_id(), [id])?.pop() else {
+            let Some(run) = rows::<RunRow>(tx, &w::RUN_BY_ID, [id])?.pop() else {
                 return Ok(None);
             };
             let nodes: Vec<NodeRow> = rows(tx, w::RUN_NODES, [id])?;
@@ -1077,17 +1093,6 @@ impl super::WorkflowStore for SqliteStore {
         changes: RunChanges,
         now: i64,
     ) -> Result<Option<Vec<JobId>>> {
-        let node_sql = format!(
-            "{}VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
-            w::NODE_UPSERT_HEAD,
-            w::NODE_UPSERT_TAIL
-        );
-        let item_sql = format!(
-            "{}VALUES (?, ?, ?, ?, ?, ?){}",
-            w::ITEM_UPSERT_HEAD,
-            w::ITEM_UPSERT_TAIL
-        );
-        let event_sql = format!("{}VALUES (?, ?, ?, ?, ?)", w::RUN_EVENTS_HEAD);
         let applied = self
             .write(|tx| {
                 let (state, error, finished) = w::step_state(&changes, now);
@@ -1102,7 +1107,7 @@ impl super::WorkflowStore for SqliteStore {
                 };
                 let (inserted, notices) = insert_jobs_tx(tx, w::step_jobs(&changes), now)?;
                 let ids: Vec<JobId> = inserted.iter().map(|(j, _)| j.id).collect();
-                let mut stmt = tx.prepare_cached(&node_sql)?;
+                let mut stmt = tx.prepare_cached(&NODE_UPSERT)?;
                 for nw in w::node_writes(&changes, &ids) {
                     let n = nw.node;
                     stmt.execute(params![
@@ -1121,11 +1126,11 @@ impl super::WorkflowStore for SqliteStore {
                         n.finished_at
                     ])?;
                 }
-                let mut stmt = tx.prepare_cached(&item_sql)?;
+                let mut stmt = tx.prepare_cached(&ITEM_UPSERT)?;
                 for (node, idx, state, input, job) in w::item_writes(&changes, &ids) {
                     stmt.execute(params![id, node, idx, state, input, job])?;
                 }
-                let mut stmt = tx.prepare_cached(&event_sql)?;
+                let mut stmt = tx.prepare_cached(&RUN_EVENT_INSERT)?;
                 let first = last_seq - n_events + 1;
                 for (i, e) in changes.events.iter().enumerate() {
                     stmt.execute(params![
@@ -1163,16 +1168,12 @@ impl super::WorkflowStore for SqliteStore {
         limit: i64,
     ) -> Result<Vec<(i64, Vec<u8>)>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached(w::PENDING_ITEMS)?;
-            let out = stmt
-                .query_map(params![run, node, from, limit], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
-                    ))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(out)
+            query(tx, w::PENDING_ITEMS, params![run, node, from, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default(),
+                ))
+            })
         })
     }
 
@@ -1182,13 +1183,9 @@ impl super::WorkflowStore for SqliteStore {
 
     async fn items(&self, run: RunId, node: &str) -> Result<Vec<(i64, NodeState, Option<JobId>)>> {
         let rows: Vec<(i64, String, Option<i64>)> = self.read(|tx| {
-            let mut stmt = tx.prepare_cached(w::ITEMS)?;
-            let out = stmt
-                .query_map(params![run, node], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(out)
+            query(tx, w::ITEMS, params![run, node], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
         })?;
         rows.into_iter()
             .map(|(i, s, j)| Ok((i, s.parse().map_err(StoreError::Corrupt)?, j)))

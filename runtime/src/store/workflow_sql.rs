@@ -22,9 +22,8 @@ pub(super) const CREATE_NODE: &str =
 pub(super) const CREATE_RUN_EVENT: &str =
     "INSERT INTO workflow_events (run_id, seq, kind, data, at) VALUES (?, 1, 'run', ?, ?)";
 
-pub(super) fn run_by_id() -> String {
-    format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = ?")
-}
+pub(super) static RUN_BY_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE id = ?"));
 pub(super) const RUN_NODES: &str =
     "SELECT n.node, n.module, n.state, n.job_id, n.items_total, n.items_next, n.items_done,
             n.items_failed, n.output, n.error, n.started_at, n.finished_at,
@@ -276,7 +275,7 @@ macro_rules! workflow_store {
                 use super::workflow_sql as w;
                 // One connection for the two or three reads (a pool use costs more than a read).
                 let mut conn = self.$reader.acquire().await?;
-                let run: Option<RunRow> = sqlx::query_as(AssertSqlSafe($sql(&w::run_by_id())))
+                let run: Option<RunRow> = sqlx::query_as(AssertSqlSafe($sql(&w::RUN_BY_ID)))
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await?;
