@@ -65,13 +65,17 @@ pub enum ServiceError {
 
 type Reply = oneshot::Sender<Result<(Job, bool), ServiceError>>;
 
+/// A validated submission on its way to a group commit: the module as the request named it
+/// (name or digest; the group resolves it) and the job, whose digest is set then.
+type Pending = (String, NewJob, Reply);
+
 #[derive(Clone)]
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub policy: Arc<AdmissionPolicy>,
     /// Wakes the followers of one job when it changes (SSE streams, `?wait=`).
     pub watchers: crate::watch::JobWatchers,
-    inserts: mpsc::Sender<(NewJob, Reply)>,
+    inserts: mpsc::Sender<Pending>,
 }
 
 impl JobService {
@@ -114,8 +118,7 @@ impl JobService {
         }
         let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
         let job = NewJob {
-            // The module's name or digest until its group is committed, which resolves it.
-            module_digest: req.module,
+            module_digest: String::new(),
             input,
             limits,
             retry,
@@ -128,7 +131,7 @@ impl JobService {
             input_from: None,
         };
         let (reply, answer) = oneshot::channel();
-        if self.inserts.send((job, reply)).await.is_err() {
+        if self.inserts.send((req.module, job, reply)).await.is_err() {
             return Err(ServiceError::Invalid("the server is shutting down".into()));
         }
         match answer.await {
@@ -175,15 +178,14 @@ pub fn deadline_after(
 /// committed, so an acknowledged job is durable; one transaction per group instead of per job
 /// is what lets the store keep up with many submitters. A group looks each module it names up
 /// once (a job names its module by name or digest; it is stored with the digest).
-async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
+async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
         // Looked up once per group; a failed lookup is not kept (each job gets its own error).
         let mut digests: HashMap<String, Option<String>> = HashMap::new();
         let mut jobs = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        for (mut job, reply) in batch.drain(..) {
-            let module = std::mem::take(&mut job.module_digest);
+        for (module, mut job, reply) in batch.drain(..) {
             let digest = match digests.get(&module) {
                 Some(known) => known.clone(),
                 None => match store.get_module(&module).await {
