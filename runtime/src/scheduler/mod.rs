@@ -387,9 +387,13 @@ async fn heartbeat(s: Arc<Shared>) {
             _ = tokio::time::sleep(s.config.heartbeat) => {}
         }
         let renewed_at = std::time::Instant::now();
+        let ids: Vec<JobId> = lock(&s.running).keys().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
         match s
             .store
-            .heartbeat(&s.config.node_id, now_ms(), lease_ms)
+            .heartbeat(&s.config.node_id, &ids, now_ms(), lease_ms)
             .await
         {
             Ok(held) => {

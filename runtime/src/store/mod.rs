@@ -118,9 +118,16 @@ pub trait Store: WorkflowStore + Send + Sync + 'static {
     /// Ends attempts, in one transaction. A completion from a worker that no longer holds the
     /// attempt is refused.
     async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>>;
-    /// Renews the leases of `worker`'s running jobs. Returns each job it still holds and
-    /// whether a cancel was requested.
-    async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>>;
+    /// Renews the leases of the jobs `jobs` that `worker` runs. Returns each of them it still
+    /// holds and whether a cancel was requested. (Found by id: a scan for the worker's running
+    /// jobs would read every dead row version a busy Postgres table has not vacuumed yet.)
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        jobs: &[JobId],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<(JobId, bool)>>;
     /// Ends every attempt whose lease expired as `lost` and requeues or fails its job.
     async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>>;
     /// The earliest `run_at` of a scheduled job, to know when to look again.

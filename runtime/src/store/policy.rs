@@ -135,13 +135,24 @@ impl Next {
     }
 }
 
+/// Where a job goes after an attempt that ended in `outcome`, when the outcome alone decides
+/// it: a succeeded or cancelled attempt ends its job so whatever the job's retry policy,
+/// deadline or cancel request.
+pub fn decided_by_outcome(outcome: Outcome) -> Option<Next> {
+    match outcome {
+        Outcome::Succeeded => Some(Next::Succeeded),
+        Outcome::Cancelled => Some(Next::Cancelled),
+        _ => None,
+    }
+}
+
 /// Decides the job's next state after an attempt ended in `outcome` at `now`.
 pub fn decide(job: &JobSnapshot, outcome: Outcome, now: i64) -> Next {
-    match outcome {
-        Outcome::Succeeded => return Next::Succeeded,
-        Outcome::Cancelled => return Next::Cancelled,
-        _ if job.cancel_requested => return Next::Cancelled,
-        _ => {}
+    if let Some(next) = decided_by_outcome(outcome) {
+        return next;
+    }
+    if job.cancel_requested {
+        return Next::Cancelled;
     }
     if !job.retry.retries(outcome) || job.attempts >= job.retry.max_attempts {
         return Next::Failed;

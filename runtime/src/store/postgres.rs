@@ -26,10 +26,10 @@ pub struct PgStore {
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
-/// Columns of keyless jobs inserted with one `INSERT … SELECT FROM UNNEST`.
+/// Columns of keyless jobs inserted with one `INSERT … SELECT FROM UNNEST`, and each one's
+/// first event.
 #[derive(Default)]
 struct KeylessColumns {
-    id: Vec<i64>,
     module: Vec<String>,
     state: Vec<&'static str>,
     priority: Vec<i64>,
@@ -41,6 +41,7 @@ struct KeylessColumns {
     deadline_at: Vec<Option<i64>>,
     workflow_ref: Vec<Option<String>>,
     input_from: Vec<Option<i64>>,
+    event: Vec<String>,
 }
 
 /// Columns of a batch of completions, applied with one `UPDATE … FROM UNNEST` per table.
@@ -59,6 +60,70 @@ struct CompletionColumns {
     fuel: Vec<i64>,
     peak_memory: Vec<i64>,
     wall_time: Vec<i64>,
+}
+
+/// Claims queued jobs in claim order, records their attempts and `running` events (the event
+/// data as `rows::claimed` makes it), and lets the transaction commit without waiting for the
+/// WAL flush.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS (
+             UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
+                    updated_at = $3, event_seq = event_seq + 1
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id
+                          LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}
+         ), a AS (
+             INSERT INTO attempts (job_id, attempt, worker, started_at) SELECT id, attempts, $1, $3 FROM c
+         ), e AS (
+             INSERT INTO events (job_id, seq, kind, data, at)
+             SELECT id, event_seq, 'state',
+                    json_build_object('attempt', attempts, 'state', 'running', 'worker', $1::text)::text, $3
+             FROM c
+         )
+         SELECT c.*, set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit FROM c"
+    )
+});
+
+impl CompletionColumns {
+    fn push(&mut self, c: &Completion, e: Ending) {
+        self.id.push(c.job_id);
+        self.state.push(e.state.as_str());
+        self.outcome.push(c.outcome.as_str());
+        self.error.push(c.error.clone());
+        self.output.push(e.keep_output.then(|| c.output.clone()));
+        self.run_at.push(e.run_at);
+        self.finished_at.push(e.finished_at);
+        self.event_count.push(e.events.len() as i64);
+        self.attempt.push(i64::from(c.attempt));
+        self.trap.push(c.trap.clone());
+        self.fuel
+            .push(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX));
+        self.peak_memory
+            .push(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX));
+        self.wall_time
+            .push(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX));
+    }
+}
+
+/// Event rows as columns, for one `INSERT … SELECT FROM UNNEST`.
+#[derive(Default)]
+struct EventColumns {
+    job_id: Vec<i64>,
+    seq: Vec<i64>,
+    kind: Vec<&'static str>,
+    data: Vec<String>,
+}
+
+impl EventColumns {
+    fn extend(&mut self, rows: Vec<PendingEvent>) {
+        for (job, seq, kind, data) in rows {
+            self.job_id.push(job);
+            self.seq.push(seq);
+            self.kind.push(kind);
+            self.data.push(data);
+        }
+    }
 }
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -97,6 +162,19 @@ impl PgStore {
                     if let Some(sql) = set_path {
                         conn.execute(AssertSqlSafe(sql)).await?;
                     }
+                    // Every statement of the store finds its rows through an index. The
+                    // planner's statistics lag behind queue tables that grow by thousands of
+                    // rows a second (more so with autovacuum off), and a plan cached while a
+                    // table was small stays cached: a completion once joined `attempts` by a
+                    // full scan, 24.7 M rows read in a 50,000-job run. A statement with no
+                    // index to use still scans; this only makes the planner prefer the index.
+                    // JIT goes off with it: the store's statements are small, and the penalty
+                    // that steers the planner away from scans crosses JIT's cost threshold
+                    // (one lookup took 175 ms to compile).
+                    conn.execute(
+                        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off",
+                    )
+                    .await?;
                     Ok(())
                 })
             })
@@ -152,23 +230,233 @@ impl PgStore {
         self.notify(notices).await;
     }
 
+    /// Ends jobs whose attempts' outcomes decided their end, with one statement (its own
+    /// transaction): the fence (still running this attempt on this worker) is in its `WHERE`;
+    /// it updates the attempts, appends the events after each job's last seq and announces
+    /// the ends when it commits.
+    ///
+    /// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the
+    /// claim sets it; every way out of `running` clears it). It does not name the state, or
+    /// the planner finds the rows through the partial index of running jobs, which holds an
+    /// entry for every version of every job that ever ran until a vacuum removes it, instead
+    /// of by primary key.
+    async fn complete_settled(
+        &self,
+        mut settled: Vec<(usize, &Completion, Ending)>,
+        now: i64,
+        results: &mut [Completed],
+    ) -> Result<()> {
+        // In id order, so that two batches that meet lock their rows in the same order. (The
+        // heartbeat skips rows held by others, so it never waits on a completion.)
+        settled.sort_by_key(|(_, c, _)| c.job_id);
+        let mut jobs = CompletionColumns::default();
+        let mut workers = Vec::with_capacity(settled.len());
+        let mut events = EventColumns::default();
+        let mut applied_state = std::collections::HashMap::new();
+        for (i, c, ending) in settled {
+            let n = ending.events.len();
+            for (k, e) in ending.events.iter().enumerate() {
+                // Counted back from the job's last seq after the update.
+                events.job_id.push(c.job_id);
+                events.seq.push((n - 1 - k) as i64);
+                events.kind.push(e.kind);
+                events.data.push(e.data.to_string());
+            }
+            applied_state.insert(c.job_id, (i, ending.state));
+            workers.push(c.worker.as_str());
+            jobs.push(c, ending);
+        }
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "WITH v AS (
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                      $7::bytea[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[])
+                      AS u(id, attempt, worker, state, outcome, error, output, n, trap, fuel, peak, wall)
+             ), j AS (
+                 UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
+                        worker = NULL, lease_until = NULL, finished_at = $13, updated_at = $13,
+                        event_seq = jobs.event_seq + v.n
+                 FROM v
+                 WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
+                 RETURNING jobs.id, jobs.event_seq
+             ), a AS (
+                 UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error, fuel_consumed = v.fuel,
+                        peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $13
+                 FROM j JOIN v ON v.id = j.id
+                 WHERE attempts.job_id = j.id AND attempts.attempt = v.attempt
+             ), e AS (
+                 INSERT INTO events (job_id, seq, kind, data, at)
+                 SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $13
+                 FROM UNNEST($14::bigint[], $15::bigint[], $16::text[], $17::text[]) AS u(job_id, back, kind, data)
+                 JOIN j ON j.id = u.job_id
+             ), n AS (
+                 SELECT pg_notify($18, string_agg(id::text || ',e' || id::text, ','))
+                 FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM j) AS ended
+                 GROUP BY chunk
+             )
+             SELECT j.id FROM j CROSS JOIN (SELECT count(*) FROM n) AS notified",
+        )
+        .bind(&jobs.id)
+        .bind(&jobs.attempt)
+        .bind(&workers)
+        .bind(&jobs.state)
+        .bind(&jobs.outcome)
+        .bind(&jobs.error)
+        .bind(&jobs.output)
+        .bind(&jobs.event_count)
+        .bind(&jobs.trap)
+        .bind(&jobs.fuel)
+        .bind(&jobs.peak_memory)
+        .bind(&jobs.wall_time)
+        .bind(now)
+        .bind(&events.job_id)
+        .bind(&events.seq)
+        .bind(&events.kind)
+        .bind(&events.data)
+        .bind(&self.channel)
+        .fetch_all(&self.pool)
+        .await?;
+        for id in applied {
+            if let Some((i, state)) = applied_state.get(&id) {
+                results[*i] = Completed::Applied(*state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends jobs whose attempts' ends depend on the job (retry policy, deadline, cancel
+    /// request): reads and locks their rows, decides, then writes them, their attempts,
+    /// their events and the announcement with one statement.
+    async fn complete_read(
+        &self,
+        completions: &[(usize, &Completion)],
+        now: i64,
+        results: &mut [Completed],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids: Vec<i64> = completions.iter().map(|(_, c)| c.job_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        #[derive(sqlx::FromRow)]
+        struct Snap {
+            id: i64,
+            state: String,
+            attempts: i64,
+            worker: Option<String>,
+            retry: String,
+            cancel_requested: bool,
+            deadline_at: Option<i64>,
+            event_seq: i64,
+        }
+        // Rows are locked in id order (the heartbeat skips rows held by others).
+        let snaps: Vec<Snap> = sqlx::query_as(
+            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at, event_seq FROM jobs
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let snaps: std::collections::HashMap<i64, Snap> =
+            snaps.into_iter().map(|s| (s.id, s)).collect();
+
+        let mut done = std::collections::HashSet::new();
+        let mut jobs = CompletionColumns::default();
+        let mut events = EventColumns::default();
+        let mut notices = Vec::new();
+        for &(i, c) in completions {
+            let Some(snap) = snaps.get(&c.job_id) else {
+                continue;
+            };
+            // The fence: still running this very attempt, on this worker; once per batch.
+            if snap.state != "running"
+                || snap.attempts != i64::from(c.attempt)
+                || snap.worker.as_deref() != Some(c.worker.as_str())
+                || !done.insert(c.job_id)
+            {
+                continue;
+            }
+            let ending = ending(
+                EndingSnapshot {
+                    attempts: snap.attempts,
+                    retry: &snap.retry,
+                    cancel_requested: snap.cancel_requested,
+                    deadline_at: snap.deadline_at,
+                },
+                c,
+                now,
+            )?;
+            let state = ending.state;
+            // The row is locked: its history continues from the seq read above.
+            events.extend(pending(
+                c.job_id,
+                snap.event_seq + ending.events.len() as i64,
+                &ending.events,
+            ));
+            jobs.push(c, ending);
+            notices.push(Notice::Events(c.job_id));
+            if state.is_final() {
+                notices.push(Notice::Ended(c.job_id));
+            }
+            if state == JobState::Scheduled {
+                notices.push(Notice::JobsAvailable);
+            }
+            results[i] = Completed::Applied(state);
+        }
+        if !jobs.id.is_empty() {
+            // One statement: the jobs, their attempts, their events, and the announcement
+            // (delivered when the transaction commits).
+            sqlx::query(
+                "WITH j AS (
+                     UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
+                            worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
+                            finished_at = v.finished_at, updated_at = $9, event_seq = jobs.event_seq + v.n
+                     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[],
+                                 $7::bigint[], $8::bigint[]) AS v(id, state, outcome, error, output, run_at, finished_at, n)
+                     WHERE jobs.id = v.id
+                 ), a AS (
+                     UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error,
+                            fuel_consumed = v.fuel, peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $9
+                     FROM UNNEST($1::bigint[], $10::bigint[], $3::text[], $11::text[], $4::text[], $12::bigint[],
+                                 $13::bigint[], $14::bigint[]) AS v(job_id, attempt, outcome, trap, error, fuel, peak, wall)
+                     WHERE attempts.job_id = ANY($1) AND attempts.job_id = v.job_id AND attempts.attempt = v.attempt
+                 ), e AS (
+                     INSERT INTO events (job_id, seq, kind, data, at)
+                     SELECT u.*, $9 FROM UNNEST($15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS u
+                 )
+                 SELECT pg_notify($19, p) FROM UNNEST($20::text[]) AS p",
+            )
+            .bind(&jobs.id)
+            .bind(&jobs.state)
+            .bind(&jobs.outcome)
+            .bind(&jobs.error)
+            .bind(&jobs.output)
+            .bind(&jobs.run_at)
+            .bind(&jobs.finished_at)
+            .bind(&jobs.event_count)
+            .bind(now)
+            .bind(&jobs.attempt)
+            .bind(&jobs.trap)
+            .bind(&jobs.fuel)
+            .bind(&jobs.peak_memory)
+            .bind(&jobs.wall_time)
+            .bind(&events.job_id)
+            .bind(&events.seq)
+            .bind(&events.kind)
+            .bind(&events.data)
+            .bind(&self.channel)
+            .bind(payloads(notices))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Announces changes to every node (this one included, through its listener).
     async fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
-        let parts: Vec<String> = notices
-            .into_iter()
-            .map(|n| match n {
-                Notice::JobsAvailable => "a".to_string(),
-                Notice::Events(id) => id.to_string(),
-                Notice::Run(id) => format!("r{id}"),
-                Notice::RunRequest(id) => format!("w{id}"),
-                Notice::Ended(id) => format!("e{id}"),
-            })
-            .collect();
-        // NOTIFY payloads are limited to 8000 bytes.
-        for chunk in parts.chunks(500) {
+        for payload in payloads(notices) {
             if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(&self.channel)
-                .bind(chunk.join(","))
+                .bind(payload)
                 .execute(&self.pool)
                 .await
             {
@@ -176,6 +464,22 @@ impl PgStore {
             }
         }
     }
+}
+
+/// NOTIFY payloads announcing `notices`, as the listener reads them (each under NOTIFY's
+/// 8,000-byte limit).
+fn payloads(notices: impl IntoIterator<Item = Notice>) -> Vec<String> {
+    let parts: Vec<String> = notices
+        .into_iter()
+        .map(|n| match n {
+            Notice::JobsAvailable => "a".to_string(),
+            Notice::Events(id) => id.to_string(),
+            Notice::Run(id) => format!("r{id}"),
+            Notice::RunRequest(id) => format!("w{id}"),
+            Notice::Ended(id) => format!("e{id}"),
+        })
+        .collect();
+    parts.chunks(300).map(|chunk| chunk.join(",")).collect()
 }
 
 workflow_store!(
@@ -231,25 +535,121 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
     Ok(())
 }
 
+/// The first event of a job just created in `state`.
+fn created_event(state: JobState, run_at: i64) -> NewEvent {
+    let extra = if state == JobState::Scheduled {
+        json!({ "run_at": run_at })
+    } else {
+        json!({})
+    };
+    NewEvent::state(state, extra)
+}
+
+/// Inserts keyless jobs and their first events with one statement (one round trip, whatever
+/// the batch's size); ids are drawn from the sequence in the same statement and come back in
+/// the batch's order. With `notify`, the statement also announces on that channel that jobs
+/// are available (delivered when it commits).
+///
+/// One statement outside a transaction is one transaction: on the pool this is a whole
+/// submission group, committed (and flushed) before it returns.
+async fn insert_keyless<'c, E>(
+    exec: E,
+    jobs: &[(NewJob, JobState, i64)],
+    now: i64,
+    notify: Option<&str>,
+) -> Result<Vec<i64>>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    let mut cols = KeylessColumns::default();
+    for (j, state, run_at) in jobs {
+        cols.module.push(j.module_digest.clone());
+        cols.state.push(state.as_str());
+        cols.priority.push(j.priority);
+        cols.run_at.push(*run_at);
+        cols.input.push(j.input.clone());
+        cols.limits.push(json(&j.limits));
+        cols.retry.push(json(&j.retry));
+        cols.grants.push(json(&j.grants));
+        cols.deadline_at.push(j.deadline_at);
+        cols.workflow_ref.push(j.workflow_ref.clone());
+        cols.input_from.push(j.input_from);
+        cols.event
+            .push(created_event(*state, *run_at).data.to_string());
+    }
+    let queued = jobs.iter().any(|(_, s, _)| *s == JobState::Queued);
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "WITH v AS MATERIALIZED (
+             SELECT nextval('jobs_id_seq') AS id, u.*
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::text[],
+                         $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[])
+                  WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, limits, retry,
+                                       grants, deadline_at, workflow_ref, input_from, event, ord)
+         ), j AS (
+             INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
+                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq)
+             SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants,
+                    deadline_at, workflow_ref, input_from, $13, $13, 1
+             FROM v
+         ), e AS (
+             INSERT INTO events (job_id, seq, kind, data, at) SELECT id, 1, 'state', event, $13 FROM v
+         ), n AS MATERIALIZED (
+             SELECT pg_notify($14, 'a') WHERE $14 IS NOT NULL
+         )
+         SELECT v.id FROM v CROSS JOIN (SELECT count(*) FROM n) AS notified ORDER BY v.ord",
+    )
+    .bind(&cols.module)
+    .bind(&cols.state)
+    .bind(&cols.priority)
+    .bind(&cols.run_at)
+    .bind(&cols.input)
+    .bind(&cols.limits)
+    .bind(&cols.retry)
+    .bind(&cols.grants)
+    .bind(&cols.deadline_at)
+    .bind(&cols.workflow_ref)
+    .bind(&cols.input_from)
+    .bind(&cols.event)
+    .bind(now)
+    .bind(notify.filter(|_| queued))
+    .fetch_all(exec)
+    .await?;
+    if ids.len() != jobs.len() {
+        return Err(StoreError::Corrupt(format!(
+            "inserting {} jobs returned {} ids",
+            jobs.len(),
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
+/// A job's state and run_at as submitted at `now`.
+fn initial_state(j: &NewJob, now: i64) -> (JobState, i64) {
+    let run_at = j.run_at.unwrap_or(now);
+    let state = if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    };
+    (state, run_at)
+}
+
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
-/// `tx` commits. Used by job submission and by the workflow engine's steps.
+/// `tx` commits. Used by job submission and by the workflow engine's steps. A new job has no
+/// followers yet (its id is not known before this commits), so its creation announces only
+/// that jobs are available.
 async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> {
     let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
-    let mut notices = Vec::new();
     let mut any_queued = false;
     let mut events = Vec::new();
-    // Jobs with an idempotency key one at a time (a key may repeat, even within the
-    // batch); the others in one INSERT, ids drawn from the sequence up front so that each
-    // row's id is known without relying on the order of RETURNING.
+    // Jobs with an idempotency key one at a time (a key may repeat, even within the batch);
+    // the others with one statement.
     let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
     for j in jobs {
-        let run_at = j.run_at.unwrap_or(now);
-        let state = if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Queued
-        };
+        let (state, run_at) = initial_state(&j, now);
         let Some(key) = j.idempotency_key.clone() else {
+            any_queued |= state == JobState::Queued;
             keyless.push((out.len(), j, state, run_at));
             out.push(None);
             continue;
@@ -288,81 +688,30 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
+        events.extend(pending(id, 1, &[created_event(state, run_at)]));
+        any_queued |= state == JobState::Queued;
         out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
     }
     if !keyless.is_empty() {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1)",
-        )
-        .bind(keyless.len() as i64)
-        .fetch_all(&mut **tx)
-        .await?;
-        if ids.len() != keyless.len() {
-            return Err(StoreError::Corrupt(
-                "the job id sequence returned too few ids".into(),
-            ));
-        }
-        let mut cols = KeylessColumns::default();
-        for (id, (_, j, state, run_at)) in ids.iter().zip(&keyless) {
-            cols.id.push(*id);
-            cols.module.push(j.module_digest.clone());
-            cols.state.push(state.as_str());
-            cols.priority.push(j.priority);
-            cols.run_at.push(*run_at);
-            cols.input.push(j.input.clone());
-            cols.limits.push(json(&j.limits));
-            cols.retry.push(json(&j.retry));
-            cols.grants.push(json(&j.grants));
-            cols.deadline_at.push(j.deadline_at);
-            cols.workflow_ref.push(j.workflow_ref.clone());
-            cols.input_from.push(j.input_from);
-        }
-        sqlx::query(
-            "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq)
-             SELECT u.*, $13, $13, 1
-             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
-                         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[]) AS u",
-        )
-        .bind(&cols.id)
-        .bind(&cols.module)
-        .bind(&cols.state)
-        .bind(&cols.priority)
-        .bind(&cols.run_at)
-        .bind(&cols.input)
-        .bind(&cols.limits)
-        .bind(&cols.retry)
-        .bind(&cols.grants)
-        .bind(&cols.deadline_at)
-        .bind(&cols.workflow_ref)
-        .bind(&cols.input_from)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        for (id, (slot, j, state, run_at)) in ids.into_iter().zip(keyless) {
+        let (slots, batch): (Vec<usize>, Vec<(NewJob, JobState, i64)>) = keyless
+            .into_iter()
+            .map(|(slot, j, state, run_at)| (slot, (j, state, run_at)))
+            .unzip();
+        let ids = insert_keyless(&mut **tx, &batch, now, None).await?;
+        for ((id, slot), (j, state, run_at)) in ids.into_iter().zip(slots).zip(batch) {
             out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
         }
     }
-    let mut result = Vec::with_capacity(out.len());
-    for entry in out {
-        let (job, created) =
-            entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into()))?;
-        if created {
-            let extra = if job.state == JobState::Scheduled {
-                json!({ "run_at": job.run_at })
-            } else {
-                json!({})
-            };
-            events.extend(pending(job.id, 1, &[NewEvent::state(job.state, extra)]));
-            any_queued |= job.state == JobState::Queued;
-            notices.push(Notice::Events(job.id));
-        }
-        result.push((job, created));
-    }
     write_events(tx, &events, now).await?;
-    if any_queued {
-        notices.push(Notice::JobsAvailable);
-    }
+    let result = out
+        .into_iter()
+        .map(|entry| entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into())))
+        .collect::<Result<Vec<_>>>()?;
+    let notices = if any_queued {
+        vec![Notice::JobsAvailable]
+    } else {
+        Vec::new()
+    };
     Ok((result, notices))
 }
 
@@ -537,6 +886,22 @@ impl Store for PgStore {
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
+        if jobs.iter().all(|j| j.idempotency_key.is_none()) {
+            // The usual submission group: one statement, which commits and announces itself.
+            let batch: Vec<(NewJob, JobState, i64)> = jobs
+                .into_iter()
+                .map(|j| {
+                    let (state, run_at) = initial_state(&j, now);
+                    (j, state, run_at)
+                })
+                .collect();
+            let ids = insert_keyless(&self.pool, &batch, now, Some(&self.channel)).await?;
+            return Ok(ids
+                .into_iter()
+                .zip(batch)
+                .map(|(id, (j, state, run_at))| (Job::inserted(id, j, state, run_at, now), true))
+                .collect());
+        }
         let mut tx = self.pool.begin().await?;
         let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
         tx.commit().await?;
@@ -616,78 +981,56 @@ impl Store for PgStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
-        let mut tx = self.pool.begin().await?;
-        let mut notices = Vec::new();
-        // Jobs past their overall deadline never start.
-        let expired: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $3
-             WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= $4 RETURNING id",
+        // First, in a transaction of their own: jobs past their overall deadline never start,
+        // and scheduled jobs that came due join the queue.
+        let swept: Vec<(i64, bool)> = sqlx::query_as(
+            "WITH expired AS (
+                 UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $2,
+                        event_seq = event_seq + 1
+                 WHERE id IN (SELECT id FROM jobs
+                              WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= $2
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING id, event_seq
+             ), due AS (
+                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1
+                 WHERE id IN (SELECT id FROM jobs
+                              WHERE state = 'scheduled' AND run_at <= $2 AND (deadline_at IS NULL OR deadline_at > $2)
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING id, event_seq
+             ), e AS (
+                 INSERT INTO events (job_id, seq, kind, data, at)
+                 SELECT id, event_seq, 'state', $3, $2 FROM expired
+                 UNION ALL SELECT id, event_seq, 'state', $4, $2 FROM due
+             )
+             SELECT id, TRUE FROM expired UNION ALL SELECT id, FALSE FROM due",
         )
         .bind(DEADLINE_PASSED)
         .bind(now)
-        .bind(now)
-        .bind(now)
-        .fetch_all(&mut *tx)
+        .bind(NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED })).data.to_string())
+        .bind(NewEvent::state(JobState::Queued, json!({})).data.to_string())
+        .fetch_all(&self.pool)
         .await?;
-        for id in expired {
-            let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
-            push_events(&mut tx, id, &[e], now).await?;
+        let mut notices = Vec::new();
+        for (id, ended) in swept {
             notices.push(Notice::Events(id));
-            notices.push(Notice::Ended(id));
+            if ended {
+                notices.push(Notice::Ended(id));
+            }
         }
-        let due: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'queued', updated_at = $1
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id",
-        )
-        .bind(now)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in due {
-            push_events(
-                &mut tx,
-                id,
-                &[NewEvent::state(JobState::Queued, json!({}))],
-                now,
-            )
+        // Then the claim, with its attempts and `running` events, in one statement (one round
+        // trip). It ends no job, so it need not wait for its WAL flush: were Postgres to lose
+        // it in a crash, its jobs would be queued again, and the completion of any of them (a
+        // synchronous commit, later in the WAL) flushes it first.
+        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(&**CLAIM))
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
             .await?;
-            notices.push(Notice::Events(id));
-        }
-        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3,
-                    event_seq = event_seq + 1
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
-        )))
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let (claimed, events, claim_notices) = claimed(rows, worker)?;
+        // (The events `claimed` makes are the ones the statement wrote.)
+        let (claimed, _, claim_notices) = claimed(rows, worker)?;
         notices.extend(claim_notices);
-        for chunk in claimed.chunks(500) {
-            let mut q = sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO attempts (job_id, attempt, worker, started_at) ",
-            );
-            q.push_values(chunk, |mut b, c| {
-                b.push_bind(c.id)
-                    .push_bind(i64::from(c.attempt))
-                    .push_bind(worker)
-                    .push_bind(now);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        write_events(&mut tx, &events, now).await?;
-        if !notices.iter().any(|n| matches!(n, Notice::Ended(_))) {
-            // Nothing ended here, so the claim need not wait for its WAL flush: were Postgres
-            // to lose it in a crash, its jobs would be queued again, and the completion of any
-            // of them (a synchronous commit, later in the WAL) flushes it first.
-            tx.execute("SET LOCAL synchronous_commit = off").await?;
-        }
-        tx.commit().await?;
         self.notify(notices).await;
         Ok(claimed)
     }
@@ -718,159 +1061,51 @@ impl Store for PgStore {
     }
 
     async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
-        // A fixed number of statements per batch, whatever its size: lock and read the jobs,
-        // update them, update their attempts, insert their events.
-        let mut tx = self.pool.begin().await?;
-        let mut ids: Vec<i64> = completions.iter().map(|c| c.job_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        #[derive(sqlx::FromRow)]
-        struct Snap {
-            id: i64,
-            state: String,
-            attempts: i64,
-            worker: Option<String>,
-            retry: String,
-            cancel_requested: bool,
-            deadline_at: Option<i64>,
-        }
-        // Rows are locked in id order, as the heartbeat locks them: no deadlocks between them.
-        let snaps: Vec<Snap> = sqlx::query_as(
-            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at FROM jobs
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let snaps: std::collections::HashMap<i64, Snap> =
-            snaps.into_iter().map(|s| (s.id, s)).collect();
-
         let mut results = vec![Completed::Refused; completions.len()];
-        let mut done = std::collections::HashSet::new();
-        let mut jobs = CompletionColumns::default();
-        let mut job_events: Vec<(JobId, Vec<NewEvent>)> = Vec::new();
-        let mut notices = Vec::new();
+        // Attempts whose outcome alone decides their job's end (nearly all: they succeeded)
+        // need no read of the job: one statement, fenced, ends them. The others are decided
+        // on the job's row, read under lock. A job twice in one batch goes the second way the
+        // second time, where the fence refuses it.
+        let mut settled = Vec::new();
+        let mut read = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, c) in completions.iter().enumerate() {
-            let Some(snap) = snaps.get(&c.job_id) else {
-                continue;
-            };
-            // The fence: still running this very attempt, on this worker; once per batch.
-            if snap.state != "running"
-                || snap.attempts != i64::from(c.attempt)
-                || snap.worker.as_deref() != Some(c.worker.as_str())
-                || !done.insert(c.job_id)
-            {
-                continue;
+            match ending_by_outcome(c, now) {
+                Some(ending) if seen.insert(c.job_id) => settled.push((i, c, ending)),
+                _ => read.push((i, c)),
             }
-            let Ending {
-                state,
-                run_at,
-                finished_at,
-                keep_output,
-                events,
-            } = ending(
-                EndingSnapshot {
-                    attempts: snap.attempts,
-                    retry: &snap.retry,
-                    cancel_requested: snap.cancel_requested,
-                    deadline_at: snap.deadline_at,
-                },
-                c,
-                now,
-            )?;
-            jobs.id.push(c.job_id);
-            jobs.state.push(state.as_str());
-            jobs.outcome.push(c.outcome.as_str());
-            jobs.error.push(c.error.clone());
-            jobs.output.push(keep_output.then(|| c.output.clone()));
-            jobs.run_at.push(run_at);
-            jobs.finished_at.push(finished_at);
-            jobs.event_count.push(events.len() as i64);
-            jobs.attempt.push(i64::from(c.attempt));
-            jobs.trap.push(c.trap.clone());
-            jobs.fuel
-                .push(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX));
-            jobs.peak_memory
-                .push(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX));
-            jobs.wall_time
-                .push(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX));
-            job_events.push((c.job_id, events));
-            notices.push(Notice::Events(c.job_id));
-            if state.is_final() {
-                notices.push(Notice::Ended(c.job_id));
-            }
-            if state == JobState::Scheduled {
-                notices.push(Notice::JobsAvailable);
-            }
-            results[i] = Completed::Applied(state);
         }
-        if !jobs.id.is_empty() {
-            // Both updates below find their rows by primary key. Without fresh statistics (a
-            // new or fast-growing table, autoanalyze not yet run or turned off) the planner
-            // took `attempts` for small and joined it by a full scan: a 50,000-job run read
-            // 24.7 M rows of it. For this transaction, an index is always the way in.
-            tx.execute("SET LOCAL enable_seqscan = off").await?;
-            let seqs: Vec<(i64, i64)> = sqlx::query_as(
-                "UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
-                        worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
-                        finished_at = v.finished_at, updated_at = $9, event_seq = jobs.event_seq + v.n
-                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[],
-                             $7::bigint[], $8::bigint[]) AS v(id, state, outcome, error, output, run_at, finished_at, n)
-                 WHERE jobs.id = v.id
-                 RETURNING jobs.id, jobs.event_seq",
-            )
-            .bind(&jobs.id)
-            .bind(&jobs.state)
-            .bind(&jobs.outcome)
-            .bind(&jobs.error)
-            .bind(&jobs.output)
-            .bind(&jobs.run_at)
-            .bind(&jobs.finished_at)
-            .bind(&jobs.event_count)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error,
-                        fuel_consumed = v.fuel, peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $9
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                             $7::bigint[], $8::bigint[]) AS v(job_id, attempt, outcome, trap, error, fuel, peak, wall)
-                 WHERE attempts.job_id = ANY($1) AND attempts.job_id = v.job_id AND attempts.attempt = v.attempt",
-            )
-            .bind(&jobs.id)
-            .bind(&jobs.attempt)
-            .bind(&jobs.outcome)
-            .bind(&jobs.trap)
-            .bind(&jobs.error)
-            .bind(&jobs.fuel)
-            .bind(&jobs.peak_memory)
-            .bind(&jobs.wall_time)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let seqs: std::collections::HashMap<i64, i64> = seqs.into_iter().collect();
-            let mut rows = Vec::new();
-            for (id, events) in &job_events {
-                let last = *seqs
-                    .get(id)
-                    .ok_or_else(|| StoreError::Corrupt(format!("job {id} was not updated")))?;
-                rows.extend(pending(*id, last, events));
-            }
-            write_events(&mut tx, &rows, now).await?;
+        if !settled.is_empty() {
+            self.complete_settled(settled, now, &mut results).await?;
         }
-        tx.commit().await?;
-        self.notify(notices).await;
+        if !read.is_empty() {
+            self.complete_read(&read, now, &mut results).await?;
+        }
         Ok(results)
     }
 
-    async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        jobs: &[JobId],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<(JobId, bool)>> {
+        // Renews the leases of the rows no one else holds locked, and never waits: a row held
+        // is being completed, cancelled or rescued, and the next renewal comes long before the
+        // lease runs out. (Waiting instead deadlocked with completions, whose row order the
+        // planner decides.) Every job of `jobs` this worker still runs is reported held.
         let rows: Vec<(i64, bool)> = sqlx::query_as(
-            "UPDATE jobs SET lease_until = $1
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND worker = $2 ORDER BY id FOR UPDATE)
-             RETURNING id, cancel_requested",
+            "WITH renewed AS (
+                 UPDATE jobs SET lease_until = $1
+                 WHERE id IN (SELECT id FROM jobs WHERE id = ANY($3) AND state = 'running' AND worker = $2
+                              FOR UPDATE SKIP LOCKED)
+             )
+             SELECT id, cancel_requested FROM jobs WHERE id = ANY($3) AND state = 'running' AND worker = $2",
         )
         .bind(now + lease_ms)
         .bind(worker)
+        .bind(jobs)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

@@ -347,7 +347,7 @@ pub(super) fn ending(
     c: &super::model::Completion,
     now: i64,
 ) -> super::Result<Ending> {
-    use super::policy::{JobSnapshot, Next, RetryPolicy, decide};
+    use super::policy::{JobSnapshot, RetryPolicy, decide};
     let retry: RetryPolicy = serde_json::from_str(snap.retry)
         .map_err(|e| super::StoreError::Corrupt(format!("retry: {e}")))?;
     let next = decide(
@@ -360,9 +360,19 @@ pub(super) fn ending(
         c.outcome,
         now,
     );
+    Ok(ending_after(next, c, now))
+}
+
+/// The ending of attempt `c` when its outcome alone decides it
+/// (`policy::decided_by_outcome`), so that the job's row need not be read first.
+pub(super) fn ending_by_outcome(c: &super::model::Completion, now: i64) -> Option<Ending> {
+    super::policy::decided_by_outcome(c.outcome).map(|next| ending_after(next, c, now))
+}
+
+fn ending_after(next: super::policy::Next, c: &super::model::Completion, now: i64) -> Ending {
     let state = next.state();
     let run_at = match next {
-        Next::Retry { run_at } => Some(run_at),
+        super::policy::Next::Retry { run_at } => Some(run_at),
         _ => None,
     };
     let mut events = c.events.clone();
@@ -372,7 +382,7 @@ pub(super) fn ending(
         extra["run_at"] = serde_json::json!(run_at);
     }
     events.push(NewEvent::state(state, extra));
-    Ok(Ending {
+    Ending {
         state,
         run_at,
         finished_at: state.is_final().then_some(now),
@@ -381,7 +391,7 @@ pub(super) fn ending(
             wasmjobs_host::Outcome::Succeeded | wasmjobs_host::Outcome::Failed
         ),
         events,
-    })
+    }
 }
 
 row! {

@@ -753,13 +753,21 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
-    async fn heartbeat(&self, worker: &str, now: i64, lease_ms: i64) -> Result<Vec<(JobId, bool)>> {
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        jobs: &[JobId],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<(JobId, bool)>> {
+        let ids = serde_json::Value::from(jobs).to_string();
         self.write(|tx| {
             query(
                 tx,
-                "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND worker = ?
+                "UPDATE jobs SET lease_until = ?
+                 WHERE id IN (SELECT value FROM json_each(?)) AND state = 'running' AND worker = ?
                  RETURNING id, cancel_requested",
-                params![now + lease_ms, worker],
+                params![now + lease_ms, ids, worker],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
         })

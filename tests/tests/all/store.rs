@@ -375,8 +375,14 @@ async fn cancel_queued_at_once_and_running_by_request() {
             JobState::Running
         );
         assert_eq!(
-            store.heartbeat("w", 6, 1000).await.expect("hb"),
+            store.heartbeat("w", &[running], 6, 1000).await.expect("hb"),
             [(running, true)],
+            "{backend}"
+        );
+        // Only the jobs named are renewed and reported.
+        assert_eq!(
+            store.heartbeat("w", &[], 6, 1000).await.expect("hb"),
+            [],
             "{backend}"
         );
         let r = store
