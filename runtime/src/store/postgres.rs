@@ -63,8 +63,8 @@ struct CompletionColumns {
 }
 
 /// Claims queued jobs in claim order, records their attempts and `running` events (the event
-/// data as `rows::claimed` makes it), and lets the transaction commit without waiting for the
-/// WAL flush.
+/// data as `rows::claimed` makes it), announces the events (delivered at commit) and lets the
+/// transaction commit without waiting for the WAL flush.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH c AS (
@@ -80,8 +80,13 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              SELECT id, event_seq, 'state',
                     json_build_object('attempt', attempts, 'state', 'running', 'worker', $1::text)::text, $3
              FROM c
+         ), n AS (
+             SELECT pg_notify($5, string_agg(id::text, ','))
+             FROM (SELECT id, (row_number() OVER ()) / 300 AS chunk FROM c) AS running
+             GROUP BY chunk
          )
-         SELECT c.*, set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit FROM c"
+         SELECT c.*, set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
+         FROM c CROSS JOIN (SELECT count(*) FROM n) AS notified"
     )
 });
 
@@ -1026,12 +1031,14 @@ impl Store for PgStore {
             .bind(now + lease_ms)
             .bind(now)
             .bind(i64::from(limit))
+            .bind(&self.channel)
             .fetch_all(&self.pool)
             .await?;
-        // (The events `claimed` makes are the ones the statement wrote.)
-        let (claimed, _, claim_notices) = claimed(rows, worker)?;
-        notices.extend(claim_notices);
-        self.notify(notices).await;
+        // (The statement wrote the events `claimed` makes, and announced them.)
+        let (claimed, _, _) = claimed(rows, worker)?;
+        if !notices.is_empty() {
+            self.notify(notices).await;
+        }
         Ok(claimed)
     }
 
