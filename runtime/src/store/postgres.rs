@@ -44,24 +44,6 @@ struct KeylessColumns {
     event: Vec<String>,
 }
 
-/// Columns of a batch of completions, applied with one `UPDATE … FROM UNNEST` per table.
-#[derive(Default)]
-struct CompletionColumns {
-    id: Vec<i64>,
-    state: Vec<&'static str>,
-    outcome: Vec<&'static str>,
-    error: Vec<Option<String>>,
-    output: Vec<Option<Vec<u8>>>,
-    run_at: Vec<Option<i64>>,
-    finished_at: Vec<Option<i64>>,
-    event_count: Vec<i64>,
-    attempt: Vec<i64>,
-    trap: Vec<Option<String>>,
-    fuel: Vec<i64>,
-    peak_memory: Vec<i64>,
-    wall_time: Vec<i64>,
-}
-
 /// Claims queued jobs in claim order, records their attempts and `running` events (the event
 /// data as `rows::claimed` makes it), announces the events (delivered at commit) and lets the
 /// transaction commit without waiting for the WAL flush.
@@ -90,17 +72,59 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-impl CompletionColumns {
+/// Attempt endings as columns, for [`write_endings`]: per job, the fence (worker, attempt),
+/// the job's new columns, the attempt's figures and the notices its end announces; per event,
+/// its job, how far before the job's last seq it goes, and its kind and data.
+#[derive(Default)]
+struct Endings {
+    id: Vec<i64>,
+    attempt: Vec<i64>,
+    worker: Vec<String>,
+    state: Vec<&'static str>,
+    outcome: Vec<&'static str>,
+    error: Vec<Option<String>>,
+    output: Vec<Option<Vec<u8>>>,
+    run_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    event_count: Vec<i64>,
+    trap: Vec<Option<String>>,
+    fuel: Vec<i64>,
+    peak_memory: Vec<i64>,
+    wall_time: Vec<i64>,
+    notices: Vec<String>,
+    event_job: Vec<i64>,
+    event_back: Vec<i64>,
+    event_kind: Vec<&'static str>,
+    event_data: Vec<String>,
+}
+
+impl Endings {
     fn push(&mut self, c: &Completion, e: Ending) {
+        let mut notices = vec![Notice::Events(c.job_id)];
+        if e.state.is_final() {
+            notices.push(Notice::Ended(c.job_id));
+        }
+        if e.state == JobState::Scheduled {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notices.push(payloads(notices).join(","));
+        let n = e.events.len();
+        for (k, event) in e.events.iter().enumerate() {
+            self.event_job.push(c.job_id);
+            self.event_back.push((n - 1 - k) as i64);
+            self.event_kind.push(event.kind);
+            self.event_data.push(event.data.to_string());
+        }
         self.id.push(c.job_id);
+        self.attempt.push(i64::from(c.attempt));
+        self.worker.push(c.worker.clone());
         self.state.push(e.state.as_str());
         self.outcome.push(c.outcome.as_str());
         self.error.push(c.error.clone());
         self.output.push(e.keep_output.then(|| c.output.clone()));
         self.run_at.push(e.run_at);
         self.finished_at.push(e.finished_at);
-        self.event_count.push(e.events.len() as i64);
-        self.attempt.push(i64::from(c.attempt));
+        self.event_count.push(n as i64);
         self.trap.push(c.trap.clone());
         self.fuel
             .push(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX));
@@ -111,24 +135,73 @@ impl CompletionColumns {
     }
 }
 
-/// Event rows as columns, for one `INSERT … SELECT FROM UNNEST`.
-#[derive(Default)]
-struct EventColumns {
-    job_id: Vec<i64>,
-    seq: Vec<i64>,
-    kind: Vec<&'static str>,
-    data: Vec<String>,
-}
-
-impl EventColumns {
-    fn extend(&mut self, rows: Vec<PendingEvent>) {
-        for (job, seq, kind, data) in rows {
-            self.job_id.push(job);
-            self.seq.push(seq);
-            self.kind.push(kind);
-            self.data.push(data);
-        }
-    }
+/// Writes attempt endings with one statement: each job still held by the ending's worker and
+/// attempt gets its new state, its attempt row its figures, its history the events after its
+/// last seq, and its notices go out when the transaction commits. Returns the ids of the jobs
+/// written; the others were fenced out.
+///
+/// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the claim
+/// sets it; every way out of `running` clears it). It does not name the state, or the planner
+/// finds the rows through the partial index of running jobs, which holds an entry for every
+/// version of every job that ever ran until a vacuum removes it, instead of by primary key.
+async fn write_endings<'c, E>(exec: E, e: &Endings, channel: &str, now: i64) -> Result<Vec<i64>>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    Ok(sqlx::query_scalar(
+        "WITH v AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
+                                  $12::bigint[], $13::bigint[], $14::bigint[], $15::text[])
+                  AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, trap,
+                       fuel, peak, wall, notices)
+         ), j AS (
+             UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
+                    worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
+                    finished_at = v.finished_at, updated_at = $16, event_seq = jobs.event_seq + v.n
+             FROM v
+             WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
+             RETURNING jobs.id, jobs.event_seq
+         ), a AS (
+             UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error, fuel_consumed = v.fuel,
+                    peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $16
+             FROM j JOIN v ON v.id = j.id
+             WHERE attempts.job_id = j.id AND attempts.attempt = v.attempt
+         ), e AS (
+             INSERT INTO events (job_id, seq, kind, data, at)
+             SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $16
+             FROM UNNEST($17::bigint[], $18::bigint[], $19::text[], $20::text[]) AS u(job_id, back, kind, data)
+             JOIN j ON j.id = u.job_id
+         ), n AS (
+             SELECT pg_notify($21, string_agg(notices, ','))
+             FROM (SELECT v.notices, (row_number() OVER ()) / 100 AS chunk FROM j JOIN v ON v.id = j.id) AS ended
+             GROUP BY chunk
+         )
+         SELECT j.id FROM j CROSS JOIN (SELECT count(*) FROM n) AS notified",
+    )
+    .bind(&e.id)
+    .bind(&e.attempt)
+    .bind(&e.worker)
+    .bind(&e.state)
+    .bind(&e.outcome)
+    .bind(&e.error)
+    .bind(&e.output)
+    .bind(&e.run_at)
+    .bind(&e.finished_at)
+    .bind(&e.event_count)
+    .bind(&e.trap)
+    .bind(&e.fuel)
+    .bind(&e.peak_memory)
+    .bind(&e.wall_time)
+    .bind(&e.notices)
+    .bind(now)
+    .bind(&e.event_job)
+    .bind(&e.event_back)
+    .bind(&e.event_kind)
+    .bind(&e.event_data)
+    .bind(channel)
+    .fetch_all(exec)
+    .await?)
 }
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -235,16 +308,9 @@ impl PgStore {
         self.notify(notices).await;
     }
 
-    /// Ends jobs whose attempts' outcomes decided their end, with one statement (its own
-    /// transaction): the fence (still running this attempt on this worker) is in its `WHERE`;
-    /// it updates the attempts, appends the events after each job's last seq and announces
-    /// the ends when it commits.
-    ///
-    /// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the
-    /// claim sets it; every way out of `running` clears it). It does not name the state, or
-    /// the planner finds the rows through the partial index of running jobs, which holds an
-    /// entry for every version of every job that ever ran until a vacuum removes it, instead
-    /// of by primary key.
+    /// Ends jobs whose attempts' outcomes decided their end (`policy::decided_by_outcome`)
+    /// without reading their rows first: one statement, its own transaction, fenced in its
+    /// `WHERE` (see [`write_endings`]).
     async fn complete_settled(
         &self,
         mut settled: Vec<(usize, &Completion, Ending)>,
@@ -254,74 +320,14 @@ impl PgStore {
         // In id order, so that two batches that meet lock their rows in the same order. (The
         // heartbeat skips rows held by others, so it never waits on a completion.)
         settled.sort_by_key(|(_, c, _)| c.job_id);
-        let mut jobs = CompletionColumns::default();
-        let mut workers = Vec::with_capacity(settled.len());
-        let mut events = EventColumns::default();
-        let mut applied_state = std::collections::HashMap::new();
+        let mut endings = Endings::default();
+        let mut states = std::collections::HashMap::new();
         for (i, c, ending) in settled {
-            let n = ending.events.len();
-            for (k, e) in ending.events.iter().enumerate() {
-                // Counted back from the job's last seq after the update.
-                events.job_id.push(c.job_id);
-                events.seq.push((n - 1 - k) as i64);
-                events.kind.push(e.kind);
-                events.data.push(e.data.to_string());
-            }
-            applied_state.insert(c.job_id, (i, ending.state));
-            workers.push(c.worker.as_str());
-            jobs.push(c, ending);
+            states.insert(c.job_id, (i, ending.state));
+            endings.push(c, ending);
         }
-        let applied: Vec<i64> = sqlx::query_scalar(
-            "WITH v AS (
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                      $7::bytea[], $8::bigint[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[])
-                      AS u(id, attempt, worker, state, outcome, error, output, n, trap, fuel, peak, wall)
-             ), j AS (
-                 UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
-                        worker = NULL, lease_until = NULL, finished_at = $13, updated_at = $13,
-                        event_seq = jobs.event_seq + v.n
-                 FROM v
-                 WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
-                 RETURNING jobs.id, jobs.event_seq
-             ), a AS (
-                 UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error, fuel_consumed = v.fuel,
-                        peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $13
-                 FROM j JOIN v ON v.id = j.id
-                 WHERE attempts.job_id = j.id AND attempts.attempt = v.attempt
-             ), e AS (
-                 INSERT INTO events (job_id, seq, kind, data, at)
-                 SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $13
-                 FROM UNNEST($14::bigint[], $15::bigint[], $16::text[], $17::text[]) AS u(job_id, back, kind, data)
-                 JOIN j ON j.id = u.job_id
-             ), n AS (
-                 SELECT pg_notify($18, string_agg(id::text || ',e' || id::text, ','))
-                 FROM (SELECT id, (row_number() OVER ()) / 150 AS chunk FROM j) AS ended
-                 GROUP BY chunk
-             )
-             SELECT j.id FROM j CROSS JOIN (SELECT count(*) FROM n) AS notified",
-        )
-        .bind(&jobs.id)
-        .bind(&jobs.attempt)
-        .bind(&workers)
-        .bind(&jobs.state)
-        .bind(&jobs.outcome)
-        .bind(&jobs.error)
-        .bind(&jobs.output)
-        .bind(&jobs.event_count)
-        .bind(&jobs.trap)
-        .bind(&jobs.fuel)
-        .bind(&jobs.peak_memory)
-        .bind(&jobs.wall_time)
-        .bind(now)
-        .bind(&events.job_id)
-        .bind(&events.seq)
-        .bind(&events.kind)
-        .bind(&events.data)
-        .bind(&self.channel)
-        .fetch_all(&self.pool)
-        .await?;
-        for id in applied {
-            if let Some((i, state)) = applied_state.get(&id) {
+        for id in write_endings(&self.pool, &endings, &self.channel, now).await? {
+            if let Some((i, state)) = states.get(&id) {
                 results[*i] = Completed::Applied(*state);
             }
         }
@@ -329,8 +335,8 @@ impl PgStore {
     }
 
     /// Ends jobs whose attempts' ends depend on the job (retry policy, deadline, cancel
-    /// request): reads and locks their rows, decides, then writes them, their attempts,
-    /// their events and the announcement with one statement.
+    /// request): reads and locks their rows, decides, then writes with [`write_endings`] in
+    /// the same transaction.
     async fn complete_read(
         &self,
         completions: &[(usize, &Completion)],
@@ -350,11 +356,10 @@ impl PgStore {
             retry: String,
             cancel_requested: bool,
             deadline_at: Option<i64>,
-            event_seq: i64,
         }
         // Rows are locked in id order (the heartbeat skips rows held by others).
         let snaps: Vec<Snap> = sqlx::query_as(
-            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at, event_seq FROM jobs
+            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at FROM jobs
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
@@ -362,11 +367,8 @@ impl PgStore {
         .await?;
         let snaps: std::collections::HashMap<i64, Snap> =
             snaps.into_iter().map(|s| (s.id, s)).collect();
-
         let mut done = std::collections::HashSet::new();
-        let mut jobs = CompletionColumns::default();
-        let mut events = EventColumns::default();
-        let mut notices = Vec::new();
+        let mut endings = Endings::default();
         for &(i, c) in completions {
             let Some(snap) = snaps.get(&c.job_id) else {
                 continue;
@@ -389,68 +391,12 @@ impl PgStore {
                 c,
                 now,
             )?;
-            let state = ending.state;
-            // The row is locked: its history continues from the seq read above.
-            events.extend(pending(
-                c.job_id,
-                snap.event_seq + ending.events.len() as i64,
-                &ending.events,
-            ));
-            jobs.push(c, ending);
-            notices.push(Notice::Events(c.job_id));
-            if state.is_final() {
-                notices.push(Notice::Ended(c.job_id));
-            }
-            if state == JobState::Scheduled {
-                notices.push(Notice::JobsAvailable);
-            }
-            results[i] = Completed::Applied(state);
+            results[i] = Completed::Applied(ending.state);
+            endings.push(c, ending);
         }
-        if !jobs.id.is_empty() {
-            // One statement: the jobs, their attempts, their events, and the announcement
-            // (delivered when the transaction commits).
-            sqlx::query(
-                "WITH j AS (
-                     UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
-                            worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
-                            finished_at = v.finished_at, updated_at = $9, event_seq = jobs.event_seq + v.n
-                     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[],
-                                 $7::bigint[], $8::bigint[]) AS v(id, state, outcome, error, output, run_at, finished_at, n)
-                     WHERE jobs.id = v.id
-                 ), a AS (
-                     UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error,
-                            fuel_consumed = v.fuel, peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $9
-                     FROM UNNEST($1::bigint[], $10::bigint[], $3::text[], $11::text[], $4::text[], $12::bigint[],
-                                 $13::bigint[], $14::bigint[]) AS v(job_id, attempt, outcome, trap, error, fuel, peak, wall)
-                     WHERE attempts.job_id = ANY($1) AND attempts.job_id = v.job_id AND attempts.attempt = v.attempt
-                 ), e AS (
-                     INSERT INTO events (job_id, seq, kind, data, at)
-                     SELECT u.*, $9 FROM UNNEST($15::bigint[], $16::bigint[], $17::text[], $18::text[]) AS u
-                 )
-                 SELECT pg_notify($19, p) FROM UNNEST($20::text[]) AS p",
-            )
-            .bind(&jobs.id)
-            .bind(&jobs.state)
-            .bind(&jobs.outcome)
-            .bind(&jobs.error)
-            .bind(&jobs.output)
-            .bind(&jobs.run_at)
-            .bind(&jobs.finished_at)
-            .bind(&jobs.event_count)
-            .bind(now)
-            .bind(&jobs.attempt)
-            .bind(&jobs.trap)
-            .bind(&jobs.fuel)
-            .bind(&jobs.peak_memory)
-            .bind(&jobs.wall_time)
-            .bind(&events.job_id)
-            .bind(&events.seq)
-            .bind(&events.kind)
-            .bind(&events.data)
-            .bind(&self.channel)
-            .bind(payloads(notices))
-            .execute(&mut *tx)
-            .await?;
+        if !endings.id.is_empty() {
+            // The rows are locked and fenced above: every one of them is written.
+            write_endings(&mut *tx, &endings, &self.channel, now).await?;
         }
         tx.commit().await?;
         Ok(())
