@@ -336,12 +336,14 @@ impl PgStore {
 
     /// Ends jobs whose attempts' ends depend on the job (retry policy, deadline, cancel
     /// request): reads and locks their rows, decides, then writes with [`write_endings`] in
-    /// the same transaction.
+    /// the same transaction. With `expired_before` (the rescuer), only attempts whose lease
+    /// ran out before it are ended: a lease renewed since the rescuer looked is left alone.
     async fn complete_read(
         &self,
         completions: &[(usize, &Completion)],
         now: i64,
         results: &mut [Completed],
+        expired_before: Option<i64>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let mut ids: Vec<i64> = completions.iter().map(|(_, c)| c.job_id).collect();
@@ -356,10 +358,11 @@ impl PgStore {
             retry: String,
             cancel_requested: bool,
             deadline_at: Option<i64>,
+            lease_until: Option<i64>,
         }
         // Rows are locked in id order (the heartbeat skips rows held by others).
         let snaps: Vec<Snap> = sqlx::query_as(
-            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at FROM jobs
+            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at, lease_until FROM jobs
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
@@ -373,10 +376,16 @@ impl PgStore {
             let Some(snap) = snaps.get(&c.job_id) else {
                 continue;
             };
-            // The fence: still running this very attempt, on this worker; once per batch.
+            // The fence: still running this very attempt, on this worker (with its lease run
+            // out, for the rescuer); once per batch.
+            let expired = match expired_before {
+                Some(t) => snap.lease_until.is_some_and(|l| l < t),
+                None => true,
+            };
             if snap.state != "running"
                 || snap.attempts != i64::from(c.attempt)
                 || snap.worker.as_deref() != Some(c.worker.as_str())
+                || !expired
                 || !done.insert(c.job_id)
             {
                 continue;
@@ -676,88 +685,6 @@ async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
     row.map(JobRow::into_job).transpose()
 }
 
-/// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the
-/// rescuer, which acts on expired leases).
-async fn apply_completion(
-    events_out: &mut Vec<PendingEvent>,
-    tx: &mut Tx<'_>,
-    c: &Completion,
-    fence: Option<&str>,
-    now: i64,
-) -> Result<Completed> {
-    #[derive(sqlx::FromRow)]
-    struct Snap {
-        attempts: i64,
-        retry: String,
-        cancel_requested: bool,
-        deadline_at: Option<i64>,
-    }
-    let snap: Option<Snap> = sqlx::query_as(
-        "SELECT attempts, retry, cancel_requested, deadline_at FROM jobs
-         WHERE id = $1 AND state = 'running' AND attempts = $2 AND ($3::text IS NULL OR worker = $4)
-         FOR UPDATE",
-    )
-    .bind(c.job_id)
-    .bind(i64::from(c.attempt))
-    .bind(fence)
-    .bind(fence)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(snap) = snap else {
-        return Ok(Completed::Refused);
-    };
-    let Ending {
-        state,
-        run_at,
-        finished_at,
-        keep_output,
-        events,
-    } = ending(
-        EndingSnapshot {
-            attempts: snap.attempts,
-            retry: &snap.retry,
-            cancel_requested: snap.cancel_requested,
-            deadline_at: snap.deadline_at,
-        },
-        c,
-        now,
-    )?;
-    let last_seq: i64 = sqlx::query_scalar(
-        "UPDATE jobs SET state = $1, outcome = $2, error = $3, output = $4, worker = NULL, lease_until = NULL,
-                run_at = COALESCE($5, run_at), finished_at = $6, updated_at = $7, event_seq = event_seq + $8
-         WHERE id = $9 RETURNING event_seq",
-    )
-    .bind(state.as_str())
-    .bind(c.outcome.as_str())
-    .bind(c.error.as_deref())
-    .bind(keep_output.then_some(c.output.as_slice()))
-    .bind(run_at)
-    .bind(finished_at)
-    .bind(now)
-    .bind(events.len() as i64)
-    .bind(c.job_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE attempts SET outcome = $1, trap = $2, error = $3, fuel_consumed = $4, peak_memory_bytes = $5,
-                wall_time_us = $6, finished_at = $7
-         WHERE job_id = $8 AND attempt = $9",
-    )
-    .bind(c.outcome.as_str())
-    .bind(c.trap.as_deref())
-    .bind(c.error.as_deref())
-    .bind(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX))
-    .bind(i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX))
-    .bind(i64::try_from(c.wall_time_us).unwrap_or(i64::MAX))
-    .bind(now)
-    .bind(c.job_id)
-    .bind(i64::from(c.attempt))
-    .execute(&mut **tx)
-    .await?;
-    events_out.extend(pending(c.job_id, last_seq, &events));
-    Ok(Completed::Applied(state))
-}
-
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -1032,7 +959,7 @@ impl Store for PgStore {
             self.complete_settled(settled, now, &mut results).await?;
         }
         if !read.is_empty() {
-            self.complete_read(&read, now, &mut results).await?;
+            self.complete_read(&read, now, &mut results, None).await?;
         }
         Ok(results)
     }
@@ -1065,33 +992,31 @@ impl Store for PgStore {
     }
 
     async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
-        let mut tx = self.pool.begin().await?;
+        // Attempts whose lease ran out end `lost`, decided and written as any other ending
+        // that depends on its job; the lease is checked again under the row's lock.
         let expired: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < $1",
         )
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        let mut rescued = Vec::new();
-        let mut events = Vec::new();
-        for (id, attempts, worker) in expired {
-            let c = Completion::lost(id, attempts, worker);
-            if let Completed::Applied(_) =
-                apply_completion(&mut events, &mut tx, &c, None, now).await?
-            {
-                rescued.push(id);
-            }
+        if expired.is_empty() {
+            return Ok(Vec::new());
         }
-        write_events(&mut tx, &events, now).await?;
-        tx.commit().await?;
-        // A rescued job may have ended (failed, no attempts left): followers of ends look.
-        let mut notices: Vec<Notice> = rescued
-            .iter()
-            .flat_map(|id| [Notice::Events(*id), Notice::Ended(*id)])
+        let lost: Vec<Completion> = expired
+            .into_iter()
+            .map(|(id, attempts, worker)| Completion::lost(id, attempts, worker))
             .collect();
-        notices.push(Notice::JobsAvailable);
-        self.notify(notices).await;
-        Ok(rescued)
+        let batch: Vec<(usize, &Completion)> = lost.iter().enumerate().collect();
+        let mut results = vec![Completed::Refused; lost.len()];
+        self.complete_read(&batch, now, &mut results, Some(now))
+            .await?;
+        Ok(lost
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| matches!(r, Completed::Applied(_)))
+            .map(|(c, _)| c.job_id)
+            .collect())
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
