@@ -47,6 +47,18 @@ async fn main() {
     {
         println!();
         println!("== {backend}");
+        if backend == "postgres" {
+            // Whether dead row versions are vacuumed away during the run changes what the
+            // queue's indexes cost (docs/scheduler.md): say which it is.
+            let autovacuum: String = match sqlx::PgPool::connect(&url).await {
+                Ok(pool) => sqlx::query_scalar("SHOW autovacuum")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or_else(|e| format!("unknown ({e})")),
+                Err(e) => format!("unknown ({e})"),
+            };
+            println!("   (server: autovacuum {autovacuum})");
+        }
         let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;
         println!("   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s");
         let store = open(backend, &url).await;
