@@ -495,16 +495,6 @@ async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Resul
     Ok(())
 }
 
-/// The first event of a job just created in `state`.
-fn created_event(state: JobState, run_at: i64) -> NewEvent {
-    let extra = if state == JobState::Scheduled {
-        json!({ "run_at": run_at })
-    } else {
-        json!({})
-    };
-    NewEvent::state(state, extra)
-}
-
 /// Inserts keyless jobs and their first events with one statement (one round trip, whatever
 /// the batch's size); ids are drawn from the sequence in the same statement and come back in
 /// the batch's order. With `notify`, the statement also announces on that channel that jobs
@@ -582,17 +572,6 @@ where
         )));
     }
     Ok(ids)
-}
-
-/// A job's state and run_at as submitted at `now`.
-fn initial_state(j: &NewJob, now: i64) -> (JobState, i64) {
-    let run_at = j.run_at.unwrap_or(now);
-    let state = if run_at > now {
-        JobState::Scheduled
-    } else {
-        JobState::Queued
-    };
-    (state, run_at)
 }
 
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
@@ -907,8 +886,7 @@ impl Store for PgStore {
             .bind(&self.channel)
             .fetch_all(&self.pool)
             .await?;
-        // (The statement wrote the events `claimed` makes, and announced them.)
-        let (claimed, _, _) = claimed(rows, worker)?;
+        let claimed = claimed_in_order(rows)?;
         if !notices.is_empty() {
             self.notify(notices).await;
         }

@@ -132,8 +132,15 @@ impl FromSqlite for ClaimRow {
     }
 }
 
+/// The claimed attempts a claim returned, in claim order.
+pub(super) fn claimed_in_order(mut rows: Vec<ClaimRow>) -> Result<Vec<Claimed>> {
+    rows.sort_by_key(ClaimRow::claim_order);
+    rows.into_iter().map(ClaimRow::into_claimed).collect()
+}
+
 /// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
-/// events and the notices to send once the claim commits.
+/// events and the notices to send once the claim commits. (Postgres writes and announces the
+/// events in its claim statement, and needs only [`claimed_in_order`].)
 pub(super) fn claimed(
     mut rows: Vec<ClaimRow>,
     worker: &str,
@@ -154,6 +161,27 @@ pub(super) fn claimed(
         claimed.push(c);
     }
     Ok((claimed, events, notices))
+}
+
+/// A job's state and run_at as submitted at `now`: scheduled when it asks to run later.
+pub(super) fn initial_state(j: &NewJob, now: i64) -> (JobState, i64) {
+    let run_at = j.run_at.unwrap_or(now);
+    let state = if run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    };
+    (state, run_at)
+}
+
+/// The first event of a job just created in `state`.
+pub(super) fn created_event(state: JobState, run_at: i64) -> NewEvent {
+    let extra = if state == JobState::Scheduled {
+        serde_json::json!({ "run_at": run_at })
+    } else {
+        serde_json::json!({})
+    };
+    NewEvent::state(state, extra)
 }
 
 impl ClaimRow {

@@ -352,12 +352,7 @@ fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> 
                 continue;
             }
         }
-        let run_at = j.run_at.unwrap_or(now);
-        let state = if run_at > now {
-            JobState::Scheduled
-        } else {
-            JobState::Queued
-        };
+        let (state, run_at) = initial_state(&j, now);
         let id: i64 = scalar(
             tx,
             "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
@@ -382,12 +377,7 @@ fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> 
             ],
         )?
         .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
-        let extra = if state == JobState::Scheduled {
-            json!({ "run_at": run_at })
-        } else {
-            json!({})
-        };
-        events.extend(pending(id, 1, &[NewEvent::state(state, extra)]));
+        events.extend(pending(id, 1, &[created_event(state, run_at)]));
         any_queued |= state == JobState::Queued;
         notices.push(Notice::Events(id));
         out.push((Job::inserted(id, j, state, run_at, now), true));
