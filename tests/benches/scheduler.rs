@@ -71,6 +71,15 @@ async fn main() {
             "   latency submit → succeeded at 500 jobs/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             latency.0, latency.1, latency.2
         );
+        if backend == "postgres" {
+            // The run's schema holds 55,000 jobs: leave nothing behind on the shared server.
+            if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", bench_schema());
+                if let Err(e) = pool.execute(sqlx::AssertSqlSafe(drop)).await {
+                    println!("   (could not drop the bench schema: {e})");
+                }
+            }
+        }
     }
     println!();
     println!(
@@ -86,12 +95,16 @@ async fn open(backend: &str, url: &str) -> Arc<dyn Store> {
             wasmjobs::store::open(&path).await.expect("sqlite store")
         }
         _ => {
-            let schema = format!("bench_{}", std::process::id());
-            wasmjobs::store::open_postgres_schema(url, &schema)
+            wasmjobs::store::open_postgres_schema(url, &bench_schema())
                 .await
                 .expect("postgres store")
         }
     }
+}
+
+/// The Postgres schema of this run's store.
+fn bench_schema() -> String {
+    format!("bench_{}", std::process::id())
 }
 
 /// Insert N rows, claim them, complete them: one transaction per batch of 1,000, no events, no
