@@ -94,11 +94,9 @@ async fn open(backend: &str, url: &str) -> Arc<dyn Store> {
             let path = format!("{url}.wasmjobs");
             wasmjobs::store::open(&path).await.expect("sqlite store")
         }
-        _ => {
-            wasmjobs::store::open_postgres_schema(url, &bench_schema())
-                .await
-                .expect("postgres store")
-        }
+        _ => wasmjobs::store::open_postgres_schema(url, &bench_schema())
+            .await
+            .expect("postgres store"),
     }
 }
 
