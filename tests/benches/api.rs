@@ -113,6 +113,9 @@ async fn main() {
         );
         println!();
         drop(server);
+        if backend == "postgres" {
+            drop_postgres_database();
+        }
     }
 }
 
@@ -135,10 +138,35 @@ fn wasmjobs_release() -> PathBuf {
     bin
 }
 
+/// The name of this run's Postgres database.
+fn bench_database() -> String {
+    format!("wasmjobs_bench_api_{}", std::process::id())
+}
+
+/// Drops this run's database once its server is gone: nothing is left on the shared server.
+fn drop_postgres_database() {
+    let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES") else {
+        return;
+    };
+    let name = bench_database();
+    let dropped = Command::new("psql")
+        .args([
+            pg.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !dropped {
+        println!("(could not drop the bench database {name})");
+    }
+}
+
 /// A new database beside `WASMJOBS_TEST_POSTGRES` (the server uses its public schema).
 fn fresh_postgres_database() -> String {
     let pg = std::env::var("WASMJOBS_TEST_POSTGRES").expect("postgres url");
-    let name = format!("wasmjobs_bench_api_{}", std::process::id());
+    let name = bench_database();
     let ok = Command::new("psql")
         .args([
             pg.as_str(),

@@ -70,6 +70,7 @@ pub async fn test_stores(
     let mut stores = vec![("sqlite", sqlite, TempDb { _dir: Some(dir) })];
     match std::env::var("WASMJOBS_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => {
+            drop_stale_schemas(&url, tag).await;
             let schema = format!("t_{}_{}_{}", tag, std::process::id(), fastrand_suffix());
             let pg = wasmjobs::store::open_postgres_schema(&url, &schema)
                 .await
@@ -81,6 +82,46 @@ pub async fn test_stores(
         }
     }
     stores
+}
+
+/// Drops the schemas that earlier test processes, no longer running, made for `tag`: each
+/// test's schema stays after it (for a look after a failure) until the next run of that test.
+async fn drop_stale_schemas(url: &str, tag: &str) {
+    use sqlx::Executor;
+    let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+    else {
+        return;
+    };
+    let prefix = format!("t_{tag}_");
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(&prefix)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        // t_<tag>_<pid>_<suffix>: only schemas of processes that are gone.
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !alive && valid {
+            let _ = pool
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE"
+                )))
+                .await;
+        }
+    }
+    pool.close().await;
 }
 
 /// Keeps a test database alive for as long as it is held.
