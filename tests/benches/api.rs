@@ -143,22 +143,26 @@ fn bench_database() -> String {
     format!("wasmjobs_bench_api_{}", std::process::id())
 }
 
+/// Runs SQL `commands` with `psql` against `url`, one `-c` each; whether all succeeded.
+fn psql(url: &str, commands: &[String]) -> bool {
+    let mut cmd = Command::new("psql");
+    cmd.args([url, "-q"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
 /// Drops this run's database once its server is gone: nothing is left on the shared server.
 fn drop_postgres_database() {
     let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES") else {
         return;
     };
     let name = bench_database();
-    let dropped = Command::new("psql")
-        .args([
-            pg.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !dropped {
+    if !psql(
+        &pg,
+        &[format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
+    ) {
         println!("(could not drop the bench database {name})");
     }
 }
@@ -167,17 +171,13 @@ fn drop_postgres_database() {
 fn fresh_postgres_database() -> String {
     let pg = std::env::var("WASMJOBS_TEST_POSTGRES").expect("postgres url");
     let name = bench_database();
-    let ok = Command::new("psql")
-        .args([
-            pg.as_str(),
-            "-q",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {name}"),
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = psql(
+        &pg,
+        &[
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ],
+    );
     assert!(ok, "cannot create database {name} with psql");
     format!(
         "{}/{name}",

@@ -440,7 +440,7 @@ impl PgStore {
     }
 
     async fn announce(&self, notices: Vec<Notice>) {
-        self.notify(notices).await;
+        self.notify(notices);
     }
 
     /// Ends jobs whose attempts' outcomes decided their end (`policy::decided_by_outcome`)
@@ -468,7 +468,7 @@ impl PgStore {
                 results[*i] = Completed::Applied(*state);
             }
         }
-        self.notify(endings.notices_of(&written)).await;
+        self.notify(endings.notices_of(&written));
         Ok(())
     }
 
@@ -541,15 +541,15 @@ impl PgStore {
             results[i] = Completed::Applied(ending.state);
             endings.push(c, ending);
         }
-        if !endings.id.is_empty() {
-            // The rows are locked and fenced above: every one of them is written.
+        // The rows are locked and fenced above: every one of them is written.
+        let written = if endings.id.is_empty() {
+            Vec::new()
+        } else {
             endings.sweep_by(self);
-            let written = write_endings(&mut *tx, &endings, now).await?;
-            tx.commit().await?;
-            self.notify(endings.notices_of(&written)).await;
-            return Ok(());
-        }
+            write_endings(&mut *tx, &endings, now).await?
+        };
         tx.commit().await?;
+        self.notify(endings.notices_of(&written));
         Ok(())
     }
 
@@ -611,6 +611,7 @@ impl PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
+        self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
         let mut notices = Vec::new();
         for (id, ended) in swept {
             notices.push(Notice::Events(id));
@@ -641,7 +642,7 @@ impl PgStore {
 
     /// Announces committed changes: at once to this node's subscribers, and to every other
     /// node through NOTIFY (whose echo this node's listener skips).
-    async fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
+    fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
         for notice in notices {
             let _ = self.notices.send(notice);
             // The sender lives as long as the store.
@@ -971,17 +972,7 @@ impl Store for PgStore {
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
-        // Jobs that wait for a time, or must start before one, bring the next sweep forward.
-        for j in &jobs {
-            let (state, run_at) = initial_state(j, now);
-            if state == JobState::Scheduled {
-                self.sweep_by(run_at);
-            }
-            if let Some(deadline) = j.deadline_at {
-                self.sweep_by(deadline);
-            }
-        }
-        if jobs.iter().all(|j| j.idempotency_key.is_none()) {
+        let out = if jobs.iter().all(|j| j.idempotency_key.is_none()) {
             // The usual submission group: one statement, one transaction.
             let batch: Vec<(NewJob, JobState, i64)> = jobs
                 .into_iter()
@@ -992,18 +983,28 @@ impl Store for PgStore {
                 .collect();
             let ids = insert_keyless(&self.pool, &batch, now).await?;
             if batch.iter().any(|(_, state, _)| *state == JobState::Queued) {
-                self.notify([Notice::JobsAvailable]).await;
+                self.notify([Notice::JobsAvailable]);
             }
-            return Ok(ids
-                .into_iter()
+            ids.into_iter()
                 .zip(batch)
                 .map(|(id, (j, state, run_at))| (Job::inserted(id, j, state, run_at, now), true))
-                .collect());
+                .collect()
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
+            tx.commit().await?;
+            self.notify(notices);
+            out
+        };
+        // Jobs that wait for a time, or must start before one, bring the next sweep forward.
+        for (job, _) in out.iter().filter(|(_, created)| *created) {
+            if job.state == JobState::Scheduled {
+                self.sweep_by(job.run_at);
+            }
+            if let Some(deadline) = job.deadline_at {
+                self.sweep_by(deadline);
+            }
         }
-        let mut tx = self.pool.begin().await?;
-        let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
-        tx.commit().await?;
-        self.notify(notices).await;
         Ok(out)
     }
 
@@ -1111,11 +1112,12 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
+        // Each claimed job leaves a dead queue row now and a dead running row at its end.
         self.churn
-            .fetch_add((2 * rows.len() + notices.len()) as u64, Ordering::Relaxed);
+            .fetch_add(2 * rows.len() as u64, Ordering::Relaxed);
         let claimed = claimed_in_order(rows)?;
         notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
-        self.notify(notices).await;
+        self.notify(notices);
         Ok(claimed)
     }
 
@@ -1140,7 +1142,7 @@ impl Store for PgStore {
         }
         push_events(&mut tx, id, events, now).await?;
         tx.commit().await?;
-        self.notify([Notice::Events(id)]).await;
+        self.notify([Notice::Events(id)]);
         Ok(true)
     }
 
@@ -1293,9 +1295,9 @@ impl Store for PgStore {
         };
         tx.commit().await?;
         if state == JobState::Cancelled && job.state != JobState::Cancelled {
-            self.notify([Notice::Events(id), Notice::Ended(id)]).await;
+            self.notify([Notice::Events(id), Notice::Ended(id)]);
         } else {
-            self.notify([Notice::Events(id)]).await;
+            self.notify([Notice::Events(id)]);
         }
         Ok(state)
     }
@@ -1331,8 +1333,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await?;
-        self.notify([Notice::Events(id), Notice::JobsAvailable])
-            .await;
+        self.notify([Notice::Events(id), Notice::JobsAvailable]);
         Ok(JobState::Queued)
     }
 

@@ -139,8 +139,8 @@ pub(super) fn claimed_in_order(mut rows: Vec<ClaimRow>) -> Result<Vec<Claimed>> 
 }
 
 /// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
-/// events and the notices to send once the claim commits. (Postgres writes and announces the
-/// events in its claim statement, and needs only [`claimed_in_order`].)
+/// events and the notices to send once the claim commits. (Postgres writes the events in its
+/// claim statement, and needs only [`claimed_in_order`].)
 pub(super) fn claimed(
     mut rows: Vec<ClaimRow>,
     worker: &str,
