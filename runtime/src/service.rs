@@ -96,6 +96,35 @@ impl JobService {
     /// Validates and stores a job; nothing is stored when it is refused. Returns the job and
     /// whether it was created (`false`: an earlier job with the same idempotency key).
     pub async fn submit(&self, req: SubmitJob) -> Result<(Job, bool), ServiceError> {
+        let answer = self.enqueue(req).await?;
+        wait_stored(answer).await
+    }
+
+    /// Validates and stores many jobs, answering each on its own, in order: a refused job is
+    /// that job's error and does not stop the others. Every accepted job is durable when this
+    /// returns, as with [`JobService::submit`]; the jobs go into the same group commits as
+    /// single submissions, so a batch is not one transaction (it may be split across groups).
+    pub async fn submit_many(
+        &self,
+        reqs: Vec<SubmitJob>,
+    ) -> Vec<Result<(Job, bool), ServiceError>> {
+        let mut answers = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            answers.push(self.enqueue(req).await);
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(match answer {
+                Ok(answer) => wait_stored(answer).await,
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Validates a submission and hands it to the group commit; the receiver gets the stored
+    /// job once its group committed.
+    async fn enqueue(&self, req: SubmitJob) -> Result<Answer, ServiceError> {
         let input = input_bytes(req.input.as_ref(), req.input_base64.as_deref())?;
         if req.module.trim().is_empty() {
             return Err(ServiceError::Invalid(
@@ -134,10 +163,17 @@ impl JobService {
         if self.inserts.send((req.module, job, reply)).await.is_err() {
             return Err(ServiceError::Invalid("the server is shutting down".into()));
         }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
-        }
+        Ok(answer)
+    }
+}
+
+type Answer = oneshot::Receiver<Result<(Job, bool), ServiceError>>;
+
+/// The group commit's answer for one job.
+async fn wait_stored(answer: Answer) -> Result<(Job, bool), ServiceError> {
+    match answer.await {
+        Ok(result) => result,
+        Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
     }
 }
 

@@ -4,13 +4,17 @@
 //!   database;
 //! - wasmjobs throughput: N trivial jobs submitted through the job service (each accepted job
 //!   durable before its submit returns) until all are `succeeded`, each run in a fresh sandbox
-//!   with every limit on, and the ratio to the ceiling;
+//!   with every limit on, and the ratio to the ceiling; once one job per `submit` (64
+//!   submitters, 64 slots), once in batches of 1,000 per `submit_many`, as
+//!   `POST /v1/jobs/batch` takes them (64 submitters, 256 slots);
 //! - latency from submit to the job's end being announced (p50, p99) at a steady 500 jobs/s;
 //! - peak RSS.
 //!
 //! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench scheduler`
 //! (`-- --quick` for N = 5,000; `WASMJOBS_BENCH_BACKENDS=sqlite|postgres` for one backend;
-//! `WASMJOBS_BENCH_SLOTS` for the node's slots, 64 by default).
+//! `WASMJOBS_BENCH_SLOTS` for the node's slots in the one-by-one run, 64 by default;
+//! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
+//! slots, 1,000 and 256 by default).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,14 +66,31 @@ async fn main() {
         let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;
         println!("   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s");
         let store = open(backend, &url).await;
-        let (throughput, latency) = wasmjobs_run(store, n).await;
+        let single = Shape {
+            batch: 1,
+            slots: env_number("WASMJOBS_BENCH_SLOTS", 64),
+        };
+        let (throughput, latency) = wasmjobs_run(store.clone(), n, single, true).await;
         println!(
-            "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)",
-            100.0 * throughput / ceiling
+            "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
+            100.0 * throughput / ceiling,
+            single.slots
         );
+        if let Some((p50, p99, max)) = latency {
+            println!(
+                "   latency submit → succeeded at 500 jobs/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+            );
+        }
+        let batched = Shape {
+            batch: env_number("WASMJOBS_BENCH_BATCH", 1000),
+            slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", 256),
+        };
+        let (throughput, _) = wasmjobs_run(store, n, batched, false).await;
         println!(
-            "   latency submit → succeeded at 500 jobs/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            latency.0, latency.1, latency.2
+            "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
+            100.0 * throughput / ceiling,
+            batched.batch,
+            batched.slots
         );
         if backend == "postgres" {
             // The run's schema holds 55,000 jobs: leave nothing behind on the shared server.
@@ -209,13 +230,28 @@ async fn raw_ceiling(backend: &str, url: &str, n: usize, _dir: &std::path::Path)
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Throughput of N jobs, then latency at 500 jobs/s. Returns (jobs/s, (p50, p99, max) ms).
-async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64)) {
+/// How the throughput run submits and runs its jobs.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Jobs per `submit_many` call (1: one `submit` per job), from each of 64 submitters.
+    batch: usize,
+    /// The node's slots (attempts at once, and so the most jobs one claim takes).
+    slots: usize,
+}
+
+/// Throughput of N jobs submitted as `shape` says; with `latency`, then latency at 500 jobs/s.
+/// Returns (jobs/s, (p50, p99, max) ms).
+async fn wasmjobs_run(
+    store: Arc<dyn Store>,
+    n: usize,
+    shape: Shape,
+    latency: bool,
+) -> (f64, Option<(f64, f64, f64)>) {
     let (sandbox, modules) = wasmjobs_tests::install_guest(
         store.as_ref(),
         guests::NOOP,
         "noop",
-        slots().max(256) as u32,
+        shape.slots.max(256) as u32,
     )
     .await;
     let service = JobService::new(store.clone(), AdmissionPolicy::default());
@@ -224,12 +260,13 @@ async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64))
         sandbox,
         modules,
         NodeConfig {
-            concurrency: slots(),
+            concurrency: shape.slots,
             claim_batch: 256,
             maintenance: false,
             ..NodeConfig::default()
         },
     );
+    let before = count_succeeded(&*store).await;
 
     // Throughput: submit N with 64 concurrent submitters, wait for all to succeed. The wait
     // counts the store's end notices rather than polling the database, which would compete
@@ -240,13 +277,25 @@ async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64))
         .map(|k| {
             let service = service.clone();
             tokio::spawn(async move {
-                for i in (k..n).step_by(64) {
-                    let req = SubmitJob {
-                        module: "noop".into(),
-                        input: Some(serde_json::json!(i)),
-                        ..SubmitJob::default()
-                    };
-                    service.submit(req).await.expect("submit");
+                let mine: Vec<usize> = (k..n).step_by(64).collect();
+                for chunk in mine.chunks(shape.batch) {
+                    let reqs: Vec<SubmitJob> = chunk
+                        .iter()
+                        .map(|i| SubmitJob {
+                            module: "noop".into(),
+                            input: Some(serde_json::json!(i)),
+                            ..SubmitJob::default()
+                        })
+                        .collect();
+                    if shape.batch == 1 {
+                        for req in reqs {
+                            service.submit(req).await.expect("submit");
+                        }
+                    } else {
+                        for r in service.submit_many(reqs).await {
+                            r.expect("submit");
+                        }
+                    }
                 }
             })
         })
@@ -264,13 +313,17 @@ async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64))
             Err(_) => break,
         }
     }
-    wait_succeeded(&*store, n).await;
+    wait_succeeded(&*store, before + n).await;
     println!(
         "   (all {n} accepted after {:.2} s, all succeeded after {:.2} s)",
         submitted.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
     let throughput = n as f64 / start.elapsed().as_secs_f64();
+    if !latency {
+        node.shutdown().await;
+        return (throughput, None);
+    }
 
     // Latency at a steady 500 jobs/s for 10 s (2 s with --quick sized N): from just before the
     // submit to the store announcing the job's end (`Notice::Ended`), on the monotonic clock.
@@ -315,7 +368,7 @@ async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64))
         ids.push((job.id, submitted));
     }
     let _ = expect_tx.send(ids.iter().map(|(id, _)| *id).collect());
-    wait_succeeded(&*store, n + count).await;
+    wait_succeeded(&*store, before + n + count).await;
     let ended = ended.await.expect("latency task");
     let mut lat: Vec<f64> = ids
         .iter()
@@ -327,15 +380,26 @@ async fn wasmjobs_run(store: Arc<dyn Store>, n: usize) -> (f64, (f64, f64, f64))
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     node.shutdown().await;
-    (throughput, (pct(0.50), pct(0.99), pct(1.0)))
+    (throughput, Some((pct(0.50), pct(0.99), pct(1.0))))
 }
 
-/// The node's slots: `WASMJOBS_BENCH_SLOTS`, 64 by default.
-fn slots() -> usize {
-    std::env::var("WASMJOBS_BENCH_SLOTS")
+/// `name` as a number, or `default`.
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(default)
+        .max(1)
+}
+
+/// The number of jobs in state `succeeded`.
+async fn count_succeeded(store: &dyn Store) -> usize {
+    let counts = store.count_by_state().await.expect("count");
+    counts
+        .iter()
+        .filter(|(s, _)| *s == JobState::Succeeded)
+        .map(|(_, c)| *c as usize)
+        .sum()
 }
 
 async fn wait_succeeded(store: &dyn Store, n: usize) {

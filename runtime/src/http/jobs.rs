@@ -1,4 +1,4 @@
-//! `POST /v1/jobs`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel|retry`.
+//! `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel|retry`.
 
 use std::time::Duration;
 
@@ -34,7 +34,12 @@ pub(super) fn parse_id(what: &str, id: &str) -> Result<i64, ApiError> {
 /// The job as the API shows it: state, attempts, output (JSON when it parses as JSON, else
 /// text, else base64), timestamps.
 pub(super) async fn job_json(state: &AppState, job: &Job) -> Result<Value, ApiError> {
-    let attempts = state.service.store.attempts(job.id).await?;
+    let attempts = if job.attempts == 0 {
+        // Not claimed yet (a job just accepted): no attempt rows to read.
+        Vec::new()
+    } else {
+        state.service.store.attempts(job.id).await?
+    };
     let mut v = serde_json::to_value(job)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     v["attempts"] = json!(attempts);
@@ -129,6 +134,83 @@ pub(super) async fn submit(
         StatusCode::OK
     };
     Ok((status, headers, Json(job_json(&state, &job).await?)))
+}
+
+/// Most submissions in one `POST /v1/jobs/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /v1/jobs/batch`: `{"jobs": [submission, …]}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubmitBatch {
+    /// 1 to 1,000 submissions, each as `POST /v1/jobs` takes it.
+    jobs: Vec<SubmitJob>,
+}
+
+/// Submit many jobs in one request. Each submission is validated and answered on its own, in
+/// the request's order, with the status `POST /v1/jobs` would give it (`201` created, `200` an
+/// earlier job with the same idempotency key, `4xx` with an error); a refused submission does
+/// not stop the others. Every job answered `201`/`200` is stored durably when the response is
+/// sent. The batch is not one transaction: the accepted jobs may commit in more than one group.
+#[utoipa::path(
+    post,
+    path = "/jobs/batch",
+    tag = "jobs",
+    request_body = SubmitBatch,
+    responses(
+        (status = 200, description = "One answer per submission, in order", body = crate::http::openapi::BatchView),
+        (status = 400, description = "Malformed JSON, or no submissions, or more than 1,000", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "A field of the wrong type (the whole batch is refused; nothing is stored)", body = crate::http::openapi::ErrorBody),
+    )
+)]
+pub(super) async fn submit_batch(
+    State(state): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(super::error::body_rejection)?;
+    if body.trim_ascii_start().starts_with(b"[") {
+        // A bare array is the likeliest mistake; serde would call it a malformed struct.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "invalid request body: expected an object {\"jobs\": [submission, …]}, not an array",
+        ));
+    }
+    let batch: SubmitBatch = super::error::parse_json(&body)?;
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "jobs holds {} submissions: a batch takes 1 to {MAX_BATCH}",
+            batch.jobs.len()
+        )));
+    }
+    let mut answers = Vec::with_capacity(batch.jobs.len());
+    for result in state.service.submit_many(batch.jobs).await {
+        answers.push(match result {
+            Ok((job, created)) => {
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json!({ "status": status.as_u16(), "job": job_json(&state, &job).await? })
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                if e.status.is_server_error() {
+                    tracing::error!("batch submission: {} {}: {}", e.status, e.code, e.message);
+                }
+                json!({
+                    "status": e.status.as_u16(),
+                    "error": { "code": e.code, "message": e.message },
+                })
+            }
+        });
+    }
+    Ok(Json(json!({ "jobs": answers })))
 }
 
 #[derive(Deserialize)]

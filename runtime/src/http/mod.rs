@@ -87,6 +87,7 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(modules::get))
         .routes(routes!(modules::wasm))
         .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::submit_batch))
         .routes(routes!(jobs::get))
         .routes(routes!(events::job_events))
         .routes(routes!(jobs::cancel))

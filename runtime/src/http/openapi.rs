@@ -232,6 +232,21 @@ pub(crate) struct JobView {
     input_base64: Option<String>,
 }
 
+/// The answers of `POST /v1/jobs/batch`, one per submission, in the request's order.
+#[derive(ToSchema)]
+pub(crate) struct BatchView {
+    jobs: Vec<BatchAnswer>,
+}
+
+/// One submission's answer: the status `POST /v1/jobs` would have given it, and the job
+/// (`201`, `200`) or the error (`4xx`, `5xx`).
+#[derive(ToSchema)]
+pub(crate) struct BatchAnswer {
+    status: u16,
+    job: Option<JobView>,
+    error: Option<ErrorDetail>,
+}
+
 #[derive(ToSchema)]
 pub(crate) struct JobSummary {
     id: i64,

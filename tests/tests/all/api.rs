@@ -452,6 +452,123 @@ async fn submit_wait_idempotency_retries_and_listing() {
     }
 }
 
+async fn submit_batch(server: &TestServer, body: &Value) -> (StatusCode, Value) {
+    call(
+        server.app(),
+        "POST",
+        "/v1/jobs/batch",
+        Body::from(body.to_string()),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn batch_submit_answers_each_submission_in_order() {
+    for (backend, store, _db) in test_stores("api_batch").await {
+        let server = TestServer::start(store, ApiConfig::default(), 2).await;
+        upload(&server, guests::WORDFREQ, "wordfreq").await;
+        let ok = |text: &str| json!({"module": "wordfreq", "input": {"text": text}});
+        let body = json!({"jobs": [
+            ok("a b a"),
+            {"module": "nope", "input": 1},
+            {"module": "wordfreq", "input": 1, "input_base64": "AA=="},
+            {"module": "wordfreq", "input": {"text": "x y"}, "idempotency_key": "batch-key"},
+            {"module": "wordfreq", "input": {"text": "other"}, "idempotency_key": "batch-key"},
+            ok("c"),
+        ]});
+        let (status, answer) = submit_batch(&server, &body).await;
+        assert_eq!(status, StatusCode::OK, "{backend}: {answer}");
+        let answers = answer["jobs"].as_array().expect("jobs");
+        let statuses: Vec<u64> = answers
+            .iter()
+            .map(|a| a["status"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(
+            statuses,
+            [201, 422, 422, 201, 200, 201],
+            "{backend}: {answer}"
+        );
+        assert_eq!(answers[1]["error"]["code"], "unknown_module", "{answers:?}");
+        assert!(
+            answers[1]["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nope")),
+            "{answers:?}"
+        );
+        assert_eq!(answers[2]["error"]["code"], "invalid");
+        assert!(answers[1]["job"].is_null() && answers[2]["job"].is_null());
+        // The repeated key answers with the first job of that key.
+        assert_eq!(answers[4]["job"]["id"], answers[3]["job"]["id"]);
+        assert_eq!(answers[4]["job"]["idempotency_key"], "batch-key");
+
+        // Each accepted job runs: the answers are real jobs, with their own input.
+        for (i, words) in [(0, 3), (3, 2), (5, 1)] {
+            let id = answers[i]["job"]["id"].as_i64().expect("id");
+            assert_eq!(
+                answers[i]["job"]["state"], "queued",
+                "{backend}: {answers:?}"
+            );
+            let job = wait_final(&server, id, Duration::from_secs(20)).await;
+            assert_eq!(job["state"], "succeeded", "{backend}: {job}");
+            assert_eq!(job["output"]["words"], words, "{backend}: {job}");
+        }
+        let stored = |v: Value| v["jobs"].as_array().map_or(0, Vec::len);
+        let (_, list) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(
+            stored(list),
+            3,
+            "{backend}: only the accepted jobs are stored"
+        );
+
+        // Batches refused as a whole store nothing and say why.
+        let many: Vec<Value> = (0..1001).map(|_| ok("a")).collect();
+        for (bad, want, says) in [
+            (json!({"jobs": []}), StatusCode::BAD_REQUEST, "1 to 1000"),
+            (
+                json!({"jobs": many}),
+                StatusCode::BAD_REQUEST,
+                "1001 submissions",
+            ),
+            (
+                json!({"jobs": [ok("a"), {"module": 5}]}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "jobs[1].module",
+            ),
+            (
+                json!({"job": [ok("a")]}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown field `job`",
+            ),
+            (
+                json!([ok("a")]),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected an object {\"jobs\"",
+            ),
+        ] {
+            let (status, err) = submit_batch(&server, &bad).await;
+            assert_eq!(status, want, "{backend}: {err}");
+            let message = err["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(says),
+                "{backend}: {message:?} should say {says:?}"
+            );
+        }
+        let (status, err) = call(
+            server.app(),
+            "POST",
+            "/v1/jobs/batch",
+            Body::from("{\"jobs\": ["),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        let (_, list) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(stored(list), 3, "{backend}: a refused batch stores nothing");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn cancel_stops_a_running_job_within_a_second() {
     for (backend, store, _db) in test_stores("api_cancel").await {
@@ -712,12 +829,13 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 24] = [
+const ROUTES: [(&str, &str); 25] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
     ("get", "/v1/modules/{key}/wasm"),
     ("post", "/v1/jobs"),
+    ("post", "/v1/jobs/batch"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/events"),
