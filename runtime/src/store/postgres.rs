@@ -763,6 +763,8 @@ where
              SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants,
                     deadline_at, workflow_ref, input_from, $13, $13, 1
              FROM v
+             -- Once per statement: fails it when a job names a module that is not stored.
+             WHERE (SELECT wasmjobs_modules_exist($1::text[]))
          ), q AS (
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
              SELECT id, priority, run_at, deadline_at, state = 'queued' FROM v
@@ -832,7 +834,8 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
                  INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
                                    idempotency_key, deadline_at, workflow_ref, input_from, created_at,
                                    updated_at, event_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1
+                 WHERE wasmjobs_modules_exist(ARRAY[$1::text])
                  RETURNING id, priority, run_at, deadline_at, state
              ), q AS (
                  INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)

@@ -349,6 +349,56 @@ async fn idempotency_key_returns_the_first_job() {
 }
 
 #[tokio::test]
+async fn a_job_naming_an_unstored_module_is_refused_and_stores_nothing() {
+    for (backend, store, _db) in test_stores("unknown_module").await {
+        let digest = module(&*store).await;
+        let missing = "sha256:not-stored";
+        // A batch with one bad job fails whole, keyless or keyed (on Postgres these are the
+        // two insert statements; migration 0007 checks the module in each).
+        let keyed = NewJob {
+            idempotency_key: Some("k".into()),
+            ..new_job(missing)
+        };
+        for batch in [
+            vec![new_job(&digest), new_job(missing), new_job(&digest)],
+            vec![new_job(&digest), keyed],
+        ] {
+            let err = store
+                .insert_jobs(batch, 1)
+                .await
+                .expect_err("a job naming a module that is not stored");
+            assert!(
+                err.to_string().to_lowercase().contains("foreign key")
+                    || err.to_string().contains(missing),
+                "{backend}: {err}"
+            );
+        }
+        let stored = store
+            .list_jobs(&JobFilter {
+                limit: 100,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert!(stored.is_empty(), "{backend}: {stored:?}");
+        assert!(
+            store
+                .claim("w", 10, 2, 1000)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "{backend}: nothing queued"
+        );
+        // The same jobs with a stored module go in.
+        let ok = store
+            .insert_jobs(vec![new_job(&digest), new_job(&digest)], 1)
+            .await
+            .expect("insert");
+        assert_eq!(ok.len(), 2, "{backend}");
+    }
+}
+
+#[tokio::test]
 async fn cancel_queued_at_once_and_running_by_request() {
     for (backend, store, _db) in test_stores("cancel").await {
         let digest = module(&*store).await;
