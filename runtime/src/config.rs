@@ -28,6 +28,9 @@ pub struct FileConfig {
     /// How long a claim holds a job without renewal, e.g. "15s": a dead node's jobs run again
     /// after this.
     pub lease: Option<String>,
+    /// Most jobs a node claims beyond its free workers when attempts are short (see
+    /// docs/scheduler.md, "Claiming ahead"); 0 claims only for free workers. Default 128.
+    pub claim_ahead: Option<usize>,
 }
 
 impl FileConfig {

@@ -4,17 +4,18 @@
 //!   database;
 //! - wasmjobs throughput: N trivial jobs submitted through the job service (each accepted job
 //!   durable before its submit returns) until all are `succeeded`, each run in a fresh sandbox
-//!   with every limit on, and the ratio to the ceiling; once one job per `submit` (64
-//!   submitters, 64 slots), once in batches of 1,000 per `submit_many`, as
-//!   `POST /v1/jobs/batch` takes them (64 submitters, 256 slots);
+//!   with every limit on, and the ratio to the ceiling; once one job per `submit`, once in
+//!   batches of 1,000 per `submit_many`, as `POST /v1/jobs/batch` takes them; each from 64
+//!   submitters, run by a node configured as `wasmjobs serve` runs it by default (one slot
+//!   per core);
 //! - latency from submit to the job's end being announced (p50, p99) at a steady 500 jobs/s;
 //! - peak RSS.
 //!
 //! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench scheduler`
 //! (`-- --quick` for N = 5,000; `WASMJOBS_BENCH_BACKENDS=sqlite|postgres` for one backend;
-//! `WASMJOBS_BENCH_SLOTS` for the node's slots in the one-by-one run, 64 by default;
+//! `WASMJOBS_BENCH_SLOTS` for the node's slots in the one-by-one run, one per core by default;
 //! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
-//! slots, 1,000 and 256 by default).
+//! slots, 1,000 and one per core by default).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,9 +67,11 @@ async fn main() {
         let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;
         println!("   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s");
         let store = open(backend, &url).await;
+        // The node as `wasmjobs serve` runs it by default: one slot per core.
+        let cores = NodeConfig::default().concurrency;
         let single = Shape {
             batch: 1,
-            slots: env_number("WASMJOBS_BENCH_SLOTS", 64),
+            slots: env_number("WASMJOBS_BENCH_SLOTS", cores),
         };
         let (throughput, latency) = wasmjobs_run(store.clone(), n, single, true).await;
         println!(
@@ -83,7 +86,7 @@ async fn main() {
         }
         let batched = Shape {
             batch: env_number("WASMJOBS_BENCH_BATCH", 1000),
-            slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", 256),
+            slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", cores),
         };
         let (throughput, _) = wasmjobs_run(store, n, batched, false).await;
         println!(
@@ -261,7 +264,6 @@ async fn wasmjobs_run(
         modules,
         NodeConfig {
             concurrency: shape.slots,
-            claim_batch: 256,
             maintenance: false,
             ..NodeConfig::default()
         },

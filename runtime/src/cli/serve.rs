@@ -71,6 +71,9 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
         }
         node.concurrency = w;
     }
+    if let Some(n) = file.claim_ahead {
+        node.claim_ahead = n;
+    }
     if let Some(id) = &args.node_id {
         node.node_id = id.clone();
     }

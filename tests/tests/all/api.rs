@@ -570,6 +570,40 @@ async fn batch_submit_answers_each_submission_in_order() {
 }
 
 #[tokio::test]
+async fn long_jobs_are_not_claimed_ahead_so_two_nodes_share_them() {
+    for (backend, store, _db) in test_stores("claim_ahead").await {
+        // Two nodes of one slot each on one store. A node claims ahead of its free slots only
+        // what its slot gets through in 20 ms: nothing for jobs of 300 ms (nor before it knows
+        // how long jobs take), so neither node takes the other's share.
+        let a = TestServer::start(store.clone(), ApiConfig::default(), 1).await;
+        let b = TestServer::start(store, ApiConfig::default(), 1).await;
+        upload(&a, guests::TESTJOB, "testjob").await;
+        let sleep = json!({"module": "testjob", "input": {"mode": "sleep", "ms": 300}});
+        let (status, answer) = submit_batch(&a, &json!({"jobs": vec![sleep; 6]})).await;
+        assert_eq!(status, StatusCode::OK, "{backend}: {answer}");
+        let mut by_worker = std::collections::HashMap::<String, usize>::new();
+        for entry in answer["jobs"].as_array().expect("jobs") {
+            let id = entry["job"]["id"].as_i64().expect("id");
+            let job = wait_final(&a, id, Duration::from_secs(30)).await;
+            assert_eq!(job["state"], "succeeded", "{backend}: {job}");
+            let worker = job["attempts"][0]["worker"].as_str().expect("worker");
+            *by_worker.entry(worker.to_string()).or_default() += 1;
+        }
+        assert_eq!(
+            by_worker.len(),
+            2,
+            "{backend}: both nodes ran jobs: {by_worker:?}"
+        );
+        assert!(
+            by_worker.values().all(|n| *n >= 2),
+            "{backend}: shared, not hoarded: {by_worker:?}"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn cancel_stops_a_running_job_within_a_second() {
     for (backend, store, _db) in test_stores("api_cancel").await {
         let server = TestServer::start(store, ApiConfig::default(), 1).await;
