@@ -138,8 +138,8 @@ struct KeylessColumns {
 }
 
 /// Claims queued jobs in claim order: takes them off the queue (those whose deadline passed
-/// stay for the sweep), marks them running, adds them to the running set, records their
-/// attempts and `running` events (the event data as `rows::claimed` makes it) and lets the
+/// stay for the sweep), marks them running (with their attempt's start: its row is written when
+/// it ends, migration 0008), adds them to the running set, records their `running` events (the event data as `rows::claimed` makes it) and lets the
 /// transaction commit without waiting for the WAL flush. The `jobs` update changes no indexed
 /// column, so it is HOT (migration 0006). The queue rows are chosen first (`= ANY(ARRAY(…))`),
 /// then taken by primary key: written as `IN (subquery)`, the planner may walk the whole queue
@@ -154,13 +154,11 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              RETURNING job_id
          ), c AS (
              UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
-                    updated_at = $3, event_seq = event_seq + 1
+                    attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1
              FROM q WHERE jobs.id = q.job_id
              RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}
          ), r AS (
              INSERT INTO running_jobs (job_id) SELECT id FROM c
-         ), a AS (
-             INSERT INTO attempts (job_id, attempt, worker, started_at) SELECT id, attempts, $1, $3 FROM c
          ), e AS (
              INSERT INTO events (job_id, seq, kind, data, at)
              SELECT id, event_seq, 'state',
@@ -258,7 +256,8 @@ impl Endings {
 
 /// Writes attempt endings with one statement: each job still held by the ending's worker and
 /// attempt gets its new state (and leaves the running set, or goes back on the queue to be
-/// retried), its attempt row its figures and its history the events after its last seq.
+/// retried), its attempt its row (written now, once: migration 0008) and its history the
+/// events after its last seq.
 /// Returns the ids of the jobs written (their notices: [`Endings::notices_of`]); the others
 /// were fenced out.
 ///
@@ -281,17 +280,24 @@ where
                     finished_at = v.finished_at, updated_at = $15, event_seq = jobs.event_seq + v.n
              FROM v
              WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
-             RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
+             RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at,
+                       jobs.attempt_started_at
          ), r AS (
              DELETE FROM running_jobs USING j WHERE running_jobs.job_id = j.id
          ), q AS (
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
              SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j WHERE state IN ('queued', 'scheduled')
          ), a AS (
-             UPDATE attempts SET outcome = v.outcome, trap = v.trap, error = v.error, fuel_consumed = v.fuel,
-                    peak_memory_bytes = v.peak, wall_time_us = v.wall, finished_at = $15
+             INSERT INTO attempts (job_id, attempt, worker, outcome, trap, error, fuel_consumed,
+                                   peak_memory_bytes, wall_time_us, started_at, finished_at)
+             SELECT j.id, v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak, v.wall,
+                    COALESCE(j.attempt_started_at, $15), $15
              FROM j JOIN v ON v.id = j.id
-             WHERE attempts.job_id = j.id AND attempts.attempt = v.attempt
+             -- An attempt claimed before migration 0008 has its row already.
+             ON CONFLICT (job_id, attempt) DO UPDATE SET
+                 outcome = EXCLUDED.outcome, trap = EXCLUDED.trap, error = EXCLUDED.error,
+                 fuel_consumed = EXCLUDED.fuel_consumed, peak_memory_bytes = EXCLUDED.peak_memory_bytes,
+                 wall_time_us = EXCLUDED.wall_time_us, finished_at = EXCLUDED.finished_at
          ), e AS (
              INSERT INTO events (job_id, seq, kind, data, at)
              SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $15
@@ -1023,9 +1029,17 @@ impl Store for PgStore {
 
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
+            // The attempts that ended, and the running one from the job (its row is written
+            // when it ends: migration 0008).
             "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
                     started_at, finished_at
-             FROM attempts WHERE job_id = $1 ORDER BY attempt",
+             FROM attempts WHERE job_id = $1
+             UNION ALL
+             SELECT attempts, worker, NULL, NULL, NULL, NULL, NULL, NULL, attempt_started_at, NULL
+             FROM jobs
+             WHERE id = $1 AND state = 'running' AND attempt_started_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = $1 AND a.attempt = jobs.attempts)
+             ORDER BY attempt",
         )
         .bind(id)
         .fetch_all(&self.pool)

@@ -109,6 +109,21 @@ async fn lifecycle_with_retry_and_complete_history() {
         let claimed = store.claim("w1", 10, 20, 1000).await.expect("claim");
         assert_eq!(claimed.len(), 1, "{backend}");
         assert_eq!(claimed[0].attempt, 1);
+        // The running attempt shows, with its worker and start, and no outcome yet.
+        let running = store.attempts(job.id).await.expect("attempts");
+        let view: Vec<_> = running
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.worker.as_str(),
+                    a.outcome,
+                    a.started_at,
+                    a.finished_at,
+                )
+            })
+            .collect();
+        assert_eq!(view, [(1, "w1", None, 20, None)], "{backend}");
         assert!(
             store
                 .claim("w2", 10, 21, 1000)
@@ -144,10 +159,25 @@ async fn lifecycle_with_retry_and_complete_history() {
             (JobState::Succeeded, 2, Some(&b"out"[..]))
         );
         let attempts = store.attempts(job.id).await.expect("attempts");
-        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+        let view: Vec<_> = attempts
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.worker.as_str(),
+                    a.outcome,
+                    a.started_at,
+                    a.finished_at,
+                    a.fuel_consumed,
+                )
+            })
+            .collect();
         assert_eq!(
-            outcomes,
-            [Some(Outcome::Trapped), Some(Outcome::Succeeded)],
+            view,
+            [
+                (1, "w1", Some(Outcome::Trapped), 20, Some(30), Some(10)),
+                (2, "w2", Some(Outcome::Succeeded), 40, Some(50), Some(10)),
+            ],
             "{backend}"
         );
         let events = store.events(job.id, 0, 100).await.expect("events");
@@ -184,6 +214,74 @@ async fn lifecycle_with_retry_and_complete_history() {
             Some(4)
         );
     }
+}
+
+/// Postgres writes an attempt's row when it ends (migration 0008); before, the claim inserted
+/// it. An attempt claimed before the upgrade ends in its existing row, once.
+#[tokio::test]
+async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
+    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: postgres_attempt_claimed_before_migration_8_ends_in_its_row (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    let schema = format!("t_upgrade8_{}", std::process::id());
+    let store = open_postgres_schema(&url, &schema).await.expect("open");
+    let digest = module(&*store).await;
+    let (job, _) = store
+        .insert_jobs(vec![new_job(&digest)], 10)
+        .await
+        .expect("insert")
+        .remove(0);
+    let claimed = store.claim("old", 1, 20, 1000).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // What the claim of version 7 left: the attempt's row, and no start on the job.
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {schema}.attempts (job_id, attempt, worker, started_at) VALUES ($1, 1, 'old', 20)"
+    )))
+    .bind(job.id)
+    .execute(&pool)
+    .await
+    .expect("old attempt row");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET attempt_started_at = NULL WHERE id = $1"
+    )))
+    .bind(job.id)
+    .execute(&pool)
+    .await
+    .expect("no start on the job");
+    let running = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!((running[0].started_at, running[0].outcome), (20, None));
+
+    let r = store
+        .complete(vec![done(&claimed[0], "old", Outcome::Succeeded)], 30)
+        .await
+        .expect("complete");
+    assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
+    let ended = store.attempts(job.id).await.expect("attempts");
+    let view: Vec<_> = ended
+        .iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.worker.as_str(),
+                a.outcome,
+                a.started_at,
+                a.finished_at,
+            )
+        })
+        .collect();
+    assert_eq!(view, [(1, "old", Some(Outcome::Succeeded), 20, Some(30))]);
+    drop(store);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&pool)
+        .await;
 }
 
 #[tokio::test]
