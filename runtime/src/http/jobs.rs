@@ -128,12 +128,21 @@ pub(super) async fn submit(
     if let Ok(loc) = format!("/v1/jobs/{}", job.id).parse() {
         headers.insert(header::LOCATION, loc);
     }
-    let status = if created {
+    Ok((
+        submitted_status(created),
+        headers,
+        Json(job_json(&state, &job).await?),
+    ))
+}
+
+/// A submission's answer: `201` for a new job, `200` for the job first submitted with the
+/// same idempotency key.
+fn submitted_status(created: bool) -> StatusCode {
+    if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    };
-    Ok((status, headers, Json(job_json(&state, &job).await?)))
+    }
 }
 
 /// Most submissions in one `POST /v1/jobs/batch`.
@@ -191,12 +200,8 @@ pub(super) async fn submit_batch(
     for result in state.service.submit_many(batch.jobs).await {
         answers.push(match result {
             Ok((job, created)) => {
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                json!({ "status": status.as_u16(), "job": job_json(&state, &job).await? })
+                let status = submitted_status(created).as_u16();
+                json!({ "status": status, "job": job_json(&state, &job).await? })
             }
             Err(e) => {
                 let e = ApiError::from(e);

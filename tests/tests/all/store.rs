@@ -57,6 +57,18 @@ fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
     }
 }
 
+/// A job's attempts as (number, worker, outcome, started, finished).
+async fn attempt_view(
+    store: &dyn Store,
+    id: JobId,
+) -> Vec<(u32, String, Option<Outcome>, i64, Option<i64>)> {
+    let attempts = store.attempts(id).await.expect("attempts");
+    attempts
+        .into_iter()
+        .map(|a| (a.attempt, a.worker, a.outcome, a.started_at, a.finished_at))
+        .collect()
+}
+
 #[tokio::test]
 async fn modules_are_content_addressed_and_named() {
     for (backend, store, _db) in test_stores("modules").await {
@@ -110,20 +122,11 @@ async fn lifecycle_with_retry_and_complete_history() {
         assert_eq!(claimed.len(), 1, "{backend}");
         assert_eq!(claimed[0].attempt, 1);
         // The running attempt shows, with its worker and start, and no outcome yet.
-        let running = store.attempts(job.id).await.expect("attempts");
-        let view: Vec<_> = running
-            .iter()
-            .map(|a| {
-                (
-                    a.attempt,
-                    a.worker.as_str(),
-                    a.outcome,
-                    a.started_at,
-                    a.finished_at,
-                )
-            })
-            .collect();
-        assert_eq!(view, [(1, "w1", None, 20, None)], "{backend}");
+        assert_eq!(
+            attempt_view(&*store, job.id).await,
+            [(1, "w1".to_string(), None, 20, None)],
+            "{backend}"
+        );
         assert!(
             store
                 .claim("w2", 10, 21, 1000)
@@ -255,29 +258,20 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
     .execute(&pool)
     .await
     .expect("no start on the job");
-    let running = store.attempts(job.id).await.expect("attempts");
-    assert_eq!(running.len(), 1, "{running:?}");
-    assert_eq!((running[0].started_at, running[0].outcome), (20, None));
+    assert_eq!(
+        attempt_view(&*store, job.id).await,
+        [(1, "old".to_string(), None, 20, None)]
+    );
 
     let r = store
         .complete(vec![done(&claimed[0], "old", Outcome::Succeeded)], 30)
         .await
         .expect("complete");
     assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
-    let ended = store.attempts(job.id).await.expect("attempts");
-    let view: Vec<_> = ended
-        .iter()
-        .map(|a| {
-            (
-                a.attempt,
-                a.worker.as_str(),
-                a.outcome,
-                a.started_at,
-                a.finished_at,
-            )
-        })
-        .collect();
-    assert_eq!(view, [(1, "old", Some(Outcome::Succeeded), 20, Some(30))]);
+    assert_eq!(
+        attempt_view(&*store, job.id).await,
+        [(1, "old".to_string(), Some(Outcome::Succeeded), 20, Some(30))]
+    );
     drop(store);
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&pool)
