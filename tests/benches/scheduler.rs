@@ -9,7 +9,7 @@
 //!   submitters, run by a node configured as `wasmjobs serve` runs it by default (one slot
 //!   per core);
 //! - latency from submit to the job's end being announced (p50, p99) at a steady 500 jobs/s;
-//! - peak RSS.
+//! - peak RSS, and the CPU time per job of this process and of the local Postgres server.
 //!
 //! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench scheduler`
 //! (`-- --quick` for N = 5,000; `WASMJOBS_BENCH_BACKENDS=sqlite|postgres` for one backend;
@@ -64,8 +64,14 @@ async fn main() {
             };
             println!("   (server: autovacuum {autovacuum})");
         }
+        let cpu_before = cpu_seconds();
         let ceiling = raw_ceiling(backend, &url, n, dir.path()).await;
-        println!("   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s");
+        let cpu_after = cpu_seconds();
+        println!(
+            "   raw batched SQL lifecycle (ceiling): {ceiling:>9.0} jobs/s   (CPU per job: this process {:.1} µs, the Postgres server {:.1} µs)",
+            (cpu_after.0 - cpu_before.0) * 1e6 / n as f64,
+            (cpu_after.1 - cpu_before.1) * 1e6 / n as f64,
+        );
         let store = open(backend, &url).await;
         // The node as `wasmjobs serve` runs it by default: one slot per core.
         let cores = NodeConfig::default().concurrency;
@@ -274,6 +280,7 @@ async fn wasmjobs_run(
     // counts the store's end notices rather than polling the database, which would compete
     // with the run it measures (on Postgres the poll was a visible share of the server's CPU).
     let mut ends = store.subscribe();
+    let cpu_before = cpu_seconds();
     let start = Instant::now();
     let submitters: Vec<_> = (0..64)
         .map(|k| {
@@ -322,6 +329,19 @@ async fn wasmjobs_run(
         start.elapsed().as_secs_f64()
     );
     let throughput = n as f64 / start.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds();
+    let per_job = |before: f64, after: f64| (after - before) * 1e6 / n as f64;
+    let server = per_job(cpu_before.1, cpu_after.1);
+    println!(
+        "   (CPU per job: this process {:.0} µs{}; {:.0} µs of the machine's cores per job at this rate)",
+        per_job(cpu_before.0, cpu_after.0),
+        if server > 0.0 {
+            format!(", the Postgres server {server:.0} µs")
+        } else {
+            String::new()
+        },
+        std::thread::available_parallelism().map_or(1, |c| c.get()) as f64 * 1e6 / throughput
+    );
     if !latency {
         node.shutdown().await;
         return (throughput, None);
@@ -425,6 +445,31 @@ async fn wait_succeeded(store: &dyn Store, n: usize) {
         // good part of the database's load (it was, at 5 ms, on Postgres).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU seconds used so far by this process and by the processes named `postgres` (the local
+/// server's backends; a backend that exited is not counted), from `/proc` (USER_HZ = 100).
+fn cpu_seconds() -> (f64, f64) {
+    fn ticks(stat: &str) -> Option<u64> {
+        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut f = rest.split_whitespace().skip(11);
+        Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+    }
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .unwrap_or(0);
+    let mut server = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat.contains("(postgres)") {
+            server += ticks(&stat).unwrap_or(0);
+        }
+    }
+    (own as f64 / 100.0, server as f64 / 100.0)
 }
 
 fn peak_rss() -> u64 {
