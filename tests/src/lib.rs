@@ -205,12 +205,24 @@ impl TestServer {
         wasmjobs::http::app(self.state.clone())
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_with(None).await;
+    }
+
+    /// Stops as `wasmjobs serve` does on SIGTERM: the node drains for up to `grace` first.
+    pub async fn stop_gracefully(self, grace: std::time::Duration) {
+        self.stop_with(Some(grace)).await;
+    }
+
+    async fn stop_with(mut self, grace: Option<std::time::Duration>) {
         if let Some(engine) = self.engine.take() {
             engine.shutdown().await;
         }
         if let Some(node) = self.node.take() {
-            node.shutdown().await;
+            match grace {
+                Some(grace) => node.drain(grace).await,
+                None => node.shutdown().await,
+            }
         }
         self.server.abort();
     }

@@ -169,7 +169,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         .context("server")?;
     engine.shutdown().await;
     if let Some(node) = node {
-        node.shutdown().await;
+        node.drain(SHUTDOWN_GRACE).await;
     }
     Ok(0)
 }
@@ -190,11 +190,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     let node = Node::start(s.service, s.sandbox, s.modules, s.node);
     eprintln!("wasmjobs worker running");
     shutdown_signal().await;
-    tokio::time::timeout(Duration::from_secs(30), node.shutdown())
+    tokio::time::timeout(Duration::from_secs(30), node.drain(SHUTDOWN_GRACE))
         .await
         .ok();
     Ok(0)
 }
+
+/// How long a node stopping on Ctrl-C or SIGTERM lets the attempts it holds finish before it
+/// cancels them (`Node::drain`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -80,6 +80,7 @@ pub fn default_node_id() -> String {
 /// A running worker node. Dropping the returned handle does not stop it; call [`Node::shutdown`].
 pub struct Node {
     shutdown: CancellationToken,
+    shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     guests: Option<tokio::runtime::Runtime>,
 }
@@ -93,6 +94,10 @@ struct Shared {
     /// with their cancel handles; the heartbeat renews their leases.
     running: Mutex<HashMap<JobId, (CancelHandle, std::time::Instant)>>,
     completions: mpsc::UnboundedSender<Completion>,
+    /// Completions sent to the completer and not yet written (or given up on).
+    uncommitted: std::sync::atomic::AtomicUsize,
+    /// Cancelled to stop claiming (a child of `shutdown`; [`Node::drain`] cancels it first).
+    claiming: CancellationToken,
     /// One permit per attempt running at once.
     slots: Arc<Semaphore>,
     /// How many jobs this node holds (the size of `running`, counted without its lock).
@@ -130,6 +135,8 @@ impl Node {
             released: tokio::sync::Notify::new(),
             attempt_us: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             completions: tx,
+            uncommitted: std::sync::atomic::AtomicUsize::new(0),
+            claiming: shutdown.child_token(),
             shutdown: shutdown.clone(),
             guests: guest_handle,
         });
@@ -145,13 +152,33 @@ impl Node {
         }
         Node {
             shutdown,
+            shared,
             tasks,
             guests,
         }
     }
 
-    /// Stops claiming and cancels running attempts; their jobs return to the queue when their
-    /// leases expire (or are ended `cancelled`/`lost` by whoever sees them first).
+    /// Shuts down gracefully: stops claiming, lets the attempts this node holds (running, or
+    /// claimed ahead and waiting for a slot) run and their completions commit, for up to
+    /// `grace`, then does [`Node::shutdown`] with whatever is left.
+    pub async fn drain(self, grace: Duration) {
+        self.shared.claiming.cancel();
+        let until = tokio::time::Instant::now() + grace;
+        while self.shared.held.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The last completions went to the completer: let it commit them.
+        while self.shared.uncommitted.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops claiming and cancels running attempts at once; their jobs, and those claimed ahead,
+    /// return to the queue when their leases expire (or are ended `cancelled`/`lost` by whoever
+    /// sees them first). [`Node::drain`] lets them finish first.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for t in self.tasks {
@@ -247,7 +274,7 @@ fn attempt_took(pace_us: &std::sync::atomic::AtomicU64, took: Duration) {
 async fn dispatch(s: Arc<Shared>) {
     let mut notices = s.store.subscribe();
     loop {
-        if s.shutdown.is_cancelled() {
+        if s.claiming.is_cancelled() {
             return;
         }
         let limit = s.hold_limit();
@@ -285,7 +312,7 @@ async fn dispatch(s: Arc<Shared>) {
         if want == 0 {
             // Every slot is busy and jobs wait for them: claim again when enough have ended.
             tokio::select! {
-                _ = s.shutdown.cancelled() => return,
+                _ = s.claiming.cancelled() => return,
                 _ = s.released.notified() => {}
             }
             continue;
@@ -298,7 +325,7 @@ async fn dispatch(s: Arc<Shared>) {
             _ => s.config.poll,
         };
         tokio::select! {
-            _ = s.shutdown.cancelled() => return,
+            _ = s.claiming.cancelled() => return,
             _ = tokio::time::sleep(wake_at) => {}
             _ = wait_jobs_available(&mut notices) => {}
             // Claimed fewer than asked (the queue is empty) and may claim more: a job's end
@@ -423,6 +450,7 @@ async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
     if report.logs_truncated {
         events.push(NewEvent { kind: "log", data: json!({ "level": "warn", "source": "wasmjobs", "message": "logs truncated at the log limit" }) });
     }
+    s.uncommitted.fetch_add(1, Ordering::Relaxed);
     let _ = s.completions.send(Completion {
         job_id: job.id,
         attempt: job.attempt,
@@ -468,6 +496,7 @@ async fn complete(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
                 }
             }
         }
+        s.uncommitted.fetch_sub(batch.len(), Ordering::Relaxed);
         batch.clear();
     }
 }

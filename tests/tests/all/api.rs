@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wasmjobs::http::{ApiConfig, Scope, Token};
+use wasmjobs::store::JobState;
 use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
 
 async fn call(
@@ -600,6 +601,63 @@ async fn long_jobs_are_not_claimed_ahead_so_two_nodes_share_them() {
         );
         a.stop().await;
         b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_node_finishes_the_jobs_it_holds() {
+    for (backend, store, _db) in test_stores("drain").await {
+        let server = TestServer::start(store.clone(), ApiConfig::default(), 1).await;
+        upload(&server, guests::NOOP, "noop").await;
+        let noop = |i: usize| json!({"module": "noop", "input": i});
+        // Short jobs first, so that the node learns their pace and claims ahead.
+        let (_, warm) = submit_batch(
+            &server,
+            &json!({"jobs": (0..50).map(noop).collect::<Vec<_>>()}),
+        )
+        .await;
+        let last = warm["jobs"][49]["job"]["id"].as_i64().expect("id");
+        wait_final(&server, last, Duration::from_secs(20)).await;
+        let (_, batch) = submit_batch(
+            &server,
+            &json!({"jobs": (0..1000).map(noop).collect::<Vec<_>>()}),
+        )
+        .await;
+        let ids: Vec<i64> = batch["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["job"]["id"].as_i64().expect("id"))
+            .collect();
+        // Stop while the node works through them (some done, some held ahead, some queued).
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = store.get_job(ids[0]).await.expect("get").expect("job");
+            if job.state == JobState::Succeeded {
+                break;
+            }
+            assert!(Instant::now() < until, "{backend}: the first job never ran");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.stop_gracefully(Duration::from_secs(10)).await;
+
+        // Every job the node held ran and was recorded: none is left running (it would wait
+        // for its lease to expire and be retried with a `lost` attempt), none ran twice.
+        let mut states = std::collections::HashMap::<JobState, usize>::new();
+        for id in &ids {
+            let job = store.get_job(*id).await.expect("get").expect("job");
+            *states.entry(job.state).or_default() += 1;
+            let attempts = store.attempts(*id).await.expect("attempts");
+            match job.state {
+                JobState::Succeeded => assert_eq!(attempts.len(), 1, "{backend}: {attempts:?}"),
+                JobState::Queued => assert!(attempts.is_empty(), "{backend}: {attempts:?}"),
+                other => panic!("{backend}: job {id} left {other:?} by a drained node"),
+            }
+        }
+        assert!(
+            states.get(&JobState::Succeeded).copied().unwrap_or(0) > 1,
+            "{backend}: {states:?}"
+        );
     }
 }
 
