@@ -414,31 +414,32 @@ fn env_number(name: &str, default: usize) -> usize {
         .max(1)
 }
 
-/// The number of jobs in state `succeeded`.
-async fn count_succeeded(store: &dyn Store) -> usize {
-    let counts = store.count_by_state().await.expect("count");
+/// How many of `counts` (from `Store::count_by_state`) are in `state`.
+fn count_in(counts: &[(JobState, u64)], state: JobState) -> usize {
     counts
         .iter()
-        .filter(|(s, _)| *s == JobState::Succeeded)
+        .filter(|(s, _)| *s == state)
         .map(|(_, c)| *c as usize)
         .sum()
+}
+
+/// The number of jobs in state `succeeded`.
+async fn count_succeeded(store: &dyn Store) -> usize {
+    count_in(
+        &store.count_by_state().await.expect("count"),
+        JobState::Succeeded,
+    )
 }
 
 async fn wait_succeeded(store: &dyn Store, n: usize) {
     loop {
         let counts = store.count_by_state().await.expect("count");
-        let done: u64 = counts
-            .iter()
-            .filter(|(s, _)| *s == JobState::Succeeded)
-            .map(|(_, c)| *c)
-            .sum();
-        let failed: u64 = counts
-            .iter()
-            .filter(|(s, _)| *s == JobState::Failed)
-            .map(|(_, c)| *c)
-            .sum();
-        assert_eq!(failed, 0, "jobs failed during the benchmark");
-        if done as usize >= n {
+        assert_eq!(
+            count_in(&counts, JobState::Failed),
+            0,
+            "jobs failed during the benchmark"
+        );
+        if count_in(&counts, JobState::Succeeded) >= n {
             return;
         }
         // Counting is a scan of the jobs table: poll gently, or the poll itself becomes a

@@ -1,4 +1,5 @@
-//! `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel|retry`.
+//! `POST /v1/jobs`, `POST /v1/jobs/batch`, `GET /v1/jobs`, `GET /v1/jobs/{id}`,
+//! `POST /v1/jobs/{id}/cancel|retry`.
 
 use std::time::Duration;
 

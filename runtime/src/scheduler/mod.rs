@@ -100,8 +100,6 @@ struct Shared {
     claiming: CancellationToken,
     /// One permit per attempt running at once.
     slots: Arc<Semaphore>,
-    /// How many jobs this node holds (the size of `running`, counted without its lock).
-    held: std::sync::atomic::AtomicUsize,
     /// Signalled when a held job is done, so the dispatcher may claim again.
     released: tokio::sync::Notify,
     /// The recent pace of attempts in µs (0: none yet; see [`next_pace`]): how far ahead to
@@ -131,7 +129,6 @@ impl Node {
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             config,
             running: Mutex::new(HashMap::new()),
-            held: std::sync::atomic::AtomicUsize::new(0),
             released: tokio::sync::Notify::new(),
             attempt_us: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             completions: tx,
@@ -164,13 +161,11 @@ impl Node {
     pub async fn drain(self, grace: Duration) {
         self.shared.claiming.cancel();
         let until = tokio::time::Instant::now() + grace;
-        while self.shared.held.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The last completions went to the completer: let it commit them.
-        while self.shared.uncommitted.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < until
-        {
+        // Until no job is held and the completer has written every completion it was sent (a
+        // job's completion is counted before the job stops being held).
+        let busy =
+            |s: &Shared| !lock(&s.running).is_empty() || s.uncommitted.load(Ordering::Relaxed) > 0;
+        while busy(&self.shared) && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shutdown().await;
@@ -278,7 +273,7 @@ async fn dispatch(s: Arc<Shared>) {
             return;
         }
         let limit = s.hold_limit();
-        let held = s.held.load(Ordering::Relaxed);
+        let held = lock(&s.running).len();
         let slots = s.config.concurrency.max(1);
         let room = limit.saturating_sub(held);
         let want = if held < slots || room >= limit / 2 {
@@ -340,13 +335,11 @@ async fn dispatch(s: Arc<Shared>) {
 fn hold(s: &Arc<Shared>, job: Claimed) {
     let cancel = CancelHandle::new();
     lock(&s.running).insert(job.id, (cancel.clone(), std::time::Instant::now()));
-    s.held.fetch_add(1, Ordering::Relaxed);
     let s2 = s.clone();
     tokio::spawn(async move {
         let id = job.id;
         run_attempt(&s2, job, cancel).await;
         lock(&s2.running).remove(&id);
-        s2.held.fetch_sub(1, Ordering::Relaxed);
         s2.released.notify_one();
     });
 }

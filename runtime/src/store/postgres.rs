@@ -139,8 +139,9 @@ struct KeylessColumns {
 
 /// Claims queued jobs in claim order: takes them off the queue (those whose deadline passed
 /// stay for the sweep), marks them running (with their attempt's start: its row is written when
-/// it ends, migration 0008), adds them to the running set, records their `running` events (the event data as `rows::claimed` makes it) and lets the
-/// transaction commit without waiting for the WAL flush. The `jobs` update changes no indexed
+/// it ends, migration 0008), adds them to the running set, records their `running` events (the
+/// event data as `rows::claimed` makes it) and lets the transaction commit without waiting for
+/// the WAL flush. The `jobs` update changes no indexed
 /// column, so it is HOT (migration 0006). The queue rows are chosen first (`= ANY(ARRAY(…))`),
 /// then taken by primary key: written as `IN (subquery)`, the planner may walk the whole queue
 /// and join each row to the choice.
@@ -566,10 +567,11 @@ impl PgStore {
     ///
     /// Claims sweep only when that time has come. Sweeping before every claim cost about as
     /// much as the claim itself: the statement is planned on every call (0.27 ms here, a fifth
-    /// of the server's statement time in the benchmark) and nearly always finds nothing. A claim never starts a
-    /// job whose deadline passed, swept or not; this node's own scheduled jobs, retries and
-    /// deadlines bring the next sweep forward (`sweep_by`), and so does the dispatcher's look
-    /// at the next scheduled job (`next_scheduled_at`), which sees every node's.
+    /// of the server's statement time in the benchmark) and nearly always finds nothing. A
+    /// claim never starts a job whose deadline passed, swept or not; this node's own scheduled
+    /// jobs, retries and deadlines bring the next sweep forward (`sweep_by`), and so does the
+    /// dispatcher's look at the next scheduled job (`next_scheduled_at`), which sees every
+    /// node's.
     async fn sweep(&self, now: i64) -> Result<Vec<Notice>> {
         self.next_sweep
             .store(now + SWEEP_AT_LEAST_EVERY_MS, Ordering::Relaxed);

@@ -55,10 +55,14 @@ async fn upload(server: &TestServer, wasm: &str, name: &str) -> Value {
 }
 
 async fn submit(server: &TestServer, body: Value) -> (StatusCode, Value) {
+    post_json(server, "/v1/jobs", &body).await
+}
+
+async fn post_json(server: &TestServer, uri: &str, body: &Value) -> (StatusCode, Value) {
     call(
         server.app(),
         "POST",
-        "/v1/jobs",
+        uri,
         Body::from(body.to_string()),
         None,
     )
@@ -454,14 +458,7 @@ async fn submit_wait_idempotency_retries_and_listing() {
 }
 
 async fn submit_batch(server: &TestServer, body: &Value) -> (StatusCode, Value) {
-    call(
-        server.app(),
-        "POST",
-        "/v1/jobs/batch",
-        Body::from(body.to_string()),
-        None,
-    )
-    .await
+    post_json(server, "/v1/jobs/batch", body).await
 }
 
 #[tokio::test]
