@@ -81,6 +81,8 @@ pub fn default_node_id() -> String {
 pub struct Node {
     shutdown: CancellationToken,
     shared: Arc<Shared>,
+    /// The dispatcher, apart from the other tasks: [`Node::drain`] waits for it to stop first.
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     guests: Option<tokio::runtime::Runtime>,
 }
@@ -137,8 +139,8 @@ impl Node {
             shutdown: shutdown.clone(),
             guests: guest_handle,
         });
+        let dispatcher = Some(tokio::spawn(dispatch(shared.clone())));
         let mut tasks = vec![
-            tokio::spawn(dispatch(shared.clone())),
             tokio::spawn(complete(shared.clone(), rx)),
             tokio::spawn(heartbeat(shared.clone())),
             tokio::spawn(rescue(shared.clone())),
@@ -150,6 +152,7 @@ impl Node {
         Node {
             shutdown,
             shared,
+            dispatcher,
             tasks,
             guests,
         }
@@ -158,9 +161,14 @@ impl Node {
     /// Shuts down gracefully: stops claiming, lets the attempts this node holds (running, or
     /// claimed ahead and waiting for a slot) run and their completions commit, for up to
     /// `grace`, then does [`Node::shutdown`] with whatever is left.
-    pub async fn drain(self, grace: Duration) {
+    pub async fn drain(mut self, grace: Duration) {
         self.shared.claiming.cancel();
         let until = tokio::time::Instant::now() + grace;
+        // A claim in flight still hands its jobs to this node: count them only once the
+        // dispatcher has stopped, or they would be left `running` until their leases expire.
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = tokio::time::timeout_at(until, dispatcher).await;
+        }
         // Until no job is held and the completer has written every completion it was sent (a
         // job's completion is counted before the job stops being held).
         let busy =
@@ -176,7 +184,7 @@ impl Node {
     /// sees them first). [`Node::drain`] lets them finish first.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in self.dispatcher.into_iter().chain(self.tasks) {
             let _ = t.await;
         }
         if let Some(rt) = self.guests {
