@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use futures::FutureExt;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmjobs_host::{CancelHandle, Event, Limits, RunRequest, Sandbox};
 
@@ -100,17 +101,25 @@ struct Shared {
     uncommitted: std::sync::atomic::AtomicUsize,
     /// Cancelled to stop claiming (a child of `shutdown`; [`Node::drain`] cancels it first).
     claiming: CancellationToken,
-    /// One permit per attempt running at once.
-    slots: Arc<Semaphore>,
-    /// Signalled when a held job is done, so the dispatcher may claim again.
-    released: tokio::sync::Notify,
+    /// Held jobs not started yet, in claim order, for the runners (one per slot, on the guest
+    /// runtime); `to_run_added` wakes the idle ones.
+    to_run: Mutex<std::collections::VecDeque<Held>>,
+    to_run_added: Notify,
+    /// Signalled when a held job is done and the dispatcher may claim again.
+    released: Notify,
     /// The recent pace of attempts in µs (0: none yet; see [`next_pace`]): how far ahead to
     /// claim.
     attempt_us: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
-    /// Where guests run: a runtime of its own, so that a guest burning its CPU budget never
-    /// delays the API, the database or the timers of this node.
-    guests: tokio::runtime::Handle,
+    /// The runtime the node was started on, where the store is used: a runner reaches the
+    /// store through it, so that no database connection is tied to the guest runtime.
+    main: tokio::runtime::Handle,
+}
+
+/// A job this node holds: claimed, waiting for a runner or running.
+struct Held {
+    job: Claimed,
+    cancel: CancelHandle,
 }
 
 impl Node {
@@ -124,21 +133,28 @@ impl Node {
         let shutdown = CancellationToken::new();
         let (guests, guest_handle) = guest_runtime(config.concurrency);
         let (tx, rx) = mpsc::unbounded_channel();
+        let slots = config.concurrency.max(1);
         let shared = Arc::new(Shared {
             store: service.store.clone(),
             sandbox,
             modules,
-            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            to_run: Mutex::default(),
+            to_run_added: Notify::new(),
             config,
             running: Mutex::new(HashMap::new()),
-            released: tokio::sync::Notify::new(),
+            released: Notify::new(),
             attempt_us: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             completions: tx,
             uncommitted: std::sync::atomic::AtomicUsize::new(0),
             claiming: shutdown.child_token(),
             shutdown: shutdown.clone(),
-            guests: guest_handle,
+            main: tokio::runtime::Handle::current(),
         });
+        // Where guests run: a runtime of its own, so that a guest burning its CPU budget never
+        // delays the API, the database or the timers of this node.
+        for _ in 0..slots {
+            guest_handle.spawn(runner(shared.clone()));
+        }
         let dispatcher = Some(tokio::spawn(dispatch(shared.clone())));
         let mut tasks = vec![
             tokio::spawn(complete(shared.clone(), rx)),
@@ -299,9 +315,7 @@ async fn dispatch(s: Arc<Shared>) {
             {
                 Ok(jobs) => {
                     claimed_any = !jobs.is_empty() && jobs.len() as u32 == want;
-                    for job in jobs {
-                        hold(&s, job);
-                    }
+                    hold(&s, jobs);
                 }
                 Err(e) => {
                     tracing::error!("claim failed: {e}");
@@ -337,19 +351,67 @@ async fn dispatch(s: Arc<Shared>) {
     }
 }
 
-/// Takes a claimed job into this node: its lease is renewed and its cancel requests heard from
-/// now on; it runs when a slot is free (slots are handed out in claim order, on the guest
-/// runtime: see `run_attempt`).
-fn hold(s: &Arc<Shared>, job: Claimed) {
-    let cancel = CancelHandle::new();
-    lock(&s.running).insert(job.id, (cancel.clone(), std::time::Instant::now()));
-    let s2 = s.clone();
-    tokio::spawn(async move {
+/// Takes claimed jobs into this node: their leases are renewed and their cancel requests heard
+/// from now on; they run in claim order as runners come free.
+fn hold(s: &Shared, jobs: Vec<Claimed>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let since = std::time::Instant::now();
+    {
+        let mut running = lock(&s.running);
+        let mut to_run = lock(&s.to_run);
+        for job in jobs {
+            let cancel = CancelHandle::new();
+            running.insert(job.id, (cancel.clone(), since));
+            to_run.push_back(Held { job, cancel });
+        }
+    }
+    s.to_run_added.notify_waiters();
+}
+
+/// One slot: runs held jobs one after another, in claim order, until the node shuts down.
+///
+/// A job passes from the dispatcher to a runner and from the runner to the completer through
+/// queues, with no task of its own: a busy runner takes the next job without waiting or waking
+/// anything. (On a node with two slots and short jobs, a task per job and a wake-up of the
+/// node's runtime at each job's end cost more than the attempt itself.)
+async fn runner(s: Arc<Shared>) {
+    loop {
+        let added = s.to_run_added.notified();
+        tokio::pin!(added);
+        // Registered before looking, so that jobs added after the look wake this runner.
+        added.as_mut().enable();
+        let next = lock(&s.to_run).pop_front();
+        let Some(Held { job, cancel }) = next else {
+            tokio::select! {
+                _ = added => continue,
+                _ = s.shutdown.cancelled() => return,
+            }
+        };
+        if s.shutdown.is_cancelled() {
+            // Held and not started when the node began to shut down: no attempt ran, so none
+            // is reported; the lease runs out and the job runs elsewhere.
+            return;
+        }
         let id = job.id;
-        run_attempt(&s2, job, cancel).await;
-        lock(&s2.running).remove(&id);
-        s2.released.notify_one();
-    });
+        run_attempt(&s, job, cancel).await;
+        release(&s, id);
+    }
+}
+
+/// A held job is done: it leaves the node, and the dispatcher hears of it when it may claim
+/// again (see `dispatch`), not at every job's end.
+fn release(s: &Shared, id: JobId) {
+    let held = {
+        let mut running = lock(&s.running);
+        running.remove(&id);
+        running.len()
+    };
+    let limit = s.hold_limit();
+    if held < s.config.concurrency.max(1) || limit.saturating_sub(held) >= limit / 2 {
+        s.released.notify_one();
+    }
 }
 
 async fn wait_jobs_available(notices: &mut tokio::sync::broadcast::Receiver<Notice>) {
@@ -365,11 +427,17 @@ async fn wait_jobs_available(notices: &mut tokio::sync::broadcast::Receiver<Noti
     }
 }
 
-/// Runs one claimed attempt and hands its completion to the completer.
-async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
+/// How often a running attempt's live events (logs, progress) are written, at most.
+const EVENT_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs one claimed attempt (on the guest runtime) and hands its completion to the completer.
+async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     let started = now_ms();
     let buffered: Arc<Mutex<Vec<NewEvent>>> = Arc::new(Mutex::new(Vec::new()));
-    let sink = buffered.clone();
+    // Rung when the buffer gets its first event: most attempts log nothing, and wait on no
+    // timer.
+    let bell = Arc::new(Notify::new());
+    let (sink, ring) = (buffered.clone(), bell.clone());
     let events = Arc::new(move |e: Event| {
         let ev = match e {
             Event::Log(l) => NewEvent {
@@ -381,7 +449,11 @@ async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
                 data: json!({ "done": done, "total": total }),
             },
         };
-        lock(&sink).push(ev);
+        let mut buffer = lock(&sink);
+        buffer.push(ev);
+        if buffer.len() == 1 {
+            ring.notify_one();
+        }
     });
 
     let mut limits: Limits = job.limits;
@@ -390,10 +462,16 @@ async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
         limits.timeout = limits.timeout.min(left);
     }
     // (A job whose input is another job's output got that output from its claim.)
-    let module = s
-        .modules
-        .get(&*s.store, &s.sandbox, &job.module_digest)
-        .await;
+    let module = match s.modules.loaded(&job.module_digest) {
+        Some(module) => Ok(module),
+        None => {
+            let (s2, digest) = (s.clone(), job.module_digest.clone());
+            s.main
+                .spawn(async move { s2.modules.get(&*s2.store, &s2.sandbox, &digest).await })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the module failed: {e}")))
+        }
+    };
     let report = match module {
         Ok(module) => {
             let req = RunRequest::new(job.input)
@@ -401,41 +479,28 @@ async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
                 .grants(job.grants.clone())
                 .cancel(cancel.clone())
                 .events(events);
-            let sandbox = s.sandbox.clone();
-            let slots = s.slots.clone();
-            let pace = s.attempt_us.clone();
-            // The slot is taken on the guest runtime, so that a slot passes from one attempt
-            // to the next there, without a hop through this runtime in between.
-            let shutdown = s.shutdown.clone();
-            let run = s.guests.spawn(async move {
-                let slot = slots.acquire_owned().await;
-                if slot.is_err() || shutdown.is_cancelled() {
-                    // Held and not started when the node began to shut down: no attempt ran,
-                    // so none is reported; the lease runs out and the job runs elsewhere.
-                    return None;
-                }
+            let run = std::panic::AssertUnwindSafe(async {
                 let started = std::time::Instant::now();
-                let report = sandbox.run(&module, req).await;
-                attempt_took(&pace, started.elapsed());
-                Some(report)
-            });
+                let report = s.sandbox.run(&module, req).await;
+                attempt_took(&s.attempt_us, started.elapsed());
+                report
+            })
+            .catch_unwind();
             // Flush live events while the attempt runs, so followers see logs as they happen.
             tokio::pin!(run);
             loop {
+                let flush_due = async {
+                    bell.notified().await;
+                    tokio::time::sleep(EVENT_FLUSH_EVERY).await;
+                };
                 tokio::select! {
-                    report = &mut run => match report {
-                        Ok(Some(report)) => break report,
-                        Ok(None) => return,
-                        Err(e) => break wasmjobs_host::AttemptReport::failed_before_start(format!("the attempt's task failed: {e}")),
-                    },
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    report = &mut run => break report.unwrap_or_else(|_| {
+                        wasmjobs_host::AttemptReport::failed_before_start("the attempt panicked".into())
+                    }),
+                    () = flush_due => {
                         let batch = std::mem::take(&mut *lock(&buffered));
                         if !batch.is_empty() {
-                            match s.store.append_events(job.id, &s.config.node_id, job.attempt, &batch, now_ms()).await {
-                                Ok(true) => {}
-                                Ok(false) => cancel.cancel(), // we lost the job: stop working on it
-                                Err(e) => tracing::warn!("cannot write events of job {}: {e}", job.id),
-                            }
+                            append_events(s, job.id, job.attempt, batch, &cancel).await;
                         }
                     }
                 }
@@ -465,6 +530,32 @@ async fn run_attempt(s: &Shared, job: Claimed, cancel: CancelHandle) {
         wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
         events,
     });
+}
+
+/// Writes a running attempt's live events (through the node's runtime); stops the attempt if
+/// its job was taken away.
+async fn append_events(
+    s: &Arc<Shared>,
+    job_id: JobId,
+    attempt: u32,
+    batch: Vec<NewEvent>,
+    cancel: &CancelHandle,
+) {
+    let s2 = s.clone();
+    let written = s
+        .main
+        .spawn(async move {
+            s2.store
+                .append_events(job_id, &s2.config.node_id, attempt, &batch, now_ms())
+                .await
+        })
+        .await;
+    match written {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => cancel.cancel(), // we lost the job: stop working on it
+        Ok(Err(e)) => tracing::warn!("cannot write events of job {job_id}: {e}"),
+        Err(e) => tracing::warn!("cannot write events of job {job_id}: {e}"),
+    }
 }
 
 /// Writes completions in batches: whatever has arrived since the last commit goes in one

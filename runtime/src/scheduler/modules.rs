@@ -24,6 +24,15 @@ impl ModuleCache {
         }
     }
 
+    /// The prepared module for `digest` if it is in memory already: no store, no compile.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<JobModule>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
     /// The prepared module for `digest`, loading and compiling it on first use.
     pub async fn get(
         &self,
@@ -31,13 +40,8 @@ impl ModuleCache {
         sandbox: &Sandbox,
         digest: &str,
     ) -> Result<Arc<JobModule>, String> {
-        if let Some(m) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
-        {
-            return Ok(m.clone());
+        if let Some(m) = self.loaded(digest) {
+            return Ok(m);
         }
         let bytes = store
             .module_bytes(digest)
