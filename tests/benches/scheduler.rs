@@ -378,6 +378,7 @@ async fn wasmjobs_run(
     });
     let mut ticker = tokio::time::interval(Duration::from_millis(2));
     let mut ids = Vec::with_capacity(count);
+    let mut stored = Vec::with_capacity(count);
     for i in 0..count {
         ticker.tick().await;
         let req = SubmitJob {
@@ -388,6 +389,7 @@ async fn wasmjobs_run(
         let submitted = Instant::now();
         let (job, _) = service.submit(req).await.expect("submit");
         ids.push((job.id, submitted));
+        stored.push(submitted.elapsed().as_secs_f64() * 1e3);
     }
     let _ = expect_tx.send(ids.iter().map(|(id, _)| *id).collect());
     wait_succeeded(&*store, before + n + count).await;
@@ -401,6 +403,12 @@ async fn wasmjobs_run(
         .collect();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    stored.sort_by(f64::total_cmp);
+    println!(
+        "   (of which submit → stored: p50 {:.2} ms, p99 {:.2} ms)",
+        stored[stored.len() / 2],
+        stored[(stored.len() * 99 / 100).min(stored.len() - 1)]
+    );
     node.shutdown().await;
     (throughput, Some((pct(0.50), pct(0.99), pct(1.0))))
 }

@@ -360,6 +360,12 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings a connection when it goes back to the pool (always) and again before
+            // handing it out (this): one round trip more before every statement, on the path
+            // of every submission, claim and completion. The ping on release already drops a
+            // connection that broke; one that breaks while idle fails its next statement, which
+            // is retried like any database error.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 let set_path = set_path.clone();
                 Box::pin(async move {
