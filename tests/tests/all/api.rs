@@ -770,6 +770,43 @@ pub(crate) async fn read_sse(
 }
 
 #[tokio::test]
+async fn a_running_jobs_logs_reach_its_event_stream_before_it_ends() {
+    for (backend, store, _db) in test_stores("api_live_logs").await {
+        let server = TestServer::start(store, ApiConfig::default(), 1).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let (_, job) = submit(
+            &server,
+            json!({"module": "testjob", "input": {"mode": "logsleep", "lines": 3, "ms": 3000}}),
+        )
+        .await;
+        let url = format!("{}/v1/jobs/{}/events", server.url, job["id"]);
+        // queued, running, then the three lines, while the job sleeps for 3 s.
+        let started = std::time::Instant::now();
+        let head = read_sse(&url, None, Some(5)).await;
+        let kinds: Vec<&str> = head.iter().map(|(_, e, _)| e.as_str()).collect();
+        assert_eq!(kinds, ["state", "state", "log", "log", "log"], "{backend}");
+        assert_eq!(
+            head[4].2["message"],
+            json!("line 2 before the sleep"),
+            "{backend}"
+        );
+        let now: Value = reqwest::get(format!("{}/v1/jobs/{}", server.url, job["id"]))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            now["state"],
+            json!("running"),
+            "{backend}: the logs came {:?} after the submit, only once the job had ended",
+            started.elapsed()
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn events_stream_live_and_resume_without_loss_or_duplicates() {
     for (backend, store, _db) in test_stores("api_sse").await {
         let server = TestServer::start(store, ApiConfig::default(), 1).await;

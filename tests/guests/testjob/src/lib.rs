@@ -58,6 +58,13 @@ fn run(input: Input) -> Result<Value, String> {
             }
             Ok(json!({ "logged": input.lines }))
         }
+        "logsleep" => {
+            for i in 0..input.lines {
+                wasmjobs_guest::info!("line {i} before the sleep");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(input.ms));
+            Ok(json!("slept"))
+        }
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_millis(input.ms));
             Ok(json!("slept"))
