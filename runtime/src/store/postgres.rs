@@ -157,7 +157,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
                     attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1
              FROM q WHERE jobs.id = q.job_id
-             RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}
+             RETURNING {CLAIM_COLUMNS}
          ), r AS (
              INSERT INTO running_jobs (job_id) SELECT id FROM c
          ), e AS (

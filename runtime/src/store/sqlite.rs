@@ -54,7 +54,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
                 updated_at = ?, event_seq = event_seq + 1
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
                       ORDER BY priority DESC, run_at, id LIMIT ?)
-         RETURNING {JOB_COLUMNS}, {UPSTREAM_OUTPUT}"
+         RETURNING {CLAIM_COLUMNS}"
     )
 });
 static NODE_UPSERT: LazyLock<String> = LazyLock::new(|| {
