@@ -301,7 +301,7 @@ async fn dispatch(s: Arc<Shared>) {
         let held = lock(&s.running).len();
         let slots = s.config.concurrency.max(1);
         let room = limit.saturating_sub(held);
-        let want = if held < slots || room >= limit / 2 {
+        let want = if may_claim(held, slots, limit) {
             room.min(s.config.claim_batch as usize) as u32
         } else {
             0
@@ -438,10 +438,15 @@ fn release(s: &Shared, id: JobId) {
         running.remove(&id);
         running.len()
     };
-    let limit = s.hold_limit();
-    if held < s.config.concurrency.max(1) || limit.saturating_sub(held) >= limit / 2 {
+    if may_claim(held, s.config.concurrency.max(1), s.hold_limit()) {
         s.released.notify_one();
     }
+}
+
+/// Whether a node holding `held` jobs claims more: when a slot would otherwise go idle, or
+/// when it has room for at least half of what it may hold (so that claims stay large).
+fn may_claim(held: usize, slots: usize, limit: usize) -> bool {
+    held < slots || limit.saturating_sub(held) >= limit / 2
 }
 
 async fn wait_jobs_available(notices: &mut tokio::sync::broadcast::Receiver<Notice>) {
@@ -516,9 +521,12 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
                 report
             })
             .catch_unwind();
-            // Flush live events while the attempt runs, so followers see logs as they happen.
+            // Flush live events while the attempt runs, so followers see logs as they happen:
+            // one write at a time, so the history keeps their order, and beside the attempt,
+            // which goes on running while a write waits on the database.
             tokio::pin!(run);
-            loop {
+            let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+            let report = loop {
                 let flush_due = async {
                     bell.notified().await;
                     tokio::time::sleep(EVENT_FLUSH_EVERY).await;
@@ -527,14 +535,26 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
                     report = &mut run => break report.unwrap_or_else(|_| {
                         wasmjobs_host::AttemptReport::failed_before_start("the attempt panicked".into())
                     }),
-                    () = flush_due => {
+                    () = flush_due, if writing.is_none() => {
                         let batch = std::mem::take(&mut *lock(&buffered));
                         if !batch.is_empty() {
-                            append_events(s, job.id, job.attempt, batch, &cancel).await;
+                            writing = Some(append_events(s, job.id, job.attempt, batch, cancel.clone()));
+                        }
+                    }
+                    _ = async { writing.as_mut().expect("checked").await }, if writing.is_some() => {
+                        writing = None;
+                        // The next batch may be waiting already.
+                        if !lock(&buffered).is_empty() {
+                            bell.notify_one();
                         }
                     }
                 }
+            };
+            // The completion's events come after the ones being written.
+            if let Some(w) = writing {
+                let _ = w.await;
             }
+            report
         }
         Err(message) => wasmjobs_host::AttemptReport::failed_before_start(message),
     };
@@ -562,30 +582,27 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     });
 }
 
-/// Writes a running attempt's live events (through the node's runtime); stops the attempt if
-/// its job was taken away.
-async fn append_events(
+/// Writes a running attempt's live events, on the node's runtime; stops the attempt if its
+/// job was taken away.
+fn append_events(
     s: &Arc<Shared>,
     job_id: JobId,
     attempt: u32,
     batch: Vec<NewEvent>,
-    cancel: &CancelHandle,
-) {
+    cancel: CancelHandle,
+) -> tokio::task::JoinHandle<()> {
     let s2 = s.clone();
-    let written = s
-        .main
-        .spawn(async move {
-            s2.store
-                .append_events(job_id, &s2.config.node_id, attempt, &batch, now_ms())
-                .await
-        })
-        .await;
-    match written {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => cancel.cancel(), // we lost the job: stop working on it
-        Ok(Err(e)) => tracing::warn!("cannot write events of job {job_id}: {e}"),
-        Err(e) => tracing::warn!("cannot write events of job {job_id}: {e}"),
-    }
+    s.main.spawn(async move {
+        match s2
+            .store
+            .append_events(job_id, &s2.config.node_id, attempt, &batch, now_ms())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => cancel.cancel(), // we lost the job: stop working on it
+            Err(e) => tracing::warn!("cannot write events of job {job_id}: {e}"),
+        }
+    })
 }
 
 /// Writes completions in batches: whatever has arrived since the last commit goes in one
