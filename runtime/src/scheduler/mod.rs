@@ -737,6 +737,21 @@ mod tests {
     }
 
     #[test]
+    fn a_node_claims_for_an_idle_slot_or_when_half_its_room_is_free() {
+        // Two slots, 130 jobs allowed: a slot about to go idle always claims.
+        assert!(may_claim(0, 2, 130));
+        assert!(may_claim(1, 2, 130));
+        // Slots busy and jobs waiting: only once half of the limit is free again, so that
+        // claims stay large instead of one job per attempt's end.
+        assert!(!may_claim(130, 2, 130));
+        assert!(!may_claim(66, 2, 130));
+        assert!(may_claim(65, 2, 130));
+        // Nothing claimed ahead (limit = slots): claim as soon as one slot is free.
+        assert!(!may_claim(2, 2, 2));
+        assert!(may_claim(1, 2, 2));
+    }
+
+    #[test]
     fn the_pace_jumps_to_a_slow_attempt_and_comes_down_slowly() {
         assert_eq!(next_pace(0, 40), 40);
         assert_eq!(next_pace(40, 300_000), 300_000);
