@@ -402,15 +402,26 @@ async fn wasmjobs_run(
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     stored.sort_by(f64::total_cmp);
     println!(
         "   (of which submit → stored: p50 {:.2} ms, p99 {:.2} ms)",
-        stored[stored.len() / 2],
-        stored[(stored.len() * 99 / 100).min(stored.len() - 1)]
+        percentile(&stored, 0.50),
+        percentile(&stored, 0.99)
     );
     node.shutdown().await;
-    (throughput, Some((pct(0.50), pct(0.99), pct(1.0))))
+    (
+        throughput,
+        Some((
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0),
+        )),
+    )
+}
+
+/// The `p` quantile (0.0–1.0) of `sorted`, which is sorted and not empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 /// `name` as a number, or `default`.

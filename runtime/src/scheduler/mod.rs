@@ -541,12 +541,9 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
                             writing = Some(append_events(s, job.id, job.attempt, batch, cancel.clone()));
                         }
                     }
+                    // Events logged meanwhile rang the bell; its permit waits for the next turn.
                     _ = async { writing.as_mut().expect("checked").await }, if writing.is_some() => {
                         writing = None;
-                        // The next batch may be waiting already.
-                        if !lock(&buffered).is_empty() {
-                            bell.notify_one();
-                        }
                     }
                 }
             };

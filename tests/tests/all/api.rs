@@ -790,12 +790,14 @@ async fn a_running_jobs_logs_reach_its_event_stream_before_it_ends() {
             json!("line 2 before the sleep"),
             "{backend}"
         );
-        let now: Value = reqwest::get(format!("{}/v1/jobs/{}", server.url, job["id"]))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let (_, now) = call(
+            server.app(),
+            "GET",
+            &format!("/v1/jobs/{}", job["id"]),
+            Body::empty(),
+            None,
+        )
+        .await;
         assert_eq!(
             now["state"],
             json!("running"),
