@@ -14,6 +14,7 @@
 //! Run with: `WASMJOBS_TEST_POSTGRES=postgres://… cargo bench -p wasmjobs-tests --bench scheduler`
 //! (`-- --quick` for N = 5,000; `WASMJOBS_BENCH_BACKENDS=sqlite|postgres` for one backend;
 //! `WASMJOBS_BENCH_SLOTS` for the node's slots in the one-by-one run, one per core by default;
+//! `WASMJOBS_BENCH_RUNS=single|batched` for one of the two throughput runs;
 //! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
 //! slots, 1,000 and one per core by default).
 
@@ -79,28 +80,34 @@ async fn main() {
             batch: 1,
             slots: env_number("WASMJOBS_BENCH_SLOTS", cores),
         };
-        let (throughput, latency) = wasmjobs_run(store.clone(), n, single, true).await;
-        println!(
-            "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
-            100.0 * throughput / ceiling,
-            single.slots
-        );
-        if let Some((p50, p99, max)) = latency {
+        // WASMJOBS_BENCH_RUNS=batched (or single) runs one of the two throughput runs.
+        let runs = std::env::var("WASMJOBS_BENCH_RUNS").unwrap_or_default();
+        if runs.is_empty() || runs.contains("single") {
+            let (throughput, latency) = wasmjobs_run(store.clone(), n, single, true).await;
             println!(
-                "   latency submit → succeeded at 500 jobs/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+                "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
+                100.0 * throughput / ceiling,
+                single.slots
             );
+            if let Some((p50, p99, max)) = latency {
+                println!(
+                    "   latency submit → succeeded at 500 jobs/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+                );
+            }
         }
         let batched = Shape {
             batch: env_number("WASMJOBS_BENCH_BATCH", 1000),
             slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", cores),
         };
-        let (throughput, _) = wasmjobs_run(store, n, batched, false).await;
-        println!(
-            "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
-            100.0 * throughput / ceiling,
-            batched.batch,
-            batched.slots
-        );
+        if runs.is_empty() || runs.contains("batched") {
+            let (throughput, _) = wasmjobs_run(store, n, batched, false).await;
+            println!(
+                "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
+                100.0 * throughput / ceiling,
+                batched.batch,
+                batched.slots
+            );
+        }
         if backend == "postgres" {
             // The run's schema holds 55,000 jobs: leave nothing behind on the shared server.
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {

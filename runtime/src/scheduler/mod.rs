@@ -616,7 +616,7 @@ async fn complete(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
         }
         let mut attempt = 0u32;
         loop {
-            match s.store.complete(batch.clone(), now_ms()).await {
+            match s.store.complete(&batch, now_ms()).await {
                 Ok(_) => break,
                 Err(e) => {
                     attempt += 1;

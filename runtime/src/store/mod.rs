@@ -117,7 +117,7 @@ pub trait Store: WorkflowStore + Send + Sync + 'static {
     ) -> Result<bool>;
     /// Ends attempts, in one transaction. A completion from a worker that no longer holds the
     /// attempt is refused.
-    async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>>;
+    async fn complete(&self, completions: &[Completion], now: i64) -> Result<Vec<Completed>>;
     /// Renews the leases of the jobs `jobs` that `worker` runs. Returns each of them it still
     /// holds and whether a cancel was requested. (Found by id: a scan for the worker's running
     /// jobs would read every dead row version a busy Postgres table has not vacuumed yet.)

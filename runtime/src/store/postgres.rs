@@ -22,7 +22,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub struct PgStore {
     pool: PgPool,
     notices: broadcast::Sender<Notice>,
-    /// Rows this node took off the queue (and the running set) since its last vacuum of them.
+    /// Rows this node took off the queue (and the claims) since its last vacuum of them.
     churn: Arc<AtomicU64>,
     /// When claims next sweep the queue for deadlines passed and scheduled jobs come due (ms);
     /// see [`PgStore::sweep`].
@@ -101,7 +101,7 @@ async fn vacuum_queue(pool: PgPool, churn: Arc<AtomicU64>) {
         churn.store(0, Ordering::Relaxed);
         let started = std::time::Instant::now();
         match pool
-            .execute("VACUUM (SKIP_LOCKED, TRUNCATE FALSE) job_queue, running_jobs")
+            .execute("VACUUM (SKIP_LOCKED, TRUNCATE FALSE) job_queue, claims")
             .await
         {
             Ok(_) => tokio::time::sleep(started.elapsed() * 9).await,
@@ -119,73 +119,142 @@ async fn vacuum_queue(pool: PgPool, churn: Arc<AtomicU64>) {
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
+/// An event as it is kept in its job's row (`jobs.state_events`, migration 0009), but for the
+/// seq and time that the statement writing it puts in front: `kind TAB data`. The data is
+/// JSON, which holds no raw tab or newline.
+fn row_event(e: &NewEvent) -> String {
+    format!("{}\t{}", e.kind, e.data)
+}
+
+/// A whole line of `jobs.state_events`: `seq TAB at TAB kind TAB data NEWLINE`.
+fn row_event_line(seq: i64, at: i64, e: &NewEvent) -> String {
+    format!("{seq}\t{at}\t{}\n", row_event(e))
+}
+
+/// Reads a job's history as rows of `job_id, seq, kind, data, at`, from its row's
+/// `state_events` (bind the job id as `$1`) with seq above `$2`.
+const ROW_EVENTS: &str = "SELECT jobs.id AS job_id, split_part(l, chr(9), 1)::bigint AS seq,
+            split_part(l, chr(9), 3) AS kind, split_part(l, chr(9), 4) AS data,
+            split_part(l, chr(9), 2)::bigint AS at
+     FROM jobs CROSS JOIN LATERAL unnest(string_to_array(jobs.state_events, chr(10))) AS l
+     WHERE jobs.id = $1 AND l <> '' AND split_part(l, chr(9), 1)::bigint > $2";
+
 /// Columns of keyless jobs inserted with one `INSERT … SELECT FROM UNNEST`, and each one's
-/// first event.
+/// first event, borrowed from the jobs and from [`Texts`].
 #[derive(Default)]
-struct KeylessColumns {
-    module: Vec<String>,
+struct KeylessColumns<'a> {
+    module: Vec<&'a str>,
     state: Vec<&'static str>,
     priority: Vec<i64>,
     run_at: Vec<i64>,
-    input: Vec<Vec<u8>>,
-    limits: Vec<String>,
-    retry: Vec<String>,
-    grants: Vec<String>,
+    input: Vec<&'a [u8]>,
+    limits: Vec<&'a str>,
+    retry: Vec<&'a str>,
+    grants: Vec<&'a str>,
     deadline_at: Vec<Option<i64>>,
-    workflow_ref: Vec<Option<String>>,
+    workflow_ref: Vec<Option<&'a str>>,
     input_from: Vec<Option<i64>>,
-    event: Vec<String>,
+    event: Vec<&'a str>,
+}
+
+/// The JSON texts of a batch of jobs' limits, retry policies, grants and first events, each
+/// made once for a run of jobs that have the same value (jobs submitted together usually do),
+/// and each job's index into them.
+#[derive(Default)]
+struct Texts {
+    texts: Vec<String>,
+    /// Per job: limits, retry, grants, first event.
+    of: Vec<[usize; 4]>,
+}
+
+impl Texts {
+    fn of(jobs: &[(NewJob, JobState, i64)], now: i64) -> Texts {
+        let mut t = Texts::default();
+        for (k, (j, state, run_at)) in jobs.iter().enumerate() {
+            let previous = k.checked_sub(1).map(|p| (&jobs[p], t.of[p]));
+            let same = |i: usize, eq: bool| previous.filter(|_| eq).map(|(_, of)| of[i]);
+            let known = previous.map(|((p, p_state, p_run_at), _)| {
+                [
+                    p.limits == j.limits,
+                    p.retry == j.retry,
+                    p.grants == j.grants,
+                    p_state == state && p_run_at == run_at,
+                ]
+            });
+            let mut entry = [0; 4];
+            for (i, slot) in entry.iter_mut().enumerate() {
+                *slot = match same(i, known.is_some_and(|k| k[i])) {
+                    Some(index) => index,
+                    None => {
+                        t.texts.push(match i {
+                            0 => json(&j.limits),
+                            1 => json(&j.retry),
+                            2 => json(&j.grants),
+                            _ => row_event_line(1, now, &created_event(*state, *run_at)),
+                        });
+                        t.texts.len() - 1
+                    }
+                };
+            }
+            t.of.push(entry);
+        }
+        t
+    }
+
+    fn get(&self, job: usize, which: usize) -> &str {
+        &self.texts[self.of[job][which]]
+    }
 }
 
 /// Claims queued jobs in claim order: takes them off the queue (those whose deadline passed
-/// stay for the sweep), marks them running (with their attempt's start: its row is written when
-/// it ends, migration 0008), adds them to the running set, records their `running` events (the
-/// event data as `rows::claimed` makes it) and lets the transaction commit without waiting for
-/// the WAL flush. The `jobs` update changes no indexed
-/// column, so it is HOT (migration 0006). The queue rows are chosen first (`= ANY(ARRAY(…))`),
-/// then taken by primary key: written as `IN (subquery)`, the planner may walk the whole queue
-/// and join each row to the choice.
+/// stay for the sweep), marks them running (with their attempt's start: the attempt is written
+/// when it ends) and appends their `running` events to their rows (the event data as
+/// `rows::claimed` makes it), records the claim (`claims`: how the rescuer finds running jobs)
+/// and lets the transaction commit without waiting for the WAL flush. The `jobs` update changes
+/// no indexed column, so it is HOT (migration 0006). The queue rows are chosen and locked first
+/// (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key: migration 0009); a queue row
+/// whose job is no longer queued is taken and dropped.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH q AS (
              DELETE FROM job_queue
-             WHERE job_id = ANY(ARRAY(SELECT job_id FROM job_queue
-                                      WHERE ready AND (deadline_at IS NULL OR deadline_at > $3)
-                                      ORDER BY priority DESC, run_at, job_id LIMIT $4 FOR UPDATE SKIP LOCKED))
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
+                                    WHERE ready AND (deadline_at IS NULL OR deadline_at > $3)
+                                    ORDER BY priority DESC, run_at, job_id LIMIT $4 FOR UPDATE SKIP LOCKED))
              RETURNING job_id
          ), c AS (
              UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
-                    attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1
-             FROM q WHERE jobs.id = q.job_id
+                    attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1,
+                    state_events = state_events || (event_seq + 1) || chr(9) || $3 || chr(9) || 'state' || chr(9)
+                        || json_build_object('attempt', attempts + 1, 'state', 'running', 'worker', $1::text)::text
+                        || chr(10)
+             FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
              RETURNING {CLAIM_COLUMNS}
-         ), r AS (
-             INSERT INTO running_jobs (job_id) SELECT id FROM c
-         ), e AS (
-             INSERT INTO events (job_id, seq, kind, data, at)
-             SELECT id, event_seq, 'state',
-                    json_build_object('attempt', attempts, 'state', 'running', 'worker', $1::text)::text, $3
-             FROM c
+         ), k AS (
+             INSERT INTO claims (worker, job_ids, at) SELECT $1, array_agg(id), $3 FROM c HAVING count(*) > 0
          )
          SELECT c.*, set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit FROM c"
     )
 });
 
 /// Attempt endings as columns, for [`write_endings`]: per job, the fence (worker, attempt),
-/// the job's new columns, the attempt's figures and the notices its end announces; per event,
-/// its job, how far before the job's last seq it goes, and its kind and data.
+/// the job's new columns, the attempt's figures, its state event (written into the job's row)
+/// and the notices its end announces; per other event (the attempt's logs), its job, how far
+/// before the job's last seq it goes, and its kind and data.
 #[derive(Default)]
-struct Endings {
+struct Endings<'a> {
     id: Vec<i64>,
     attempt: Vec<i64>,
-    worker: Vec<String>,
+    worker: Vec<&'a str>,
     state: Vec<&'static str>,
     outcome: Vec<&'static str>,
-    error: Vec<Option<String>>,
-    output: Vec<Option<Vec<u8>>>,
+    error: Vec<Option<&'a str>>,
+    output: Vec<Option<&'a [u8]>>,
     run_at: Vec<Option<i64>>,
     finished_at: Vec<Option<i64>>,
     event_count: Vec<i64>,
-    trap: Vec<Option<String>>,
+    state_event: Vec<String>,
+    trap: Vec<Option<&'a str>>,
     fuel: Vec<i64>,
     peak_memory: Vec<i64>,
     wall_time: Vec<i64>,
@@ -196,7 +265,7 @@ struct Endings {
     event_data: Vec<String>,
 }
 
-impl Endings {
+impl<'a> Endings<'a> {
     /// Retries that wait for a time bring the next sweep forward to it.
     fn sweep_by(&self, store: &PgStore) {
         for (state, run_at) in self.state.iter().zip(&self.run_at) {
@@ -219,7 +288,7 @@ impl Endings {
             .collect()
     }
 
-    fn push(&mut self, c: &Completion, e: Ending) {
+    fn push(&mut self, c: &'a Completion, e: Ending) {
         let mut notices = vec![Notice::Events(c.job_id)];
         if e.state.is_final() {
             notices.push(Notice::Ended(c.job_id));
@@ -228,24 +297,31 @@ impl Endings {
             notices.push(Notice::JobsAvailable);
         }
         self.notices.push(notices);
-        let n = e.events.len();
-        for (k, event) in e.events.iter().enumerate() {
+        // The state event comes last and goes into the job's row; the attempt's own events
+        // before it go to `events`.
+        let (state_event, logged) = match e.events.split_last() {
+            Some((last, logged)) => (row_event(last), logged),
+            None => (row_event(&NewEvent::state(e.state, json!({}))), &[][..]),
+        };
+        let n = logged.len() + 1;
+        for (k, event) in logged.iter().enumerate() {
             self.event_job.push(c.job_id);
             self.event_back.push((n - 1 - k) as i64);
             self.event_kind.push(event.kind);
             self.event_data.push(event.data.to_string());
         }
+        self.state_event.push(state_event);
         self.id.push(c.job_id);
         self.attempt.push(i64::from(c.attempt));
-        self.worker.push(c.worker.clone());
+        self.worker.push(&c.worker);
         self.state.push(e.state.as_str());
         self.outcome.push(c.outcome.as_str());
-        self.error.push(c.error.clone());
-        self.output.push(e.keep_output.then(|| c.output.clone()));
+        self.error.push(c.error.as_deref());
+        self.output.push(e.keep_output.then_some(&c.output[..]));
         self.run_at.push(e.run_at);
         self.finished_at.push(e.finished_at);
         self.event_count.push(n as i64);
-        self.trap.push(c.trap.clone());
+        self.trap.push(c.trap.as_deref());
         self.fuel
             .push(i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX));
         self.peak_memory
@@ -256,15 +332,15 @@ impl Endings {
 }
 
 /// Writes attempt endings with one statement: each job still held by the ending's worker and
-/// attempt gets its new state (and leaves the running set, or goes back on the queue to be
-/// retried), its attempt its row (written now, once: migration 0008) and its history the
-/// events after its last seq.
+/// attempt gets its new state, with its state event and its ended attempt appended to its row
+/// (migration 0009), and goes back on the queue when it is to be retried; the attempt's own
+/// events (logs) go to `events`, before the state event in seq.
 /// Returns the ids of the jobs written (their notices: [`Endings::notices_of`]); the others
 /// were fenced out.
 ///
 /// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the claim
 /// sets it; every way out of `running` clears it).
-async fn write_endings<'c, E>(exec: E, e: &Endings, now: i64) -> Result<Vec<i64>>
+async fn write_endings<'c, E>(exec: E, e: &Endings<'_>, now: i64) -> Result<Vec<i64>>
 where
     E: Executor<'c, Database = Postgres>,
 {
@@ -272,33 +348,32 @@ where
         "WITH v AS (
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
-                                  $12::bigint[], $13::bigint[], $14::bigint[])
+                                  $12::bigint[], $13::bigint[], $14::bigint[], $20::text[])
                   AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, trap,
-                       fuel, peak, wall)
+                       fuel, peak, wall, state_event)
          ), j AS (
              UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
                     worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
-                    finished_at = v.finished_at, updated_at = $15, event_seq = jobs.event_seq + v.n
+                    finished_at = v.finished_at, updated_at = $15, event_seq = jobs.event_seq + v.n,
+                    state_events = jobs.state_events || (jobs.event_seq + v.n) || chr(9) || $15 || chr(9)
+                        || v.state_event || chr(10),
+                    ended_attempts = jobs.ended_attempts
+                        || json_build_array(v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak,
+                                            v.wall,
+                                            -- An attempt claimed before migration 0008 has its
+                                            -- start in its row in `attempts`.
+                                            COALESCE(jobs.attempt_started_at,
+                                                     (SELECT a.started_at FROM attempts a
+                                                      WHERE a.job_id = jobs.id AND a.attempt = v.attempt),
+                                                     $15),
+                                            $15)::text
+                        || chr(10)
              FROM v
              WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
-             RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at,
-                       jobs.attempt_started_at
-         ), r AS (
-             DELETE FROM running_jobs USING j WHERE running_jobs.job_id = j.id
+             RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
          ), q AS (
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
              SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j WHERE state IN ('queued', 'scheduled')
-         ), a AS (
-             INSERT INTO attempts (job_id, attempt, worker, outcome, trap, error, fuel_consumed,
-                                   peak_memory_bytes, wall_time_us, started_at, finished_at)
-             SELECT j.id, v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak, v.wall,
-                    COALESCE(j.attempt_started_at, $15), $15
-             FROM j JOIN v ON v.id = j.id
-             -- An attempt claimed before migration 0008 has its row already.
-             ON CONFLICT (job_id, attempt) DO UPDATE SET
-                 outcome = EXCLUDED.outcome, trap = EXCLUDED.trap, error = EXCLUDED.error,
-                 fuel_consumed = EXCLUDED.fuel_consumed, peak_memory_bytes = EXCLUDED.peak_memory_bytes,
-                 wall_time_us = EXCLUDED.wall_time_us, finished_at = EXCLUDED.finished_at
          ), e AS (
              INSERT INTO events (job_id, seq, kind, data, at)
              SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $15
@@ -326,6 +401,7 @@ where
     .bind(&e.event_back)
     .bind(&e.event_kind)
     .bind(&e.event_data)
+    .bind(&e.state_event)
     .fetch_all(exec)
     .await?)
 }
@@ -584,45 +660,38 @@ impl PgStore {
         let swept: Vec<(i64, bool)> = sqlx::query_as(
             "WITH expired_q AS (
                  DELETE FROM job_queue
-                 WHERE job_id = ANY(ARRAY(SELECT job_id FROM job_queue
-                                          WHERE deadline_at IS NOT NULL AND deadline_at <= $2
-                                          FOR UPDATE SKIP LOCKED))
+                 WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
+                                        WHERE deadline_at IS NOT NULL AND deadline_at <= $2
+                                        FOR UPDATE SKIP LOCKED))
                  RETURNING job_id
              ), expired AS (
                  UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $2,
-                        event_seq = event_seq + 1
-                 FROM expired_q WHERE jobs.id = expired_q.job_id
-                 RETURNING id, event_seq
+                        event_seq = event_seq + 1,
+                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $3 || chr(10)
+                 FROM expired_q WHERE jobs.id = expired_q.job_id AND jobs.state IN ('queued', 'scheduled')
+                 RETURNING id
              ), due_q AS (
                  UPDATE job_queue SET ready = TRUE
-                 WHERE job_id = ANY(ARRAY(SELECT job_id FROM job_queue
-                                          WHERE NOT ready AND run_at <= $2
-                                                AND (deadline_at IS NULL OR deadline_at > $2)
-                                          FOR UPDATE SKIP LOCKED))
+                 WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
+                                        WHERE NOT ready AND run_at <= $2
+                                              AND (deadline_at IS NULL OR deadline_at > $2)
+                                        FOR UPDATE SKIP LOCKED))
                  RETURNING job_id
              ), due AS (
-                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1
-                 FROM due_q WHERE jobs.id = due_q.job_id
-                 RETURNING id, event_seq
-             ), e AS (
-                 INSERT INTO events (job_id, seq, kind, data, at)
-                 SELECT id, event_seq, 'state', $3, $2 FROM expired
-                 UNION ALL SELECT id, event_seq, 'state', $4, $2 FROM due
+                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1,
+                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $4 || chr(10)
+                 FROM due_q WHERE jobs.id = due_q.job_id AND jobs.state = 'scheduled'
+                 RETURNING id
              )
              SELECT id, TRUE FROM expired UNION ALL SELECT id, FALSE FROM due",
         )
         .bind(DEADLINE_PASSED)
         .bind(now)
-        .bind(
-            NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }))
-                .data
-                .to_string(),
-        )
-        .bind(
-            NewEvent::state(JobState::Queued, json!({}))
-                .data
-                .to_string(),
-        )
+        .bind(row_event(&NewEvent::state(
+            JobState::Failed,
+            json!({ "error": DEADLINE_PASSED }),
+        )))
+        .bind(row_event(&NewEvent::state(JobState::Queued, json!({}))))
         .fetch_all(&self.pool)
         .await?;
         self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
@@ -716,26 +785,8 @@ async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i
     Ok(())
 }
 
-/// Writes event rows with multi-row INSERTs (one statement per 500 rows).
-async fn write_events(tx: &mut Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
-    for chunk in rows.chunks(500) {
-        let mut q = sqlx::QueryBuilder::<Postgres>::new(
-            "INSERT INTO events (job_id, seq, kind, data, at) ",
-        );
-        q.push_values(chunk, |mut b, (job, seq, kind, data)| {
-            b.push_bind(*job)
-                .push_bind(*seq)
-                .push_bind(*kind)
-                .push_bind(data.as_str())
-                .push_bind(now);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-/// Inserts keyless jobs, their queue rows and their first events with one statement (one
-/// round trip, whatever the batch's size); ids are drawn from the sequence in the same
+/// Inserts keyless jobs (each with its first event in its row) and their queue rows with one
+/// statement (one round trip, whatever the batch's size); ids are drawn from the sequence in the same
 /// statement and come back in the batch's order. (A new job is always queued or scheduled.)
 ///
 /// One statement outside a transaction is one transaction: on the pool this is a whole
@@ -748,21 +799,21 @@ async fn insert_keyless<'c, E>(
 where
     E: Executor<'c, Database = Postgres>,
 {
+    let texts = Texts::of(jobs, now);
     let mut cols = KeylessColumns::default();
-    for (j, state, run_at) in jobs {
-        cols.module.push(j.module_digest.clone());
+    for (k, (j, state, run_at)) in jobs.iter().enumerate() {
+        cols.module.push(&j.module_digest);
         cols.state.push(state.as_str());
         cols.priority.push(j.priority);
         cols.run_at.push(*run_at);
-        cols.input.push(j.input.clone());
-        cols.limits.push(json(&j.limits));
-        cols.retry.push(json(&j.retry));
-        cols.grants.push(json(&j.grants));
+        cols.input.push(&j.input);
+        cols.limits.push(texts.get(k, 0));
+        cols.retry.push(texts.get(k, 1));
+        cols.grants.push(texts.get(k, 2));
         cols.deadline_at.push(j.deadline_at);
-        cols.workflow_ref.push(j.workflow_ref.clone());
+        cols.workflow_ref.push(j.workflow_ref.as_deref());
         cols.input_from.push(j.input_from);
-        cols.event
-            .push(created_event(*state, *run_at).data.to_string());
+        cols.event.push(texts.get(k, 3));
     }
     let ids: Vec<i64> = sqlx::query_scalar(
         "WITH v AS MATERIALIZED (
@@ -773,17 +824,16 @@ where
                                        grants, deadline_at, workflow_ref, input_from, event, ord)
          ), j AS (
              INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq)
+                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
+                               state_events)
              SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                    deadline_at, workflow_ref, input_from, $13, $13, 1
+                    deadline_at, workflow_ref, input_from, $13, $13, 1, event
              FROM v
              -- Once per statement: fails it when a job names a module that is not stored.
              WHERE (SELECT wasmjobs_modules_exist($1::text[]))
          ), q AS (
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
              SELECT id, priority, run_at, deadline_at, state = 'queued' FROM v
-         ), e AS (
-             INSERT INTO events (job_id, seq, kind, data, at) SELECT id, 1, 'state', event, $13 FROM v
          )
          SELECT v.id FROM v ORDER BY v.ord",
     )
@@ -819,7 +869,6 @@ where
 async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> {
     let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
     let mut any_queued = false;
-    let mut events = Vec::new();
     // Jobs with an idempotency key one at a time (a key may repeat, even within the batch);
     // the others with one statement.
     let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
@@ -847,8 +896,8 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             "WITH j AS (
                  INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
                                    idempotency_key, deadline_at, workflow_ref, input_from, created_at,
-                                   updated_at, event_seq)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1
+                                   updated_at, event_seq, state_events)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15
                  WHERE wasmjobs_modules_exist(ARRAY[$1::text])
                  RETURNING id, priority, run_at, deadline_at, state
              ), q AS (
@@ -871,9 +920,9 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
         .bind(j.input_from)
         .bind(now)
         .bind(now)
+        .bind(row_event_line(1, now, &created_event(state, run_at)))
         .fetch_one(&mut **tx)
         .await?;
-        events.extend(pending(id, 1, &[created_event(state, run_at)]));
         any_queued |= state == JobState::Queued;
         out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
     }
@@ -887,7 +936,6 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
         }
     }
-    write_events(tx, &events, now).await?;
     let result = out
         .into_iter()
         .map(|entry| entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into())))
@@ -898,6 +946,27 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
         Vec::new()
     };
     Ok((result, notices))
+}
+
+/// Takes job `id` off the queue, if it is there. The queue has no key (migration 0009): its row
+/// is found through the index that holds it, by the job's priority and run_at (a waiting job's
+/// row is in `job_queue_waiting`, a ready one's in `job_queue_claim`). A row this misses (the
+/// job was requeued after this statement's snapshot) is harmless: whoever takes it checks the
+/// job's state.
+async fn unqueue(tx: &mut Tx<'_>, id: JobId) -> Result<()> {
+    sqlx::query(
+        "WITH j AS (
+             SELECT priority, run_at FROM jobs WHERE id = $1
+         ), ready AS (
+             DELETE FROM job_queue q USING j
+             WHERE q.ready AND q.priority = j.priority AND q.run_at = j.run_at AND q.job_id = $1
+         )
+         DELETE FROM job_queue q USING j WHERE NOT q.ready AND q.run_at = j.run_at AND q.job_id = $1",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn fetch_job(tx: &mut Tx<'_>, id: JobId) -> Result<Option<Job>> {
@@ -1037,33 +1106,55 @@ impl Store for PgStore {
 
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
-            // The attempts that ended, and the running one from the job (its row is written
-            // when it ends: migration 0008).
+            // The attempts that ended, from the job's row (migration 0009) and from `attempts`
+            // (those that ended before it), and the running one from the job (with no start
+            // on the job, an attempt claimed before migration 0008 has its row in `attempts`).
             "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
                     started_at, finished_at
              FROM attempts WHERE job_id = $1
              UNION ALL
+             SELECT (a->>0)::bigint, a->>1, a->>2, a->>3, a->>4, (a->>5)::bigint, (a->>6)::bigint,
+                    (a->>7)::bigint, (a->>8)::bigint, (a->>9)::bigint
+             FROM jobs CROSS JOIN LATERAL unnest(string_to_array(jobs.ended_attempts, chr(10))) AS l
+                  CROSS JOIN LATERAL (SELECT l::json AS a) AS p
+             WHERE jobs.id = $1 AND l <> ''
+             UNION ALL
              SELECT attempts, worker, NULL, NULL, NULL, NULL, NULL, NULL, attempt_started_at, NULL
              FROM jobs
              WHERE id = $1 AND state = 'running' AND attempt_started_at IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = $1 AND a.attempt = jobs.attempts)
              ORDER BY attempt",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(AttemptRow::into_attempt).collect()
+        // An attempt that was running across the upgrade to migration 0009 has a row in
+        // `attempts` without an outcome and its end in the job's row: the end wins.
+        let mut attempts = rows
+            .into_iter()
+            .map(AttemptRow::into_attempt)
+            .collect::<Result<Vec<_>>>()?;
+        attempts.dedup_by(|later, earlier| {
+            let same = later.attempt == earlier.attempt;
+            if same && later.outcome.is_some() {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
+        Ok(attempts)
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
         // No index of `jobs` reads the state (migration 0006): jobs that wait or run are found
-        // through the queue and the running set, newest first; finished ones by walking `jobs`
+        // through the queue and the claims, newest first; finished ones by walking `jobs`
         // from the newest, keeping those in the state asked for.
         let source = match f.state {
             Some(JobState::Queued | JobState::Scheduled) => {
                 "(SELECT job_id FROM job_queue) s JOIN jobs ON jobs.id = s.job_id"
             }
-            Some(JobState::Running) => "running_jobs s JOIN jobs ON jobs.id = s.job_id",
+            Some(JobState::Running) => {
+                "(SELECT DISTINCT u.id AS job_id FROM claims CROSS JOIN LATERAL unnest(claims.job_ids) AS u(id)) s
+                 JOIN jobs ON jobs.id = s.job_id"
+            }
             _ => "jobs",
         };
         let order = if source == "jobs" {
@@ -1103,9 +1194,13 @@ impl Store for PgStore {
     }
 
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
+        // The events a transition wrote into the job's row and the others (logs, progress,
+        // cancel requests, and all events written before migration 0009), merged by seq.
+        let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = $1 AND seq > $2
+             UNION ALL {ROW_EVENTS}
+             ORDER BY seq LIMIT $3"
+        )))
         .bind(id)
         .bind(after)
         .bind(i64::from(limit))
@@ -1137,9 +1232,9 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        // Each claimed job leaves a dead queue row now and a dead running row at its end.
-        self.churn
-            .fetch_add(2 * rows.len() as u64, Ordering::Relaxed);
+        // Each claimed job leaves a dead queue row (its claim's row is counted when the rescuer
+        // deletes it).
+        self.churn.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let claimed = claimed_in_order(rows)?;
         notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
         self.notify(notices);
@@ -1171,7 +1266,7 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
+    async fn complete(&self, completions: &[Completion], now: i64) -> Result<Vec<Completed>> {
         let mut results = vec![Completed::Refused; completions.len()];
         // Attempts whose outcome alone decides their job's end (nearly all: they succeeded)
         // need no read of the job: one statement, fenced, ends them. The others are decided
@@ -1223,11 +1318,23 @@ impl Store for PgStore {
     }
 
     async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
+        // Claims whose jobs have all left `running` under their worker are done with: none of
+        // their jobs can come back to them (a job claimed again is in a claim of its own).
+        let done = sqlx::query(
+            "DELETE FROM claims c
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(c.job_ids) AS u(id) JOIN jobs j ON j.id = u.id
+                               WHERE j.state = 'running' AND j.worker = c.worker)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        self.churn.fetch_add(done, Ordering::Relaxed);
         // Attempts whose lease ran out end `lost`, decided and written as any other ending
         // that depends on its job; the lease is checked again under the row's lock.
         let expired: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT j.id, j.attempts, j.worker FROM running_jobs r JOIN jobs j ON j.id = r.job_id
-             WHERE j.state = 'running' AND j.lease_until < $1",
+            "SELECT DISTINCT j.id, j.attempts, j.worker
+             FROM claims c CROSS JOIN LATERAL unnest(c.job_ids) AS u(id) JOIN jobs j ON j.id = u.id
+             WHERE j.state = 'running' AND j.worker = c.worker AND j.lease_until < $1",
         )
         .bind(now)
         .fetch_all(&self.pool)
@@ -1269,10 +1376,7 @@ impl Store for PgStore {
         // The queue row before the job's row, as every statement takes them: a queued or
         // scheduled job leaves the queue here. (A claim holding the row commits first, and
         // then the job is running.)
-        sqlx::query("DELETE FROM job_queue WHERE job_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        unqueue(&mut tx, id).await?;
         let job = fetch_job(&mut tx, id).await?.ok_or(StoreError::NotFound {
             what: "job",
             id: id.to_string(),
@@ -1280,19 +1384,15 @@ impl Store for PgStore {
         let state = match job.state {
             JobState::Scheduled | JobState::Queued => {
                 sqlx::query(
-                    "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = $1, updated_at = $2 WHERE id = $3",
+                    "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = $1, updated_at = $1,
+                            event_seq = event_seq + 1,
+                            state_events = state_events || (event_seq + 1) || chr(9) || $1 || chr(9) || $2 || chr(10)
+                     WHERE id = $3",
                 )
                 .bind(now)
-                .bind(now)
+                .bind(row_event(&NewEvent::state(JobState::Cancelled, json!({}))))
                 .bind(id)
                 .execute(&mut *tx)
-                .await?;
-                push_events(
-                    &mut tx,
-                    id,
-                    &[NewEvent::state(JobState::Cancelled, json!({}))],
-                    now,
-                )
                 .await?;
                 JobState::Cancelled
             }
@@ -1330,32 +1430,27 @@ impl Store for PgStore {
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
         let retry = retried(id, fetch_job(&mut tx, id).await?)?;
+        // A failed or cancelled job has no queue row (every way there takes it off the queue).
         sqlx::query(
             "WITH j AS (
                  UPDATE jobs SET state = 'queued', retry = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
-                        error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $3
+                        error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $2,
+                        event_seq = event_seq + 1,
+                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $3 || chr(10)
                  WHERE id = $4
                  RETURNING id, priority, run_at
              )
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
-             SELECT id, priority, run_at, NULL, TRUE FROM j
-             ON CONFLICT (job_id) DO UPDATE SET run_at = excluded.run_at, deadline_at = NULL, ready = TRUE",
+             SELECT id, priority, run_at, NULL, TRUE FROM j",
         )
         .bind(json(&retry))
         .bind(now)
-        .bind(now)
+        .bind(row_event(&NewEvent::state(
+            JobState::Queued,
+            json!({ "retried": true }),
+        )))
         .bind(id)
         .execute(&mut *tx)
-        .await?;
-        push_events(
-            &mut tx,
-            id,
-            &[NewEvent::state(
-                JobState::Queued,
-                json!({ "retried": true }),
-            )],
-            now,
-        )
         .await?;
         tx.commit().await?;
         self.notify([Notice::Events(id), Notice::JobsAvailable]);

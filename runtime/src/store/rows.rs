@@ -123,7 +123,43 @@ row! {
 /// The claimed attempts a claim returned, in claim order.
 pub(super) fn claimed_in_order(mut rows: Vec<ClaimRow>) -> Result<Vec<Claimed>> {
     rows.sort_by_key(ClaimRow::claim_order);
-    rows.into_iter().map(ClaimRow::into_claimed).collect()
+    let mut parsed = Parsed::default();
+    rows.into_iter()
+        .map(|r| r.into_claimed(&mut parsed))
+        .collect()
+}
+
+/// The limits and grants of the last row a claim decoded, with their text: jobs submitted
+/// alike carry the same JSON, which is then parsed once per claim instead of once per job.
+#[derive(Default)]
+struct Parsed {
+    limits: Option<(String, wasmjobs_host::Limits)>,
+    grants: Option<(String, wasmjobs_host::Grants)>,
+}
+
+impl Parsed {
+    fn limits(&mut self, text: String) -> Result<wasmjobs_host::Limits> {
+        match &self.limits {
+            Some((known, limits)) if *known == text => Ok(*limits),
+            _ => {
+                let limits = serde_json::from_str(&text).map_err(|e| corrupt("limits", e))?;
+                self.limits = Some((text, limits));
+                Ok(limits)
+            }
+        }
+    }
+
+    fn grants(&mut self, text: String) -> Result<wasmjobs_host::Grants> {
+        match &self.grants {
+            Some((known, grants)) if *known == text => Ok(grants.clone()),
+            _ => {
+                let grants: wasmjobs_host::Grants =
+                    serde_json::from_str(&text).map_err(|e| corrupt("grants", e))?;
+                self.grants = Some((text, grants.clone()));
+                Ok(grants)
+            }
+        }
+    }
 }
 
 /// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
@@ -137,9 +173,10 @@ pub(super) fn claimed(
     let mut claimed = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
     let mut notices = Vec::with_capacity(rows.len());
+    let mut parsed = Parsed::default();
     for row in rows {
         let seq = row.event_seq;
-        let c = row.into_claimed()?;
+        let c = row.into_claimed(&mut parsed)?;
         let e = NewEvent::state(
             JobState::Running,
             serde_json::json!({ "attempt": c.attempt, "worker": worker }),
@@ -179,7 +216,7 @@ impl ClaimRow {
         (-self.priority, self.run_at, self.id)
     }
 
-    fn into_claimed(self) -> Result<Claimed> {
+    fn into_claimed(self, parsed: &mut Parsed) -> Result<Claimed> {
         Ok(Claimed {
             id: self.id,
             module_digest: self.module_digest,
@@ -188,8 +225,8 @@ impl ClaimRow {
                 Some(_) => self.upstream_output.unwrap_or_default(),
                 None => self.input,
             },
-            limits: serde_json::from_str(&self.limits).map_err(|e| corrupt("limits", e))?,
-            grants: serde_json::from_str(&self.grants).map_err(|e| corrupt("grants", e))?,
+            limits: parsed.limits(self.limits)?,
+            grants: parsed.grants(self.grants)?,
             attempt: u32::try_from(self.attempts).unwrap_or(0),
             deadline_at: self.deadline_at,
             input_from: self.input_from,

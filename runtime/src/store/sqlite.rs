@@ -716,13 +716,13 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
-    async fn complete(&self, completions: Vec<Completion>, now: i64) -> Result<Vec<Completed>> {
+    async fn complete(&self, completions: &[Completion], now: i64) -> Result<Vec<Completed>> {
         let (results, notices) = self
             .write(|tx| {
                 let mut notices = Vec::new();
                 let mut events = Vec::new();
                 let mut results = Vec::with_capacity(completions.len());
-                for c in &completions {
+                for c in completions {
                     let r = apply_completion(&mut events, tx, c, Some(&c.worker), now)?;
                     if let Completed::Applied(state) = r {
                         notices.push(Notice::Events(c.job_id));

@@ -137,7 +137,7 @@ async fn lifecycle_with_retry_and_complete_history() {
         );
 
         let r = store
-            .complete(vec![done(&claimed[0], "w1", Outcome::Trapped)], 30)
+            .complete(&[done(&claimed[0], "w1", Outcome::Trapped)], 30)
             .await
             .expect("complete");
         assert_eq!(r, [Completed::Applied(JobState::Scheduled)], "{backend}");
@@ -146,12 +146,12 @@ async fn lifecycle_with_retry_and_complete_history() {
         assert_eq!(again[0].attempt, 2);
         // A late completion from the first worker is refused.
         let late = store
-            .complete(vec![done(&claimed[0], "w1", Outcome::Succeeded)], 41)
+            .complete(&[done(&claimed[0], "w1", Outcome::Succeeded)], 41)
             .await
             .expect("complete");
         assert_eq!(late, [Completed::Refused], "{backend}");
         let r = store
-            .complete(vec![done(&again[0], "w2", Outcome::Succeeded)], 50)
+            .complete(&[done(&again[0], "w2", Outcome::Succeeded)], 50)
             .await
             .expect("complete");
         assert_eq!(r, [Completed::Applied(JobState::Succeeded)], "{backend}");
@@ -264,7 +264,7 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
     );
 
     let r = store
-        .complete(vec![done(&claimed[0], "old", Outcome::Succeeded)], 30)
+        .complete(&[done(&claimed[0], "old", Outcome::Succeeded)], 30)
         .await
         .expect("complete");
     assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
@@ -275,6 +275,161 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
     drop(store);
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&pool)
+        .await;
+}
+
+/// Since migration 0009 Postgres keeps a job's state changes and ended attempts in the job's
+/// row and finds running jobs through `claims`, not `running_jobs`. Jobs that version 8 stored
+/// go on after the upgrade: a queued one runs, a running one whose node died is rescued, and
+/// both histories read whole and in order across the old rows and the new.
+#[tokio::test]
+async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
+    use sqlx::Executor;
+    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: postgres_jobs_stored_before_migration_9_go_on_after_it (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    let schema = format!("t_upgrade9_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        )))
+        .await
+        .expect("schema");
+    let path = format!("SET search_path TO {schema}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            let path = path.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(path)).await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .expect("connect to the schema");
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/migrations/postgres");
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .expect("migrations")
+        .run_to(8, &pool)
+        .await
+        .expect("migrate to version 8");
+    // What version 8 wrote: job 1 queued; job 2 running its first (and only allowed) attempt
+    // on node "dead", whose lease ran out at 50. Their events are rows of `events`.
+    let retry = serde_json::to_string(&RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    })
+    .expect("json");
+    let limits = serde_json::to_string(&Limits::default()).expect("json");
+    let grants = serde_json::to_string(&Grants::default()).expect("json");
+    sqlx::query(
+        "INSERT INTO modules (digest, size, world, imports, bytes, created_at)
+         VALUES ('sha256:abc', 4, 'wasmjobs:job/job', '[]', '\\x0061736d', 1)",
+    )
+    .execute(&pool)
+    .await
+    .expect("module");
+    sqlx::query(
+        "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
+                           attempts, worker, lease_until, attempt_started_at, event_seq, created_at, updated_at)
+         VALUES (1, 'sha256:abc', 'queued', 0, 10, '\\x7b7d', $1, $2, $3, 0, NULL, NULL, NULL, 1, 10, 10),
+                (2, 'sha256:abc', 'running', 0, 10, '\\x7b7d', $1, $2, $3, 1, 'dead', 50, 20, 2, 10, 20)",
+    )
+    .bind(&limits)
+    .bind(&retry)
+    .bind(&grants)
+    .execute(&pool)
+    .await
+    .expect("jobs");
+    for sql in [
+        "SELECT setval('jobs_id_seq', 2)",
+        "INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready) VALUES (1, 0, 10, NULL, TRUE)",
+        "INSERT INTO running_jobs (job_id) VALUES (2)",
+        "INSERT INTO events (job_id, seq, kind, data, at) VALUES
+             (1, 1, 'state', '{\"state\":\"queued\"}', 10),
+             (2, 1, 'state', '{\"state\":\"queued\"}', 10),
+             (2, 2, 'state', '{\"attempt\":1,\"state\":\"running\",\"worker\":\"dead\"}', 20)",
+    ] {
+        pool.execute(sql).await.expect(sql);
+    }
+    drop(pool);
+
+    let store = open_postgres_schema(&url, &schema)
+        .await
+        .expect("open, migrating to the latest version");
+    let running = JobFilter {
+        state: Some(JobState::Running),
+        limit: 100,
+        ..JobFilter::default()
+    };
+    let listed = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    // The migration turned the running set into a claim.
+    assert_eq!(listed(store.list_jobs(&running).await.expect("list")), [2]);
+    assert_eq!(store.rescue_expired(100).await.expect("rescue"), [2]);
+    assert_eq!(
+        store.get_job(2).await.expect("get").map(|j| j.state),
+        Some(JobState::Failed)
+    );
+    assert_eq!(
+        attempt_view(&*store, 2).await,
+        [(1, "dead".to_string(), Some(Outcome::Lost), 20, Some(100))]
+    );
+    let claimed = store.claim("new", 10, 110, 1000).await.expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [1]);
+    let r = store
+        .complete(&[done(&claimed[0], "new", Outcome::Succeeded)], 120)
+        .await
+        .expect("complete");
+    assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
+    assert_eq!(
+        attempt_view(&*store, 1).await,
+        [(
+            1,
+            "new".to_string(),
+            Some(Outcome::Succeeded),
+            110,
+            Some(120)
+        )]
+    );
+    let history = |events: Vec<Event>| -> Vec<(i64, String, serde_json::Value, i64)> {
+        events
+            .into_iter()
+            .map(|e| {
+                let what = e.data.get("state").or(e.data.get("message")).cloned();
+                (e.seq, e.kind, what.unwrap_or_default(), e.at)
+            })
+            .collect()
+    };
+    assert_eq!(
+        history(store.events(1, 0, 100).await.expect("events")),
+        [
+            (1, "state".to_string(), json!("queued"), 10),
+            (2, "state".to_string(), json!("running"), 110),
+            (3, "log".to_string(), json!("hi"), 120),
+            (4, "state".to_string(), json!("succeeded"), 120),
+        ]
+    );
+    assert_eq!(
+        history(store.events(2, 1, 100).await.expect("events")),
+        [
+            (2, "state".to_string(), json!("running"), 20),
+            (3, "state".to_string(), json!("failed"), 100),
+        ]
+    );
+    assert!(listed(store.list_jobs(&running).await.expect("list")).is_empty());
+    drop(store);
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .await;
 }
 
@@ -528,7 +683,7 @@ async fn cancel_queued_at_once_and_running_by_request() {
             "{backend}"
         );
         let r = store
-            .complete(vec![done(&c[0], "w", Outcome::Cancelled)], 7)
+            .complete(&[done(&c[0], "w", Outcome::Cancelled)], 7)
             .await
             .expect("complete");
         assert_eq!(r, [Completed::Applied(JobState::Cancelled)]);
@@ -569,7 +724,7 @@ async fn expired_leases_are_lost_attempts_and_requeued() {
             "{backend}"
         );
         let late = store
-            .complete(vec![done(&c[0], "dead-node", Outcome::Succeeded)], 201)
+            .complete(&[done(&c[0], "dead-node", Outcome::Succeeded)], 201)
             .await
             .expect("complete");
         assert_eq!(late, [Completed::Refused], "{backend}: no job ends twice");
@@ -674,7 +829,7 @@ async fn list_by_every_state_and_prune_thousands() {
                 .iter()
                 .map(|c| done(c, "w1", Outcome::Succeeded))
                 .collect();
-            store.complete(done, 3).await.expect("complete");
+            store.complete(&done, 3).await.expect("complete");
         }
         let queued: Vec<JobId> = store
             .insert_jobs((0..3).map(|_| new_job(&digest)).collect(), 4)
@@ -785,7 +940,7 @@ async fn list_by_every_state_and_prune_thousands() {
             .iter()
             .map(|c| done(c, "w1", Outcome::Succeeded))
             .collect();
-        let results = store.complete(ends, 6).await.expect("complete");
+        let results = store.complete(&ends, 6).await.expect("complete");
         assert!(
             results
                 .iter()
@@ -905,7 +1060,7 @@ async fn concurrent_submitters_claimers_and_readers_lose_nothing() {
                             .iter()
                             .map(|c| done(c, &worker, Outcome::Succeeded))
                             .collect();
-                        let results = store.complete(done, now_ms()).await.expect("complete");
+                        let results = store.complete(&done, now_ms()).await.expect("complete");
                         assert!(
                             results
                                 .iter()
