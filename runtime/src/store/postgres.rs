@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Executor, FromRow, PgPool, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
 use super::model::*;
@@ -29,6 +29,49 @@ pub struct PgStore {
     next_sweep: AtomicI64,
     /// Notices of committed changes, for [`send_notices`].
     notifier: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// This store's claims whose jobs have not all ended.
+    open_claims: std::sync::Mutex<OpenClaims>,
+}
+
+/// The claims a store made whose jobs have not all ended yet, so that a claim's row is deleted
+/// by the next claim statement once its last job ended, and `claims` holds little more than
+/// what runs: the running set is read through it (the rescuer, listing running jobs). The rows
+/// of a node that died, or stopped before its jobs ended, are the rescuer's to delete.
+#[derive(Default)]
+struct OpenClaims {
+    /// The claim of each job held.
+    claim_of: std::collections::HashMap<JobId, i64>,
+    /// How many jobs of each claim have not ended.
+    left: std::collections::HashMap<i64, usize>,
+    /// Claims whose jobs have all ended, to delete.
+    done: Vec<i64>,
+}
+
+impl OpenClaims {
+    fn claimed(&mut self, claim: i64, jobs: &[Claimed]) {
+        for job in jobs {
+            self.claim_of.insert(job.id, claim);
+        }
+        self.left.insert(claim, jobs.len());
+    }
+
+    /// Job `id` ended here (or its end was refused: either way this node no longer runs it).
+    fn ended(&mut self, id: JobId) {
+        let Some(claim) = self.claim_of.remove(&id) else {
+            return;
+        };
+        if let Some(left) = self.left.get_mut(&claim) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.left.remove(&claim);
+                self.done.push(claim);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends the notices of committed changes, as many as have queued up, with one statement.
@@ -209,8 +252,9 @@ impl Texts {
 /// Claims queued jobs in claim order: takes them off the queue (those whose deadline passed
 /// stay for the sweep), marks them running (with their attempt's start: the attempt is written
 /// when it ends) and appends their `running` events to their rows (the event data as
-/// `rows::claimed` makes it), records the claim (`claims`: how the rescuer finds running jobs)
-/// and lets the transaction commit without waiting for the WAL flush. The `jobs` update changes
+/// `rows::claimed` makes it), records the claim (`claims`: how the rescuer finds running jobs),
+/// deletes this store's claims whose jobs have all ended ([`OpenClaims`]) and lets the
+/// transaction commit without waiting for the WAL flush. The `jobs` update changes
 /// no indexed column, so it is HOT (migration 0006). The queue rows are chosen and locked first
 /// (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key: migration 0009); a queue row
 /// whose job is no longer queued is taken and dropped.
@@ -232,8 +276,13 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              RETURNING {CLAIM_COLUMNS}
          ), k AS (
              INSERT INTO claims (worker, job_ids, at) SELECT $1, array_agg(id), $3 FROM c HAVING count(*) > 0
+             RETURNING id
+         ), d AS (
+             DELETE FROM claims WHERE id = ANY($5)
          )
-         SELECT c.*, set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit FROM c"
+         SELECT c.*, (SELECT id FROM k) AS claim_id,
+                set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
+         FROM c"
     )
 });
 
@@ -525,6 +574,7 @@ impl PgStore {
             churn,
             next_sweep: AtomicI64::new(0),
             notifier,
+            open_claims: std::sync::Mutex::default(),
         })
     }
 
@@ -1225,17 +1275,37 @@ impl Store for PgStore {
         // trip). It ends no job, so it need not wait for its WAL flush: were Postgres to lose
         // it in a crash, its jobs would be queued again, and the completion of any of them (a
         // synchronous commit, later in the WAL) flushes it first.
-        let rows: Vec<ClaimRow> = sqlx::query_as(AssertSqlSafe(&**CLAIM))
+        let done = std::mem::take(&mut lock(&self.open_claims).done);
+        let result = sqlx::query(AssertSqlSafe(&**CLAIM))
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
             .bind(i64::from(limit))
+            .bind(&done)
             .fetch_all(&self.pool)
-            .await?;
-        // Each claimed job leaves a dead queue row (its claim's row is counted when the rescuer
-        // deletes it).
-        self.churn.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                lock(&self.open_claims).done.extend(done);
+                return Err(e.into());
+            }
+        };
+        // Each claimed job leaves a dead queue row, each claim done a dead claims row.
+        self.churn
+            .fetch_add((rows.len() + done.len()) as u64, Ordering::Relaxed);
+        let claim: Option<i64> = match rows.first() {
+            Some(row) => row.try_get("claim_id")?,
+            None => None,
+        };
+        let rows = rows
+            .iter()
+            .map(ClaimRow::from_row)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let claimed = claimed_in_order(rows)?;
+        if let Some(claim) = claim {
+            lock(&self.open_claims).claimed(claim, &claimed);
+        }
         notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
         self.notify(notices);
         Ok(claimed)
@@ -1287,6 +1357,10 @@ impl Store for PgStore {
         if !read.is_empty() {
             self.complete_read(&read, now, &mut results, None).await?;
         }
+        let mut open = lock(&self.open_claims);
+        for c in completions {
+            open.ended(c.job_id);
+        }
         Ok(results)
     }
 
@@ -1301,10 +1375,13 @@ impl Store for PgStore {
         // is being completed, cancelled or rescued, and the next renewal comes long before the
         // lease runs out. (Waiting instead deadlocked with completions, whose row order the
         // planner decides.) Every job of `jobs` this worker still runs is reported held.
+        // A lease is renewed once half of it is spent, not at every beat: a node holding a few
+        // hundred short jobs otherwise rewrote each of their rows four times a second.
         let rows: Vec<(i64, bool)> = sqlx::query_as(
             "WITH renewed AS (
                  UPDATE jobs SET lease_until = $1
-                 WHERE id IN (SELECT id FROM jobs WHERE id = ANY($3) AND state = 'running' AND worker = $2
+                 WHERE id IN (SELECT id FROM jobs
+                              WHERE id = ANY($3) AND state = 'running' AND worker = $2 AND lease_until < $4
                               FOR UPDATE SKIP LOCKED)
              )
              SELECT id, cancel_requested FROM jobs WHERE id = ANY($3) AND state = 'running' AND worker = $2",
@@ -1312,6 +1389,7 @@ impl Store for PgStore {
         .bind(now + lease_ms)
         .bind(worker)
         .bind(jobs)
+        .bind(now + lease_ms / 2)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

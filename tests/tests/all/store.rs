@@ -433,6 +433,126 @@ async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
         .await;
 }
 
+/// On Postgres a claim is a row of `claims` (its worker and job ids), which the rescuer and the
+/// listing of running jobs read. A node deletes its claim's row once the claim's jobs have all
+/// ended, with its next claim, so the table holds little more than what runs. A queue row is
+/// only a pointer to a job: one left behind for a job that is no longer queued (a cancel that
+/// raced a requeue can leave one) is dropped by the claim that finds it, and the job stays as
+/// it is.
+#[tokio::test]
+async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_run_nothing() {
+    use sqlx::Executor;
+    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_run_nothing (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    let schema = format!("t_claims_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .await
+        .expect("drop");
+    let store = open_postgres_schema(&url, &schema).await.expect("open");
+    let digest = module(&*store).await;
+    let claims = || async {
+        let rows: Vec<(String, Vec<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT worker, job_ids FROM {schema}.claims ORDER BY id"
+        )))
+        .fetch_all(&admin)
+        .await
+        .expect("claims");
+        rows
+    };
+    let jobs = store
+        .insert_jobs(vec![new_job(&digest); 3], 10)
+        .await
+        .expect("insert");
+    let ids: Vec<JobId> = jobs.iter().map(|(j, _)| j.id).collect();
+    let first = store.claim("w", 2, 20, 1000).await.expect("claim");
+    assert_eq!(claims().await, [("w".to_string(), ids[..2].to_vec())]);
+    store
+        .complete(&[done(&first[0], "w", Outcome::Succeeded)], 30)
+        .await
+        .expect("complete");
+    let second = store.claim("w", 2, 40, 1000).await.expect("claim");
+    // One job of the first claim still runs: its row stays.
+    assert_eq!(
+        claims().await,
+        [
+            ("w".to_string(), ids[..2].to_vec()),
+            ("w".to_string(), ids[2..].to_vec())
+        ]
+    );
+    store
+        .complete(
+            &[
+                done(&first[1], "w", Outcome::Succeeded),
+                done(&second[0], "w", Outcome::Succeeded),
+            ],
+            50,
+        )
+        .await
+        .expect("complete");
+    assert!(
+        store
+            .claim("w", 2, 60, 1000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(claims().await, []);
+
+    // A stray queue row for a job that ended (and one for a job cancelled) runs nothing.
+    let (cancelled, _) = store
+        .insert_job(new_job(&digest), 70)
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.cancel(cancelled.id, 71).await.expect("cancel"),
+        JobState::Cancelled
+    );
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {schema}.job_queue (job_id, priority, run_at, deadline_at, ready)
+             VALUES ({}, 0, 10, NULL, TRUE), ({}, 0, 70, NULL, TRUE)",
+            ids[0], cancelled.id
+        )))
+        .await
+        .expect("stray rows");
+    assert!(
+        store
+            .claim("w", 10, 80, 1000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    for (id, state) in [
+        (ids[0], JobState::Succeeded),
+        (cancelled.id, JobState::Cancelled),
+    ] {
+        let job = store.get_job(id).await.expect("get").expect("job");
+        assert_eq!((job.state, job.attempts), (state, u32::from(id == ids[0])));
+    }
+    let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.job_queue"
+    )))
+    .fetch_one(&admin)
+    .await
+    .expect("queue");
+    assert_eq!(left, 0, "the claim took the stray rows off the queue");
+    drop(store);
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .await;
+}
+
 #[tokio::test]
 async fn claims_follow_priority_then_run_at_then_age() {
     for (backend, store, _db) in test_stores("priority").await {
