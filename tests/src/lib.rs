@@ -84,9 +84,10 @@ pub async fn test_stores(
     stores
 }
 
-/// Drops the schemas that earlier test processes, no longer running, made for `tag`: each
-/// test's schema stays after it (for a look after a failure) until the next run of that test.
-async fn drop_stale_schemas(url: &str, tag: &str) {
+/// Drops the schemas (`t_<tag>_<pid>…`) that earlier test processes, no longer running, made
+/// for `tag`: each test's schema stays after it (for a look after a failure) until the next run
+/// of that test.
+pub async fn drop_stale_schemas(url: &str, tag: &str) {
     use sqlx::Executor;
     let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)

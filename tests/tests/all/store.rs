@@ -232,6 +232,7 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
         );
         return;
     };
+    wasmjobs_tests::drop_stale_schemas(&url, "upgrade8").await;
     let schema = format!("t_upgrade8_{}", std::process::id());
     let store = open_postgres_schema(&url, &schema).await.expect("open");
     let digest = module(&*store).await;
@@ -294,6 +295,7 @@ async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
         );
         return;
     };
+    wasmjobs_tests::drop_stale_schemas(&url, "upgrade9").await;
     let schema = format!("t_upgrade9_{}", std::process::id());
     let admin = sqlx::PgPool::connect(&url).await.expect("connect");
     admin
@@ -451,6 +453,7 @@ async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_ru
         );
         return;
     };
+    wasmjobs_tests::drop_stale_schemas(&url, "claims").await;
     let schema = format!("t_claims_{}", std::process::id());
     let admin = sqlx::PgPool::connect(&url).await.expect("connect");
     admin
