@@ -212,61 +212,109 @@ pub fn deadline_after(
 /// Commits submissions in groups: whatever arrived while the previous group was being written
 /// goes into the next transaction. Each submitter is answered only after its transaction
 /// committed, so an acknowledged job is durable; one transaction per group instead of per job
-/// is what lets the store keep up with many submitters. A group looks each module it names up
-/// once (a job names its module by name or digest; it is stored with the digest).
+/// is what lets the store keep up with many submitters.
+///
+/// A job names its module by name or digest and is stored with the digest. The group resolves
+/// each reference once and keeps what it found ([`Modules`]): a digest means the same module
+/// for good (modules are never deleted), and a name is checked by the insert itself, in its
+/// transaction, to still point at the digest it was resolved to. When one moved, nothing was
+/// stored: the group forgets what it knew and resolves every reference again. (Looking each
+/// name up before each group was a round trip per group: without it, one job per submit ran
+/// 13–17 % faster on Postgres, docs/performance.md.)
 async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::new();
+    let mut modules = Modules::default();
     while rx.recv_many(&mut batch, 512).await > 0 {
-        // Looked up once per group; a failed lookup is not kept (each job gets its own error).
-        let mut digests: HashMap<String, Option<String>> = HashMap::new();
-        let mut jobs = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for (module, mut job, reply) in batch.drain(..) {
-            let digest = match digests.get(&module) {
-                Some(known) => known.clone(),
-                None => match store.get_module(&module).await {
-                    Ok(found) => {
-                        let digest = found.map(|m| m.digest);
-                        digests.insert(module.clone(), digest.clone());
-                        digest
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                        continue;
-                    }
-                },
-            };
-            match digest {
-                Some(digest) => {
-                    job.module_digest = digest;
-                    jobs.push(job);
-                    replies.push(reply);
-                }
-                None => {
-                    let _ = reply.send(Err(ServiceError::UnknownModule(module)));
-                }
+        let mut group: Vec<Pending> = std::mem::take(&mut batch);
+        // First with what the group commit knew, then resolved afresh, then afresh and one job
+        // at a time.
+        for pass in 0..3 {
+            if pass > 0 {
+                modules = Modules::default();
             }
-        }
-        if jobs.is_empty() {
-            continue;
-        }
-        match store.insert_jobs(jobs.clone(), now_ms()).await {
-            Ok(results) => {
-                for (result, reply) in results.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(result));
-                }
+            let (jobs, replies, names) = resolve(&*store, &mut modules, group).await;
+            if jobs.is_empty() {
+                break;
             }
-            Err(e) => {
-                // Nothing of the group was stored. Try each job alone, so that one job's
-                // problem is that job's answer and not its neighbours'.
-                tracing::warn!(
-                    "group insert of {} jobs failed ({e}); inserting one by one",
-                    jobs.len()
-                );
-                for (job, reply) in jobs.into_iter().zip(replies) {
+            if pass == 2 {
+                // Nothing of the group was stored. Each job alone, so that one job's problem
+                // is that job's answer and not its neighbours'.
+                for (job, (_, reply)) in jobs.into_iter().zip(replies) {
                     let _ = reply.send(store.insert_job(job, now_ms()).await.map_err(Into::into));
                 }
+                break;
             }
+            match store
+                .insert_jobs_named(jobs.clone(), &names, now_ms())
+                .await
+            {
+                Ok(Some(results)) => {
+                    for (result, (_, reply)) in results.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(result));
+                    }
+                    break;
+                }
+                // A name moved since it was resolved, and nothing was stored.
+                Ok(None) => {}
+                Err(e) => tracing::warn!("group insert of {} jobs failed: {e}", jobs.len()),
+            }
+            group = jobs
+                .into_iter()
+                .zip(replies)
+                .map(|(job, (module, reply))| (module, job, reply))
+                .collect();
         }
     }
+}
+
+/// What a group commit knows of module references: the digest each one resolved to.
+#[derive(Default)]
+struct Modules {
+    digests: HashMap<String, String>,
+}
+
+/// The group's jobs with their module digests set, each one's module reference and reply, and
+/// the names among the references with the digest each stands for (for the insert to check).
+/// A job whose module is unknown, or whose lookup failed, is answered here and left out.
+async fn resolve(
+    store: &dyn Store,
+    modules: &mut Modules,
+    group: Vec<(String, NewJob, Reply)>,
+) -> (Vec<NewJob>, Vec<(String, Reply)>, Vec<(String, String)>) {
+    let mut jobs = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut names: HashMap<String, String> = HashMap::new();
+    // Unknown in this group (a failed lookup is not kept: each job gets its own error).
+    let mut unknown = std::collections::HashSet::new();
+    for (module, mut job, reply) in group {
+        let digest = match modules.digests.get(&module) {
+            Some(digest) => Some(digest.clone()),
+            None if unknown.contains(&module) => None,
+            None => match store.get_module(&module).await {
+                Ok(Some(found)) => {
+                    modules.digests.insert(module.clone(), found.digest.clone());
+                    Some(found.digest)
+                }
+                Ok(None) => {
+                    unknown.insert(module.clone());
+                    None
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+            },
+        };
+        let Some(digest) = digest else {
+            let _ = reply.send(Err(ServiceError::UnknownModule(module)));
+            continue;
+        };
+        if !module.starts_with("sha256:") {
+            names.insert(module.clone(), digest.clone());
+        }
+        job.module_digest = digest;
+        jobs.push(job);
+        replies.push((module, reply));
+    }
+    (jobs, replies, names.into_iter().collect())
 }

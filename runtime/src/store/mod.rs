@@ -88,6 +88,26 @@ pub trait Store: WorkflowStore + Send + Sync + 'static {
     /// Inserts jobs in one transaction (group commit): all or none are stored. Each result is
     /// the job and whether it was created (`false`: its idempotency key was already used).
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>>;
+    /// [`Store::insert_jobs`], if every module name in `names` still points at the digest
+    /// given with it (`(name, digest)`: names the caller resolved earlier); `None`, with
+    /// nothing stored, when one does not. Lets a caller resolve names from a cache without
+    /// storing a job under a digest its name no longer points at.
+    async fn insert_jobs_named(
+        &self,
+        jobs: Vec<NewJob>,
+        names: &[(String, String)],
+        now: i64,
+    ) -> Result<Option<Vec<(Job, bool)>>> {
+        // Checked before the insert, not in its transaction: a backend whose round trips cost
+        // something checks in the insert itself (Postgres).
+        for (name, digest) in names {
+            let current = self.get_module(name).await?.map(|m| m.digest);
+            if current.as_deref() != Some(digest.as_str()) {
+                return Ok(None);
+            }
+        }
+        self.insert_jobs(jobs, now).await.map(Some)
+    }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;

@@ -835,8 +835,15 @@ async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i
     Ok(())
 }
 
+/// Whether every `(name, digest)` of `$1` and `$2` still holds: the name points at the digest.
+const NAMES_HOLD: &str =
+    "NOT EXISTS (SELECT 1 FROM UNNEST($1::text[], $2::text[]) AS p(name, digest)
+                   WHERE NOT EXISTS (SELECT 1 FROM module_names m
+                                     WHERE m.name = p.name AND m.digest = p.digest))";
+
 /// Inserts keyless jobs (each with its first event in its row) and their queue rows with one
-/// statement (one round trip, whatever the batch's size); ids are drawn from the sequence in the same
+/// statement (one round trip, whatever the batch's size), if every module name of `names`
+/// still points at its digest (else nothing, and `None`); ids are drawn from the sequence in the same
 /// statement and come back in the batch's order. (A new job is always queued or scheduled.)
 ///
 /// One statement outside a transaction is one transaction: on the pool this is a whole
@@ -844,8 +851,9 @@ async fn push_events(tx: &mut Tx<'_>, job_id: JobId, events: &[NewEvent], now: i
 async fn insert_keyless<'c, E>(
     exec: E,
     jobs: &[(NewJob, JobState, i64)],
+    names: &[(String, String)],
     now: i64,
-) -> Result<Vec<i64>>
+) -> Result<Option<Vec<i64>>>
 where
     E: Executor<'c, Database = Postgres>,
 {
@@ -865,6 +873,8 @@ where
         cols.input_from.push(j.input_from);
         cols.event.push(texts.get(k, 3));
     }
+    let (name, digest): (Vec<&str>, Vec<&str>) =
+        names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
     let ids: Vec<i64> = sqlx::query_scalar(
         "WITH v AS MATERIALIZED (
              SELECT nextval('jobs_id_seq') AS id, u.*
@@ -872,6 +882,10 @@ where
                          $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[])
                   WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, limits, retry,
                                        grants, deadline_at, workflow_ref, input_from, event, ord)
+             -- Once per statement: nothing at all when a name no longer points where it did.
+             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($14::text[], $15::text[]) AS p(name, digest)
+                               WHERE NOT EXISTS (SELECT 1 FROM module_names m
+                                                 WHERE m.name = p.name AND m.digest = p.digest))
          ), j AS (
              INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
                                deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
@@ -900,8 +914,13 @@ where
     .bind(&cols.input_from)
     .bind(&cols.event)
     .bind(now)
+    .bind(&name)
+    .bind(&digest)
     .fetch_all(exec)
     .await?;
+    if ids.is_empty() && !jobs.is_empty() && !names.is_empty() {
+        return Ok(None);
+    }
     if ids.len() != jobs.len() {
         return Err(StoreError::Corrupt(format!(
             "inserting {} jobs returned {} ids",
@@ -909,7 +928,7 @@ where
             ids.len()
         )));
     }
-    Ok(ids)
+    Ok(Some(ids))
 }
 
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
@@ -981,7 +1000,11 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             .into_iter()
             .map(|(slot, j, state, run_at)| (slot, (j, state, run_at)))
             .unzip();
-        let ids = insert_keyless(&mut **tx, &batch, now).await?;
+        let ids = insert_keyless(&mut **tx, &batch, &[], now)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt("an insert with no names to check was refused".into())
+            })?;
         for ((id, slot), (j, state, run_at)) in ids.into_iter().zip(slots).zip(batch) {
             out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
         }
@@ -1108,6 +1131,19 @@ impl Store for PgStore {
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
+        self.insert_jobs_named(jobs, &[], now)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt("an insert with no names to check was refused".into())
+            })
+    }
+
+    async fn insert_jobs_named(
+        &self,
+        jobs: Vec<NewJob>,
+        names: &[(String, String)],
+        now: i64,
+    ) -> Result<Option<Vec<(Job, bool)>>> {
         let out = if jobs.iter().all(|j| j.idempotency_key.is_none()) {
             // The usual submission group: one statement, one transaction.
             let batch: Vec<(NewJob, JobState, i64)> = jobs
@@ -1117,7 +1153,9 @@ impl Store for PgStore {
                     (j, state, run_at)
                 })
                 .collect();
-            let ids = insert_keyless(&self.pool, &batch, now).await?;
+            let Some(ids) = insert_keyless(&self.pool, &batch, names, now).await? else {
+                return Ok(None);
+            };
             if batch.iter().any(|(_, state, _)| *state == JobState::Queued) {
                 self.notify([Notice::JobsAvailable]);
             }
@@ -1127,6 +1165,18 @@ impl Store for PgStore {
                 .collect()
         } else {
             let mut tx = self.pool.begin().await?;
+            if !names.is_empty() {
+                let (n, d): (Vec<&str>, Vec<&str>) =
+                    names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
+                let hold: bool = sqlx::query_scalar(AssertSqlSafe(format!("SELECT {NAMES_HOLD}")))
+                    .bind(&n)
+                    .bind(&d)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !hold {
+                    return Ok(None);
+                }
+            }
             let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
             tx.commit().await?;
             self.notify(notices);
@@ -1141,7 +1191,7 @@ impl Store for PgStore {
                 self.sweep_by(deadline);
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

@@ -91,6 +91,45 @@ async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
     }
 }
 
+/// Submissions resolve a module name once and keep the digest, but a name moved to another
+/// module is followed at once: the next job runs the module the name points at now.
+#[tokio::test]
+async fn a_moved_module_name_is_followed_by_the_next_submission() {
+    for (backend, store, _db) in test_stores("api_moved_name").await {
+        let server = TestServer::start(store, ApiConfig::default(), 0).await;
+        let first = upload(&server, guests::NOOP, "mover").await;
+        let module_of = |id: i64| {
+            let app = server.app();
+            async move {
+                let (_, job) =
+                    call(app, "GET", &format!("/v1/jobs/{id}"), Body::empty(), None).await;
+                job["module"].clone()
+            }
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (status, job) = submit(&server, json!({"module": "mover", "input": 1})).await;
+            assert_eq!(status, StatusCode::CREATED, "{backend}: {job}");
+            ids.push(job["id"].as_i64().expect("id"));
+        }
+        let second = upload(&server, guests::TESTJOB, "mover").await;
+        assert_ne!(first["digest"], second["digest"]);
+        let (status, job) = submit(&server, json!({"module": "mover", "input": 1})).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {job}");
+        let moved = job["id"].as_i64().expect("id");
+        // The old module stays reachable by its digest.
+        let (status, job) = submit(&server, json!({"module": first["digest"], "input": 1})).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {job}");
+        let by_digest = job["id"].as_i64().expect("id");
+        for id in ids {
+            assert_eq!(module_of(id).await, first["digest"], "{backend}");
+        }
+        assert_eq!(module_of(moved).await, second["digest"], "{backend}");
+        assert_eq!(module_of(by_digest).await, first["digest"], "{backend}");
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn modules_upload_validation_and_lookup() {
     for (backend, store, _db) in test_stores("api_modules").await {

@@ -703,6 +703,59 @@ async fn a_claim_fails_jobs_past_their_deadline_and_queues_due_ones() {
     }
 }
 
+/// `insert_jobs_named` stores the jobs only while every name given still points at its digest;
+/// otherwise it stores nothing and says so.
+#[tokio::test]
+async fn an_insert_checked_against_moved_names_stores_nothing() {
+    for (backend, store, _db) in test_stores("named").await {
+        let digest = module(&*store).await;
+        let holds = [("demo".to_string(), digest.clone())];
+        let inserted = store
+            .insert_jobs_named(vec![new_job(&digest); 2], &holds, 10)
+            .await
+            .expect("insert");
+        assert_eq!(inserted.map(|v| v.len()), Some(2), "{backend}");
+        let moved = store
+            .put_module(
+                NewModule {
+                    digest: "sha256:def".into(),
+                    world: "wasmjobs:job/job".into(),
+                    imports: vec![],
+                    bytes: b"\0asm2".to_vec(),
+                    name: Some("demo".into()),
+                },
+                11,
+            )
+            .await
+            .expect("move the name");
+        assert_eq!(moved.0.digest, "sha256:def");
+        let mut keyed = new_job(&digest);
+        keyed.idempotency_key = Some("k".into());
+        for jobs in [vec![new_job(&digest); 2], vec![keyed]] {
+            let refused = store
+                .insert_jobs_named(jobs, &holds, 12)
+                .await
+                .expect("insert");
+            assert!(
+                refused.is_none(),
+                "{backend}: stored under a name that moved"
+            );
+        }
+        let all = store
+            .list_jobs(&JobFilter {
+                limit: 100,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(
+            all.len(),
+            2,
+            "{backend}: only the first two jobs are stored"
+        );
+    }
+}
+
 #[tokio::test]
 async fn idempotency_key_returns_the_first_job() {
     for (backend, store, _db) in test_stores("idem").await {
