@@ -69,6 +69,30 @@ async fn attempt_view(
         .collect()
 }
 
+/// For a Postgres-only test: the server's URL, the schema `t_<tag>_<pid>` (dropped if this
+/// process left it; those of test processes that are gone are dropped too) and a pool on the
+/// server. `None`, said loudly, without `WASMJOBS_TEST_POSTGRES`.
+async fn postgres_only(test: &str, tag: &str) -> Option<(String, String, sqlx::PgPool)> {
+    use sqlx::Executor;
+    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("SKIPPED: {test} (set WASMJOBS_TEST_POSTGRES to run it)");
+        return None;
+    };
+    wasmjobs_tests::drop_stale_schemas(&url, tag).await;
+    let schema = format!("t_{tag}_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .await
+        .expect("drop the schema");
+    Some((url, schema, admin))
+}
+
 #[tokio::test]
 async fn modules_are_content_addressed_and_named() {
     for (backend, store, _db) in test_stores("modules").await {
@@ -223,17 +247,14 @@ async fn lifecycle_with_retry_and_complete_history() {
 /// it. An attempt claimed before the upgrade ends in its existing row, once.
 #[tokio::test]
 async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
-    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
+    let Some((url, schema, pool)) = postgres_only(
+        "postgres_attempt_claimed_before_migration_8_ends_in_its_row",
+        "upgrade8",
+    )
+    .await
     else {
-        eprintln!(
-            "SKIPPED: postgres_attempt_claimed_before_migration_8_ends_in_its_row (set WASMJOBS_TEST_POSTGRES to run it)"
-        );
         return;
     };
-    wasmjobs_tests::drop_stale_schemas(&url, "upgrade8").await;
-    let schema = format!("t_upgrade8_{}", std::process::id());
     let store = open_postgres_schema(&url, &schema).await.expect("open");
     let digest = module(&*store).await;
     let (job, _) = store
@@ -244,7 +265,6 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
     let claimed = store.claim("old", 1, 20, 1000).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     // What the claim of version 7 left: the attempt's row, and no start on the job.
-    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {schema}.attempts (job_id, attempt, worker, started_at) VALUES ($1, 1, 'old', 20)"
     )))
@@ -286,22 +306,16 @@ async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
 #[tokio::test]
 async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
     use sqlx::Executor;
-    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
+    let Some((url, schema, admin)) = postgres_only(
+        "postgres_jobs_stored_before_migration_9_go_on_after_it",
+        "upgrade9",
+    )
+    .await
     else {
-        eprintln!(
-            "SKIPPED: postgres_jobs_stored_before_migration_9_go_on_after_it (set WASMJOBS_TEST_POSTGRES to run it)"
-        );
         return;
     };
-    wasmjobs_tests::drop_stale_schemas(&url, "upgrade9").await;
-    let schema = format!("t_upgrade9_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
     admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        )))
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .await
         .expect("schema");
     let path = format!("SET search_path TO {schema}");
@@ -444,24 +458,14 @@ async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
 #[tokio::test]
 async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_run_nothing() {
     use sqlx::Executor;
-    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
+    let Some((url, schema, admin)) = postgres_only(
+        "postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_run_nothing",
+        "claims",
+    )
+    .await
     else {
-        eprintln!(
-            "SKIPPED: postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_run_nothing (set WASMJOBS_TEST_POSTGRES to run it)"
-        );
         return;
     };
-    wasmjobs_tests::drop_stale_schemas(&url, "claims").await;
-    let schema = format!("t_claims_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .await
-        .expect("drop");
     let store = open_postgres_schema(&url, &schema).await.expect("open");
     let digest = module(&*store).await;
     let claims = || async {
