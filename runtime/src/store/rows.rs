@@ -139,27 +139,28 @@ struct Parsed {
 
 impl Parsed {
     fn limits(&mut self, text: String) -> Result<wasmjobs_host::Limits> {
-        match &self.limits {
-            Some((known, limits)) if *known == text => Ok(*limits),
-            _ => {
-                let limits = serde_json::from_str(&text).map_err(|e| corrupt("limits", e))?;
-                self.limits = Some((text, limits));
-                Ok(limits)
-            }
-        }
+        parse_once(&mut self.limits, text, "limits")
     }
 
     fn grants(&mut self, text: String) -> Result<wasmjobs_host::Grants> {
-        match &self.grants {
-            Some((known, grants)) if *known == text => Ok(grants.clone()),
-            _ => {
-                let grants: wasmjobs_host::Grants =
-                    serde_json::from_str(&text).map_err(|e| corrupt("grants", e))?;
-                self.grants = Some((text, grants.clone()));
-                Ok(grants)
-            }
-        }
+        parse_once(&mut self.grants, text, "grants")
     }
+}
+
+/// `text` parsed, or the value `last` holds when it was parsed from the same text.
+fn parse_once<T: serde::de::DeserializeOwned + Clone>(
+    last: &mut Option<(String, T)>,
+    text: String,
+    what: &str,
+) -> Result<T> {
+    if let Some((known, value)) = last
+        && *known == text
+    {
+        return Ok(value.clone());
+    }
+    let value: T = serde_json::from_str(&text).map_err(|e| corrupt(what, e))?;
+    *last = Some((text, value.clone()));
+    Ok(value)
 }
 
 /// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
