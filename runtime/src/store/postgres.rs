@@ -174,6 +174,15 @@ fn row_event_line(seq: i64, at: i64, e: &NewEvent) -> String {
     format!("{seq}\t{at}\t{}\n", row_event(e))
 }
 
+/// The `SET` item of an `UPDATE jobs` that appends an event to the job's row: the SQL
+/// expressions of its seq, its time and its `kind TAB data` ([`row_event`]), as
+/// [`row_event_line`] writes a line.
+fn append_row_event(seq: &str, at: &str, event: &str) -> String {
+    format!(
+        "state_events = state_events || ({seq}) || chr(9) || ({at}) || chr(9) || ({event}) || chr(10)"
+    )
+}
+
 /// Reads a job's history as rows of `job_id, seq, kind, data, at`, from its row's
 /// `state_events` (bind the job id as `$1`) with seq above `$2`.
 const ROW_EVENTS: &str = "SELECT jobs.id AS job_id, split_part(l, chr(9), 1)::bigint AS seq,
@@ -269,9 +278,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          ), c AS (
              UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
                     attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1,
-                    state_events = state_events || (event_seq + 1) || chr(9) || $3 || chr(9) || 'state' || chr(9)
-                        || json_build_object('attempt', attempts + 1, 'state', 'running', 'worker', $1::text)::text
-                        || chr(10)
+                    {append}
              FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
              RETURNING {CLAIM_COLUMNS}
          ), k AS (
@@ -282,7 +289,13 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          )
          SELECT c.*, (SELECT id FROM k) AS claim_id,
                 set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
-         FROM c"
+         FROM c",
+        append = append_row_event(
+            "event_seq + 1",
+            "$3",
+            "'state' || chr(9) || json_build_object('attempt', attempts + 1, 'state', 'running', \
+             'worker', $1::text)::text"
+        )
     )
 });
 
@@ -380,20 +393,9 @@ impl<'a> Endings<'a> {
     }
 }
 
-/// Writes attempt endings with one statement: each job still held by the ending's worker and
-/// attempt gets its new state, with its state event and its ended attempt appended to its row
-/// (migration 0009), and goes back on the queue when it is to be retried; the attempt's own
-/// events (logs) go to `events`, before the state event in seq.
-/// Returns the ids of the jobs written (their notices: [`Endings::notices_of`]); the others
-/// were fenced out.
-///
-/// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the claim
-/// sets it; every way out of `running` clears it).
-async fn write_endings<'c, E>(exec: E, e: &Endings<'_>, now: i64) -> Result<Vec<i64>>
-where
-    E: Executor<'c, Database = Postgres>,
-{
-    Ok(sqlx::query_scalar(
+/// The statement of [`write_endings`].
+static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH v AS (
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
@@ -404,8 +406,7 @@ where
              UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
                     worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
                     finished_at = v.finished_at, updated_at = $15, event_seq = jobs.event_seq + v.n,
-                    state_events = jobs.state_events || (jobs.event_seq + v.n) || chr(9) || $15 || chr(9)
-                        || v.state_event || chr(10),
+                    {append},
                     ended_attempts = jobs.ended_attempts
                         || json_build_array(v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak,
                                             v.wall,
@@ -430,29 +431,46 @@ where
              JOIN j ON j.id = u.job_id
          )
          SELECT j.id FROM j",
+        append = append_row_event("jobs.event_seq + v.n", "$15", "v.state_event")
     )
-    .bind(&e.id)
-    .bind(&e.attempt)
-    .bind(&e.worker)
-    .bind(&e.state)
-    .bind(&e.outcome)
-    .bind(&e.error)
-    .bind(&e.output)
-    .bind(&e.run_at)
-    .bind(&e.finished_at)
-    .bind(&e.event_count)
-    .bind(&e.trap)
-    .bind(&e.fuel)
-    .bind(&e.peak_memory)
-    .bind(&e.wall_time)
-    .bind(now)
-    .bind(&e.event_job)
-    .bind(&e.event_back)
-    .bind(&e.event_kind)
-    .bind(&e.event_data)
-    .bind(&e.state_event)
-    .fetch_all(exec)
-    .await?)
+});
+
+/// Writes attempt endings with one statement: each job still held by the ending's worker and
+/// attempt gets its new state, with its state event and its ended attempt appended to its row
+/// (migration 0009), and goes back on the queue when it is to be retried; the attempt's own
+/// events (logs) go to `events`, before the state event in seq.
+/// Returns the ids of the jobs written (their notices: [`Endings::notices_of`]); the others
+/// were fenced out.
+///
+/// The fence reads `worker` and `attempts`: a job has a worker exactly while it runs (the claim
+/// sets it; every way out of `running` clears it).
+async fn write_endings<'c, E>(exec: E, e: &Endings<'_>, now: i64) -> Result<Vec<i64>>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    Ok(sqlx::query_scalar(AssertSqlSafe(&**ENDINGS))
+        .bind(&e.id)
+        .bind(&e.attempt)
+        .bind(&e.worker)
+        .bind(&e.state)
+        .bind(&e.outcome)
+        .bind(&e.error)
+        .bind(&e.output)
+        .bind(&e.run_at)
+        .bind(&e.finished_at)
+        .bind(&e.event_count)
+        .bind(&e.trap)
+        .bind(&e.fuel)
+        .bind(&e.peak_memory)
+        .bind(&e.wall_time)
+        .bind(now)
+        .bind(&e.event_job)
+        .bind(&e.event_back)
+        .bind(&e.event_kind)
+        .bind(&e.event_data)
+        .bind(&e.state_event)
+        .fetch_all(exec)
+        .await?)
 }
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -707,7 +725,7 @@ impl PgStore {
     async fn sweep(&self, now: i64) -> Result<Vec<Notice>> {
         self.next_sweep
             .store(now + SWEEP_AT_LEAST_EVERY_MS, Ordering::Relaxed);
-        let swept: Vec<(i64, bool)> = sqlx::query_as(
+        let swept: Vec<(i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH expired_q AS (
                  DELETE FROM job_queue
                  WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
@@ -716,8 +734,7 @@ impl PgStore {
                  RETURNING job_id
              ), expired AS (
                  UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $2,
-                        event_seq = event_seq + 1,
-                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $3 || chr(10)
+                        event_seq = event_seq + 1, {failed}
                  FROM expired_q WHERE jobs.id = expired_q.job_id AND jobs.state IN ('queued', 'scheduled')
                  RETURNING id
              ), due_q AS (
@@ -728,13 +745,14 @@ impl PgStore {
                                         FOR UPDATE SKIP LOCKED))
                  RETURNING job_id
              ), due AS (
-                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1,
-                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $4 || chr(10)
+                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1, {queued}
                  FROM due_q WHERE jobs.id = due_q.job_id AND jobs.state = 'scheduled'
                  RETURNING id
              )
              SELECT id, TRUE FROM expired UNION ALL SELECT id, FALSE FROM due",
-        )
+            failed = append_row_event("event_seq + 1", "$2", "$3"),
+            queued = append_row_event("event_seq + 1", "$2", "$4"),
+        )))
         .bind(DEADLINE_PASSED)
         .bind(now)
         .bind(row_event(&NewEvent::state(
@@ -1511,12 +1529,12 @@ impl Store for PgStore {
         })?;
         let state = match job.state {
             JobState::Scheduled | JobState::Queued => {
-                sqlx::query(
+                sqlx::query(AssertSqlSafe(format!(
                     "UPDATE jobs SET state = 'cancelled', outcome = NULL, finished_at = $1, updated_at = $1,
-                            event_seq = event_seq + 1,
-                            state_events = state_events || (event_seq + 1) || chr(9) || $1 || chr(9) || $2 || chr(10)
+                            event_seq = event_seq + 1, {}
                      WHERE id = $3",
-                )
+                    append_row_event("event_seq + 1", "$1", "$2")
+                )))
                 .bind(now)
                 .bind(row_event(&NewEvent::state(JobState::Cancelled, json!({}))))
                 .bind(id)
@@ -1559,18 +1577,18 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let retry = retried(id, fetch_job(&mut tx, id).await?)?;
         // A failed or cancelled job has no queue row (every way there takes it off the queue).
-        sqlx::query(
+        sqlx::query(AssertSqlSafe(format!(
             "WITH j AS (
                  UPDATE jobs SET state = 'queued', retry = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $2,
-                        event_seq = event_seq + 1,
-                        state_events = state_events || (event_seq + 1) || chr(9) || $2 || chr(9) || $3 || chr(10)
+                        event_seq = event_seq + 1, {}
                  WHERE id = $4
                  RETURNING id, priority, run_at
              )
              INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
              SELECT id, priority, run_at, NULL, TRUE FROM j",
-        )
+            append_row_event("event_seq + 1", "$2", "$3")
+        )))
         .bind(json(&retry))
         .bind(now)
         .bind(row_event(&NewEvent::state(
