@@ -279,7 +279,7 @@ struct Modules {
 async fn resolve(
     store: &dyn Store,
     modules: &mut Modules,
-    group: Vec<(String, NewJob, Reply)>,
+    group: Vec<Pending>,
 ) -> (Vec<NewJob>, Vec<(String, Reply)>, Vec<(String, String)>) {
     let mut jobs = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());

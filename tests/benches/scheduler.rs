@@ -497,20 +497,20 @@ async fn count_succeeded(store: &dyn Store) -> usize {
 /// Waits until no job is waiting or running: every job submitted (all were accepted before
 /// this is called) has ended. Looks through the queue and the running set, not at every job.
 async fn wait_nothing_left(store: &dyn Store) {
-    loop {
-        let mut left = false;
-        for state in [JobState::Queued, JobState::Scheduled, JobState::Running] {
+    'poll: loop {
+        // Running first: while the run goes on, that one look answers.
+        for state in [JobState::Running, JobState::Queued, JobState::Scheduled] {
             let filter = JobFilter {
                 state: Some(state),
                 limit: 1,
                 ..JobFilter::default()
             };
-            left |= !store.list_jobs(&filter).await.expect("list").is_empty();
+            if !store.list_jobs(&filter).await.expect("list").is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue 'poll;
+            }
         }
-        if !left {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        return;
     }
 }
 
