@@ -41,18 +41,28 @@ pub struct PgStore {
 struct OpenClaims {
     /// The claim of each job held.
     claim_of: std::collections::HashMap<JobId, i64>,
-    /// How many jobs of each claim have not ended.
-    left: std::collections::HashMap<i64, usize>,
+    /// How many jobs of each claim have not ended, and when it was made.
+    left: std::collections::HashMap<i64, (usize, std::time::Instant)>,
     /// Claims whose jobs have all ended, to delete.
     done: Vec<i64>,
+    /// When claims older than [`OpenClaims::FORGET_AFTER`] were last let go.
+    pruned: Option<std::time::Instant>,
 }
 
 impl OpenClaims {
-    fn claimed(&mut self, claim: i64, jobs: &[Claimed]) {
+    /// A claim still open after this long is let go: its jobs' ends may never reach this store
+    /// (the completer gives up on a batch it cannot write; the rescuer ends those attempts
+    /// `lost`), and keeping it would grow these maps for as long as the node runs. A claim let
+    /// go while its jobs still run costs nothing but time: the rescuer deletes its row once
+    /// they have all left `running`, as for a node that died.
+    const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn claimed(&mut self, claim: i64, jobs: &[Claimed], at: std::time::Instant) {
         for job in jobs {
             self.claim_of.insert(job.id, claim);
         }
-        self.left.insert(claim, jobs.len());
+        self.left.insert(claim, (jobs.len(), at));
+        self.forget_old(at);
     }
 
     /// Job `id` ended here (or its end was refused: either way this node no longer runs it).
@@ -60,7 +70,7 @@ impl OpenClaims {
         let Some(claim) = self.claim_of.remove(&id) else {
             return;
         };
-        if let Some(left) = self.left.get_mut(&claim) {
+        if let Some((left, _)) = self.left.get_mut(&claim) {
             *left = left.saturating_sub(1);
             if *left == 0 {
                 self.left.remove(&claim);
@@ -68,6 +78,29 @@ impl OpenClaims {
             }
         }
     }
+
+    /// Lets go of the claims open for longer than [`OpenClaims::FORGET_AFTER`]; looks at most
+    /// once a minute.
+    fn forget_old(&mut self, now: std::time::Instant) {
+        let minute = std::time::Duration::from_secs(60);
+        if self.pruned.is_some_and(|p| now.duration_since(p) < minute) {
+            return;
+        }
+        self.pruned = Some(now);
+        let before = self.left.len();
+        self.left
+            .retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+        if self.left.len() < before {
+            let left = &self.left;
+            self.claim_of.retain(|_, claim| left.contains_key(claim));
+        }
+    }
+}
+
+/// An insert given no module names to check can only store its jobs or fail: were it to
+/// answer "names moved", something is wrong with the statement.
+fn refused_without_names() -> StoreError {
+    StoreError::Corrupt("an insert with no names to check was refused".into())
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1020,9 +1053,7 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             .unzip();
         let ids = insert_keyless(&mut **tx, &batch, &[], now)
             .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt("an insert with no names to check was refused".into())
-            })?;
+            .ok_or_else(refused_without_names)?;
         for ((id, slot), (j, state, run_at)) in ids.into_iter().zip(slots).zip(batch) {
             out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
         }
@@ -1151,9 +1182,7 @@ impl Store for PgStore {
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         self.insert_jobs_named(jobs, &[], now)
             .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt("an insert with no names to check was refused".into())
-            })
+            .ok_or_else(refused_without_names)
     }
 
     async fn insert_jobs_named(
@@ -1372,7 +1401,7 @@ impl Store for PgStore {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let claimed = claimed_in_order(rows)?;
         if let Some(claim) = claim {
-            lock(&self.open_claims).claimed(claim, &claimed);
+            lock(&self.open_claims).claimed(claim, &claimed, std::time::Instant::now());
         }
         notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
         self.notify(notices);
@@ -1797,5 +1826,59 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn claimed(ids: &[JobId]) -> Vec<Claimed> {
+        ids.iter()
+            .map(|&id| Claimed {
+                id,
+                module_digest: String::new(),
+                input: Vec::new(),
+                limits: Default::default(),
+                grants: Default::default(),
+                attempt: 1,
+                deadline_at: None,
+                input_from: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_claim_is_done_once_each_of_its_jobs_ended() {
+        let mut open = OpenClaims::default();
+        let t = Instant::now();
+        open.claimed(7, &claimed(&[1, 2]), t);
+        open.ended(1);
+        assert!(open.done.is_empty(), "job 2 still runs");
+        open.ended(2);
+        open.ended(2);
+        assert_eq!(open.done, vec![7], "done once, however often a job ends");
+    }
+
+    #[test]
+    fn claims_whose_ends_never_came_are_let_go() {
+        let mut open = OpenClaims::default();
+        let t = Instant::now();
+        // Claim 1's job never ends here (its completion was given up on).
+        open.claimed(1, &claimed(&[10]), t);
+        open.claimed(2, &claimed(&[20]), t + Duration::from_secs(30));
+        assert_eq!(open.left.len(), 2, "nothing is old yet");
+        let later = t + OpenClaims::FORGET_AFTER + Duration::from_secs(1);
+        open.claimed(3, &claimed(&[30]), later);
+        assert!(!open.left.contains_key(&1), "claim 1 was let go");
+        assert!(!open.claim_of.contains_key(&10), "and its job with it");
+        assert!(open.left.contains_key(&2) && open.left.contains_key(&3));
+        // A late end of a let-go job changes nothing; the others still count.
+        open.ended(10);
+        open.ended(20);
+        open.ended(30);
+        assert_eq!(open.done, vec![2, 3]);
     }
 }
