@@ -216,6 +216,14 @@ fn append_row_event(seq: &str, at: &str, event: &str) -> String {
     )
 }
 
+/// The time of a node's transition of a job (`now`, the node's clock reading, an SQL
+/// expression), but never before the job's last one: the reading may be a little behind the
+/// time another task or node stored the job with, and a job's attempts and history must read
+/// forward in time. For an `UPDATE jobs`, whose `jobs.updated_at` is the row's before it.
+fn not_before_last(now: &str) -> String {
+    format!("GREATEST({now}, jobs.updated_at)")
+}
+
 /// Reads a job's history as rows of `job_id, seq, kind, data, at`, from its row's
 /// `state_events` (bind the job id as `$1`) with seq above `$2`.
 const ROW_EVENTS: &str = "SELECT jobs.id AS job_id, split_part(l, chr(9), 1)::bigint AS seq,
@@ -310,7 +318,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              RETURNING job_id
          ), c AS (
              UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1,
-                    attempt_started_at = $3, updated_at = $3, event_seq = event_seq + 1,
+                    attempt_started_at = {at}, updated_at = {at}, event_seq = event_seq + 1,
                     {append}
              FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
              RETURNING {CLAIM_COLUMNS}
@@ -323,9 +331,10 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT c.*, (SELECT id FROM k) AS claim_id,
                 set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
          FROM c",
+        at = not_before_last("$3"),
         append = append_row_event(
             "event_seq + 1",
-            "$3",
+            &not_before_last("$3"),
             "'state' || chr(9) || json_build_object('attempt', attempts + 1, 'state', 'running', \
              'worker', $1::text)::text"
         )
@@ -438,7 +447,8 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          ), j AS (
              UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
                     worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
-                    finished_at = v.finished_at, updated_at = $15, event_seq = jobs.event_seq + v.n,
+                    finished_at = CASE WHEN v.finished_at IS NOT NULL THEN {at} END, updated_at = {at},
+                    event_seq = jobs.event_seq + v.n,
                     {append},
                     ended_attempts = jobs.ended_attempts
                         || json_build_array(v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak,
@@ -448,8 +458,8 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                                             COALESCE(jobs.attempt_started_at,
                                                      (SELECT a.started_at FROM attempts a
                                                       WHERE a.job_id = jobs.id AND a.attempt = v.attempt),
-                                                     $15),
-                                            $15)::text
+                                                     {at}),
+                                            {at})::text
                         || chr(10)
              FROM v
              WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
@@ -464,7 +474,8 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              JOIN j ON j.id = u.job_id
          )
          SELECT j.id FROM j",
-        append = append_row_event("jobs.event_seq + v.n", "$15", "v.state_event")
+        at = not_before_last("$15"),
+        append = append_row_event("jobs.event_seq + v.n", &not_before_last("$15"), "v.state_event")
     )
 });
 

@@ -101,7 +101,7 @@ impl JobRow {
 /// output is this job's input, so the attempt needs no read of its own. The claim's target
 /// table is `jobs`.
 pub(super) const CLAIM_COLUMNS: &str = "id, module_digest, priority, run_at, input, limits, grants, \
-     attempts, deadline_at, input_from, event_seq, \
+     attempts, deadline_at, input_from, event_seq, updated_at, \
      (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output";
 
 row! {
@@ -117,6 +117,7 @@ row! {
     deadline_at: Option<i64>,
     input_from: Option<i64>,
     event_seq: i64,
+    updated_at: i64,
     upstream_output: Option<Vec<u8>>,}
 }
 
@@ -164,7 +165,8 @@ fn parse_once<T: serde::de::DeserializeOwned + Clone>(
 }
 
 /// What a claim by `worker` returned, in claim order: the claimed attempts, their `running`
-/// events and the notices to send once the claim commits. (Postgres writes the events in its
+/// events (one per attempt, in the same order, at the attempt's start: the row's new
+/// `updated_at`) and the notices to send once the claim commits. (Postgres writes the events in its
 /// claim statement, and needs only [`claimed_in_order`].)
 pub(super) fn claimed(
     mut rows: Vec<ClaimRow>,
@@ -176,13 +178,13 @@ pub(super) fn claimed(
     let mut notices = Vec::with_capacity(rows.len());
     let mut parsed = Parsed::default();
     for row in rows {
-        let seq = row.event_seq;
+        let (seq, started) = (row.event_seq, row.updated_at);
         let c = row.into_claimed(&mut parsed)?;
         let e = NewEvent::state(
             JobState::Running,
             serde_json::json!({ "attempt": c.attempt, "worker": worker }),
         );
-        events.extend(pending(c.id, seq, &[e]));
+        events.extend(pending(c.id, seq, &[e], started));
         notices.push(super::Notice::Events(c.id));
         claimed.push(c);
     }
@@ -373,16 +375,21 @@ pub(super) fn retried(id: JobId, job: Option<Job>) -> Result<super::RetryPolicy>
 /// notices to send once the transaction commits.
 pub(super) type Inserted = (Vec<(Job, bool)>, Vec<super::Notice>);
 
-/// An event row to write: job, seq, kind, data.
-pub(super) type PendingEvent = (JobId, i64, &'static str, String);
+/// An event row to write: job, seq, kind, data, time.
+pub(super) type PendingEvent = (JobId, i64, &'static str, String, i64);
 
-/// Event rows for `events` appended after `last_seq - events.len()`.
-pub(super) fn pending(job_id: JobId, last_seq: i64, events: &[NewEvent]) -> Vec<PendingEvent> {
+/// Event rows for `events` appended after `last_seq - events.len()`, at `at`.
+pub(super) fn pending(
+    job_id: JobId,
+    last_seq: i64,
+    events: &[NewEvent],
+    at: i64,
+) -> Vec<PendingEvent> {
     let first = last_seq - events.len() as i64 + 1;
     events
         .iter()
         .enumerate()
-        .map(|(i, e)| (job_id, first + i as i64, e.kind, e.data.to_string()))
+        .map(|(i, e)| (job_id, first + i as i64, e.kind, e.data.to_string(), at))
         .collect()
 }
 

@@ -51,7 +51,7 @@ const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,
-                updated_at = ?, event_seq = event_seq + 1
+                updated_at = MAX(?, updated_at), event_seq = event_seq + 1
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
                       ORDER BY priority DESC, run_at, id LIMIT ?)
          RETURNING {CLAIM_COLUMNS}"
@@ -320,16 +320,16 @@ fn push_events(tx: &Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Res
         params![events.len() as i64, job_id],
     )?
     .ok_or_else(|| StoreError::Corrupt(format!("job {job_id} vanished")))?;
-    write_events(tx, &pending(job_id, last, events), now)
+    write_events(tx, &pending(job_id, last, events, now))
 }
 
 /// Writes event rows (one cached statement, run once per row).
-fn write_events(tx: &Tx<'_>, rows: &[PendingEvent], now: i64) -> Result<()> {
+fn write_events(tx: &Tx<'_>, rows: &[PendingEvent]) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO events (job_id, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
     )?;
-    for (job, seq, kind, data) in rows {
-        stmt.execute(params![job, seq, kind, data, now])?;
+    for (job, seq, kind, data, at) in rows {
+        stmt.execute(params![job, seq, kind, data, at])?;
     }
     Ok(())
 }
@@ -377,12 +377,12 @@ fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> 
             ],
         )?
         .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
-        events.extend(pending(id, 1, &[created_event(state, run_at)]));
+        events.extend(pending(id, 1, &[created_event(state, run_at)], now));
         any_queued |= state == JobState::Queued;
         notices.push(Notice::Events(id));
         out.push((Job::inserted(id, j, state, run_at, now), true));
     }
-    write_events(tx, &events, now)?;
+    write_events(tx, &events)?;
     if any_queued {
         notices.push(Notice::JobsAvailable);
     }
@@ -406,7 +406,7 @@ fn apply_completion(
 ) -> Result<Completed> {
     let snap = tx
         .prepare_cached(
-            "SELECT attempts, retry, cancel_requested, deadline_at FROM jobs
+            "SELECT attempts, retry, cancel_requested, deadline_at, updated_at FROM jobs
              WHERE id = ? AND state = 'running' AND attempts = ? AND (? IS NULL OR worker = ?)",
         )?
         .query_row(params![c.job_id, i64::from(c.attempt), fence, fence], |r| {
@@ -415,12 +415,16 @@ fn apply_completion(
                 r.get::<_, String>(1)?,
                 r.get::<_, bool>(2)?,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })
         .optional()?;
-    let Some((attempts, retry, cancel_requested, deadline_at)) = snap else {
+    let Some((attempts, retry, cancel_requested, deadline_at, last)) = snap else {
         return Ok(Completed::Refused);
     };
+    // Never before the job's last transition: `now` is the completing node's clock reading,
+    // which may be a little behind the claim's (see `claimed`).
+    let now = now.max(last);
     let Ending {
         state,
         run_at,
@@ -473,7 +477,7 @@ fn apply_completion(
         c.job_id,
         i64::from(c.attempt)
     ])?;
-    events_out.extend(pending(c.job_id, last_seq, &events));
+    events_out.extend(pending(c.job_id, last_seq, &events, now));
     Ok(Completed::Applied(state))
 }
 
@@ -676,11 +680,12 @@ impl Store for SqliteStore {
                 let mut attempt = tx.prepare_cached(
                     "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
                 )?;
-                for c in &claimed {
-                    attempt.execute(params![c.id, i64::from(c.attempt), worker, now])?;
+                // Each attempt starts at its `running` event's time (see `claimed`).
+                for (c, e) in claimed.iter().zip(&events) {
+                    attempt.execute(params![c.id, i64::from(c.attempt), worker, e.4])?;
                 }
                 notices.extend(claim_notices);
-                write_events(tx, &events, now)?;
+                write_events(tx, &events)?;
                 Ok((claimed, notices))
             })
             .await?;
@@ -735,7 +740,7 @@ impl Store for SqliteStore {
                     }
                     results.push(r);
                 }
-                write_events(tx, &events, now)?;
+                write_events(tx, &events)?;
                 Ok((results, notices))
             })
             .await?;
@@ -783,7 +788,7 @@ impl Store for SqliteStore {
                         rescued.push(id);
                     }
                 }
-                write_events(tx, &events, now)?;
+                write_events(tx, &events)?;
                 Ok(rescued)
             })
             .await?;

@@ -243,6 +243,74 @@ async fn lifecycle_with_retry_and_complete_history() {
     }
 }
 
+/// A node's clock reading can be a little behind the time a job was stored with: its claim
+/// statement took `now` before another task (or node) stored the job. The attempt still starts
+/// no earlier than the job was created, ends no earlier than it started, and the job's history
+/// reads forward in time.
+#[tokio::test]
+async fn an_attempt_never_starts_before_its_job_was_stored_nor_ends_before_it_started() {
+    for (backend, store, _db) in test_stores("clock").await {
+        let digest = module(&*store).await;
+        let mut retried = new_job(&digest);
+        retried.retry.max_attempts = 2;
+        let (job, _) = store.insert_job(retried, 100).await.expect("insert");
+        // Claimed with a reading 10 ms behind the insert's, ended with one 5 ms behind.
+        let claimed = store.claim("w1", 10, 90, 1000).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "{backend}");
+        assert_eq!(
+            attempt_view(&*store, job.id).await,
+            [(1, "w1".to_string(), None, 100, None)],
+            "{backend}: the running attempt starts when its job was stored"
+        );
+        store
+            .complete(&[done(&claimed[0], "w1", Outcome::Trapped)], 95)
+            .await
+            .expect("complete");
+        // The retry (due at once, at 100 as the first ending was clamped): claimed when due,
+        // ended by a node whose clock is 15 ms behind.
+        let again = store.claim("w2", 10, 100, 1000).await.expect("claim");
+        assert_eq!(again.len(), 1, "{backend}");
+        store
+            .complete(&[done(&again[0], "w2", Outcome::Succeeded)], 85)
+            .await
+            .expect("complete");
+
+        assert_eq!(
+            attempt_view(&*store, job.id).await,
+            [
+                (1, "w1".to_string(), Some(Outcome::Trapped), 100, Some(100)),
+                (
+                    2,
+                    "w2".to_string(),
+                    Some(Outcome::Succeeded),
+                    100,
+                    Some(100)
+                ),
+            ],
+            "{backend}"
+        );
+        let job = store.get_job(job.id).await.expect("get").expect("exists");
+        assert_eq!(job.state, JobState::Succeeded, "{backend}");
+        assert!(
+            job.finished_at >= Some(job.created_at) && job.updated_at >= job.created_at,
+            "{backend}: finished {:?}, updated {}, created {}",
+            job.finished_at,
+            job.updated_at,
+            job.created_at
+        );
+        let events = store.events(job.id, 0, 100).await.expect("events");
+        let times: Vec<(String, i64)> = events
+            .iter()
+            .filter(|e| e.kind == "state")
+            .map(|e| (e.data["state"].as_str().unwrap_or("").to_string(), e.at))
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0].1 <= w[1].1) && times.iter().all(|(_, at)| *at >= 100),
+            "{backend}: the history goes back in time: {times:?}"
+        );
+    }
+}
+
 /// Postgres writes an attempt's row when it ends (migration 0008); before, the claim inserted
 /// it. An attempt claimed before the upgrade ends in its existing row, once.
 #[tokio::test]
