@@ -309,6 +309,7 @@ impl Texts {
 /// (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key: migration 0009); a queue row
 /// whose job is no longer queued is taken and dropped.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let at = not_before_last("$3");
     format!(
         "WITH q AS (
              DELETE FROM job_queue
@@ -331,10 +332,9 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT c.*, (SELECT id FROM k) AS claim_id,
                 set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
          FROM c",
-        at = not_before_last("$3"),
         append = append_row_event(
             "event_seq + 1",
-            &not_before_last("$3"),
+            &at,
             "'state' || chr(9) || json_build_object('attempt', attempts + 1, 'state', 'running', \
              'worker', $1::text)::text"
         )
@@ -437,6 +437,7 @@ impl<'a> Endings<'a> {
 
 /// The statement of [`write_endings`].
 static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let at = not_before_last("$15");
     format!(
         "WITH v AS (
              SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -474,8 +475,7 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              JOIN j ON j.id = u.job_id
          )
          SELECT j.id FROM j",
-        at = not_before_last("$15"),
-        append = append_row_event("jobs.event_seq + v.n", &not_before_last("$15"), "v.state_event")
+        append = append_row_event("jobs.event_seq + v.n", &at, "v.state_event")
     )
 });
 

@@ -681,8 +681,8 @@ impl Store for SqliteStore {
                     "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
                 )?;
                 // Each attempt starts at its `running` event's time (see `claimed`).
-                for (c, e) in claimed.iter().zip(&events) {
-                    attempt.execute(params![c.id, i64::from(c.attempt), worker, e.4])?;
+                for (c, (.., started)) in claimed.iter().zip(&events) {
+                    attempt.execute(params![c.id, i64::from(c.attempt), worker, started])?;
                 }
                 notices.extend(claim_notices);
                 write_events(tx, &events)?;
