@@ -769,6 +769,7 @@ impl PgStore {
     async fn sweep(&self, now: i64) -> Result<Vec<Notice>> {
         self.next_sweep
             .store(now + SWEEP_AT_LEAST_EVERY_MS, Ordering::Relaxed);
+        let at = not_before_last("$2");
         let swept: Vec<(i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH expired_q AS (
                  DELETE FROM job_queue
@@ -777,7 +778,7 @@ impl PgStore {
                                         FOR UPDATE SKIP LOCKED))
                  RETURNING job_id
              ), expired AS (
-                 UPDATE jobs SET state = 'failed', error = $1, finished_at = $2, updated_at = $2,
+                 UPDATE jobs SET state = 'failed', error = $1, finished_at = {at}, updated_at = {at},
                         event_seq = event_seq + 1, {failed}
                  FROM expired_q WHERE jobs.id = expired_q.job_id AND jobs.state IN ('queued', 'scheduled')
                  RETURNING id
@@ -789,13 +790,13 @@ impl PgStore {
                                         FOR UPDATE SKIP LOCKED))
                  RETURNING job_id
              ), due AS (
-                 UPDATE jobs SET state = 'queued', updated_at = $2, event_seq = event_seq + 1, {queued}
+                 UPDATE jobs SET state = 'queued', updated_at = {at}, event_seq = event_seq + 1, {queued}
                  FROM due_q WHERE jobs.id = due_q.job_id AND jobs.state = 'scheduled'
                  RETURNING id
              )
              SELECT id, TRUE FROM expired UNION ALL SELECT id, FALSE FROM due",
-            failed = append_row_event("event_seq + 1", "$2", "$3"),
-            queued = append_row_event("event_seq + 1", "$2", "$4"),
+            failed = append_row_event("event_seq + 1", &at, "$3"),
+            queued = append_row_event("event_seq + 1", &at, "$4"),
         )))
         .bind(DEADLINE_PASSED)
         .bind(now)
@@ -1567,6 +1568,8 @@ impl Store for PgStore {
             what: "job",
             id: id.to_string(),
         })?;
+        // Never before the job's last transition (docs/state-machine.md).
+        let now = now.max(job.updated_at);
         let state = match job.state {
             JobState::Scheduled | JobState::Queued => {
                 sqlx::query(AssertSqlSafe(format!(
@@ -1615,7 +1618,10 @@ impl Store for PgStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
-        let retry = retried(id, fetch_job(&mut tx, id).await?)?;
+        let job = fetch_job(&mut tx, id).await?;
+        // Never before the job's last transition (docs/state-machine.md).
+        let now = job.as_ref().map_or(now, |j| now.max(j.updated_at));
+        let retry = retried(id, job)?;
         // A failed or cancelled job has no queue row (every way there takes it off the queue).
         sqlx::query(AssertSqlSafe(format!(
             "WITH j AS (

@@ -9,6 +9,13 @@ pub(super) trait FromSqlite: Sized {
     fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
 }
 
+/// A pair of columns, by position (`RETURNING id, updated_at`).
+impl<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql> FromSqlite for (A, B) {
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok((row.get(0)?, row.get(1)?))
+    }
+}
+
 /// A row struct both stores read: sqlx's `FromRow` (Postgres) and [`FromSqlite`].
 macro_rules! row {
     (pub(super) struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {

@@ -649,26 +649,29 @@ impl Store for SqliteStore {
                 // Jobs past their overall deadline never start, and scheduled jobs whose time
                 // came are queued. Each sweep names its partial index: without statistics the
                 // planner would scan `jobs_state_id` and sort.
-                let failed: Vec<i64> = column(
+                // Each at the later of `now` and the job's last transition (the right-hand
+                // sides read the row before the update).
+                let failed: Vec<(i64, i64)> = rows(
                     tx,
-                    "UPDATE jobs INDEXED BY jobs_deadline SET state = 'failed', error = ?, finished_at = ?, updated_at = ?
+                    "UPDATE jobs INDEXED BY jobs_deadline
+                     SET state = 'failed', error = ?, finished_at = MAX(?, updated_at), updated_at = MAX(?, updated_at)
                      WHERE state IN ('queued', 'scheduled') AND deadline_at IS NOT NULL AND deadline_at <= ?
-                     RETURNING id",
+                     RETURNING id, updated_at",
                     params![DEADLINE_PASSED, now, now, now],
                 )?;
-                let queued: Vec<i64> = column(
+                let queued: Vec<(i64, i64)> = rows(
                     tx,
-                    "UPDATE jobs INDEXED BY jobs_scheduled SET state = 'queued', updated_at = ?
-                     WHERE state = 'scheduled' AND run_at <= ? RETURNING id",
+                    "UPDATE jobs INDEXED BY jobs_scheduled SET state = 'queued', updated_at = MAX(?, updated_at)
+                     WHERE state = 'scheduled' AND run_at <= ? RETURNING id, updated_at",
                     params![now, now],
                 )?;
-                for id in failed {
+                for (id, at) in failed {
                     let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
-                    push_events(tx, id, &[e], now)?;
+                    push_events(tx, id, &[e], at)?;
                     notices.extend([Notice::Events(id), Notice::Ended(id)]);
                 }
-                for id in queued {
-                    push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], now)?;
+                for (id, at) in queued {
+                    push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], at)?;
                     notices.push(Notice::Events(id));
                 }
                 let rows: Vec<ClaimRow> = rows(
@@ -820,6 +823,8 @@ impl Store for SqliteStore {
                     what: "job",
                     id: id.to_string(),
                 })?;
+                // Never before the job's last transition (docs/state-machine.md).
+                let now = now.max(job.updated_at);
                 let state = match job.state {
                     JobState::Scheduled | JobState::Queued => {
                         tx.prepare_cached(
@@ -862,7 +867,10 @@ impl Store for SqliteStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         self.write(|tx| {
-            let retry = retried(id, fetch_job(tx, id)?)?;
+            let job = fetch_job(tx, id)?;
+            // Never before the job's last transition (docs/state-machine.md).
+            let now = job.as_ref().map_or(now, |j| now.max(j.updated_at));
+            let retry = retried(id, job)?;
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?

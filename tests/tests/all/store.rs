@@ -298,15 +298,92 @@ async fn an_attempt_never_starts_before_its_job_was_stored_nor_ends_before_it_st
             job.updated_at,
             job.created_at
         );
-        let events = store.events(job.id, 0, 100).await.expect("events");
-        let times: Vec<(String, i64)> = events
-            .iter()
-            .filter(|e| e.kind == "state")
-            .map(|e| (e.data["state"].as_str().unwrap_or("").to_string(), e.at))
-            .collect();
+        let times = state_times(&*store, job.id).await;
         assert!(
             times.windows(2).all(|w| w[0].1 <= w[1].1) && times.iter().all(|(_, at)| *at >= 100),
             "{backend}: the history goes back in time: {times:?}"
+        );
+    }
+}
+
+/// A job's state events: each state and its time.
+async fn state_times(store: &dyn Store, id: i64) -> Vec<(String, i64)> {
+    let events = store.events(id, 0, 100).await.expect("events");
+    events
+        .iter()
+        .filter(|e| e.kind == "state")
+        .map(|e| (e.data["state"].as_str().unwrap_or("").to_string(), e.at))
+        .collect()
+}
+
+#[tokio::test]
+async fn cancels_retries_and_deadline_sweeps_never_go_back_before_the_jobs_last_transition() {
+    for (backend, store, _db) in test_stores("clock2").await {
+        let digest = module(&*store).await;
+        // Stored at 100 with a deadline already past; a claim whose clock reads 90 fails it,
+        // at 100.
+        let (late, _) = store
+            .insert_job(
+                NewJob {
+                    deadline_at: Some(50),
+                    ..new_job(&digest)
+                },
+                100,
+            )
+            .await
+            .expect("insert");
+        let claimed = store.claim("w", 10, 90, 1000).await.expect("claim");
+        assert!(
+            claimed.is_empty(),
+            "{backend}: a job past its deadline started"
+        );
+        let failed = store.get_job(late.id).await.expect("get").expect("exists");
+        assert_eq!(failed.state, JobState::Failed, "{backend}");
+        assert_eq!(
+            (failed.finished_at, failed.updated_at),
+            (Some(100), 100),
+            "{backend}: failed before it was stored"
+        );
+        assert_eq!(
+            state_times(&*store, late.id).await,
+            [("queued".to_string(), 100), ("failed".to_string(), 100)],
+            "{backend}"
+        );
+
+        // Stored at 300, cancelled by a clock 50 ms behind, retried by hand by one 60 behind.
+        let (job, _) = store
+            .insert_job(new_job(&digest), 300)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.cancel(job.id, 250).await.expect("cancel"),
+            JobState::Cancelled,
+            "{backend}"
+        );
+        let ended = store.get_job(job.id).await.expect("get").expect("exists");
+        assert_eq!(
+            (ended.finished_at, ended.updated_at),
+            (Some(300), 300),
+            "{backend}: cancelled before it was stored"
+        );
+        assert_eq!(
+            store.retry(job.id, 240).await.expect("retry"),
+            JobState::Queued,
+            "{backend}"
+        );
+        let requeued = store.get_job(job.id).await.expect("get").expect("exists");
+        assert_eq!(
+            requeued.updated_at, 300,
+            "{backend}: requeued before it was cancelled"
+        );
+        assert_eq!(
+            state_times(&*store, job.id).await,
+            [
+                ("queued".to_string(), 300),
+                ("cancelled".to_string(), 300),
+                ("queued".to_string(), 300)
+            ],
+            "{backend}"
         );
     }
 }
