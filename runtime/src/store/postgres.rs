@@ -1568,8 +1568,7 @@ impl Store for PgStore {
             what: "job",
             id: id.to_string(),
         })?;
-        // Never before the job's last transition (docs/state-machine.md).
-        let now = now.max(job.updated_at);
+        let now = transition_at(&job, now);
         let state = match job.state {
             JobState::Scheduled | JobState::Queued => {
                 sqlx::query(AssertSqlSafe(format!(
@@ -1618,10 +1617,7 @@ impl Store for PgStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
-        let job = fetch_job(&mut tx, id).await?;
-        // Never before the job's last transition (docs/state-machine.md).
-        let now = job.as_ref().map_or(now, |j| now.max(j.updated_at));
-        let retry = retried(id, job)?;
+        let (retry, now) = retried(id, fetch_job(&mut tx, id).await?, now)?;
         // A failed or cancelled job has no queue row (every way there takes it off the queue).
         sqlx::query(AssertSqlSafe(format!(
             "WITH j AS (

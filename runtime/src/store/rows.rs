@@ -360,9 +360,16 @@ pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
-/// The retry policy job `id` (as read, `None` if missing) gets when a user retries it: a fresh
-/// budget of attempts on top of those made. Only failed and cancelled jobs can be retried.
-pub(super) fn retried(id: JobId, job: Option<Job>) -> Result<super::RetryPolicy> {
+/// When a transition of `job` that the caller makes at `now` (its clock reading) happens: never
+/// before the job's last one (docs/state-machine.md, "A job's times read forward").
+pub(super) fn transition_at(job: &Job, now: i64) -> i64 {
+    now.max(job.updated_at)
+}
+
+/// The retry policy job `id` (as read, `None` if missing) gets when a user retries it at `now`:
+/// a fresh budget of attempts on top of those made; and when the retry happens
+/// ([`transition_at`]). Only failed and cancelled jobs can be retried.
+pub(super) fn retried(id: JobId, job: Option<Job>, now: i64) -> Result<(super::RetryPolicy, i64)> {
     let job = job.ok_or(StoreError::NotFound {
         what: "job",
         id: id.to_string(),
@@ -373,9 +380,10 @@ pub(super) fn retried(id: JobId, job: Option<Job>) -> Result<super::RetryPolicy>
             job.state
         )));
     }
+    let at = transition_at(&job, now);
     let mut retry = job.retry;
     retry.max_attempts = job.attempts.saturating_add(retry.max_attempts.max(1));
-    Ok(retry)
+    Ok((retry, at))
 }
 
 /// Jobs inserted (each with `false` when its idempotency key returned an earlier job) and the

@@ -823,8 +823,7 @@ impl Store for SqliteStore {
                     what: "job",
                     id: id.to_string(),
                 })?;
-                // Never before the job's last transition (docs/state-machine.md).
-                let now = now.max(job.updated_at);
+                let now = transition_at(&job, now);
                 let state = match job.state {
                     JobState::Scheduled | JobState::Queued => {
                         tx.prepare_cached(
@@ -867,10 +866,7 @@ impl Store for SqliteStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         self.write(|tx| {
-            let job = fetch_job(tx, id)?;
-            // Never before the job's last transition (docs/state-machine.md).
-            let now = job.as_ref().map_or(now, |j| now.max(j.updated_at));
-            let retry = retried(id, job)?;
+            let (retry, now) = retried(id, fetch_job(tx, id)?, now)?;
             tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?
