@@ -29,7 +29,7 @@ pub struct FileConfig {
     /// after this.
     pub lease: Option<String>,
     /// Most jobs a node claims beyond its free workers when attempts are short (see
-    /// docs/scheduler.md, "Claiming ahead"); 0 claims only for free workers. Default 256.
+    /// docs/scheduler.md, "Claiming ahead"); 0 claims only for free workers. Default 1024.
     pub claim_ahead: Option<usize>,
 }
 

@@ -17,7 +17,9 @@
 //! `WASMJOBS_BENCH_RUNS=single|batched` for one of the two throughput runs;
 //! `WASMJOBS_BENCH_PG_SQL` for statements to run in the Postgres store's schema first;
 //! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
-//! slots, 1,000 and one per core by default).
+//! slots, 1,000 and one per core by default; `WASMJOBS_BENCH_CLAIM_BATCH` and
+//! `WASMJOBS_BENCH_CLAIM_AHEAD` for the node's `claim_batch` and `claim_ahead`, its defaults
+//! otherwise).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -303,6 +305,7 @@ async fn wasmjobs_run(
     )
     .await;
     let service = JobService::new(store.clone(), AdmissionPolicy::default());
+    let defaults = NodeConfig::default();
     let node = Node::start(
         service.clone(),
         sandbox,
@@ -310,7 +313,10 @@ async fn wasmjobs_run(
         NodeConfig {
             concurrency: shape.slots,
             maintenance: false,
-            ..NodeConfig::default()
+            claim_batch: env_number("WASMJOBS_BENCH_CLAIM_BATCH", defaults.claim_batch as usize)
+                as u32,
+            claim_ahead: env_number("WASMJOBS_BENCH_CLAIM_AHEAD", defaults.claim_ahead),
+            ..defaults
         },
     );
     let before = count_succeeded(&*store).await;
@@ -532,17 +538,26 @@ async fn wait_succeeded(store: &dyn Store, n: usize) {
 }
 
 /// CPU seconds used so far by this process and by the processes named `postgres` (the local
-/// server's backends; a backend that exited is not counted), from `/proc` (USER_HZ = 100).
+/// server's backends, and through the postmaster's count of its reaped children those that
+/// exited: without it a backend exiting within a phase made its CPU come out negative), from
+/// `/proc` (USER_HZ = 100).
 fn cpu_seconds() -> (f64, f64) {
-    fn ticks(stat: &str) -> Option<u64> {
-        // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    /// utime + stime, and with `children` also cutime + cstime (the 12th to 15th fields after
+    /// the command's closing parenthesis).
+    fn ticks(stat: &str, children: bool) -> Option<u64> {
         let rest = &stat[stat.rfind(')')? + 2..];
-        let mut f = rest.split_whitespace().skip(11);
-        Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        let n = if children { 4 } else { 2 };
+        Some(f.get(..n)?.iter().sum())
     }
     let own = std::fs::read_to_string("/proc/self/stat")
         .ok()
-        .and_then(|s| ticks(&s))
+        .and_then(|s| ticks(&s, false))
         .unwrap_or(0);
     let mut server = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -550,7 +565,7 @@ fn cpu_seconds() -> (f64, f64) {
             continue;
         };
         if stat.contains("(postgres)") {
-            server += ticks(&stat).unwrap_or(0);
+            server += ticks(&stat, true).unwrap_or(0);
         }
     }
     (own as f64 / 100.0, server as f64 / 100.0)

@@ -57,8 +57,8 @@ impl Default for NodeConfig {
             lease: Duration::from_secs(15),
             heartbeat: Duration::from_millis(250),
             poll: Duration::from_secs(1),
-            claim_batch: 256,
-            claim_ahead: 256,
+            claim_batch: 512,
+            claim_ahead: 1024,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             maintenance: true,
         }
