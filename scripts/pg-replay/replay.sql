@@ -21,7 +21,7 @@ DECLARE
   a_deadlines bigint[]; a_wrefs text[]; a_infrom bigint[]; a_evs text[];
   now_ms bigint; ids bigint[]; claimed bigint[]; t0 timestamptz; k int; got int;
   e_attempt bigint[]; e_worker text[]; e_state text[]; e_outcome text[]; e_error text[]; e_output bytea[]; e_runat bigint[];
-  e_fin bigint[]; e_n bigint[]; e_trap text[]; e_fuel bigint[]; e_peak bigint[]; e_wall bigint[]; e_sev text[];
+  e_fin bigint[]; e_n bigint[]; e_head text[]; e_sev text[];
 BEGIN
   now_ms := (extract(epoch from clock_timestamp())*1000)::bigint;
   SELECT array_agg(('sha256:' || repeat('ab12', 16))::text), array_agg('queued'::text), array_agg(0::bigint), array_agg(now_ms), array_agg('\x7b7d'::bytea),
@@ -86,7 +86,7 @@ BEGIN
         c AS (
          UPDATE jobs SET state = 'running', worker = 'w1', lease_until = now_ms + 30000, attempts = attempts + 1,
                 attempt_started_at = GREATEST(now_ms, jobs.updated_at), updated_at = GREATEST(now_ms, jobs.updated_at), event_seq = event_seq + 1,
-                state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || json_build_object('attempt', attempts + 1, 'state', 'running', 'worker', 'w1'::text)::text) || chr(10)
+                state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || '{"attempt":' || (attempts + 1) || ',"state":"running","worker":' || '"w1"' || '}') || chr(10)
          FROM pick WHERE jobs.id = pick.id AND jobs.state = 'queued'
          RETURNING jobs.id, module_digest, priority, run_at, input, limits, grants, attempts, deadline_at, input_from, event_seq, updated_at,
             (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
@@ -103,7 +103,7 @@ BEGIN
          ), c AS (
          UPDATE jobs SET state = 'running', worker = 'w1', lease_until = now_ms + 30000, attempts = attempts + 1,
                 attempt_started_at = GREATEST(now_ms, jobs.updated_at), updated_at = GREATEST(now_ms, jobs.updated_at), event_seq = event_seq + 1,
-                state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || json_build_object('attempt', attempts + 1, 'state', 'running', 'worker', 'w1'::text)::text) || chr(10)
+                state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || '{"attempt":' || (attempts + 1) || ',"state":"running","worker":' || '"w1"' || '}') || chr(10)
          FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
          RETURNING id, module_digest, priority, run_at, input, limits, grants, attempts, deadline_at, input_from, event_seq, updated_at,
             (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
@@ -117,13 +117,13 @@ BEGIN
       got := got + k;
       t0 := clock_timestamp();
       SELECT array_agg(1::bigint), array_agg('w1'::text), array_agg('succeeded'::text), array_agg('success'::text), array_agg(NULL::text),
-             array_agg('\x7b7d'::bytea), array_agg(NULL::bigint), array_agg(now_ms), array_agg(1::bigint), array_agg(NULL::text),
-             array_agg(12345::bigint), array_agg(1114112::bigint), array_agg(80::bigint), array_agg('state' || chr(9) || '{"outcome":"success","state":"succeeded"}')
-        INTO e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_trap, e_fuel, e_peak, e_wall, e_sev
+             array_agg('\x7b7d'::bytea), array_agg(NULL::bigint), array_agg(now_ms), array_agg(1::bigint),
+             array_agg('[1,"w1","success",null,null,12345,1114112,80,'::text), array_agg('state' || chr(9) || '{"outcome":"success","state":"succeeded"}')
+        INTO e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_head, e_sev
         FROM generate_series(1, k);
       WITH v AS (
-         SELECT * FROM UNNEST(claimed, e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_trap, e_fuel, e_peak, e_wall, e_sev)
-              AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, trap, fuel, peak, wall, state_event)
+         SELECT * FROM UNNEST(claimed, e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_head, e_sev)
+              AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, head, state_event)
       ), j AS (
          UPDATE jobs SET state = v.state, outcome = v.outcome, error = v.error, output = v.output,
                 worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
@@ -131,9 +131,8 @@ BEGIN
                 event_seq = jobs.event_seq + v.n,
                 state_events = state_events || (jobs.event_seq + v.n) || chr(9) || GREATEST(now_ms, jobs.updated_at) || chr(9) || v.state_event || chr(10),
                 ended_attempts = jobs.ended_attempts
-                    || json_build_array(v.attempt, v.worker, v.outcome, v.trap, v.error, v.fuel, v.peak, v.wall,
-                                        COALESCE(jobs.attempt_started_at, (SELECT a.started_at FROM attempts a WHERE a.job_id = jobs.id AND a.attempt = v.attempt), now_ms),
-                                        GREATEST(now_ms, jobs.updated_at))::text || chr(10)
+                    || v.head || COALESCE(jobs.attempt_started_at, (SELECT a.started_at FROM attempts a WHERE a.job_id = jobs.id AND a.attempt = v.attempt), now_ms)
+                                        || ',' || GREATEST(now_ms, jobs.updated_at) || ']' || chr(10)
          FROM v WHERE jobs.id = v.id AND ((jobs.worker = v.worker AND jobs.attempts = v.attempt) OR variant = 'segnc')
          RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
       ), q AS (

@@ -306,6 +306,70 @@ async fn an_attempt_never_starts_before_its_job_was_stored_nor_ends_before_it_st
     }
 }
 
+/// A worker name and an error text with quotes, backslashes, tabs, newlines and non-ASCII come
+/// back exactly, in the `running` event and in the ended attempt: both are lines in the job's
+/// row on Postgres, built as text (a raw tab or newline would split them).
+#[tokio::test]
+async fn awkward_worker_names_and_errors_come_back_exactly() {
+    for (backend, store, _db) in test_stores("awkward_text").await {
+        let digest = module(&*store).await;
+        let (job, _) = store
+            .insert_job(new_job(&digest), 10)
+            .await
+            .expect("insert");
+        let worker = "node \"a\"\tb\\c\nd ü";
+        let claimed = store.claim(worker, 10, 20, 1000).await.expect("claim");
+        assert_eq!(claimed.len(), 1, "{backend}");
+        let mut c = done(&claimed[0], worker, Outcome::Trapped);
+        c.trap = Some("unreachable \"x\"".into());
+        c.error = Some("line 1\nline\t2 \\ \"quoted\" é\u{1}".into());
+        c.fuel_consumed = u64::MAX;
+        c.peak_memory_bytes = 1 << 40;
+        c.wall_time_us = 7;
+        let r = store.complete(&[c.clone()], 30).await.expect("complete");
+        assert_eq!(r, [Completed::Applied(JobState::Scheduled)], "{backend}");
+
+        let attempts = store.attempts(job.id).await.expect("attempts");
+        let a = attempts.first().expect("one attempt");
+        assert_eq!(
+            (
+                a.worker.as_str(),
+                a.outcome,
+                a.trap.as_deref(),
+                a.error.as_deref(),
+                a.fuel_consumed,
+                a.peak_memory_bytes,
+                a.wall_time_us,
+                a.started_at,
+                a.finished_at,
+            ),
+            (
+                worker,
+                Some(Outcome::Trapped),
+                c.trap.as_deref(),
+                c.error.as_deref(),
+                Some(i64::MAX as u64),
+                Some(1 << 40),
+                Some(7),
+                20,
+                Some(30),
+            ),
+            "{backend}"
+        );
+        let events = store.events(job.id, 0, 100).await.expect("events");
+        let running: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == "state" && e.data["state"] == "running")
+            .map(|e| e.data.clone())
+            .collect();
+        assert_eq!(
+            running,
+            [json!({"attempt": 1, "state": "running", "worker": worker})],
+            "{backend}"
+        );
+    }
+}
+
 /// A job's state events: each state and its time.
 async fn state_times(store: &dyn Store, id: i64) -> Vec<(String, i64)> {
     let events = store.events(id, 0, 100).await.expect("events");
