@@ -435,19 +435,19 @@ impl<'a> Endings<'a> {
 /// server ~1 µs a job (scripts/pg-replay). JSON escapes every control character, so the line
 /// never holds a raw newline.
 fn attempt_head(c: &Completion) -> String {
-    let head = json!([
+    let [fuel, peak, wall] = stored_figures(c);
+    let mut head = json!([
         c.attempt,
         c.worker,
         c.outcome.as_str(),
         c.trap,
         c.error,
-        i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX),
-        i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX),
-        i64::try_from(c.wall_time_us).unwrap_or(i64::MAX),
+        fuel,
+        peak,
+        wall
     ])
     .to_string();
     // `[…]` → `[…,`: the statement appends the two times and the `]`.
-    let mut head = head;
     head.pop();
     head.push(',');
     head

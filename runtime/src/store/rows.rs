@@ -450,6 +450,13 @@ pub(super) fn ending(
 
 /// The ending of attempt `c` when its outcome alone decides it
 /// (`policy::decided_by_outcome`), so that the job's row need not be read first.
+/// An attempt's fuel, peak memory and wall time as both stores keep them: SQL integers, a
+/// figure past `i64::MAX` kept as `i64::MAX`.
+pub(super) fn stored_figures(c: &super::model::Completion) -> [i64; 3] {
+    [c.fuel_consumed, c.peak_memory_bytes, c.wall_time_us]
+        .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
 pub(super) fn ending_by_outcome(c: &super::model::Completion, now: i64) -> Option<Ending> {
     super::policy::decided_by_outcome(c.outcome).map(|next| ending_after(next, c, now))
 }

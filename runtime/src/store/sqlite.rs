@@ -461,6 +461,7 @@ fn apply_completion(
     .ok_or_else(|| {
         StoreError::Corrupt(format!("job {} vanished while completing it", c.job_id))
     })?;
+    let [fuel, peak, wall] = stored_figures(c);
     tx.prepare_cached(
         "UPDATE attempts SET outcome = ?, trap = ?, error = ?, fuel_consumed = ?, peak_memory_bytes = ?,
                 wall_time_us = ?, finished_at = ?
@@ -470,9 +471,9 @@ fn apply_completion(
         c.outcome.as_str(),
         c.trap,
         c.error,
-        i64::try_from(c.fuel_consumed).unwrap_or(i64::MAX),
-        i64::try_from(c.peak_memory_bytes).unwrap_or(i64::MAX),
-        i64::try_from(c.wall_time_us).unwrap_or(i64::MAX),
+        fuel,
+        peak,
+        wall,
         now,
         c.job_id,
         i64::from(c.attempt)
