@@ -6,9 +6,10 @@
 -- `insert_keyless` does), then claim 256 at a time (`CLAIM`) and end each claim's jobs
 -- `succeeded` (`ENDINGS`) until all 1,000 ran, committing after each statement. Returns the
 -- seconds spent in the inserts, the claims and the endings. Variants:
---   cur       the statements as the store writes them (keep them in step with postgres.rs);
---   curshort  the same with limits, retry and grants as short references, as a table of
---             deduplicated policies would leave them;
+--   cur       the statements as the store writes them (keep them in step with postgres.rs):
+--             each job refers to its policy in `job_policies` (migration 0010);
+--   inline    the same with each job's limits, retry and grants in its own row, as before
+--             migration 0010;
 --   seg       one queue row per insert statement holding its ids (`job_seg`); a claim takes a
 --             slice of the first rows and updates or deletes them;
 --   segnc     seg, and a claim that reads the jobs instead of rewriting their rows (the running
@@ -18,7 +19,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
   n int := 1000;
   a_mods text[]; a_states text[]; a_prios bigint[]; a_runs bigint[]; a_inputs bytea[]; a_limits text[]; a_retries text[]; a_grants text[];
-  a_deadlines bigint[]; a_wrefs text[]; a_infrom bigint[]; a_evs text[];
+  a_deadlines bigint[]; a_wrefs text[]; a_infrom bigint[]; a_evs text[]; a_pols bytea[];
+  p_keys bytea[]; p_limits text[]; p_retries text[]; p_grants text[];
   now_ms bigint; ids bigint[]; claimed bigint[]; t0 timestamptz; k int; got int;
   e_attempt bigint[]; e_worker text[]; e_state text[]; e_outcome text[]; e_error text[]; e_output bytea[]; e_runat bigint[];
   e_fin bigint[]; e_n bigint[]; e_head text[]; e_sev text[];
@@ -31,8 +33,14 @@ BEGIN
          array_agg('1' || chr(9) || now_ms || chr(9) || 'state' || chr(9) || '{"state":"queued"}' || chr(10))
     INTO a_mods, a_states, a_prios, a_runs, a_inputs, a_limits, a_retries, a_grants, a_deadlines, a_wrefs, a_infrom, a_evs
     FROM generate_series(1, n);
-  IF variant LIKE '%short%' THEN
-    SELECT array_agg('p1'::text), array_agg('p2'::text), array_agg('p3'::text) INTO a_limits, a_retries, a_grants FROM generate_series(1, n);
+  IF variant = 'inline' THEN
+    SELECT array_agg(NULL::bytea) INTO a_pols FROM generate_series(1, n);
+    p_keys := '{}'; p_limits := '{}'; p_retries := '{}'; p_grants := '{}';
+  ELSE
+    p_keys := ARRAY[sha256(convert_to(a_limits[1] || a_retries[1] || a_grants[1], 'UTF8'))];
+    p_limits := a_limits[1:1]; p_retries := a_retries[1:1]; p_grants := a_grants[1:1];
+    SELECT array_agg(p_keys[1]), array_agg(''::text), array_agg(''::text), array_agg(''::text)
+      INTO a_pols, a_limits, a_retries, a_grants FROM generate_series(1, n);
   END IF;
   IF NOT EXISTS (SELECT 1 FROM modules) THEN
     INSERT INTO modules VALUES (a_mods[1], 2, 'w', '', '\x00', 0);
@@ -41,13 +49,19 @@ BEGIN
     t0 := clock_timestamp();
     WITH v AS MATERIALIZED (
          SELECT nextval('jobs_id_seq') AS id, u.*
-         FROM UNNEST(a_mods, a_states, a_prios, a_runs, a_inputs, a_limits, a_retries, a_grants, a_deadlines, a_wrefs, a_infrom, a_evs)
+         FROM UNNEST(a_mods, a_states, a_prios, a_runs, a_inputs, a_limits, a_retries, a_grants, a_pols, a_deadlines, a_wrefs, a_infrom, a_evs)
               WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, limits, retry,
-                                   grants, deadline_at, workflow_ref, input_from, event, ord)
+                                   grants, policy, deadline_at, workflow_ref, input_from, event, ord)
+     ), p AS (
+         INSERT INTO job_policies (key, limits, retry, grants, used_at)
+         SELECT k, l, r, g, now_ms
+         FROM UNNEST(p_keys, p_limits, p_retries, p_grants) AS x(k, l, r, g)
+         WHERE EXISTS (SELECT 1 FROM v)
+         ON CONFLICT (key) DO NOTHING
      ), j AS (
-         INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
+         INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants, policy,
                            deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq, state_events)
-         SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants,
+         SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants, policy,
                 deadline_at, workflow_ref, input_from, now_ms, now_ms, 1, event
          FROM v WHERE (SELECT wasmjobs_modules_exist(a_mods))
      ), q AS (
@@ -70,7 +84,7 @@ BEGIN
         ), pick AS (SELECT * FROM x WHERE rn <= 256),
         upd AS (UPDATE job_seg SET taken = taken + p.cnt FROM (SELECT sc, count(*) cnt FROM pick GROUP BY sc) p WHERE job_seg.ctid = p.sc),
         c AS (
-         SELECT jobs.id, module_digest, priority, run_at, input, limits, grants, attempts, deadline_at, input_from, event_seq, updated_at,
+         SELECT jobs.id, module_digest, priority, run_at, input, limits, grants, policy, attempts, deadline_at, input_from, event_seq, updated_at,
             (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
          FROM pick JOIN jobs ON jobs.id = pick.id WHERE jobs.state = 'queued'
         ), kk AS (INSERT INTO claims (worker, job_ids, at) SELECT 'w1', array_agg(id), now_ms FROM c HAVING count(*) > 0)
@@ -88,7 +102,7 @@ BEGIN
                 attempt_started_at = GREATEST(now_ms, jobs.updated_at), updated_at = GREATEST(now_ms, jobs.updated_at), event_seq = event_seq + 1,
                 state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || '{"attempt":' || (attempts + 1) || ',"state":"running","worker":' || '"w1"' || '}') || chr(10)
          FROM pick WHERE jobs.id = pick.id AND jobs.state = 'queued'
-         RETURNING jobs.id, module_digest, priority, run_at, input, limits, grants, attempts, deadline_at, input_from, event_seq, updated_at,
+         RETURNING jobs.id, module_digest, priority, run_at, input, limits, grants, policy, attempts, deadline_at, input_from, event_seq, updated_at,
             (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
         ), kk AS (INSERT INTO claims (worker, job_ids, at) SELECT 'w1', array_agg(id), now_ms FROM c HAVING count(*) > 0)
         SELECT array_agg(id ORDER BY id) INTO claimed FROM c;
@@ -105,7 +119,7 @@ BEGIN
                 attempt_started_at = GREATEST(now_ms, jobs.updated_at), updated_at = GREATEST(now_ms, jobs.updated_at), event_seq = event_seq + 1,
                 state_events = state_events || (event_seq + 1) || chr(9) || (GREATEST(now_ms, jobs.updated_at)) || chr(9) || ('state' || chr(9) || '{"attempt":' || (attempts + 1) || ',"state":"running","worker":' || '"w1"' || '}') || chr(10)
          FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
-         RETURNING id, module_digest, priority, run_at, input, limits, grants, attempts, deadline_at, input_from, event_seq, updated_at,
+         RETURNING id, module_digest, priority, run_at, input, limits, grants, policy, attempts, deadline_at, input_from, event_seq, updated_at,
             (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
         ), kk AS (INSERT INTO claims (worker, job_ids, at) SELECT 'w1', array_agg(id), now_ms FROM c HAVING count(*) > 0)
         SELECT array_agg(id ORDER BY id) INTO claimed FROM c;

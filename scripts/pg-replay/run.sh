@@ -11,7 +11,7 @@ URL="${WASMJOBS_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}"
 ITERS="${1:-20}"
 ROUNDS="${2:-2}"
 shift $(( $# < 2 ? $# : 2 ))
-VARIANTS=("${@:-cur curshort seg segnc}")
+VARIANTS=("${@:-cur inline seg segnc}")
 read -r -a VARIANTS <<< "${VARIANTS[*]}"
 
 {

@@ -19,7 +19,7 @@
 //! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
 //! slots, 1,000 and one per core by default; `WASMJOBS_BENCH_CLAIM_BATCH` and
 //! `WASMJOBS_BENCH_CLAIM_AHEAD` for the node's `claim_batch` and `claim_ahead`, its defaults
-//! otherwise).
+//! otherwise; `WASMJOBS_BENCH_KEEP_SCHEMA=1` leaves the Postgres schema behind for a look).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,6 +145,10 @@ async fn main() {
                     "   (tables with their indexes at the end: {})",
                     sizes.join(", ")
                 );
+                if std::env::var_os("WASMJOBS_BENCH_KEEP_SCHEMA").is_some() {
+                    println!("   (kept the schema {} for a look)", bench_schema());
+                    continue;
+                }
                 let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", bench_schema());
                 if let Err(e) = pool.execute(sqlx::AssertSqlSafe(drop)).await {
                     println!("   (could not drop the bench schema: {e})");

@@ -31,6 +31,122 @@ pub struct PgStore {
     notifier: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// This store's claims whose jobs have not all ended.
     open_claims: std::sync::Mutex<OpenClaims>,
+    /// What this store knows of `job_policies`.
+    policies: std::sync::Mutex<KnownPolicies>,
+}
+
+/// What a store knows of `job_policies` (migration 0010, decision 009): the limits and grants of
+/// the policies its claims met (a key names its texts forever, so they never go stale), and when
+/// it last made sure that each policy it submitted with stays ([`touch_policies`]).
+#[derive(Default)]
+struct KnownPolicies {
+    texts: std::collections::HashMap<Vec<u8>, (String, String)>,
+    touched: std::collections::HashMap<Vec<u8>, i64>,
+}
+
+impl KnownPolicies {
+    /// Past this many policies a map starts again: a node meets a handful, unless someone
+    /// submits ever new ones.
+    const MOST: usize = 4096;
+
+    /// The keys of `policies` this store did not touch in the last [`TOUCH_EVERY_MS`]: the
+    /// caller touches them before it submits, then records them with [`Self::touched`].
+    fn untouched(&self, policies: &[Policy], now: i64) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        for p in policies {
+            let fresh = self
+                .touched
+                .get(&p.key[..])
+                .is_some_and(|&at| now.saturating_sub(at) < TOUCH_EVERY_MS);
+            if !fresh {
+                keys.push(p.key.to_vec());
+            }
+        }
+        keys
+    }
+
+    /// Gives the claimed jobs that take their limits and grants from a policy this store
+    /// knows the policy's texts; returns the others' policy keys and ids.
+    fn fill(&self, rows: &mut [ClaimRow]) -> Vec<(Vec<u8>, i64)> {
+        let mut missing = Vec::new();
+        for row in rows.iter_mut() {
+            let found = match row.wants_policy() {
+                None => continue,
+                Some(key) => self.texts.get(key),
+            };
+            match found {
+                Some((limits, grants)) => row.take_policy(limits, grants),
+                None => missing.extend(row.wants_policy().map(|k| (k.to_vec(), row.id()))),
+            }
+        }
+        missing
+    }
+
+    fn touched(&mut self, keys: Vec<Vec<u8>>, now: i64) {
+        if self.touched.len() + keys.len() > Self::MOST {
+            self.touched.clear();
+        }
+        for key in keys {
+            self.touched.insert(key, now);
+        }
+    }
+}
+
+/// A submission makes sure that each policy it uses is marked used in the last this many
+/// milliseconds (touching it when it is not), so that retention, which deletes only policies
+/// unused for [`POLICY_GRACE_MS`] past the retention age, cannot delete one while a submission
+/// that relies on it is in flight. A store that touched a policy itself skips the check for as
+/// long, so the mark is at most twice this old when the store relies on it.
+const TOUCH_EVERY_MS: i64 = 10 * 60 * 1000;
+
+/// How long past the retention age a policy no job refers to is kept (see [`TOUCH_EVERY_MS`]):
+/// far more than twice that, for clocks that disagree by minutes.
+const POLICY_GRACE_MS: i64 = 60 * 60 * 1000;
+
+/// A job's limits, retry policy and grants as stored (their JSON texts) and their key in
+/// `job_policies`: the SHA-256 of the texts (JSON text never holds a raw NUL).
+struct Policy {
+    key: [u8; 32],
+    limits: String,
+    retry: String,
+    grants: String,
+}
+
+impl Policy {
+    fn of(j: &NewJob) -> Policy {
+        use sha2::{Digest, Sha256};
+        let (limits, retry, grants) = (json(&j.limits), json(&j.retry), json(&j.grants));
+        let mut h = Sha256::new();
+        for part in ["wasmjobs-policy-1", &limits, &retry, &grants] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        Policy {
+            key: h.finalize().into(),
+            limits,
+            retry,
+            grants,
+        }
+    }
+}
+
+/// Marks the policies of `keys` used at `now` where their mark is older than
+/// [`TOUCH_EVERY_MS`] (which locks them only then). A policy that is not stored stays so: the
+/// submission that follows stores it.
+async fn touch_policies<'c, E>(exec: E, keys: &[Vec<u8>], now: i64) -> Result<()>
+where
+    E: Executor<'c, Database = Postgres>,
+{
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE job_policies SET used_at = $2 WHERE key = ANY($1) AND used_at < $2 - $3")
+        .bind(keys)
+        .bind(now)
+        .bind(TOUCH_EVERY_MS)
+        .execute(exec)
+        .await?;
+    Ok(())
 }
 
 /// The claims a store made whose jobs have not all ended yet, so that a claim's row is deleted
@@ -241,23 +357,23 @@ struct KeylessColumns<'a> {
     priority: Vec<i64>,
     run_at: Vec<i64>,
     input: Vec<&'a [u8]>,
-    limits: Vec<&'a str>,
-    retry: Vec<&'a str>,
-    grants: Vec<&'a str>,
+    policy: Vec<&'a [u8]>,
     deadline_at: Vec<Option<i64>>,
     workflow_ref: Vec<Option<&'a str>>,
     input_from: Vec<Option<i64>>,
     event: Vec<&'a str>,
 }
 
-/// The JSON texts of a batch of jobs' limits, retry policies, grants and first events, each
-/// made once for a run of jobs that have the same value (jobs submitted together usually do),
-/// and each job's index into them.
+/// The policies (limits, retry policy, grants) and first events of a batch of jobs, each made
+/// once for a run of jobs that have the same (jobs submitted together usually do), and each
+/// job's index into them.
 #[derive(Default)]
 struct Texts {
-    texts: Vec<String>,
-    /// Per job: limits, retry, grants, first event.
-    of: Vec<[usize; 4]>,
+    /// The batch's policies, each once.
+    policies: Vec<Policy>,
+    events: Vec<String>,
+    /// Per job: its policy and its first event.
+    of: Vec<(usize, usize)>,
 }
 
 impl Texts {
@@ -265,37 +381,42 @@ impl Texts {
         let mut t = Texts::default();
         for (k, (j, state, run_at)) in jobs.iter().enumerate() {
             let previous = k.checked_sub(1).map(|p| (&jobs[p], t.of[p]));
-            let same = |i: usize, eq: bool| previous.filter(|_| eq).map(|(_, of)| of[i]);
-            let known = previous.map(|((p, p_state, p_run_at), _)| {
-                [
-                    p.limits == j.limits,
-                    p.retry == j.retry,
-                    p.grants == j.grants,
-                    p_state == state && p_run_at == run_at,
-                ]
-            });
-            let mut entry = [0; 4];
-            for (i, slot) in entry.iter_mut().enumerate() {
-                *slot = match same(i, known.is_some_and(|k| k[i])) {
-                    Some(index) => index,
-                    None => {
-                        t.texts.push(match i {
-                            0 => json(&j.limits),
-                            1 => json(&j.retry),
-                            2 => json(&j.grants),
-                            _ => row_event_line(1, now, &created_event(*state, *run_at)),
-                        });
-                        t.texts.len() - 1
+            let policy = match previous {
+                Some(((p, _, _), (policy, _)))
+                    if p.limits == j.limits && p.retry == j.retry && p.grants == j.grants =>
+                {
+                    policy
+                }
+                _ => {
+                    let new = Policy::of(j);
+                    match t.policies.iter().position(|p| p.key == new.key) {
+                        Some(known) => known,
+                        None => {
+                            t.policies.push(new);
+                            t.policies.len() - 1
+                        }
                     }
-                };
-            }
-            t.of.push(entry);
+                }
+            };
+            let event = match previous {
+                Some(((_, p_state, p_run_at), (_, event)))
+                    if p_state == state && p_run_at == run_at =>
+                {
+                    event
+                }
+                _ => {
+                    t.events
+                        .push(row_event_line(1, now, &created_event(*state, *run_at)));
+                    t.events.len() - 1
+                }
+            };
+            t.of.push((policy, event));
         }
         t
     }
 
-    fn get(&self, job: usize, which: usize) -> &str {
-        &self.texts[self.of[job][which]]
+    fn keys(&self) -> Vec<Vec<u8>> {
+        self.policies.iter().map(|p| p.key.to_vec()).collect()
     }
 }
 
@@ -533,6 +654,37 @@ where
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
 
 impl PgStore {
+    /// Gives the claimed jobs that take their limits and grants from a policy the policy's
+    /// texts: from what this store knows, else read (once per policy and node).
+    async fn take_policies(&self, rows: &mut [ClaimRow]) -> Result<()> {
+        let mut missing = lock(&self.policies).fill(rows);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<Vec<u8>> = missing.into_iter().map(|(key, _)| key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let read: Vec<(Vec<u8>, String, String)> =
+            sqlx::query_as("SELECT key, limits, grants FROM job_policies WHERE key = ANY($1)")
+                .bind(&keys)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut known = lock(&self.policies);
+        if known.texts.len() + read.len() > KnownPolicies::MOST {
+            known.texts.clear();
+        }
+        known
+            .texts
+            .extend(read.into_iter().map(|(key, l, g)| (key, (l, g))));
+        missing = known.fill(rows);
+        match missing.first() {
+            None => Ok(()),
+            Some((_, id)) => Err(StoreError::Corrupt(format!(
+                "job {id}: its policy is not stored"
+            ))),
+        }
+    }
+
     pub async fn connect(url: &str) -> Result<PgStore> {
         PgStore::connect_schema(url, None).await
     }
@@ -650,6 +802,7 @@ impl PgStore {
             next_sweep: AtomicI64::new(0),
             notifier,
             open_claims: std::sync::Mutex::default(),
+            policies: std::sync::Mutex::default(),
         })
     }
 
@@ -707,16 +860,16 @@ impl PgStore {
             state: String,
             attempts: i64,
             worker: Option<String>,
-            retry: String,
+            retry: Option<String>,
             cancel_requested: bool,
             deadline_at: Option<i64>,
             lease_until: Option<i64>,
         }
         // Rows are locked in id order (the heartbeat skips rows held by others).
-        let snaps: Vec<Snap> = sqlx::query_as(
-            "SELECT id, state, attempts, worker, retry, cancel_requested, deadline_at, lease_until FROM jobs
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
+        let snaps: Vec<Snap> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, state, attempts, worker, {RETRY_COLUMN}, cancel_requested, deadline_at, lease_until FROM jobs
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        )))
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
@@ -745,7 +898,9 @@ impl PgStore {
             let ending = ending(
                 EndingSnapshot {
                     attempts: snap.attempts,
-                    retry: &snap.retry,
+                    retry: snap.retry.as_deref().ok_or_else(|| {
+                        StoreError::Corrupt(format!("job {}: its policy is not stored", c.job_id))
+                    })?,
                     cancel_requested: snap.cancel_requested,
                     deadline_at: snap.deadline_at,
                 },
@@ -917,57 +1072,68 @@ const NAMES_HOLD: &str =
                    WHERE NOT EXISTS (SELECT 1 FROM module_names m
                                      WHERE m.name = p.name AND m.digest = p.digest))";
 
-/// Inserts keyless jobs (each with its first event in its row) and their queue rows with one
-/// statement (one round trip, whatever the batch's size), if every module name of `names`
-/// still points at its digest (else nothing, and `None`); ids are drawn from the sequence in the same
-/// statement and come back in the batch's order. (A new job is always queued or scheduled.)
+/// Inserts keyless jobs (each with its first event in its row, its policy by key: `texts`,
+/// which the caller touched first with [`touch_policies`]) and their queue rows and stores the
+/// policies not stored yet, with one statement (one round trip, whatever the batch's size), if
+/// every module name of `names` still points at its digest (else nothing, and `None`); ids are
+/// drawn from the sequence in the same statement and come back in the batch's order. (A new
+/// job is always queued or scheduled.)
 ///
 /// One statement outside a transaction is one transaction: on the pool this is a whole
 /// submission group, committed (and flushed) before it returns.
 async fn insert_keyless<'c, E>(
     exec: E,
     jobs: &[(NewJob, JobState, i64)],
+    texts: &Texts,
     names: &[(String, String)],
     now: i64,
 ) -> Result<Option<Vec<i64>>>
 where
     E: Executor<'c, Database = Postgres>,
 {
-    let texts = Texts::of(jobs, now);
     let mut cols = KeylessColumns::default();
-    for (k, (j, state, run_at)) in jobs.iter().enumerate() {
+    for ((j, state, run_at), &(policy, event)) in jobs.iter().zip(&texts.of) {
         cols.module.push(&j.module_digest);
         cols.state.push(state.as_str());
         cols.priority.push(j.priority);
         cols.run_at.push(*run_at);
         cols.input.push(&j.input);
-        cols.limits.push(texts.get(k, 0));
-        cols.retry.push(texts.get(k, 1));
-        cols.grants.push(texts.get(k, 2));
+        cols.policy.push(&texts.policies[policy].key);
         cols.deadline_at.push(j.deadline_at);
         cols.workflow_ref.push(j.workflow_ref.as_deref());
         cols.input_from.push(j.input_from);
-        cols.event.push(texts.get(k, 3));
+        cols.event.push(&texts.events[event]);
     }
     let (name, digest): (Vec<&str>, Vec<&str>) =
         names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
+    let key: Vec<&[u8]> = texts.policies.iter().map(|p| &p.key[..]).collect();
+    let limits: Vec<&str> = texts.policies.iter().map(|p| p.limits.as_str()).collect();
+    let retry: Vec<&str> = texts.policies.iter().map(|p| p.retry.as_str()).collect();
+    let grants: Vec<&str> = texts.policies.iter().map(|p| p.grants.as_str()).collect();
     let ids: Vec<i64> = sqlx::query_scalar(
         "WITH v AS MATERIALIZED (
              SELECT nextval('jobs_id_seq') AS id, u.*
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::text[],
-                         $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[])
-                  WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, limits, retry,
-                                       grants, deadline_at, workflow_ref, input_from, event, ord)
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[],
+                         $7::bigint[], $8::text[], $9::bigint[], $10::text[])
+                  WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, policy,
+                                       deadline_at, workflow_ref, input_from, event, ord)
              -- Once per statement: nothing at all when a name no longer points where it did.
-             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($14::text[], $15::text[]) AS p(name, digest)
+             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($12::text[], $13::text[]) AS p(name, digest)
                                WHERE NOT EXISTS (SELECT 1 FROM module_names m
                                                  WHERE m.name = p.name AND m.digest = p.digest))
+         ), p AS (
+             -- The policies not stored yet (those stored were touched first: retention keeps them).
+             INSERT INTO job_policies (key, limits, retry, grants, used_at)
+             SELECT k, l, r, g, $11
+             FROM UNNEST($14::bytea[], $15::text[], $16::text[], $17::text[]) AS x(k, l, r, g)
+             WHERE EXISTS (SELECT 1 FROM v)
+             ON CONFLICT (key) DO NOTHING
          ), j AS (
              INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                               deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
-                               state_events)
-             SELECT id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                    deadline_at, workflow_ref, input_from, $13, $13, 1, event
+                               policy, deadline_at, workflow_ref, input_from, created_at, updated_at,
+                               event_seq, state_events)
+             SELECT id, module_digest, state, priority, run_at, input, '', '', '',
+                    policy, deadline_at, workflow_ref, input_from, $11, $11, 1, event
              FROM v
              -- Once per statement: fails it when a job names a module that is not stored.
              WHERE (SELECT wasmjobs_modules_exist($1::text[]))
@@ -982,9 +1148,7 @@ where
     .bind(&cols.priority)
     .bind(&cols.run_at)
     .bind(&cols.input)
-    .bind(&cols.limits)
-    .bind(&cols.retry)
-    .bind(&cols.grants)
+    .bind(&cols.policy)
     .bind(&cols.deadline_at)
     .bind(&cols.workflow_ref)
     .bind(&cols.input_from)
@@ -992,6 +1156,10 @@ where
     .bind(now)
     .bind(&name)
     .bind(&digest)
+    .bind(&key)
+    .bind(&limits)
+    .bind(&retry)
+    .bind(&grants)
     .fetch_all(exec)
     .await?;
     if ids.is_empty() && !jobs.is_empty() && !names.is_empty() {
@@ -1076,7 +1244,11 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             .into_iter()
             .map(|(slot, j, state, run_at)| (slot, (j, state, run_at)))
             .unzip();
-        let ids = insert_keyless(&mut **tx, &batch, &[], now)
+        // In a transaction the store's record of touched policies cannot be trusted (it may
+        // roll back): touch every time (a lookup by key, a write at most every few minutes).
+        let texts = Texts::of(&batch, now);
+        touch_policies(&mut **tx, &texts.keys(), now).await?;
+        let ids = insert_keyless(&mut **tx, &batch, &texts, &[], now)
             .await?
             .ok_or_else(refused_without_names)?;
         for ((id, slot), (j, state, run_at)) in ids.into_iter().zip(slots).zip(batch) {
@@ -1225,7 +1397,14 @@ impl Store for PgStore {
                     (j, state, run_at)
                 })
                 .collect();
-            let Some(ids) = insert_keyless(&self.pool, &batch, names, now).await? else {
+            let texts = Texts::of(&batch, now);
+            // Touched in a transaction of their own, before the jobs that rely on them.
+            let touch = lock(&self.policies).untouched(&texts.policies, now);
+            if !touch.is_empty() {
+                touch_policies(&self.pool, &touch, now).await?;
+                lock(&self.policies).touched(touch, now);
+            }
+            let Some(ids) = insert_keyless(&self.pool, &batch, &texts, names, now).await? else {
                 return Ok(None);
             };
             if batch.iter().any(|(_, state, _)| *state == JobState::Queued) {
@@ -1421,10 +1600,11 @@ impl Store for PgStore {
             Some(row) => row.try_get("claim_id")?,
             None => None,
         };
-        let rows = rows
+        let mut rows = rows
             .iter()
             .map(ClaimRow::from_row)
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.take_policies(&mut rows).await?;
         let claimed = claimed_in_order(rows)?;
         if let Some(claim) = claim {
             lock(&self.open_claims).claimed(claim, &claimed, std::time::Instant::now());
@@ -1668,24 +1848,29 @@ impl Store for PgStore {
         const PAGE: i64 = 1000;
         let mut cursor = 0i64;
         let mut pruned = 0u64;
+        // The policies of the jobs walked past that stay.
+        let mut kept: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         loop {
-            let page: Vec<(i64, i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT id, created_at, {} AS doomed FROM jobs WHERE id > $2 ORDER BY id LIMIT $3",
-                super::rows::prunable("$1")
-            )))
-            .bind(before)
-            .bind(cursor)
-            .bind(PAGE)
-            .fetch_all(&self.pool)
-            .await?;
-            let Some(&(last, last_created, _)) = page.last() else {
+            let page: Vec<(i64, i64, bool, Option<Vec<u8>>)> =
+                sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT id, created_at, {} AS doomed, policy FROM jobs WHERE id > $2 ORDER BY id LIMIT $3",
+                    super::rows::prunable("$1")
+                )))
+                .bind(before)
+                .bind(cursor)
+                .bind(PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+            let Some(&(last, last_created, _, _)) = page.last() else {
                 break;
             };
+            let full = page.len() as i64 == PAGE;
             let doomed: Vec<i64> = page.iter().filter(|p| p.2).map(|p| p.0).collect();
+            let mut gone: std::collections::HashSet<i64> = std::collections::HashSet::new();
             if !doomed.is_empty() {
                 // The condition is checked again under the rows' locks (a job may have been
                 // retried since the page was read), and a job's history goes only with it.
-                let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
                     "WITH j AS (
                          DELETE FROM jobs WHERE id = ANY($2) AND {} RETURNING id
                      ), e AS (
@@ -1693,20 +1878,35 @@ impl Store for PgStore {
                      ), a AS (
                          DELETE FROM attempts WHERE job_id IN (SELECT id FROM j)
                      )
-                     SELECT count(*) FROM j",
+                     SELECT id FROM j",
                     super::rows::prunable("$1")
                 )))
                 .bind(before)
                 .bind(&doomed)
-                .fetch_one(&self.pool)
+                .fetch_all(&self.pool)
                 .await?;
-                pruned += u64::try_from(n).unwrap_or(0);
+                pruned += ids.len() as u64;
+                gone.extend(ids);
             }
-            if last_created >= before || (page.len() as i64) < PAGE {
+            kept.extend(
+                page.into_iter()
+                    .filter(|p| !gone.contains(&p.0))
+                    .filter_map(|p| p.3),
+            );
+            if last_created >= before || !full {
                 break;
             }
             cursor = last;
         }
+        // Then the policies no job refers to, unused since well before `before`: a submission
+        // touches a policy it relies on (`touch_policies`), so a job that refers to one of these
+        // was created long before `before` and was walked past above.
+        let kept: Vec<Vec<u8>> = kept.into_iter().collect();
+        sqlx::query("DELETE FROM job_policies WHERE used_at < $1 AND NOT (key = ANY($2))")
+            .bind(before.saturating_sub(POLICY_GRACE_MS))
+            .bind(&kept)
+            .execute(&self.pool)
+            .await?;
         let mut tx = self.pool.begin().await?;
         // Finished workflow runs (their nodes, elements and events go with them).
         sqlx::query("DELETE FROM workflow_runs WHERE finished_at IS NOT NULL AND finished_at < $1")

@@ -32,9 +32,35 @@ macro_rules! row {
     };
 }
 
-pub(super) const JOB_COLUMNS: &str = "id, module_digest, state, priority, run_at, input, limits, retry, grants, \
-     idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, output, error, \
-     workflow_ref, input_from, created_at, updated_at, finished_at";
+/// A job's own text of `col` (limits, retry or grants), or where it holds `''` its policy's
+/// (`jobs.policy`, migration 0010), as `col`. The job's table is named `jobs`.
+macro_rules! own_or_policy {
+    ($col:literal) => {
+        concat!(
+            "COALESCE(NULLIF(jobs.",
+            $col,
+            ", ''), (SELECT p.",
+            $col,
+            " FROM job_policies p WHERE p.key = jobs.policy)) AS ",
+            $col
+        )
+    };
+}
+
+/// The retry policy of a job read from `jobs` (as [`JOB_COLUMNS`] reads it).
+pub(super) const RETRY_COLUMN: &str = own_or_policy!("retry");
+
+/// A job's columns, its limits, retry policy and grants its own or its policy's.
+pub(super) const JOB_COLUMNS: &str = concat!(
+    "id, module_digest, state, priority, run_at, input, ",
+    own_or_policy!("limits"),
+    ", ",
+    own_or_policy!("retry"),
+    ", ",
+    own_or_policy!("grants"),
+    ", idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, \
+     output, error, workflow_ref, input_from, created_at, updated_at, finished_at"
+);
 
 row! {
     pub(super) struct JobRow {
@@ -44,9 +70,9 @@ row! {
     priority: i64,
     run_at: i64,
     input: Vec<u8>,
-    limits: String,
-    retry: String,
-    grants: String,
+    limits: Option<String>,
+    retry: Option<String>,
+    grants: Option<String>,
     idempotency_key: Option<String>,
     attempts: i64,
     deadline_at: Option<i64>,
@@ -72,6 +98,13 @@ pub(super) fn parse_outcome(s: Option<String>) -> Result<Option<wasmjobs_host::O
         .transpose()
 }
 
+/// A job's limits, retry policy or grants from their JSON text; none when the job refers to a
+/// policy that is not stored.
+fn policy_part<T: serde::de::DeserializeOwned>(text: Option<String>, what: &str) -> Result<T> {
+    let text = text.ok_or_else(|| corrupt(what, "the job's policy is not stored"))?;
+    serde_json::from_str(&text).map_err(|e| corrupt(what, e))
+}
+
 impl JobRow {
     pub(super) fn into_job(self) -> Result<Job> {
         Ok(Job {
@@ -81,9 +114,9 @@ impl JobRow {
             priority: self.priority,
             run_at: self.run_at,
             input: self.input,
-            limits: serde_json::from_str(&self.limits).map_err(|e| corrupt("limits", e))?,
-            retry: serde_json::from_str(&self.retry).map_err(|e| corrupt("retry", e))?,
-            grants: serde_json::from_str(&self.grants).map_err(|e| corrupt("grants", e))?,
+            limits: policy_part(self.limits, "limits")?,
+            retry: policy_part(self.retry, "retry")?,
+            grants: policy_part(self.grants, "grants")?,
             idempotency_key: self.idempotency_key,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             deadline_at: self.deadline_at,
@@ -105,9 +138,10 @@ impl JobRow {
 /// The columns a claim returns (`RETURNING {CLAIM_COLUMNS}`): what an attempt needs and the
 /// claim order, not the whole job (decoding all of a job's columns, and parsing its retry
 /// policy, was a tenth of the node's CPU per trivial job), and the output of the job whose
-/// output is this job's input, so the attempt needs no read of its own. The claim's target
-/// table is `jobs`.
-pub(super) const CLAIM_COLUMNS: &str = "id, module_digest, priority, run_at, input, limits, grants, \
+/// output is this job's input, so the attempt needs no read of its own. A job whose limits and
+/// grants are its policy's (`''` and a `policy` key, migration 0010) gets them from the store
+/// that claimed it ([`ClaimRow::wants_policy`]). The claim's target table is `jobs`.
+pub(super) const CLAIM_COLUMNS: &str = "id, module_digest, priority, run_at, input, limits, grants, policy, \
      attempts, deadline_at, input_from, event_seq, updated_at, \
      (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output";
 
@@ -120,6 +154,7 @@ row! {
     input: Vec<u8>,
     limits: String,
     grants: String,
+    policy: Option<Vec<u8>>,
     attempts: i64,
     deadline_at: Option<i64>,
     input_from: Option<i64>,
@@ -224,6 +259,27 @@ impl ClaimRow {
     /// the order of the subquery, so claims sort by this.
     fn claim_order(&self) -> (i64, i64, i64) {
         (-self.priority, self.run_at, self.id)
+    }
+
+    pub(super) fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The key of the policy whose limits or grants this job takes, if it takes any.
+    pub(super) fn wants_policy(&self) -> Option<&[u8]> {
+        self.policy
+            .as_deref()
+            .filter(|_| self.limits.is_empty() || self.grants.is_empty())
+    }
+
+    /// Takes the limits and grants this job has no text of its own for from its policy's.
+    pub(super) fn take_policy(&mut self, limits: &str, grants: &str) {
+        if self.limits.is_empty() {
+            self.limits = limits.to_string();
+        }
+        if self.grants.is_empty() {
+            self.grants = grants.to_string();
+        }
     }
 
     fn into_claimed(self, parsed: &mut Parsed) -> Result<Claimed> {

@@ -370,6 +370,186 @@ async fn awkward_worker_names_and_errors_come_back_exactly() {
     }
 }
 
+/// Jobs submitted together with the same limits, retry policy and grants, and one with others:
+/// each job runs and reads back with its own, and a hand `retry` of one changes no other's
+/// (Postgres keeps shared policies once, migration 0010).
+#[tokio::test]
+async fn jobs_read_back_their_own_policies_when_others_share_them() {
+    for (backend, store, _db) in test_stores("policies").await {
+        let digest = module(&*store).await;
+        let mut a = new_job(&digest);
+        a.limits.fuel = 123_456;
+        a.retry.max_attempts = 1;
+        a.grants.env.insert("TOKEN".into(), "s3cret".into());
+        let mut b = new_job(&digest);
+        b.limits.fuel = 654_321;
+        b.priority = -1;
+        let jobs = store
+            .insert_jobs(vec![a.clone(), a.clone(), b.clone(), a.clone()], 10)
+            .await
+            .expect("insert");
+        let ids: Vec<JobId> = jobs.iter().map(|(j, _)| j.id).collect();
+        for (id, want) in ids.iter().zip([&a, &a, &b, &a]) {
+            let job = store.get_job(*id).await.expect("get").expect("stored");
+            assert_eq!(
+                (&job.limits, &job.retry, &job.grants),
+                (&want.limits, &want.retry, &want.grants),
+                "{backend}: job {id}"
+            );
+        }
+        let claimed = store.claim("w", 10, 20, 1000).await.expect("claim");
+        let seen: Vec<(JobId, u64, Option<&String>)> = claimed
+            .iter()
+            .map(|c| (c.id, c.limits.fuel, c.grants.env.get("TOKEN")))
+            .collect();
+        let token = "s3cret".to_string();
+        assert_eq!(
+            seen,
+            [
+                (ids[0], 123_456, Some(&token)),
+                (ids[1], 123_456, Some(&token)),
+                (ids[3], 123_456, Some(&token)),
+                (ids[2], 654_321, None),
+            ],
+            "{backend}"
+        );
+        // The first job fails for good (one attempt), is retried by hand: its budget grows,
+        // the job that shares its policy keeps its own.
+        let r = store
+            .complete(&[done(&claimed[0], "w", Outcome::Trapped)], 30)
+            .await
+            .expect("complete");
+        assert_eq!(r, [Completed::Applied(JobState::Failed)], "{backend}");
+        store.retry(ids[0], 40).await.expect("retry");
+        let retried = store.get_job(ids[0]).await.expect("get").expect("stored");
+        let other = store.get_job(ids[1]).await.expect("get").expect("stored");
+        assert_eq!(
+            (retried.retry.max_attempts, other.retry.max_attempts),
+            (2, 1),
+            "{backend}"
+        );
+        assert_eq!(
+            (&retried.limits, &retried.grants),
+            (&a.limits, &a.grants),
+            "{backend}"
+        );
+        let again = store.claim("w", 10, 50, 1000).await.expect("claim");
+        assert_eq!(
+            again
+                .iter()
+                .map(|c| (c.id, c.attempt, c.limits.fuel))
+                .collect::<Vec<_>>(),
+            [(ids[0], 2, 123_456)],
+            "{backend}"
+        );
+    }
+}
+
+/// Postgres keeps a policy once (its texts out of the jobs' rows), and retention deletes a
+/// policy, and the secrets its grants hold, once no job refers to it and it went unused for an
+/// hour past the retention age; a store that submitted with it before stores it again.
+#[tokio::test]
+async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
+    let Some((url, schema, admin)) = postgres_only(
+        "postgres_policies_are_stored_once_and_pruned_when_unused",
+        "policies_pg",
+    )
+    .await
+    else {
+        return;
+    };
+    let store = open_postgres_schema(&url, &schema).await.expect("open");
+    let digest = module(&*store).await;
+    let hour = 3_600_000;
+    let mut secret = new_job(&digest);
+    secret.grants.env.insert("TOKEN".into(), "s3cret".into());
+    let mut waiting = new_job(&digest);
+    waiting.limits.fuel = 777;
+    waiting.run_at = Some(100 * hour);
+    let policies = || async {
+        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT grants, used_at FROM {schema}.job_policies ORDER BY grants"
+        )))
+        .fetch_all(&admin)
+        .await
+        .expect("policies");
+        rows
+    };
+    store
+        .insert_jobs(vec![secret.clone(); 3], 10)
+        .await
+        .expect("insert");
+    let (waiting_job, _) = store.insert_job(waiting.clone(), 10).await.expect("insert");
+    let inline: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.jobs
+         WHERE limits <> '' OR retry <> '' OR grants <> '' OR policy IS NULL"
+    )))
+    .fetch_one(&admin)
+    .await
+    .expect("count");
+    assert_eq!(inline, 0, "every job refers to its policy");
+    let stored = policies().await;
+    assert_eq!(stored.len(), 2, "one row per policy: {stored:?}");
+    assert!(stored.iter().any(|(g, _)| g.contains("s3cret")));
+
+    // The secret jobs run and end; the waiting one stays.
+    let claimed = store.claim("w", 10, 20, 1000).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let ends: Vec<Completion> = claimed
+        .iter()
+        .map(|c| done(c, "w", Outcome::Succeeded))
+        .collect();
+    store.complete(&ends, 30).await.expect("complete");
+
+    // Retention at 40: the jobs go, but their policy was used at 10, not an hour before 40.
+    assert_eq!(store.prune(40).await.expect("prune"), 3);
+    assert_eq!(policies().await.len(), 2, "a policy used lately stays");
+    // Later: the unused one goes with its secret, the waiting job's stays however old.
+    assert_eq!(store.prune(2 * hour).await.expect("prune"), 0);
+    let left = policies().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left[0].0.contains("s3cret"), "{left:?}");
+    let w = store
+        .get_job(waiting_job.id)
+        .await
+        .expect("get")
+        .expect("waiting job");
+    assert_eq!(w.limits.fuel, 777);
+
+    // The same store submits with the pruned policy again, at a time when it trusts its own
+    // touch of 10 (minutes before): the submission stores the policy again, and the job runs
+    // with it.
+    let (again, _) = store.insert_job(secret.clone(), 20).await.expect("insert");
+    let claimed = store.claim("w", 10, 25, 1000).await.expect("claim");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| (c.id, c.grants.env.get("TOKEN").cloned()))
+            .collect::<Vec<_>>(),
+        [(again.id, Some("s3cret".to_string()))]
+    );
+    // A store that never saw the policy reads it to run a job.
+    let fresh = open_postgres_schema(&url, &schema).await.expect("open");
+    let (third, _) = fresh
+        .insert_job(secret.clone(), 2 * hour + 3)
+        .await
+        .expect("insert");
+    let other = open_postgres_schema(&url, &schema).await.expect("open");
+    let claimed = other
+        .claim("w2", 10, 2 * hour + 4, 1000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| (c.id, c.grants.env.get("TOKEN").cloned()))
+            .collect::<Vec<_>>(),
+        [(third.id, Some("s3cret".to_string()))]
+    );
+    let stored = policies().await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+}
+
 /// A job's state events: each state and its time.
 async fn state_times(store: &dyn Store, id: i64) -> Vec<(String, i64)> {
     let events = store.events(id, 0, 100).await.expect("events");
