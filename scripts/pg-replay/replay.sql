@@ -54,8 +54,8 @@ BEGIN
                                    grants, policy, deadline_at, workflow_ref, input_from, event, ord)
      ), p AS (
          INSERT INTO job_policies (key, limits, retry, grants, used_at)
-         SELECT k, l, r, g, now_ms
-         FROM UNNEST(p_keys, p_limits, p_retries, p_grants) AS x(k, l, r, g)
+         SELECT pk, pl, pr, pg, now_ms
+         FROM UNNEST(p_keys, p_limits, p_retries, p_grants) AS x(pk, pl, pr, pg)
          WHERE EXISTS (SELECT 1 FROM v)
          ON CONFLICT (key) DO NOTHING
      ), j AS (
