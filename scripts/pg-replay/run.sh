@@ -3,7 +3,8 @@
 # server backend's CPU per job for each variant of replay.sql, runs alternated.
 #   scripts/pg-replay/run.sh [iterations (×1,000 jobs), default 20] [rounds, default 2] [variants…]
 # Uses $WASMJOBS_TEST_POSTGRES (default the local test database), in a schema `replay_sql` that
-# it creates from runtime/migrations/postgres and drops at the end. Run it on a quiet machine:
+# it creates from runtime/migrations/postgres (then runs $REPLAY_SQL there, if set: to try a
+# change of the schema, an index dropped, say) and drops at the end. Run it on a quiet machine:
 # the figures are CPU time, but two cores shared with a build still move them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +19,7 @@ read -r -a VARIANTS <<< "${VARIANTS[*]}"
   echo "DROP SCHEMA IF EXISTS replay_sql CASCADE; CREATE SCHEMA replay_sql; SET search_path TO replay_sql;"
   for f in runtime/migrations/postgres/*.sql; do cat "$f"; echo; done
   cat scripts/pg-replay/replay.sql
+  echo "${REPLAY_SQL:-}"
 } | psql "$URL" -q -v ON_ERROR_STOP=1 >/dev/null 2>&1 || { echo "cannot set up the schema at $URL" >&2; exit 1; }
 trap 'psql "$URL" -qc "DROP SCHEMA IF EXISTS replay_sql CASCADE" >/dev/null 2>&1' EXIT
 
