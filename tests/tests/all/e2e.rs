@@ -224,8 +224,25 @@ async fn kill_9_under_load_loses_nothing_sqlite() {
             async move { submit_all(&http, &url, (0..1400).map(job_body).collect()).await },
         )
     };
-    // Kill it while jobs are queued, running and retrying.
+    // Kill it while jobs are queued, running and retrying: once it runs some (on a loaded
+    // machine a fixed delay could find it between jobs, and the test would prove nothing).
     tokio::time::sleep(Duration::from_millis(700)).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = http
+            .get(format!("{}/v1/jobs?state=running&limit=1", server.url))
+            .send()
+            .await
+            .expect("list running jobs")
+            .json::<Value>()
+            .await
+            .expect("list running jobs");
+        if running["jobs"].as_array().is_some_and(|j| !j.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < until, "no job ran within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill9();
     let mut accepted = submitter.await.expect("submitter");
     assert!(
