@@ -130,6 +130,11 @@ impl Policy {
     }
 }
 
+/// The error for a job that refers to a policy `job_policies` does not hold.
+fn policy_not_stored(job: JobId) -> StoreError {
+    StoreError::Corrupt(format!("job {job}: its policy is not stored"))
+}
+
 /// Marks the policies of `keys` used at `now` where their mark is older than
 /// [`TOUCH_EVERY_MS`] (which locks them only then). A policy that is not stored stays so: the
 /// submission that follows stores it.
@@ -686,9 +691,7 @@ impl PgStore {
         missing = known.fill(rows);
         match missing.first() {
             None => Ok(()),
-            Some((_, id)) => Err(StoreError::Corrupt(format!(
-                "job {id}: its policy is not stored"
-            ))),
+            Some(&(_, id)) => Err(policy_not_stored(id)),
         }
     }
 
@@ -905,9 +908,10 @@ impl PgStore {
             let ending = ending(
                 EndingSnapshot {
                     attempts: snap.attempts,
-                    retry: snap.retry.as_deref().ok_or_else(|| {
-                        StoreError::Corrupt(format!("job {}: its policy is not stored", c.job_id))
-                    })?,
+                    retry: snap
+                        .retry
+                        .as_deref()
+                        .ok_or_else(|| policy_not_stored(c.job_id))?,
                     cancel_requested: snap.cancel_requested,
                     deadline_at: snap.deadline_at,
                 },
