@@ -537,10 +537,7 @@ impl<'a> Endings<'a> {
         self.notices.push(notices);
         // The state event comes last and goes into the job's row; the attempt's own events
         // before it go to `events`.
-        let (state_event, logged) = match e.events.split_last() {
-            Some((last, logged)) => (row_event(last), logged),
-            None => (row_event(&NewEvent::state(e.state, json!({}))), &[][..]),
-        };
+        let logged = &c.events;
         let n = logged.len() + 1;
         for (k, event) in logged.iter().enumerate() {
             self.event_job.push(c.job_id);
@@ -548,6 +545,9 @@ impl<'a> Endings<'a> {
             self.event_kind.push(event.kind);
             self.event_data.push(event.data.to_string());
         }
+        let mut state_event = String::with_capacity(6 + e.state_data.len());
+        state_event.push_str("state\t");
+        state_event.push_str(&e.state_data);
         self.state_event.push(state_event);
         self.id.push(c.job_id);
         self.attempt.push(i64::from(c.attempt));

@@ -430,7 +430,7 @@ fn apply_completion(
         run_at,
         finished_at,
         keep_output,
-        events,
+        state_data,
     } = ending(
         EndingSnapshot {
             attempts,
@@ -454,7 +454,7 @@ fn apply_completion(
             run_at,
             finished_at,
             now,
-            events.len() as i64,
+            c.events.len() as i64 + 1,
             c.job_id
         ],
     )?
@@ -478,7 +478,9 @@ fn apply_completion(
         c.job_id,
         i64::from(c.attempt)
     ])?;
-    events_out.extend(pending(c.job_id, last_seq, &events, now));
+    // The attempt's own events, then the state event, last.
+    events_out.extend(pending(c.job_id, last_seq - 1, &c.events, now));
+    events_out.push((c.job_id, last_seq, "state", state_data, now));
     Ok(Completed::Applied(state))
 }
 
