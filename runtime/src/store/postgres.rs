@@ -330,6 +330,15 @@ fn row_event(e: &NewEvent) -> String {
     String::from_utf8(line).unwrap_or_default()
 }
 
+/// [`row_event`] of an event whose data is already JSON text.
+fn row_event_text(kind: &str, data: &str) -> String {
+    let mut line = String::with_capacity(kind.len() + 1 + data.len());
+    line.push_str(kind);
+    line.push('\t');
+    line.push_str(data);
+    line
+}
+
 /// A whole line of `jobs.state_events`: `seq TAB at TAB kind TAB data NEWLINE`.
 fn row_event_line(seq: i64, at: i64, e: &NewEvent) -> String {
     format!("{seq}\t{at}\t{}\n", row_event(e))
@@ -545,10 +554,8 @@ impl<'a> Endings<'a> {
             self.event_kind.push(event.kind);
             self.event_data.push(event.data.to_string());
         }
-        let mut state_event = String::with_capacity(6 + e.state_data.len());
-        state_event.push_str("state\t");
-        state_event.push_str(&e.state_data);
-        self.state_event.push(state_event);
+        self.state_event
+            .push(row_event_text("state", &e.state_data));
         self.id.push(c.job_id);
         self.attempt.push(i64::from(c.attempt));
         self.worker.push(&c.worker);
