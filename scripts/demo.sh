@@ -12,7 +12,7 @@ rustup target list --installed | grep -qx wasm32-wasip2
 
 step "Building wasmjobs (first build compiles wasmtime: several minutes)"
 cargo build --quiet -p wasmjobs --bin wasmjobs
-WJ=target/debug/wasmjobs
+WJ="${CARGO_TARGET_DIR:-target}/debug/wasmjobs"
 
 step "Building the example jobs for wasm32-wasip2"
 export CARGO_TARGET_DIR="$PWD/target/wasm-guests"

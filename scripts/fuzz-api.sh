@@ -20,7 +20,9 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
 fi
 
 cargo build --quiet -p wasmjobs --bin wasmjobs
-WJ=target/debug/wasmjobs
+# Where cargo put it (and where the tests' build put the guests): CARGO_TARGET_DIR if set.
+T="${CARGO_TARGET_DIR:-target}"
+WJ="$T/debug/wasmjobs"
 DIR=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
@@ -30,7 +32,7 @@ trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 200); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.05; done
 
 # Something to find: a module, a finished job, a workflow and a finished run of it.
-NOOP=$(ls target/wasm-guests/wasm32-wasip2/release/noop.wasm)
+NOOP=$(ls "$T/wasm-guests/wasm32-wasip2/release/noop.wasm")
 export WASMJOBS_SERVER="$URL"
 "$WJ" module upload "$NOOP" --name noop >/dev/null
 "$WJ" job submit noop --input '"hello"' --wait >/dev/null
