@@ -1313,6 +1313,87 @@ async fn expired_leases_are_lost_attempts_and_requeued() {
     }
 }
 
+/// A job whose attempt failed and that runs again under a newer claim keeps its own lease: when
+/// the older claim's other job is found dead, the rerun is not taken for lost with it, and ends
+/// as its own attempt. (A design that keeps leases per claim, decision 010, has to keep this.)
+#[tokio::test]
+async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claims_jobs() {
+    for (backend, store, _db) in test_stores("rerun").await {
+        let digest = module(&*store).await;
+        let a = store
+            .insert_job(new_job(&digest), 1)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        let b = store
+            .insert_job(new_job(&digest), 1)
+            .await
+            .expect("insert")
+            .0
+            .id;
+        // One claim takes both, leased until 2 + 100.
+        let first = store.claim("w", 2, 2, 100).await.expect("claim");
+        assert_eq!(first.len(), 2, "{backend}");
+        let a1 = first.iter().find(|c| c.id == a).expect("a claimed");
+        // a fails and is retried at once; the same worker claims it again, with a long lease.
+        let ended = store
+            .complete(&[done(a1, "w", Outcome::Failed)], 3)
+            .await
+            .expect("complete");
+        assert!(
+            matches!(
+                ended[..],
+                [Completed::Applied(JobState::Queued | JobState::Scheduled)]
+            ),
+            "{backend}: {ended:?}"
+        );
+        let second = store.claim("w", 2, 4, 10_000).await.expect("claim");
+        assert_eq!(
+            second.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(),
+            [(a, 2)],
+            "{backend}"
+        );
+        // b's lease runs out (its node stopped renewing it); a's second one has not.
+        assert_eq!(
+            store.rescue_expired(500).await.expect("rescue"),
+            [b],
+            "{backend}"
+        );
+        let job_a = store.get_job(a).await.expect("get").expect("a");
+        assert_eq!(
+            (job_a.state, job_a.attempts),
+            (JobState::Running, 2),
+            "{backend}"
+        );
+        let ended = store
+            .complete(&[done(&second[0], "w", Outcome::Succeeded)], 600)
+            .await
+            .expect("complete");
+        assert_eq!(
+            ended,
+            [Completed::Applied(JobState::Succeeded)],
+            "{backend}"
+        );
+        let outcomes = |id| {
+            let store = store.clone();
+            async move {
+                let attempts = store.attempts(id).await.expect("attempts");
+                attempts
+                    .into_iter()
+                    .map(|a| (a.attempt, a.outcome))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            outcomes(a).await,
+            [(1, Some(Outcome::Failed)), (2, Some(Outcome::Succeeded))],
+            "{backend}"
+        );
+        assert_eq!(outcomes(b).await, [(1, Some(Outcome::Lost))], "{backend}");
+    }
+}
+
 #[tokio::test]
 async fn list_with_filters_and_cursor_then_prune() {
     for (backend, store, _db) in test_stores("list").await {
