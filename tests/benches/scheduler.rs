@@ -506,8 +506,6 @@ async fn count_succeeded(store: &dyn Store) -> usize {
     )
 }
 
-/// Waits until no job is waiting or running: every job submitted (all were accepted before
-/// this is called) has ended. Looks through the queue and the running set, not at every job.
 /// Counts `n` end notices; false when some were missed (the receiver lagged), and the database
 /// has to tell.
 async fn count_ends(mut ends: tokio::sync::broadcast::Receiver<Notice>, n: usize) -> bool {
@@ -522,6 +520,8 @@ async fn count_ends(mut ends: tokio::sync::broadcast::Receiver<Notice>, n: usize
     true
 }
 
+/// Waits until no job is waiting or running: every job submitted (all were accepted before
+/// this is called) has ended. Looks through the queue and the running set, not at every job.
 async fn wait_nothing_left(store: &dyn Store) {
     'poll: loop {
         // Running first: while the run goes on, that one look answers.
