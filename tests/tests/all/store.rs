@@ -27,6 +27,16 @@ fn new_job(digest: &str) -> NewJob {
     }
 }
 
+/// The id of a [`new_job`] of `digest` inserted at `at`.
+async fn new_job_id(store: &dyn Store, digest: &str, at: i64) -> JobId {
+    store
+        .insert_job(new_job(digest), at)
+        .await
+        .expect("insert")
+        .0
+        .id
+}
+
 async fn module(store: &dyn Store) -> String {
     let m = NewModule {
         digest: "sha256:abc".into(),
@@ -57,11 +67,11 @@ fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
     }
 }
 
-/// A job's attempts as (number, worker, outcome, started, finished).
-async fn attempt_view(
-    store: &dyn Store,
-    id: JobId,
-) -> Vec<(u32, String, Option<Outcome>, i64, Option<i64>)> {
+/// An attempt as (number, worker, outcome, started, finished).
+type AttemptView = (u32, String, Option<Outcome>, i64, Option<i64>);
+
+/// A job's attempts as [`AttemptView`]s.
+async fn attempt_view(store: &dyn Store, id: JobId) -> Vec<AttemptView> {
     let attempts = store.attempts(id).await.expect("attempts");
     attempts
         .into_iter()
@@ -953,12 +963,7 @@ async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_ru
 async fn claims_follow_priority_then_run_at_then_age() {
     for (backend, store, _db) in test_stores("priority").await {
         let digest = module(&*store).await;
-        let low = store
-            .insert_job(new_job(&digest), 1)
-            .await
-            .expect("insert")
-            .0
-            .id;
+        let low = new_job_id(&*store, &digest, 1).await;
         let high = store
             .insert_job(
                 NewJob {
@@ -1218,23 +1223,13 @@ async fn a_job_naming_an_unstored_module_is_refused_and_stores_nothing() {
 async fn cancel_queued_at_once_and_running_by_request() {
     for (backend, store, _db) in test_stores("cancel").await {
         let digest = module(&*store).await;
-        let queued = store
-            .insert_job(new_job(&digest), 1)
-            .await
-            .expect("insert")
-            .0
-            .id;
+        let queued = new_job_id(&*store, &digest, 1).await;
         assert_eq!(
             store.cancel(queued, 2).await.expect("cancel"),
             JobState::Cancelled,
             "{backend}"
         );
-        let running = store
-            .insert_job(new_job(&digest), 3)
-            .await
-            .expect("insert")
-            .0
-            .id;
+        let running = new_job_id(&*store, &digest, 3).await;
         let c = store.claim("w", 1, 4, 1000).await.expect("claim");
         assert_eq!(
             store.cancel(running, 5).await.expect("cancel"),
@@ -1276,12 +1271,7 @@ async fn cancel_queued_at_once_and_running_by_request() {
 async fn expired_leases_are_lost_attempts_and_requeued() {
     for (backend, store, _db) in test_stores("lease").await {
         let digest = module(&*store).await;
-        let id = store
-            .insert_job(new_job(&digest), 1)
-            .await
-            .expect("insert")
-            .0
-            .id;
+        let id = new_job_id(&*store, &digest, 1).await;
         let c = store.claim("dead-node", 1, 2, 100).await.expect("claim");
         assert!(
             store.rescue_expired(50).await.expect("rescue").is_empty(),
@@ -1320,18 +1310,8 @@ async fn expired_leases_are_lost_attempts_and_requeued() {
 async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claims_jobs() {
     for (backend, store, _db) in test_stores("rerun").await {
         let digest = module(&*store).await;
-        let a = store
-            .insert_job(new_job(&digest), 1)
-            .await
-            .expect("insert")
-            .0
-            .id;
-        let b = store
-            .insert_job(new_job(&digest), 1)
-            .await
-            .expect("insert")
-            .0
-            .id;
+        let a = new_job_id(&*store, &digest, 1).await;
+        let b = new_job_id(&*store, &digest, 1).await;
         // One claim takes both, leased until 2 + 100.
         let first = store.claim("w", 2, 2, 100).await.expect("claim");
         assert_eq!(first.len(), 2, "{backend}");
@@ -1375,22 +1355,21 @@ async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claims_jobs() {
             [Completed::Applied(JobState::Succeeded)],
             "{backend}"
         );
-        let outcomes = |id| {
-            let store = store.clone();
-            async move {
-                let attempts = store.attempts(id).await.expect("attempts");
-                attempts
-                    .into_iter()
-                    .map(|a| (a.attempt, a.outcome))
-                    .collect::<Vec<_>>()
-            }
+        let outcomes = |view: Vec<AttemptView>| {
+            view.into_iter()
+                .map(|(n, _, o, _, _)| (n, o))
+                .collect::<Vec<_>>()
         };
         assert_eq!(
-            outcomes(a).await,
+            outcomes(attempt_view(&*store, a).await),
             [(1, Some(Outcome::Failed)), (2, Some(Outcome::Succeeded))],
             "{backend}"
         );
-        assert_eq!(outcomes(b).await, [(1, Some(Outcome::Lost))], "{backend}");
+        assert_eq!(
+            outcomes(attempt_view(&*store, b).await),
+            [(1, Some(Outcome::Lost))],
+            "{backend}"
+        );
     }
 }
 
