@@ -13,7 +13,12 @@
 --   seg       one queue row per insert statement holding its ids (`job_seg`); a claim takes a
 --             slice of the first rows and updates or deletes them;
 --   segnc     seg, and a claim that reads the jobs instead of rewriting their rows (the running
---             state would be read through `claims`); the ending is not fenced.
+--             state would be read through `claims`); the ending is not fenced;
+--   d010      decision 010 as built and measured in the sixteenth session, not landed
+--             (docs/decisions/010-running-attempt-in-claims.patch): the claim reads the jobs and
+--             records each one's attempt and place in its claim row; the ending is fenced by the
+--             claim it names (looked up once per statement) and writes the `running` event with
+--             the end. Needs the two `claims` columns below.
 CREATE OR REPLACE PROCEDURE life(iters int, variant text, INOUT t_ins float8 DEFAULT 0, INOUT t_claim float8 DEFAULT 0, INOUT t_end float8 DEFAULT 0)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -24,6 +29,7 @@ DECLARE
   now_ms bigint; ids bigint[]; claimed bigint[]; t0 timestamptz; k int; got int;
   e_attempt bigint[]; e_worker text[]; e_state text[]; e_outcome text[]; e_error text[]; e_output bytea[]; e_runat bigint[];
   e_fin bigint[]; e_n bigint[]; e_head text[]; e_sev text[];
+  claim_id bigint; places int[]; e_claim bigint[];
 BEGIN
   now_ms := (extract(epoch from clock_timestamp())*1000)::bigint;
   SELECT array_agg(('sha256:' || repeat('ab12', 16))::text), array_agg('queued'::text), array_agg(0::bigint), array_agg(now_ms), array_agg('\x7b7d'::bytea),
@@ -76,7 +82,27 @@ BEGIN
     got := 0;
     WHILE got < n LOOP
       t0 := clock_timestamp();
-      IF variant = 'segnc' THEN
+      IF variant = 'd010' THEN
+        WITH q AS (
+             DELETE FROM job_queue
+             WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
+                                    WHERE ready AND (deadline_at IS NULL OR deadline_at > now_ms)
+                                    ORDER BY priority DESC, run_at, job_id LIMIT 256 FOR UPDATE SKIP LOCKED))
+             RETURNING job_id
+         ), c AS (
+             SELECT jobs.id, module_digest, priority, run_at, input, limits, grants, policy,
+                    attempts + 1 AS attempts, deadline_at, input_from, event_seq, updated_at,
+                    (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output,
+                    (row_number() OVER ())::int AS place
+             FROM q JOIN jobs ON jobs.id = q.job_id WHERE jobs.state = 'queued'
+         ), kk AS (
+             INSERT INTO claims (worker, job_ids, attempts, at, lease_until)
+             SELECT 'w1', array_agg(id ORDER BY place), array_agg(attempts::int ORDER BY place), now_ms, now_ms + 30000
+             FROM c HAVING count(*) > 0
+             RETURNING id
+         )
+        SELECT array_agg(id ORDER BY place), (SELECT id FROM kk), array_agg(place ORDER BY place) INTO claimed, claim_id, places FROM c;
+      ELSIF variant = 'segnc' THEN
         WITH s AS (
           SELECT ctid AS sc, job_ids, taken FROM job_seg ORDER BY priority DESC, run_at, job_ids[1] LIMIT 4 FOR UPDATE SKIP LOCKED
         ), x AS (
@@ -135,6 +161,44 @@ BEGIN
              array_agg('[1,"w1","success",null,null,12345,1114112,80,'::text), array_agg('state' || chr(9) || '{"outcome":"success","state":"succeeded"}')
         INTO e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_head, e_sev
         FROM generate_series(1, k);
+      IF variant = 'd010' THEN
+      SELECT array_agg(claim_id) INTO e_claim FROM generate_series(1, k);
+      WITH v AS (
+         SELECT * FROM UNNEST(claimed, e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_head, e_sev, e_claim, places)
+              AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, head, state_event, claim, place)
+      ), cl AS MATERIALIZED (
+         SELECT c.id, c.worker, c.at FROM claims c WHERE c.id = ANY(e_claim)
+      ), w AS (
+         SELECT v.*, cl.at AS claimed_at FROM v LEFT JOIN cl ON cl.id = v.claim AND cl.worker = v.worker
+      ), j AS (
+         UPDATE jobs SET state = w.state, outcome = w.outcome, error = w.error, output = w.output,
+                worker = NULL, lease_until = NULL, run_at = COALESCE(w.run_at, jobs.run_at), attempts = w.attempt,
+                finished_at = CASE WHEN w.finished_at IS NOT NULL THEN GREATEST(now_ms, jobs.updated_at, w.claimed_at) END,
+                updated_at = GREATEST(now_ms, jobs.updated_at, w.claimed_at),
+                event_seq = jobs.event_seq + w.n + (jobs.state = 'queued')::int,
+                state_events = jobs.state_events
+                    || CASE WHEN (jobs.state = 'queued') THEN
+                           (jobs.event_seq + 1) || chr(9) || GREATEST(w.claimed_at, jobs.updated_at) || chr(9) || 'state' || chr(9)
+                           || '{"attempt":' || w.attempt || ',"state":"running","worker":' || to_json(w.worker)::text || '}' || chr(10)
+                       ELSE '' END
+                    || (jobs.event_seq + w.n + (jobs.state = 'queued')::int) || chr(9) || GREATEST(now_ms, jobs.updated_at, w.claimed_at) || chr(9)
+                    || w.state_event || chr(10),
+                ended_attempts = jobs.ended_attempts || w.head
+                    || CASE WHEN (jobs.state = 'queued') THEN GREATEST(w.claimed_at, jobs.updated_at) ELSE
+                           COALESCE(jobs.attempt_started_at, (SELECT a.started_at FROM attempts a WHERE a.job_id = jobs.id AND a.attempt = w.attempt), now_ms) END
+                    || ',' || GREATEST(now_ms, jobs.updated_at, w.claimed_at) || ']' || chr(10)
+         FROM w
+         WHERE jobs.id = w.id
+               AND ((jobs.state = 'running' AND jobs.worker = w.worker AND jobs.attempts = w.attempt)
+                    OR (jobs.state = 'queued' AND w.claimed_at IS NOT NULL AND jobs.attempts = w.attempt - 1))
+         RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
+      ), q AS (
+         INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
+         SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j WHERE state IN ('queued', 'scheduled')
+      )
+      SELECT count(*) INTO k FROM j;
+      IF k <> cardinality(claimed) THEN RAISE EXCEPTION 'd010 ended % of %', k, cardinality(claimed); END IF;
+      ELSE
       WITH v AS (
          SELECT * FROM UNNEST(claimed, e_attempt, e_worker, e_state, e_outcome, e_error, e_output, e_runat, e_fin, e_n, e_head, e_sev)
               AS u(id, attempt, worker, state, outcome, error, output, run_at, finished_at, n, head, state_event)
@@ -154,6 +218,7 @@ BEGIN
          SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j WHERE state IN ('queued', 'scheduled')
       )
       SELECT count(*) INTO k FROM j;
+      END IF;
       COMMIT;
       t_end := t_end + extract(epoch from clock_timestamp() - t0);
     END LOOP;
@@ -162,3 +227,5 @@ END $$;
 -- The queue of the seg variants.
 CREATE TABLE IF NOT EXISTS job_seg (priority bigint NOT NULL, run_at bigint NOT NULL, job_ids bigint[] NOT NULL, taken int NOT NULL DEFAULT 0) WITH (vacuum_truncate = false);
 CREATE INDEX IF NOT EXISTS job_seg_claim ON job_seg (priority DESC, run_at, (job_ids[1]));
+-- The columns of the d010 variant's claims (its migration 0012 was not landed).
+ALTER TABLE claims ADD COLUMN IF NOT EXISTS attempts INT[], ADD COLUMN IF NOT EXISTS lease_until BIGINT;
