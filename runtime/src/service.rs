@@ -63,7 +63,69 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-type Reply = oneshot::Sender<Result<(Job, bool), ServiceError>>;
+type Stored = Result<(Job, bool), ServiceError>;
+
+/// Where a group commit's answer for one job goes: the submitter of that job alone, or its
+/// place in the answer of a batch, sent whole once every job of the batch has its answer (one
+/// channel and one wake-up per batch, not per job).
+enum Reply {
+    One(oneshot::Sender<Stored>),
+    Many(Arc<std::sync::Mutex<Gathered>>, usize),
+}
+
+/// A batch's answers as they come, and where they go once all have come.
+struct Gathered {
+    answers: Vec<Option<Stored>>,
+    left: usize,
+    to: Option<oneshot::Sender<Vec<Stored>>>,
+}
+
+impl Gathered {
+    /// Sends the answers gathered, those missing as errors.
+    fn send(&mut self) {
+        if let Some(to) = self.to.take() {
+            let answers = std::mem::take(&mut self.answers)
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|| Err(shutting_down())))
+                .collect();
+            let _ = to.send(answers);
+        }
+    }
+}
+
+impl Drop for Gathered {
+    /// A batch whose last reply was dropped unanswered (the group commit stopped) still gets
+    /// the answers it has, and an error for each of the others.
+    fn drop(&mut self) {
+        self.send();
+    }
+}
+
+impl Reply {
+    fn send(self, stored: Stored) {
+        match self {
+            Reply::One(to) => {
+                let _ = to.send(stored);
+            }
+            Reply::Many(gathered, at) => {
+                let mut g = gathered.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = g.answers.get_mut(at)
+                    && slot.is_none()
+                {
+                    *slot = Some(stored);
+                    g.left -= 1;
+                }
+                if g.left == 0 {
+                    g.send();
+                }
+            }
+        }
+    }
+}
+
+fn shutting_down() -> ServiceError {
+    ServiceError::Invalid("the server is shutting down".into())
+}
 
 /// A validated submission on its way to a group commit: the module as the request named it
 /// (name or digest; the group resolves it) and the job, whose digest is set then.
@@ -75,7 +137,8 @@ pub struct JobService {
     pub policy: Arc<AdmissionPolicy>,
     /// Wakes the followers of one job when it changes (SSE streams, `?wait=`).
     pub watchers: crate::watch::JobWatchers,
-    inserts: mpsc::Sender<Pending>,
+    /// Submissions to the group commit: one job, or a batch's jobs together.
+    inserts: mpsc::Sender<Vec<Pending>>,
 }
 
 impl JobService {
@@ -96,35 +159,73 @@ impl JobService {
     /// Validates and stores a job; nothing is stored when it is refused. Returns the job and
     /// whether it was created (`false`: an earlier job with the same idempotency key).
     pub async fn submit(&self, req: SubmitJob) -> Result<(Job, bool), ServiceError> {
-        let answer = self.enqueue(req).await?;
-        wait_stored(answer).await
+        let (module, job) = self.validate(req)?;
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(vec![(module, job, Reply::One(reply))]).await?;
+        answer.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 
     /// Validates and stores many jobs, answering each on its own, in order: a refused job is
     /// that job's error and does not stop the others. Every accepted job is durable when this
-    /// returns, as with [`JobService::submit`]; the jobs go into the same group commits as
-    /// single submissions, so a batch is not one transaction (it may be split across groups).
-    pub async fn submit_many(
-        &self,
-        reqs: Vec<SubmitJob>,
-    ) -> Vec<Result<(Job, bool), ServiceError>> {
-        let mut answers = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            answers.push(self.enqueue(req).await);
+    /// returns, as with [`JobService::submit`]. The valid jobs go to the group commit together
+    /// and are answered together, but they are not one transaction: a job whose insert fails
+    /// alone is that job's error (see [`group_commit`]).
+    pub async fn submit_many(&self, reqs: Vec<SubmitJob>) -> Vec<Stored> {
+        let mut results: Vec<Option<Stored>> = Vec::with_capacity(reqs.len());
+        let mut valid = Vec::with_capacity(reqs.len());
+        for (at, req) in reqs.into_iter().enumerate() {
+            match self.validate(req) {
+                Ok((module, job)) => {
+                    valid.push((at, module, job));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
         }
-        let mut results = Vec::with_capacity(answers.len());
-        for answer in answers {
-            results.push(match answer {
-                Ok(answer) => wait_stored(answer).await,
-                Err(e) => Err(e),
-            });
+        if !valid.is_empty() {
+            let (to, answer) = oneshot::channel();
+            let gathered = Arc::new(std::sync::Mutex::new(Gathered {
+                answers: (0..valid.len()).map(|_| None).collect(),
+                left: valid.len(),
+                to: Some(to),
+            }));
+            let mut places = Vec::with_capacity(valid.len());
+            let pending = valid
+                .into_iter()
+                .enumerate()
+                .map(|(k, (at, module, job))| {
+                    places.push(at);
+                    (module, job, Reply::Many(gathered.clone(), k))
+                })
+                .collect();
+            drop(gathered);
+            let answers = match self.enqueue(pending).await {
+                Ok(()) => answer.await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let mut answers = answers.into_iter();
+            for at in places {
+                results[at] = Some(answers.next().unwrap_or_else(|| Err(shutting_down())));
+            }
         }
         results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(shutting_down())))
+            .collect()
     }
 
-    /// Validates a submission and hands it to the group commit; the receiver gets the stored
-    /// job once its group committed.
-    async fn enqueue(&self, req: SubmitJob) -> Result<Answer, ServiceError> {
+    /// Hands validated submissions to the group commit, which answers each through its
+    /// [`Reply`] once its group committed.
+    async fn enqueue(&self, pending: Vec<Pending>) -> Result<(), ServiceError> {
+        self.inserts
+            .send(pending)
+            .await
+            .map_err(|_| shutting_down())
+    }
+
+    /// Checks a submission against the admission policy and makes it the job to store (its
+    /// module's digest is set by the group commit).
+    fn validate(&self, req: SubmitJob) -> Result<(String, NewJob), ServiceError> {
         let input = input_bytes(req.input.as_ref(), req.input_base64.as_deref())?;
         if req.module.trim().is_empty() {
             return Err(ServiceError::Invalid(
@@ -159,21 +260,7 @@ impl JobService {
             workflow_ref: req.workflow_ref,
             input_from: None,
         };
-        let (reply, answer) = oneshot::channel();
-        if self.inserts.send((req.module, job, reply)).await.is_err() {
-            return Err(ServiceError::Invalid("the server is shutting down".into()));
-        }
-        Ok(answer)
-    }
-}
-
-type Answer = oneshot::Receiver<Result<(Job, bool), ServiceError>>;
-
-/// The group commit's answer for one job.
-async fn wait_stored(answer: Answer) -> Result<(Job, bool), ServiceError> {
-    match answer.await {
-        Ok(result) => result,
-        Err(_) => Err(ServiceError::Invalid("the server is shutting down".into())),
+        Ok((req.module, job))
     }
 }
 
@@ -211,7 +298,9 @@ pub fn deadline_after(
 
 /// The most submissions one group commit stores. A group takes whatever waits, so this binds
 /// only under a flood; there, 1,024 stored 50,000 jobs in batches of 1,000 ~15 % faster than
-/// 512 on Postgres (fewer transactions, each flushed), docs/performance.md.
+/// 512 on Postgres (fewer transactions, each flushed), docs/performance.md. A batch is never
+/// split: it goes whole into a group that has room for it, or starts one (a batch larger than
+/// this is a group of its own).
 const GROUP_MOST: usize = 1024;
 
 /// Commits submissions in groups: whatever arrived while the previous group was being written
@@ -226,11 +315,25 @@ const GROUP_MOST: usize = 1024;
 /// stored: the group forgets what it knew and resolves every reference again. (Looking each
 /// name up before each group was a round trip per group: without it, one job per submit ran
 /// 13–17 % faster on Postgres, docs/performance.md.)
-async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::new();
+async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Pending>>) {
     let mut modules = Modules::default();
-    while rx.recv_many(&mut batch, GROUP_MOST).await > 0 {
-        let mut group: Vec<Pending> = std::mem::take(&mut batch);
+    // Submissions received and not yet in a group: a batch that would have taken a group past
+    // `GROUP_MOST` waits here for the next one.
+    let mut waiting: std::collections::VecDeque<Vec<Pending>> = std::collections::VecDeque::new();
+    let mut received = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            if rx.recv_many(&mut received, GROUP_MOST).await == 0 {
+                break;
+            }
+            waiting.extend(received.drain(..));
+        }
+        let mut group: Vec<Pending> = waiting.pop_front().unwrap_or_default();
+        while let Some(more) = waiting.front()
+            && group.len() + more.len() <= GROUP_MOST
+        {
+            group.extend(waiting.pop_front().unwrap_or_default());
+        }
         // First with what the group commit knew, then resolved afresh, then afresh and one job
         // at a time.
         for pass in 0..3 {
@@ -245,7 +348,7 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
                 // Nothing of the group was stored. Each job alone, so that one job's problem
                 // is that job's answer and not its neighbours'.
                 for (job, (_, reply)) in jobs.into_iter().zip(replies) {
-                    let _ = reply.send(store.insert_job(job, now_ms()).await.map_err(Into::into));
+                    reply.send(store.insert_job(job, now_ms()).await.map_err(Into::into));
                 }
                 break;
             }
@@ -255,7 +358,7 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
             {
                 Ok(Some(results)) => {
                     for (result, (_, reply)) in results.into_iter().zip(replies) {
-                        let _ = reply.send(Ok(result));
+                        reply.send(Ok(result));
                     }
                     break;
                 }
@@ -305,13 +408,13 @@ async fn resolve(
                     None
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
+                    reply.send(Err(e.into()));
                     continue;
                 }
             },
         };
         let Some(digest) = digest else {
-            let _ = reply.send(Err(ServiceError::UnknownModule(module)));
+            reply.send(Err(ServiceError::UnknownModule(module)));
             continue;
         };
         if !module.starts_with("sha256:") {
@@ -322,4 +425,57 @@ async fn resolve(
         replies.push((module, reply));
     }
     (jobs, replies, names.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(stored: &Stored) -> String {
+        match stored {
+            Ok((job, _)) => format!("job {}", job.id),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A batch's answer goes out once, in the batch's order, when its last job is answered;
+    /// and a batch whose replies are dropped unanswered still gets the answers it had.
+    #[tokio::test]
+    async fn a_batch_is_answered_whole_in_order_even_when_replies_are_dropped() {
+        let batch = |n: usize| {
+            let (to, answer) = oneshot::channel();
+            let gathered = Arc::new(std::sync::Mutex::new(Gathered {
+                answers: (0..n).map(|_| None).collect(),
+                left: n,
+                to: Some(to),
+            }));
+            let replies: Vec<Reply> = (0..n).map(|k| Reply::Many(gathered.clone(), k)).collect();
+            (replies, answer)
+        };
+
+        let (mut replies, mut answer) = batch(3);
+        let third = replies.pop().expect("three");
+        let second = replies.pop().expect("two");
+        let first = replies.pop().expect("one");
+        third.send(Err(ServiceError::Invalid("c".into())));
+        first.send(Err(ServiceError::Invalid("a".into())));
+        assert!(answer.try_recv().is_err(), "not before the last answer");
+        second.send(Err(ServiceError::Invalid("b".into())));
+        let answers = answer.await.expect("answered");
+        assert_eq!(
+            answers.iter().map(message).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+
+        let (mut replies, answer) = batch(2);
+        let second = replies.pop().expect("two");
+        let first = replies.pop().expect("one");
+        first.send(Err(ServiceError::Invalid("stored".into())));
+        drop(second);
+        let answers = answer.await.expect("answered when the last reply went");
+        assert_eq!(
+            answers.iter().map(message).collect::<Vec<_>>(),
+            ["stored", "the server is shutting down"]
+        );
+    }
 }

@@ -161,7 +161,8 @@ pub(super) struct SubmitBatch {
 /// the request's order, with the status `POST /v1/jobs` would give it (`201` created, `200` an
 /// earlier job with the same idempotency key, `4xx` with an error); a refused submission does
 /// not stop the others. Every job answered `201`/`200` is stored durably when the response is
-/// sent. The batch is not one transaction: the accepted jobs may commit in more than one group.
+/// sent. The batch is not one transaction: its accepted jobs go to one group commit together,
+/// but a job the store refuses alone is that job's error and the others are still stored.
 #[utoipa::path(
     post,
     path = "/jobs/batch",
