@@ -81,6 +81,22 @@ struct Gathered {
 }
 
 impl Gathered {
+    /// Gathers `n` answers; the receiver gets them all at once.
+    fn start(
+        n: usize,
+    ) -> (
+        Arc<std::sync::Mutex<Gathered>>,
+        oneshot::Receiver<Vec<Stored>>,
+    ) {
+        let (to, answer) = oneshot::channel();
+        let gathered = Gathered {
+            answers: (0..n).map(|_| None).collect(),
+            left: n,
+            to: Some(to),
+        };
+        (Arc::new(std::sync::Mutex::new(gathered)), answer)
+    }
+
     /// Sends the answers gathered, those missing as errors.
     fn send(&mut self) {
         if let Some(to) = self.to.take() {
@@ -183,12 +199,7 @@ impl JobService {
             }
         }
         if !valid.is_empty() {
-            let (to, answer) = oneshot::channel();
-            let gathered = Arc::new(std::sync::Mutex::new(Gathered {
-                answers: (0..valid.len()).map(|_| None).collect(),
-                left: valid.len(),
-                to: Some(to),
-            }));
+            let (gathered, answer) = Gathered::start(valid.len());
             let mut places = Vec::with_capacity(valid.len());
             let pending = valid
                 .into_iter()
@@ -443,12 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_answered_whole_in_order_even_when_replies_are_dropped() {
         let batch = |n: usize| {
-            let (to, answer) = oneshot::channel();
-            let gathered = Arc::new(std::sync::Mutex::new(Gathered {
-                answers: (0..n).map(|_| None).collect(),
-                left: n,
-                to: Some(to),
-            }));
+            let (gathered, answer) = Gathered::start(n);
             let replies: Vec<Reply> = (0..n).map(|k| Reply::Many(gathered.clone(), k)).collect();
             (replies, answer)
         };
