@@ -189,39 +189,32 @@ impl JobService {
     pub async fn submit_many(&self, reqs: Vec<SubmitJob>) -> Vec<Stored> {
         let mut results: Vec<Option<Stored>> = Vec::with_capacity(reqs.len());
         let mut valid = Vec::with_capacity(reqs.len());
-        for (at, req) in reqs.into_iter().enumerate() {
+        // A refused job's answer now; a valid one's (`None` here) from the group commit, in order.
+        for req in reqs {
             match self.validate(req) {
                 Ok((module, job)) => {
-                    valid.push((at, module, job));
+                    valid.push((module, job));
                     results.push(None);
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
+        let mut answers = Vec::new().into_iter();
         if !valid.is_empty() {
             let (gathered, answer) = Gathered::start(valid.len());
-            let mut places = Vec::with_capacity(valid.len());
             let pending = valid
                 .into_iter()
                 .enumerate()
-                .map(|(k, (at, module, job))| {
-                    places.push(at);
-                    (module, job, Reply::Many(gathered.clone(), k))
-                })
+                .map(|(k, (module, job))| (module, job, Reply::Many(gathered.clone(), k)))
                 .collect();
             drop(gathered);
-            let answers = match self.enqueue(pending).await {
-                Ok(()) => answer.await.unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            let mut answers = answers.into_iter();
-            for at in places {
-                results[at] = Some(answers.next().unwrap_or_else(|| Err(shutting_down())));
+            if self.enqueue(pending).await.is_ok() {
+                answers = answer.await.unwrap_or_default().into_iter();
             }
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(shutting_down())))
+            .map(|r| r.unwrap_or_else(|| answers.next().unwrap_or_else(|| Err(shutting_down()))))
             .collect()
     }
 
@@ -340,10 +333,8 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Pending>
             waiting.extend(received.drain(..));
         }
         let mut group: Vec<Pending> = waiting.pop_front().unwrap_or_default();
-        while let Some(more) = waiting.front()
-            && group.len() + more.len() <= GROUP_MOST
-        {
-            group.extend(waiting.pop_front().unwrap_or_default());
+        while let Some(more) = waiting.pop_front_if(|more| group.len() + more.len() <= GROUP_MOST) {
+            group.extend(more);
         }
         // First with what the group commit knew, then resolved afresh, then afresh and one job
         // at a time.
