@@ -23,9 +23,7 @@ macro_rules! row {
     // showed in profiles). The statement must return the fields' columns first, in order:
     // debug builds (the tests) check the names.
     (by_position pub(super) struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
-        pub(super) struct $name {
-            $($field: $ty),*
-        }
+        row!(@struct [] $name { $($field: $ty),* });
 
         impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $name {
             fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
@@ -44,15 +42,13 @@ macro_rules! row {
                 Ok($name { $($field: row.try_get_unchecked(next())?),* })
             }
         }
-
-        impl FromSqlite for $name {
-            fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-                Ok($name { $($field: row.get(stringify!($field))?),* })
-            }
-        }
     };
     (pub(super) struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
-        #[derive(sqlx::FromRow)]
+        row!(@struct [derive(sqlx::FromRow)] $name { $($field: $ty),* });
+    };
+    // The struct, with `$attr`, and its reading by SQLite (by column name).
+    (@struct [$($attr:meta)*] $name:ident { $($field:ident: $ty:ty),* }) => {
+        $(#[$attr])*
         pub(super) struct $name {
             $($field: $ty),*
         }
