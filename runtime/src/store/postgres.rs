@@ -18,8 +18,8 @@ use super::rows::*;
 use super::{Notice, Result, Store, StoreError};
 
 /// Connections for the statements every job goes through: one for each task that writes them
-/// (the submission group, a node's claims, its endings and the notices). Another caller waits
-/// for one, or another node in the same process: these statements are short.
+/// (the submission group, a node's claims, its endings and the notices). A fifth caller
+/// (another node in the same process, say) waits for one; these statements are short.
 const HOT_CONNECTIONS: u32 = 4;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
