@@ -19,7 +19,9 @@
 //! `WASMJOBS_BENCH_BATCH` and `WASMJOBS_BENCH_BATCH_SLOTS` for the batched run's batch size and
 //! slots, 1,000 and one per core by default; `WASMJOBS_BENCH_CLAIM_BATCH` and
 //! `WASMJOBS_BENCH_CLAIM_AHEAD` for the node's `claim_batch` and `claim_ahead`, its defaults
-//! otherwise; `WASMJOBS_BENCH_KEEP_SCHEMA=1` leaves the Postgres schema behind for a look).
+//! otherwise; `WASMJOBS_BENCH_KEEP_SCHEMA=1` leaves the Postgres schema behind for a look;
+//! `WASMJOBS_BENCH_JOB=trivial` runs the sandbox benchmark's trivial component, which imports
+//! nothing and returns `ok`, instead of the Rust SDK job `tests/guests/noop`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,14 +33,59 @@ use wasmjobs::service::{JobService, SubmitJob};
 use wasmjobs::store::{JobFilter, JobState, Notice, Store};
 use wasmjobs_tests::guests;
 
+mod common;
+
+/// The job every run submits: `tests/guests/noop` (a Rust SDK job that echoes its input) or,
+/// with `WASMJOBS_BENCH_JOB=trivial`, the sandbox benchmark's trivial component.
+#[derive(Clone, Copy, PartialEq)]
+enum BenchJob {
+    Noop,
+    Trivial,
+}
+
+impl BenchJob {
+    fn from_env() -> BenchJob {
+        match std::env::var("WASMJOBS_BENCH_JOB").as_deref() {
+            Err(_) | Ok("") | Ok("noop") => BenchJob::Noop,
+            Ok("trivial") => BenchJob::Trivial,
+            Ok(other) => {
+                eprintln!("WASMJOBS_BENCH_JOB={other}: expected noop or trivial");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            BenchJob::Noop => "tests/guests/noop, a Rust SDK job that echoes its input",
+            BenchJob::Trivial => {
+                "the sandbox benchmark's trivial component: imports nothing, returns ok"
+            }
+        }
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            BenchJob::Noop => wasmjobs_tests::guest_bytes(guests::NOOP),
+            BenchJob::Trivial => {
+                wat::parse_str(common::TRIVIAL_WAT).expect("trivial component WAT")
+            }
+        }
+    }
+}
+
+/// The name the benchmark's job is stored under and submitted by.
+const JOB_NAME: &str = "bench-job";
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 5_000 } else { 50_000 };
     println!("wasmjobs scheduler benchmark");
     println!(
-        "machine: {} cores; N = {n} trivial jobs (tests/guests/noop) per backend{}",
+        "machine: {} cores; N = {n} trivial jobs ({}) per backend{}",
         std::thread::available_parallelism().map_or(1, |c| c.get()),
+        BenchJob::from_env().describe(),
         if quick { " (--quick)" } else { "" }
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -301,10 +348,10 @@ async fn wasmjobs_run(
     shape: Shape,
     latency: bool,
 ) -> (f64, Option<(f64, f64, f64)>) {
-    let (sandbox, modules) = wasmjobs_tests::install_guest(
+    let (sandbox, modules) = wasmjobs_tests::install_component(
         store.as_ref(),
-        guests::NOOP,
-        "noop",
+        BenchJob::from_env().bytes(),
+        JOB_NAME,
         shape.slots.max(256) as u32,
     )
     .await;
@@ -344,7 +391,7 @@ async fn wasmjobs_run(
                     let reqs: Vec<SubmitJob> = chunk
                         .iter()
                         .map(|i| SubmitJob {
-                            module: "noop".into(),
+                            module: JOB_NAME.into(),
                             input: Some(serde_json::json!(i)),
                             ..SubmitJob::default()
                         })
@@ -438,7 +485,7 @@ async fn wasmjobs_run(
     for i in 0..count {
         ticker.tick().await;
         let req = SubmitJob {
-            module: "noop".into(),
+            module: JOB_NAME.into(),
             input: Some(serde_json::json!(i)),
             ..SubmitJob::default()
         };

@@ -401,7 +401,16 @@ pub async fn install_guest(
     name: &str,
     max_instances: u32,
 ) -> (wasmjobs_host::Sandbox, wasmjobs::scheduler::ModuleCache) {
-    let bytes = guest_bytes(wasm);
+    install_component(store, guest_bytes(wasm), name, max_instances).await
+}
+
+/// As [`install_guest`], for a component given as its bytes.
+pub async fn install_component(
+    store: &dyn wasmjobs::store::Store,
+    bytes: Vec<u8>,
+    name: &str,
+    max_instances: u32,
+) -> (wasmjobs_host::Sandbox, wasmjobs::scheduler::ModuleCache) {
     let digest = wasmjobs_host::sha256_digest(&bytes);
     let sandbox = wasmjobs_host::Sandbox::new(&wasmjobs_host::SandboxConfig {
         max_instances,
