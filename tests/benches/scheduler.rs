@@ -37,7 +37,7 @@ mod common;
 
 /// The job every run submits: `tests/guests/noop` (a Rust SDK job that echoes its input) or,
 /// with `WASMJOBS_BENCH_JOB=trivial`, the sandbox benchmark's trivial component.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum BenchJob {
     Noop,
     Trivial,
@@ -81,11 +81,12 @@ const JOB_NAME: &str = "bench-job";
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 5_000 } else { 50_000 };
+    let job = BenchJob::from_env();
     println!("wasmjobs scheduler benchmark");
     println!(
         "machine: {} cores; N = {n} trivial jobs ({}) per backend{}",
         std::thread::available_parallelism().map_or(1, |c| c.get()),
-        BenchJob::from_env().describe(),
+        job.describe(),
         if quick { " (--quick)" } else { "" }
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -146,7 +147,7 @@ async fn main() {
         // WASMJOBS_BENCH_RUNS=batched (or single) runs one of the two throughput runs.
         let runs = std::env::var("WASMJOBS_BENCH_RUNS").unwrap_or_default();
         if runs.is_empty() || runs.contains("single") {
-            let (throughput, latency) = wasmjobs_run(store.clone(), n, single, true).await;
+            let (throughput, latency) = wasmjobs_run(store.clone(), job, n, single, true).await;
             println!(
                 "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
                 100.0 * throughput / ceiling,
@@ -163,7 +164,7 @@ async fn main() {
             slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", cores),
         };
         if runs.is_empty() || runs.contains("batched") {
-            let (throughput, _) = wasmjobs_run(store, n, batched, false).await;
+            let (throughput, _) = wasmjobs_run(store, job, n, batched, false).await;
             println!(
                 "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
                 100.0 * throughput / ceiling,
@@ -340,17 +341,18 @@ struct Shape {
     slots: usize,
 }
 
-/// Throughput of N jobs submitted as `shape` says; with `latency`, then latency at 500 jobs/s.
-/// Returns (jobs/s, (p50, p99, max) ms).
+/// Throughput of N jobs of `job` submitted as `shape` says; with `latency`, then latency at
+/// 500 jobs/s. Returns (jobs/s, (p50, p99, max) ms).
 async fn wasmjobs_run(
     store: Arc<dyn Store>,
+    job: BenchJob,
     n: usize,
     shape: Shape,
     latency: bool,
 ) -> (f64, Option<(f64, f64, f64)>) {
     let (sandbox, modules) = wasmjobs_tests::install_component(
         store.as_ref(),
-        BenchJob::from_env().bytes(),
+        job.bytes(),
         JOB_NAME,
         shape.slots.max(256) as u32,
     )
