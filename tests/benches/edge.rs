@@ -22,7 +22,7 @@ use wasmjobs_host::{Limits, Sandbox, SandboxConfig};
 use wasmjobs_tests::{free_port, guest_bytes, guests, rss_bytes_of};
 
 mod common;
-use common::{TRIVIAL_WAT, cores, cpu_model, floor_us_per_job, per_job_us};
+use common::{cores, cpu_model, floor_us_per_job, per_job_us};
 
 const CONFIG: &str = r#"
 [[route]]
@@ -55,7 +55,7 @@ fn main() {
 
     let bin = edge_binary();
     let dir = tempfile::tempdir().expect("tempdir");
-    let trivial = wat::parse_str(TRIVIAL_WAT).expect("trivial component WAT");
+    let trivial = common::trivial_component();
     let markdown = guest_bytes(guests::MARKDOWN);
     let compiler = Sandbox::new(&SandboxConfig::default()).expect("sandbox");
     for (name, wasm) in [("trivial", &trivial), ("markdown", &markdown)] {

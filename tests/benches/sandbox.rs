@@ -11,13 +11,13 @@ use wasmjobs_host::{Limits, Outcome, RunRequest, Sandbox, SandboxConfig};
 use wasmjobs_tests::{guest_bytes, guests, rss_bytes};
 
 mod common;
-use common::{TRIVIAL_WAT, cores, cpu_model, floor_us_per_job, per_job_us};
+use common::{cores, cpu_model, floor_us_per_job, per_job_us};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 2_000 } else { 20_000 };
     let live: usize = if quick { 1_000 } else { 10_000 };
-    let trivial = wat::parse_str(TRIVIAL_WAT).expect("trivial component WAT");
+    let trivial = common::trivial_component();
 
     println!("wasmjobs sandbox benchmark");
     println!("machine: {} cores, {}", cores(), cpu_model());

@@ -71,9 +71,7 @@ impl BenchJob {
     fn bytes(self) -> Vec<u8> {
         match self {
             BenchJob::Noop => wasmjobs_tests::guest_bytes(guests::NOOP),
-            BenchJob::Trivial => {
-                wat::parse_str(common::TRIVIAL_WAT).expect("trivial component WAT")
-            }
+            BenchJob::Trivial => common::trivial_component(),
         }
     }
 }
@@ -177,7 +175,8 @@ async fn main() {
             );
         }
         // For reference, the same batched run of a job built with the Rust SDK (it reads its
-        // input and writes it back: two host calls and a larger module to instantiate).
+        // input and writes it back: two host calls, and three core modules to instantiate where
+        // the trivial component has one; decision 011).
         if matches!(job, BenchJob::Trivial) && (runs.is_empty() || runs.contains("sdk")) {
             let (throughput, _) = wasmjobs_run(store, BenchJob::Noop, n, batched, false).await;
             println!(

@@ -19,6 +19,11 @@ pub const TRIVIAL_WAT: &str = r#"
   (export "run" (func $run)))
 "#;
 
+/// [`TRIVIAL_WAT`] as component bytes.
+pub fn trivial_component() -> Vec<u8> {
+    wat::parse_str(TRIVIAL_WAT).expect("trivial component WAT")
+}
+
 /// Bare wasmtime: same pooling allocator, no fuel, no epochs, no limiter, no WASI, sync call.
 pub fn floor_us_per_job(component: &[u8], n: usize) -> f64 {
     use wasmtime::component::{Component, Linker};
