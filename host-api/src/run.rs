@@ -12,6 +12,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::capture::{Killed, LogStream, Logs, OutputBuffer, Stdio};
 use crate::events::{EventSink, NoEvents};
+use crate::grants::{AllowedDirs, path_of_open_dir};
 use crate::host::HostState;
 use crate::limiter::Limiter;
 use crate::limits::{Grants, Limits};
@@ -48,6 +49,7 @@ pub struct RunRequest {
     grants: Grants,
     cancel: CancelHandle,
     events: Arc<dyn EventSink>,
+    confine: Option<Arc<AllowedDirs>>,
 }
 
 impl RunRequest {
@@ -59,6 +61,7 @@ impl RunRequest {
             grants: Grants::default(),
             cancel: CancelHandle::new(),
             events: Arc::new(NoEvents),
+            confine: None,
         }
     }
 
@@ -74,6 +77,16 @@ impl RunRequest {
 
     pub fn cancel(mut self, cancel: CancelHandle) -> Self {
         self.cancel = cancel;
+        self
+    }
+
+    /// Grants directories only inside `allowed`: each granted directory is checked and
+    /// opened beneath the allowed directory that holds it when the attempt starts, so that a
+    /// path or symlink changed since the job was admitted cannot lead elsewhere. A grant
+    /// outside them ends the attempt `failed` before it starts. Without this, granted
+    /// directories are opened as the host sees them (`wasmjobs run` on one's own machine).
+    pub fn confine_dirs(mut self, allowed: Arc<AllowedDirs>) -> Self {
+        self.confine = Some(allowed);
         self
     }
 
@@ -263,13 +276,27 @@ fn build_wasi(
         } else {
             FsPerms::ReadOnly
         };
-        b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             format!(
-                "cannot grant directory {} as {}: {e:#}",
+                "cannot grant directory {} as {}: {e}",
                 dir.host.display(),
                 dir.guest
             )
-        })?;
+        };
+        match &req.confine {
+            Some(allowed) => {
+                // Opened here, beneath its allowed root, and handed to WASI by what names the
+                // open directory: WASI's own open of that name cannot be redirected.
+                let opened = allowed.open(&dir.host).map_err(|e| cannot(&e))?;
+                let path = path_of_open_dir(&opened, &dir.host);
+                b.preopened_dir(&path, &dir.guest, perms)
+                    .map_err(|e| cannot(&format_args!("{e:#}")))?;
+            }
+            None => {
+                b.preopened_dir(&dir.host, &dir.guest, perms)
+                    .map_err(|e| cannot(&format_args!("{e:#}")))?;
+            }
+        }
     }
     Ok(b.build())
 }

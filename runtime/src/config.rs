@@ -8,8 +8,8 @@ use anyhow::Context;
 use serde::Deserialize;
 use wasmjobs_host::SandboxConfig;
 
+use crate::admission::AdmissionPolicy;
 use crate::http::Token;
-use crate::policy::AdmissionPolicy;
 
 /// The contents of `wasmjobs.toml`. Every field is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,6 +31,42 @@ pub struct FileConfig {
     /// Most jobs a node claims beyond its free workers when attempts are short (see
     /// docs/scheduler.md, "Claiming ahead"); 0 claims only for free workers. Default 1024.
     pub claim_ahead: Option<usize>,
+    /// `[http]`: what one client may hold of the server.
+    pub http: HttpSection,
+    /// `[modules]`: the module store's quota, and compiling uploads.
+    pub modules: ModulesSection,
+}
+
+/// `[http]` in `wasmjobs.toml` (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Open connections at most (default 1024); more wait to be accepted.
+    pub max_connections: Option<usize>,
+    /// Time to send a request's headers, and the longest a kept-alive connection may sit idle
+    /// (default "10s").
+    pub header_read_timeout: Option<String>,
+    /// Time to send a request's body (default "60s").
+    pub request_body_timeout: Option<String>,
+    /// Largest workflow definition, as sent and as stored (default "1MiB").
+    pub max_definition_bytes: Option<String>,
+}
+
+/// `[modules]` in `wasmjobs.toml` (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModulesSection {
+    /// Most modules stored (default 1000).
+    pub max_count: Option<usize>,
+    /// Most bytes of modules stored, all together (default "4GiB").
+    pub max_stored_bytes: Option<String>,
+    /// An upload whose compile takes longer is refused (default "60s").
+    pub compile_timeout: Option<String>,
+    /// Uploads compiled at once (default 2).
+    pub max_concurrent_compiles: Option<usize>,
+    /// Compiled modules a node keeps in memory, the least recently used dropped first
+    /// (default 256).
+    pub max_loaded: Option<usize>,
 }
 
 impl FileConfig {

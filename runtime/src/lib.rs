@@ -2,13 +2,15 @@
 //! store, scheduler, job and workflow services and HTTP API. Touches wasm only through
 //! `wasmjobs-host`.
 
+pub mod admission;
+pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod http;
-pub mod policy;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod watch;
 pub mod workflow;

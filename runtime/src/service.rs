@@ -11,8 +11,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use wasmjobs_host::{Grants, Limits};
 
-use crate::policy::{AdmissionPolicy, OverCap};
+use crate::admission::{AdmissionPolicy, Refusal};
+use crate::caller::Caller;
 use crate::store::{Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
+use wasmjobs_host::AllowedDirs;
 
 /// A job submission, as `POST /v1/jobs` takes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -56,9 +58,15 @@ pub enum ServiceError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    OverCap(#[from] OverCap),
+    Refused(#[from] Refusal),
     #[error("unknown module {0:?}: upload it first (POST /v1/modules)")]
     UnknownModule(String),
+    /// An idempotency key already names a job submitted with a different request.
+    #[error("{0}")]
+    KeyReused(String),
+    /// The caller's scope or token does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -151,6 +159,8 @@ type Pending = (String, NewJob, Reply);
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub policy: Arc<AdmissionPolicy>,
+    /// The policy's allowed directories, resolved once at start.
+    pub allowed_dirs: Arc<AllowedDirs>,
     /// Wakes the followers of one job when it changes (SSE streams, `?wait=`).
     pub watchers: crate::watch::JobWatchers,
     /// Submissions to the group commit: one job, or a batch's jobs together.
@@ -164,9 +174,17 @@ impl JobService {
         let (inserts, rx) = mpsc::channel(4096);
         tokio::spawn(group_commit(store.clone(), rx));
         let watchers = crate::watch::JobWatchers::start(store.subscribe());
+        let (allowed_dirs, missing) = policy.resolve_dirs();
+        for (dir, e) in missing {
+            tracing::warn!(
+                "allowed directory {} cannot be resolved ({e}): nothing under it can be granted",
+                dir.display()
+            );
+        }
         JobService {
             store,
             policy: Arc::new(policy),
+            allowed_dirs: Arc::new(allowed_dirs),
             watchers,
             inserts,
         }
@@ -174,8 +192,33 @@ impl JobService {
 
     /// Validates and stores a job; nothing is stored when it is refused. Returns the job and
     /// whether it was created (`false`: an earlier job with the same idempotency key).
-    pub async fn submit(&self, req: SubmitJob) -> Result<(Job, bool), ServiceError> {
-        let (module, job) = self.validate(req)?;
+    pub async fn submit(
+        &self,
+        req: SubmitJob,
+        caller: &Caller,
+    ) -> Result<(Job, bool), ServiceError> {
+        let key = scoped_key(caller, req.idempotency_key.as_deref())?;
+        self.submit_keyed(req, key).await
+    }
+
+    /// Submits a schedule's job for one tick: its idempotency key (`sys/schedule/ID/TICK`) is
+    /// in the server's own namespace, which no client's key can reach.
+    pub async fn submit_scheduled(
+        &self,
+        req: SubmitJob,
+        schedule: i64,
+        tick: i64,
+    ) -> Result<(Job, bool), ServiceError> {
+        self.submit_keyed(req, Some(format!("sys/schedule/{schedule}/{tick}")))
+            .await
+    }
+
+    async fn submit_keyed(
+        &self,
+        req: SubmitJob,
+        key: Option<String>,
+    ) -> Result<(Job, bool), ServiceError> {
+        let (module, job) = self.validate(req, key)?;
         let (reply, answer) = oneshot::channel();
         self.enqueue(vec![(module, job, Reply::One(reply))]).await?;
         answer.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -186,12 +229,14 @@ impl JobService {
     /// returns, as with [`JobService::submit`]. The valid jobs go to the group commit together
     /// and are answered together, but they are not one transaction: a job whose insert fails
     /// alone is that job's error (see [`group_commit`]).
-    pub async fn submit_many(&self, reqs: Vec<SubmitJob>) -> Vec<Stored> {
+    pub async fn submit_many(&self, reqs: Vec<SubmitJob>, caller: &Caller) -> Vec<Stored> {
         let mut results: Vec<Option<Stored>> = Vec::with_capacity(reqs.len());
         let mut valid = Vec::with_capacity(reqs.len());
         // A refused job's answer now; a valid one's (`None` here) from the group commit, in order.
         for req in reqs {
-            match self.validate(req) {
+            let checked = scoped_key(caller, req.idempotency_key.as_deref())
+                .and_then(|key| self.validate(req, key));
+            match checked {
                 Ok((module, job)) => {
                     valid.push((module, job));
                     results.push(None);
@@ -227,28 +272,37 @@ impl JobService {
             .map_err(|_| shutting_down())
     }
 
+    /// Checks a submission as [`JobService::submit`] would, without storing anything (for
+    /// what is stored to be submitted later: a schedule's job).
+    pub fn check(&self, req: &SubmitJob) -> Result<(), ServiceError> {
+        self.validate(req.clone(), None).map(|_| ())
+    }
+
     /// Checks a submission against the admission policy and makes it the job to store (its
-    /// module's digest is set by the group commit).
-    fn validate(&self, req: SubmitJob) -> Result<(String, NewJob), ServiceError> {
+    /// module's digest is set by the group commit). `key` is the idempotency key as stored
+    /// (in its caller's namespace).
+    fn validate(
+        &self,
+        req: SubmitJob,
+        key: Option<String>,
+    ) -> Result<(String, NewJob), ServiceError> {
         let input = input_bytes(req.input.as_ref(), req.input_base64.as_deref())?;
         if req.module.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "module is required: a module name or sha256 digest".into(),
             ));
         }
+        storable("module", &req.module)?;
         let limits = req.limits.unwrap_or(self.policy.defaults);
         let grants = req.grants.unwrap_or_default();
-        self.policy.admit(&limits, input.len(), &grants)?;
+        storable_grants(&grants)?;
+        self.policy
+            .admit(&limits, input.len(), &grants, &self.allowed_dirs)?;
         let retry = req.retry.unwrap_or_default();
-        retry.validate().map_err(ServiceError::Invalid)?;
-        if req
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|k| k.is_empty() || k.len() > 200)
-        {
-            return Err(ServiceError::Invalid(
-                "idempotency_key must be 1 to 200 characters".into(),
-            ));
+        self.policy.check_retry(&retry)?;
+        self.policy.check_priority(req.priority)?;
+        if let Some(r) = &req.workflow_ref {
+            storable("workflow_ref", r)?;
         }
         let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
         let job = NewJob {
@@ -259,13 +313,106 @@ impl JobService {
             grants,
             priority: req.priority,
             run_at: req.run_at,
-            idempotency_key: req.idempotency_key,
+            idempotency_key: key,
             deadline_at,
             workflow_ref: req.workflow_ref,
             input_from: None,
         };
         Ok((req.module, job))
     }
+}
+
+/// The idempotency key a client sent, as stored: checked, and in the caller's namespace, so
+/// that one token's keys never match another's (nor the server's own).
+fn scoped_key(caller: &Caller, key: Option<&str>) -> Result<Option<String>, ServiceError> {
+    let Some(key) = key else { return Ok(None) };
+    if key.is_empty() || key.len() > 200 {
+        return Err(ServiceError::Invalid(
+            "idempotency_key must be 1 to 200 characters".into(),
+        ));
+    }
+    storable("idempotency_key", key)?;
+    Ok(Some(format!("{}{key}", caller.key_namespace())))
+}
+
+/// The idempotency key as its client sent it, from the key as stored (see [`scoped_key`]);
+/// the server's own keys (`sys/…`) are shown whole.
+pub fn client_key(stored: &str) -> &str {
+    if let Some(rest) = stored.strip_prefix("token/") {
+        return rest.split_once('/').map_or(rest, |(_, key)| key);
+    }
+    stored.strip_prefix("local/").unwrap_or(stored)
+}
+
+/// Refuses text no store can keep: a NUL character (Postgres text cannot hold one).
+pub fn storable(field: &str, text: &str) -> Result<(), ServiceError> {
+    if text.contains('\0') {
+        return Err(ServiceError::Invalid(format!(
+            "{field} contains a NUL character (\\u0000), which cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
+fn storable_grants(grants: &Grants) -> Result<(), ServiceError> {
+    for dir in &grants.dirs {
+        storable("grants.dirs.host", &dir.host.to_string_lossy())?;
+        storable("grants.dirs.guest", &dir.guest)?;
+    }
+    for (k, v) in &grants.env {
+        storable("grants.env", k)?;
+        storable("grants.env", v)?;
+    }
+    Ok(())
+}
+
+/// A job stored, or the first job its idempotency key named if that was submitted with the
+/// same request; a different request under a used key is refused.
+fn same_request(job: &NewJob, stored: (Job, bool)) -> Stored {
+    match stored {
+        (first, false) => match differs(job, &first) {
+            Some(field) => Err(ServiceError::KeyReused(format!(
+                "idempotency_key {:?} was first used for job {} with a different {field}: use a new key for a different request",
+                job.idempotency_key
+                    .as_deref()
+                    .map(client_key)
+                    .unwrap_or_default(),
+                first.id
+            ))),
+            None => Ok((first, false)),
+        },
+        created => Ok(created),
+    }
+}
+
+/// Where a job submitted again under an idempotency key differs from the job first submitted
+/// under it, if it does: the first field that differs.
+fn differs(new: &NewJob, first: &Job) -> Option<&'static str> {
+    if new.module_digest != first.module {
+        return Some("module");
+    }
+    if new.input != first.input && first.input_from.is_none() {
+        return Some("input");
+    }
+    if new.limits != first.limits {
+        return Some("limits");
+    }
+    if new.retry != first.retry {
+        return Some("retry");
+    }
+    if new.grants != first.grants {
+        return Some("grants");
+    }
+    if new.priority != first.priority {
+        return Some("priority");
+    }
+    if new.run_at.is_some_and(|at| at != first.run_at) {
+        return Some("run_at");
+    }
+    if new.workflow_ref != first.workflow_ref {
+        return Some("workflow_ref");
+    }
+    None
 }
 
 /// The input a request gives as JSON (`input`) or as base64 bytes (`input_base64`), as bytes;
@@ -350,7 +497,12 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Pending>
                 // Nothing of the group was stored. Each job alone, so that one job's problem
                 // is that job's answer and not its neighbours'.
                 for (job, (_, reply)) in jobs.into_iter().zip(replies) {
-                    reply.send(store.insert_job(job, now_ms()).await.map_err(Into::into));
+                    let stored = store.insert_job(job.clone(), now_ms()).await;
+                    reply.send(
+                        stored
+                            .map_err(Into::into)
+                            .and_then(|r| same_request(&job, r)),
+                    );
                 }
                 break;
             }
@@ -359,14 +511,14 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Pending>
                 .await
             {
                 Ok(Some(results)) => {
-                    for (result, (_, reply)) in results.into_iter().zip(replies) {
-                        reply.send(Ok(result));
+                    for ((result, (_, reply)), job) in results.into_iter().zip(replies).zip(&jobs) {
+                        reply.send(same_request(job, result));
                     }
                     break;
                 }
                 // A name moved since it was resolved, and nothing was stored.
                 Ok(None) => {}
-                Err(e) => tracing::warn!("group insert of {} jobs failed: {e}", jobs.len()),
+                Err(e) => crate::throttle::warn(format!("a group insert of jobs failed: {e}")),
             }
             group = jobs
                 .into_iter()

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::Executor;
-use wasmjobs::policy::AdmissionPolicy;
+use wasmjobs::admission::AdmissionPolicy;
 use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
 use wasmjobs::store::{JobFilter, JobState, Notice, Store};
@@ -427,10 +427,16 @@ async fn wasmjobs_run(
                         .collect();
                     if shape.batch == 1 {
                         for req in reqs {
-                            service.submit(req).await.expect("submit");
+                            service
+                                .submit(req, &wasmjobs::caller::Caller::local_admin())
+                                .await
+                                .expect("submit");
                         }
                     } else {
-                        for r in service.submit_many(reqs).await {
+                        for r in service
+                            .submit_many(reqs, &wasmjobs::caller::Caller::local_admin())
+                            .await
+                        {
                             r.expect("submit");
                         }
                     }
@@ -521,7 +527,10 @@ async fn wasmjobs_run(
             ..SubmitJob::default()
         };
         let submitted = Instant::now();
-        let (job, _) = service.submit(req).await.expect("submit");
+        let (job, _) = service
+            .submit(req, &wasmjobs::caller::Caller::local_admin())
+            .await
+            .expect("submit");
         ids.push((job.id, submitted));
         stored.push(submitted.elapsed().as_secs_f64() * 1e3);
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wasmjobs::policy::AdmissionPolicy;
+use wasmjobs::admission::AdmissionPolicy;
 use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
 use wasmjobs::store::{Notice, RunId, RunState, Store, now_ms};
@@ -257,11 +257,14 @@ async fn chain_by_hand(jobs: &JobService) -> f64 {
     let mut ids = Vec::new();
     for _ in 0..CHAIN {
         let (job, _) = jobs
-            .submit(SubmitJob {
-                module: "flow".into(),
-                input: Some(input.clone()),
-                ..SubmitJob::default()
-            })
+            .submit(
+                SubmitJob {
+                    module: "flow".into(),
+                    input: Some(input.clone()),
+                    ..SubmitJob::default()
+                },
+                &wasmjobs::caller::Caller::local_admin(),
+            )
             .await
             .expect("submit");
         let mut watch = jobs.watchers.watch(job.id);

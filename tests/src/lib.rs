@@ -155,24 +155,41 @@ impl TestServer {
         api: wasmjobs::http::ApiConfig,
         workers: usize,
     ) -> TestServer {
+        Self::start_with(
+            store,
+            api,
+            workers,
+            wasmjobs::admission::AdmissionPolicy::default(),
+            wasmjobs::http::ConnectionLimits::default(),
+        )
+        .await
+    }
+
+    /// [`TestServer::start`] with an admission policy and connection limits of its own.
+    pub async fn start_with(
+        store: std::sync::Arc<dyn wasmjobs::store::Store>,
+        api: wasmjobs::http::ApiConfig,
+        workers: usize,
+        policy: wasmjobs::admission::AdmissionPolicy,
+        limits: wasmjobs::http::ConnectionLimits,
+    ) -> TestServer {
         use wasmjobs::scheduler::{ModuleCache, Node, NodeConfig};
         let sandbox = wasmjobs_host::Sandbox::new(&wasmjobs_host::SandboxConfig {
             max_instances: 64,
             ..Default::default()
         })
         .expect("sandbox");
-        let service =
-            wasmjobs::service::JobService::new(store, wasmjobs::policy::AdmissionPolicy::default());
+        let service = wasmjobs::service::JobService::new(store, policy);
         let modules = ModuleCache::new(None);
         let workflows = wasmjobs::workflow::WorkflowService::new(service.clone());
         let engine = Some(wasmjobs::workflow::engine::start(workflows.clone()));
-        let state = wasmjobs::http::AppState {
-            service: service.clone(),
+        let state = wasmjobs::http::AppState::new(
+            service.clone(),
             workflows,
-            sandbox: sandbox.clone(),
-            modules: modules.clone(),
-            config: std::sync::Arc::new(api),
-        };
+            sandbox.clone(),
+            modules.clone(),
+            api,
+        );
         let node = (workers > 0).then(|| {
             Node::start(
                 service,
@@ -191,7 +208,7 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let st = state.clone();
         let server = tokio::spawn(async move {
-            let _ = wasmjobs::http::serve(listener, st, std::future::pending()).await;
+            let _ = wasmjobs::http::serve(listener, st, limits, std::future::pending()).await;
         });
         TestServer {
             url,
@@ -430,6 +447,8 @@ pub async fn install_component(
                 imports: vec![],
                 bytes,
                 name: Some(name.into()),
+                owner: None,
+                may_move: true,
             },
             wasmjobs::store::now_ms(),
         )

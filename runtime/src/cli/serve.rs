@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,7 +10,7 @@ use clap::Args;
 use wasmjobs_host::{ArtifactCache, Sandbox, SandboxConfig};
 
 use crate::config::{FileConfig, default_cache_dir};
-use crate::http::{ApiConfig, AppState};
+use crate::http::{ApiConfig, AppState, ConnectionLimits};
 use crate::scheduler::{ModuleCache, Node, NodeConfig};
 use crate::service::JobService;
 
@@ -56,6 +55,18 @@ struct Setup {
 
 async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     let file = FileConfig::load(args.config.as_deref())?;
+    let mut names = std::collections::HashSet::new();
+    for token in &file.tokens {
+        token
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid token in the configuration: {e}"))?;
+        if !names.insert(token.name.as_str()) {
+            bail!(
+                "invalid token in the configuration: two tokens are named {:?}",
+                token.name
+            );
+        }
+    }
     let db = args
         .db
         .clone()
@@ -103,7 +114,11 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
             cache_dir.display()
         )
     })?;
-    let modules = ModuleCache::new(Some(artifacts));
+    let modules = ModuleCache::new(Some(artifacts)).max_loaded(
+        file.modules
+            .max_loaded
+            .unwrap_or(ModuleCache::DEFAULT_MAX_LOADED),
+    );
     let service = JobService::new(store, file.policy.clone().unwrap_or_default());
     tracing::info!(
         "store: {} ({db}); node {}; {} workers",
@@ -131,23 +146,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             "refusing to listen on {addr} without API tokens: configure tokens in wasmjobs.toml, or listen on a loopback address"
         );
     }
-    let max_module_bytes = match &s.file.max_module_bytes {
-        Some(t) => usize::try_from(wasmjobs_host::units::parse_size(t)?).unwrap_or(usize::MAX),
-        None => ApiConfig::default().max_module_bytes,
-    };
+    let (config, limits) = api_config(&s.file)?;
     let workflows = crate::workflow::WorkflowService::new(s.service.clone());
     let engine = crate::workflow::engine::start(workflows.clone());
-    let state = AppState {
-        service: s.service.clone(),
+    let state = AppState::new(
+        s.service.clone(),
         workflows,
-        sandbox: s.sandbox.clone(),
-        modules: s.modules.clone(),
-        config: Arc::new(ApiConfig {
-            max_module_bytes,
-            tokens: s.file.tokens.clone(),
-            ..ApiConfig::default()
-        }),
-    };
+        s.sandbox.clone(),
+        s.modules.clone(),
+        config,
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -164,7 +172,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         listener.local_addr()?,
         s.service.store.backend()
     );
-    crate::http::serve(listener, state, shutdown_signal())
+    crate::http::serve(listener, state, limits, shutdown_signal())
         .await
         .context("server")?;
     engine.shutdown().await;
@@ -172,6 +180,72 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         node.drain(SHUTDOWN_GRACE).await;
     }
     Ok(0)
+}
+
+/// The API's settings and the connection limits from `wasmjobs.toml`, defaults elsewhere.
+fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)> {
+    let size = |key: &str, text: &Option<String>, default: u64| -> anyhow::Result<u64> {
+        match text {
+            Some(t) => wasmjobs_host::units::parse_size(t).with_context(|| key.to_string()),
+            None => Ok(default),
+        }
+    };
+    let duration =
+        |key: &str, text: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
+            match text {
+                Some(t) => wasmjobs_host::units::parse_duration(t).with_context(|| key.to_string()),
+                None => Ok(default),
+            }
+        };
+    let d = ApiConfig::default();
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let config = ApiConfig {
+        max_module_bytes: to_usize(size(
+            "max_module_bytes",
+            &file.max_module_bytes,
+            d.max_module_bytes as u64,
+        )?),
+        max_definition_bytes: to_usize(size(
+            "http.max_definition_bytes",
+            &file.http.max_definition_bytes,
+            d.max_definition_bytes as u64,
+        )?),
+        tokens: file.tokens.clone(),
+        max_modules: file.modules.max_count.unwrap_or(d.max_modules),
+        max_stored_module_bytes: size(
+            "modules.max_stored_bytes",
+            &file.modules.max_stored_bytes,
+            d.max_stored_module_bytes,
+        )?,
+        compile_timeout: duration(
+            "modules.compile_timeout",
+            &file.modules.compile_timeout,
+            d.compile_timeout,
+        )?,
+        max_concurrent_compiles: file
+            .modules
+            .max_concurrent_compiles
+            .unwrap_or(d.max_concurrent_compiles),
+        ..d
+    };
+    let c = ConnectionLimits::default();
+    let limits = ConnectionLimits {
+        max_connections: file.http.max_connections.unwrap_or(c.max_connections),
+        header_read_timeout: duration(
+            "http.header_read_timeout",
+            &file.http.header_read_timeout,
+            c.header_read_timeout,
+        )?,
+        request_body_timeout: duration(
+            "http.request_body_timeout",
+            &file.http.request_body_timeout,
+            c.request_body_timeout,
+        )?,
+    };
+    if limits.max_connections == 0 || config.max_concurrent_compiles == 0 {
+        bail!("http.max_connections and modules.max_concurrent_compiles must be at least 1");
+    }
+    Ok((config, limits))
 }
 
 #[derive(Debug, Args)]

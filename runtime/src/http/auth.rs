@@ -1,5 +1,7 @@
 //! Bearer-token authentication. Tokens are configured by their SHA-256 hash (never stored in
-//! clear) with a scope: `read` may GET, `submit` may also POST and DELETE, `admin` may do all.
+//! clear) with a scope: `read` may GET, `submit` may also POST (upload, submit, cancel, retry,
+//! create workflows, start runs), `admin` may do all — schedules are admin's ([`needed`]).
+//! Every request that passes carries its [`Caller`] as a request extension.
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -10,16 +12,13 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    Read,
-    Submit,
-    Admin,
-}
+use crate::caller::Caller;
+pub use crate::caller::Scope;
 
-/// A configured token: its name (for logs), the hex SHA-256 of the secret, its scope.
+/// A configured token: its name (for logs, and as the owner of what it creates), the hex
+/// SHA-256 of the secret, its scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Token {
     pub name: String,
     pub sha256: String,
@@ -37,14 +36,63 @@ impl Token {
     }
 }
 
+impl Token {
+    /// Checks a configured entry: a name of `[A-Za-z0-9_.-]`, 1 to 64 characters, and a hash
+    /// of 64 hex digits (what `sha256sum` prints), so that an entry that could never match
+    /// is refused at start instead of failing every request.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !name_ok {
+            return Err(format!(
+                "token name {:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _, . and -",
+                self.name
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "token {:?}: sha256 must be 64 hex digits (the SHA-256 of the secret), got {} characters",
+                self.name,
+                self.sha256.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-pub(super) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The scope a request needs: reading needs `read`; schedules (which run on their own, as the
+/// server, for as long as they exist) need `admin`; every other change needs `submit`.
+fn needed(method: &Method, path: &str) -> Scope {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        Scope::Read
+    } else if path == "/v1/schedules" || path.starts_with("/v1/schedules/") {
+        Scope::Admin
+    } else {
+        Scope::Submit
+    }
+}
+
+pub(super) async fn require(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let tokens = &state.config.tokens;
+    if tokens.is_empty() {
+        // No tokens: the server listens on loopback only, for one local user.
+        req.extensions_mut().insert(Caller::local_admin());
+        return next.run(req).await;
+    }
     // Liveness and the API's description are public.
-    if tokens.is_empty() || matches!(req.uri().path(), "/healthz" | "/openapi.json") {
+    if matches!(req.uri().path(), "/healthz" | "/openapi.json") {
         return next.run(req).await;
     }
     let presented = req
@@ -72,21 +120,21 @@ pub(super) async fn require(State(state): State<AppState>, req: Request, next: N
         )
         .into_response();
     };
-    let needed = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        Scope::Read
-    } else {
-        Scope::Submit
-    };
+    let needed = needed(req.method(), req.uri().path());
     if token.scope < needed {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "token {:?} has scope {:?}; this request needs {:?}",
-                token.name, token.scope, needed
+                "this request needs a token with scope {needed}; the token sent has scope {}",
+                token.scope
             ),
         )
         .into_response();
     }
+    req.extensions_mut().insert(Caller {
+        token: Some(token.name.clone()),
+        scope: token.scope,
+    });
     next.run(req).await
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::admission::Refusal;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
@@ -36,9 +37,6 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!("{} {}: {}", self.status, self.code, self.message);
-        }
         (
             self.status,
             Json(json!({ "error": { "code": self.code, "message": self.message } })),
@@ -47,16 +45,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// A failure of the server's own, not of the request: the detail (which may hold SQL or a
+    /// driver's message) goes to the log, throttled, and the client gets only what kind of
+    /// failure it was.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        crate::throttle::error(format!("request failed: {detail}"));
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle this request; the details are in its log",
+        )
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            other => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                other.to_string(),
-            ),
+            StoreError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            other => ApiError::internal(other),
         }
     }
 }
@@ -67,16 +76,25 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
             }
-            ServiceError::OverCap(c) => ApiError::new(
+            ServiceError::Refused(r) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "over_policy_cap",
-                c.to_string(),
+                match r {
+                    Refusal::OverCap { .. } => "over_policy_cap",
+                    Refusal::NotAllowed { .. } => "not_allowed_by_policy",
+                },
+                r.to_string(),
             ),
             ServiceError::UnknownModule(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_module",
                 e.to_string(),
             ),
+            ServiceError::KeyReused(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                m,
+            ),
+            ServiceError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             ServiceError::Store(s) => s.into(),
         }
     }

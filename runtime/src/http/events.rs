@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::jobs::{output_json, parse_id};
+use super::jobs::{output_view, parse_id};
 use super::{ApiError, AppState};
 use crate::store::{Event, JobId, JobState};
 
@@ -135,11 +135,12 @@ async fn pump(
             );
         }
         if let Some(job) = done {
-            let output = output_json(&job);
+            let output = match output_view(job.output.as_deref()) {
+                Some(view) => serde_json::to_string(&view).map_err(ApiError::internal)?,
+                None => "{}".to_string(),
+            };
             let _ = tx
-                .send(Ok(SseEvent::default()
-                    .event("output")
-                    .data(output.to_string())))
+                .send(Ok(SseEvent::default().event("output").data(output)))
                 .await;
             let end = json!({ "state": job.state, "outcome": job.outcome, "error": job.error });
             let _ = tx

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::caller::Caller;
 use crate::service::SubmitJob;
 use crate::store::{Job, JobFilter, JobId, JobState, now_ms};
 
@@ -33,39 +35,64 @@ pub(super) fn parse_id(what: &str, id: &str) -> Result<i64, ApiError> {
 }
 
 /// The job as the API shows it: state, attempts, output (JSON when it parses as JSON, else
-/// text, else base64), timestamps.
-pub(super) async fn job_json(state: &AppState, job: &Job) -> Result<Value, ApiError> {
+/// text, else base64), timestamps. Environment grant values are shown to admins only, and the
+/// idempotency key as its client sent it.
+pub(super) async fn job_json(
+    state: &AppState,
+    job: &Job,
+    caller: &Caller,
+) -> Result<JobView, ApiError> {
     let attempts = if job.attempts == 0 {
         // Not claimed yet (a job just accepted): no attempt rows to read.
         Vec::new()
     } else {
         state.service.store.attempts(job.id).await?
     };
-    let mut v = serde_json::to_value(job)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut v = serde_json::to_value(job).map_err(ApiError::internal)?;
     v["attempts"] = json!(attempts);
     v["attempt_count"] = json!(job.attempts);
-    if let (Value::Object(view), Value::Object(out)) = (&mut v, output_json(job)) {
-        view.extend(out);
+    if let Some(key) = &job.idempotency_key {
+        v["idempotency_key"] = json!(crate::service::client_key(key));
     }
-    Ok(v)
+    super::redact_grants(&mut v["grants"], caller);
+    Ok(JobView {
+        fields: v,
+        output: output_view(job.output.as_deref()),
+    })
 }
 
-/// The job's output as the API shows it: `{"output": …}` when it parses as JSON, else
-/// `{"output_text": …}` when UTF-8, else `{"output_base64": …}`; `{}` without output.
-pub(super) fn output_json(job: &Job) -> Value {
-    match &job.output {
-        None => json!({}),
-        Some(out) => match serde_json::from_slice::<Value>(out) {
-            Ok(parsed) => json!({ "output": parsed }),
-            Err(_) => match std::str::from_utf8(out) {
-                Ok(text) => json!({ "output_text": text }),
-                Err(_) => {
-                    json!({ "output_base64": base64::engine::general_purpose::STANDARD.encode(out) })
-                }
-            },
+/// A job as the API shows it: its fields, and its output beside them (see [`OutputView`]).
+#[derive(Debug, serde::Serialize)]
+pub(super) struct JobView {
+    #[serde(flatten)]
+    fields: Value,
+    #[serde(flatten)]
+    output: Option<OutputView>,
+}
+
+/// A job's output as the API shows it: `{"output": …}` when it is JSON — passed through as
+/// it is stored, never parsed into a tree, so a large output costs its own size and not
+/// thirty times that — else `{"output_text": …}` when UTF-8, else `{"output_base64": …}`;
+/// nothing without output.
+#[derive(Debug, serde::Serialize)]
+pub(super) enum OutputView {
+    #[serde(rename = "output")]
+    Json(Box<RawValue>),
+    #[serde(rename = "output_text")]
+    Text(String),
+    #[serde(rename = "output_base64")]
+    Base64(String),
+}
+
+pub(super) fn output_view(output: Option<&[u8]>) -> Option<OutputView> {
+    let out = output?;
+    Some(match serde_json::from_slice::<&RawValue>(out) {
+        Ok(raw) => OutputView::Json(raw.to_owned()),
+        Err(_) => match std::str::from_utf8(out) {
+            Ok(text) => OutputView::Text(text.to_string()),
+            Err(_) => OutputView::Base64(base64::engine::general_purpose::STANDARD.encode(out)),
         },
-    }
+    })
 }
 
 /// Submit a job. A repeated `idempotency_key` answers 200 with the first job.
@@ -88,9 +115,10 @@ pub(super) fn output_json(job: &Job) -> Value {
 )]
 pub(super) async fn submit(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<SubmitQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<JobView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     let wait = q
         .wait
@@ -102,7 +130,7 @@ pub(super) async fn submit(
         .transpose()?
         .map(|w| w.min(MAX_WAIT));
     let req: SubmitJob = super::error::parse_json(&body)?;
-    let (mut job, created) = state.service.submit(req).await?;
+    let (mut job, created) = state.service.submit(req, &caller).await?;
     if let Some(wait) = wait
         && !job.state.is_final()
     {
@@ -132,7 +160,7 @@ pub(super) async fn submit(
     Ok((
         submitted_status(created),
         headers,
-        Json(job_json(&state, &job).await?),
+        Json(job_json(&state, &job, &caller).await?),
     ))
 }
 
@@ -180,6 +208,7 @@ pub(super) struct SubmitBatch {
 )]
 pub(super) async fn submit_batch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
@@ -199,11 +228,11 @@ pub(super) async fn submit_batch(
         )));
     }
     let mut answers = Vec::with_capacity(batch.jobs.len());
-    for result in state.service.submit_many(batch.jobs).await {
+    for result in state.service.submit_many(batch.jobs, &caller).await {
         answers.push(match result {
             Ok((job, created)) => {
                 let status = submitted_status(created).as_u16();
-                json!({ "status": status, "job": job_json(&state, &job).await? })
+                json!({ "status": status, "job": job_json(&state, &job, &caller).await? })
             }
             Err(e) => {
                 let e = ApiError::from(e);
@@ -244,9 +273,10 @@ pub(super) struct GetQuery {
 )]
 pub(super) async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let id = parse_id("job", &id)?;
     let job = state
         .service
@@ -254,7 +284,7 @@ pub(super) async fn get(
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    let mut v = job_json(&state, &job).await?;
+    let mut v = job_json(&state, &job, &caller).await?;
     match q.include.as_deref() {
         None => {}
         Some("input") => {
@@ -268,7 +298,8 @@ pub(super) async fn get(
                     .unwrap_or_default(),
                 None => job.input.clone(),
             };
-            v["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&input))
+            v.fields["input_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&input))
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(

@@ -11,6 +11,7 @@ mod modules;
 pub(crate) mod openapi;
 mod runs;
 mod schedules;
+mod server;
 mod workflows;
 
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use wasmjobs_host::Sandbox;
 
 pub use auth::{Scope, Token};
 pub use error::ApiError;
+pub use server::{ConnectionLimits, serve};
 
+use crate::caller::Caller;
 use crate::scheduler::ModuleCache;
 use crate::service::JobService;
 
@@ -35,6 +38,31 @@ pub struct AppState {
     pub sandbox: Sandbox,
     pub modules: ModuleCache,
     pub config: Arc<ApiConfig>,
+    /// Permits for compiling uploads (`ApiConfig::max_concurrent_compiles`).
+    pub compiles: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The state for `config`, its compile permits counted out.
+    pub fn new(
+        service: JobService,
+        workflows: crate::workflow::WorkflowService,
+        sandbox: Sandbox,
+        modules: ModuleCache,
+        config: ApiConfig,
+    ) -> AppState {
+        let compiles = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_compiles.max(1),
+        ));
+        AppState {
+            service,
+            workflows,
+            sandbox,
+            modules,
+            config: Arc::new(config),
+            compiles,
+        }
+    }
 }
 
 /// API settings.
@@ -44,8 +72,18 @@ pub struct ApiConfig {
     pub max_module_bytes: usize,
     /// Largest JSON request body.
     pub max_body_bytes: usize,
+    /// Largest workflow definition (JSON or YAML), as sent and as stored.
+    pub max_definition_bytes: usize,
     /// Bearer tokens; empty means no authentication (loopback only, enforced by `serve`).
     pub tokens: Vec<Token>,
+    /// Most modules stored; an upload of new bytes past it is refused (`507`).
+    pub max_modules: usize,
+    /// Most bytes of modules stored, all together.
+    pub max_stored_module_bytes: u64,
+    /// An upload whose compile takes longer is refused.
+    pub compile_timeout: std::time::Duration,
+    /// Uploads compiled at once; more wait their turn (each holds its body in memory).
+    pub max_concurrent_compiles: usize,
 }
 
 impl Default for ApiConfig {
@@ -53,7 +91,12 @@ impl Default for ApiConfig {
         ApiConfig {
             max_module_bytes: 64 << 20,
             max_body_bytes: 32 << 20,
+            max_definition_bytes: 1 << 20,
             tokens: Vec::new(),
+            max_modules: 1000,
+            max_stored_module_bytes: 4 << 30,
+            compile_timeout: std::time::Duration::from_secs(60),
+            max_concurrent_compiles: 2,
         }
     }
 }
@@ -67,6 +110,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        .layer(axum::middleware::from_fn(refuse_nul))
         .with_state(state)
 }
 
@@ -80,7 +124,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
     use utoipa::OpenApi as _;
     let (schemas, paths, upload) = routes!(modules::upload);
-    let upload = upload.layer(DefaultBodyLimit::max(config.max_module_bytes));
+    // At most `max_concurrent_compiles` uploads are read and compiled at once: each holds
+    // up to `max_module_bytes` in memory, and compiling is the dearest thing a client can ask.
+    let upload = upload
+        .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(config.max_module_bytes))
+        .layer::<_, std::convert::Infallible>(tower::limit::ConcurrencyLimitLayer::new(
+            config.max_concurrent_compiles.max(1),
+        ));
     let v1 = OpenApiRouter::new()
         .routes((schemas, paths, upload))
         .routes(routes!(modules::list))
@@ -94,7 +144,14 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::retry))
         .routes(routes!(schedules::add, schedules::list))
         .routes(routes!(schedules::delete))
-        .routes(routes!(workflows::create, workflows::list))
+        .routes({
+            let (schemas, paths, create) = routes!(workflows::create, workflows::list);
+            (
+                schemas,
+                paths,
+                create.layer(DefaultBodyLimit::max(config.max_definition_bytes)),
+            )
+        })
         .routes(routes!(workflows::get))
         .routes(routes!(workflows::graph))
         .routes(routes!(runs::start))
@@ -107,25 +164,6 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
-}
-
-/// Serves the API on `listener` until `shutdown` completes. Sets TCP_NODELAY on every
-/// connection: without it, small responses on kept-alive connections wait out delayed ACKs
-/// (~40 ms each).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Liveness and the store backend.
@@ -193,6 +231,40 @@ async fn openapi_json() -> axum::response::Response {
         doc.clone(),
     )
         .into_response()
+}
+
+/// Hides the values of a job's environment grants (`grants.env`, which may hold secrets)
+/// from every caller but an admin: the names stay, each value reads `"<redacted>"`.
+pub(crate) fn redact_grants(grants: &mut serde_json::Value, caller: &Caller) {
+    if caller.is_admin() {
+        return;
+    }
+    if let Some(env) = grants.get_mut("env").and_then(|e| e.as_object_mut()) {
+        for value in env.values_mut() {
+            *value = serde_json::Value::from("<redacted>");
+        }
+    }
+}
+
+/// Refuses a path or query holding a NUL character (`%00`): no store can keep one, and every
+/// path segment and query value is looked up in the store somewhere.
+async fn refuse_nul(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let holds_nul = |s: &str| {
+        s.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if holds_nul(req.uri().path()) || req.uri().query().is_some_and(holds_nul) {
+        return ApiError::bad_request(
+            "the request's path or query contains a NUL character (%00), which cannot be stored or looked up",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmjobs_host::sha256_digest;
 
 use super::{ApiError, AppState};
+use crate::caller::Caller;
 use crate::store::{ModuleRecord, NewModule, now_ms};
 
 #[derive(Deserialize)]
@@ -35,20 +36,22 @@ fn module_json(m: &ModuleRecord, name: Option<&str>) -> Value {
     post,
     path = "/modules",
     tag = "modules",
-    params(("name" = Option<String>, Query, description = "A name to point at this digest (moves it if it pointed elsewhere)")),
+    params(("name" = Option<String>, Query, description = "A name to point at this digest (moves it if it pointed elsewhere; a name set by another token only an admin may move)")),
     request_body(content = crate::http::openapi::WasmBytes, content_type = "application/wasm", description = "The component's wasm bytes"),
     responses(
         (status = 201, description = "Stored", body = crate::http::openapi::ModuleView),
         (status = 200, description = "Already stored", body = crate::http::openapi::ModuleView),
         (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The token's scope does not allow this, or the name was set by another token", body = crate::http::openapi::ErrorBody),
         (status = 413, description = "Over the module size limit", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Not wasm, a core module, another world, or imports the policy never grants", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not wasm, a core module, another world, imports the policy never grants, or compiling took too long", body = crate::http::openapi::ErrorBody),
+        (status = 507, description = "The module quota is reached", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub(super) async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<UploadQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -57,13 +60,13 @@ pub(super) async fn upload(
         && (name.is_empty()
             || name.len() > 128
             || name.starts_with("sha256:")
-            || name.chars().any(char::is_whitespace))
+            || name.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
             format!(
-                "invalid module name {name:?}: 1 to 128 characters, no spaces, not starting with sha256:"
+                "invalid module name {name:?}: 1 to 128 characters, no spaces or control characters, not starting with sha256:"
             ),
         ));
     }
@@ -73,11 +76,8 @@ pub(super) async fn upload(
         ));
     }
     let digest = sha256_digest(&body);
-    let module = state
-        .modules
-        .insert(&state.sandbox, &digest, body.to_vec())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_module", e))?;
+    check_quota(&state, &digest, body.len() as u64).await?;
+    let module = compile(&state, &digest, body.clone()).await?;
     let info = module.info();
     let new = NewModule {
         digest: digest.clone(),
@@ -85,6 +85,8 @@ pub(super) async fn upload(
         imports: info.imports.clone(),
         bytes: body.to_vec(),
         name: q.name.clone(),
+        owner: caller.token.clone(),
+        may_move: caller.is_admin(),
     };
     let (record, created) = state.service.store.put_module(new, now_ms()).await?;
     let status = if created {
@@ -93,6 +95,81 @@ pub(super) async fn upload(
         StatusCode::OK
     };
     Ok((status, Json(module_json(&record, q.name.as_deref()))))
+}
+
+/// Refuses an upload of new bytes once the store holds `max_modules` modules or
+/// `max_stored_module_bytes` of them (`507`); the same bytes again are always accepted.
+async fn check_quota(state: &AppState, digest: &str, size: u64) -> Result<(), ApiError> {
+    let config = &state.config;
+    let stored = state.service.store.list_modules().await?;
+    if stored.iter().any(|m| m.digest == digest) {
+        return Ok(());
+    }
+    let total: u64 = stored.iter().map(|m| m.size).sum();
+    let refuse = |what: String| {
+        Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "module_quota",
+            format!(
+                "{what}: the module store is full; an operator can raise the quota ([modules] in wasmjobs.toml)"
+            ),
+        ))
+    };
+    if stored.len() >= config.max_modules {
+        return refuse(format!(
+            "{} modules are stored, the most allowed (max_modules = {})",
+            stored.len(),
+            config.max_modules
+        ));
+    }
+    if total.saturating_add(size) > config.max_stored_module_bytes {
+        return refuse(format!(
+            "storing {size} more bytes would take the modules past max_stored_bytes = {} ({total} stored)",
+            config.max_stored_module_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Compiles an upload (or loads its cached artifact) with at most `max_concurrent_compiles`
+/// compiles at once, refusing a module whose compile takes longer than `compile_timeout`.
+/// A compile past its deadline goes on to its end in the background (compiling cannot be
+/// interrupted) and keeps its permit until then, so slow uploads cannot pile up.
+async fn compile(
+    state: &AppState,
+    digest: &str,
+    bytes: Bytes,
+) -> Result<std::sync::Arc<wasmjobs_host::JobModule>, ApiError> {
+    let permit = state
+        .compiles
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let (modules, sandbox, digest2) = (
+        state.modules.clone(),
+        state.sandbox.clone(),
+        digest.to_string(),
+    );
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        modules.insert(&sandbox, &digest2, bytes.to_vec()).await
+    });
+    let timeout = state.config.compile_timeout;
+    match tokio::time::timeout(timeout, task).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "compile_timeout",
+            format!(
+                "compiling module {digest} took longer than the compile timeout of {}: it is refused",
+                humantime::format_duration(timeout)
+            ),
+        )),
+        Ok(Err(e)) => Err(ApiError::internal(format!("compiling {digest}: {e}"))),
+        Ok(Ok(loaded)) => {
+            loaded.map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_module", e))
+        }
+    }
 }
 
 /// Every stored module.

@@ -20,6 +20,7 @@ use super::error::parse_json;
 use super::jobs::parse_id;
 use super::{ApiError, AppState};
 use crate::store::{JobId, Notice, RunId};
+use crate::workflow::RunView;
 
 /// What `POST /v1/workflows/{name}/runs` takes.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -59,7 +60,7 @@ pub(super) async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     let req: StartRun = parse_json(&body)?;
     if req.version.is_some_and(|v| v < 1) {
@@ -94,7 +95,7 @@ pub(super) async fn start(
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunView>, ApiError> {
     let id = parse_id("workflow run", &id)?;
     Ok(Json(state.workflows.view(id).await?))
 }
@@ -118,7 +119,7 @@ pub(super) async fn get(
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let id = parse_id("workflow run", &id)?;
     state.workflows.cancel_run(id).await?;
     Ok((StatusCode::ACCEPTED, Json(state.workflows.view(id).await?)))
@@ -167,6 +168,10 @@ pub(super) async fn events(
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+/// How long a follower of a run waits after a change before reading, so that changes arriving
+/// together are read together.
+const FOLLOW_COALESCE: Duration = Duration::from_millis(100);
 
 /// Where a node job's log stream stands.
 struct JobCursor {
@@ -282,5 +287,9 @@ async fn pump(
         if tx.is_closed() {
             return Ok(());
         }
+        // Whatever else changes in the next moment is read in the same round: a run whose
+        // elements end by the thousand costs each follower a few rounds a second, not a round
+        // per change.
+        tokio::time::sleep(FOLLOW_COALESCE).await;
     }
 }

@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::caller::Caller;
 use crate::scheduler::next_after;
 use crate::service::SubmitJob;
 use crate::store::now_ms;
@@ -43,6 +44,20 @@ pub(super) async fn add(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     let req: AddSchedule = super::error::parse_json(&body)?;
+    crate::service::storable("cron", &req.cron)?;
+    if let Some(name) = &req.name {
+        crate::service::storable("name", name)?;
+    }
+    if req.job.idempotency_key.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "job.idempotency_key: a schedule gives each tick's job a key of its own; leave it out",
+        ));
+    }
+    // What each tick will submit is checked now, as a submission would be (and again at each
+    // tick, against the policy in force then).
+    state.service.check(&req.job)?;
     crate::scheduler::cron_parse(&req.cron)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
     let now = now_ms();
@@ -88,10 +103,17 @@ pub(super) async fn add(
         (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
     )
 )]
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({ "schedules": state.service.store.list_schedules().await? }),
-    ))
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let mut schedules = json!(state.service.store.list_schedules().await?);
+    if let Some(all) = schedules.as_array_mut() {
+        for s in all {
+            super::redact_grants(&mut s["target"]["grants"], &caller);
+        }
+    }
+    Ok(Json(json!({ "schedules": schedules })))
 }
 
 /// Delete a schedule by id or name.

@@ -22,6 +22,29 @@ fn view(w: &WorkflowRecord) -> Value {
     })
 }
 
+/// Definitions up to this size are parsed on the request's own task; larger ones on a
+/// blocking thread.
+const PARSE_INLINE_BYTES: usize = 16 << 10;
+
+/// Parses and validates a definition's text, with the answer the API gives for each failure.
+fn parse_definition(body: &[u8]) -> Result<Definition, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("the definition is not UTF-8 text: {e}")))?;
+    let definition = Definition::parse(text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string()))?;
+    let validated = definition.validate().map_err(|e| match e {
+        DefinitionError::Invalid(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_workflow",
+            e.to_string(),
+        ),
+        DefinitionError::Parse(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string())
+        }
+    })?;
+    Ok(validated.definition)
+}
+
 /// Create a workflow, or a new version of it. Same definition as the latest version: 200 and
 /// that version.
 #[utoipa::path(
@@ -44,21 +67,19 @@ pub(super) async fn create(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|e| ApiError::bad_request(format!("the definition is not UTF-8 text: {e}")))?;
-    let definition = Definition::parse(text)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string()))?;
-    let validated = definition.validate().map_err(|e| match e {
-        DefinitionError::Invalid(_) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_workflow",
-            e.to_string(),
-        ),
-        DefinitionError::Parse(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_definition", e.to_string())
-        }
-    })?;
-    let definition = validated.definition;
+    // Parsing is linear in the text and bounded, but a large text still takes a while: off
+    // the API's threads, so that it delays no other request.
+    let definition = if body.len() > PARSE_INLINE_BYTES {
+        tokio::task::spawn_blocking(move || parse_definition(&body))
+            .await
+            .map_err(ApiError::internal)??
+    } else {
+        parse_definition(&body)?
+    };
+    for module in definition.modules() {
+        crate::service::storable("module", module)?;
+    }
+    state.workflows.check_nodes(&definition)?;
     let mut unknown = Vec::new();
     for module in definition.modules() {
         if state.service.store.get_module(module).await?.is_none() {
@@ -77,8 +98,18 @@ pub(super) async fn create(
             ),
         ));
     }
-    let json = serde_json::to_string(&definition)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let json = serde_json::to_string(&definition).map_err(ApiError::internal)?;
+    if json.len() > state.config.max_definition_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the definition is {} bytes as stored (JSON): at most {} are allowed (max_definition_bytes)",
+                json.len(),
+                state.config.max_definition_bytes
+            ),
+        ));
+    }
     let (record, created) = state
         .service
         .store

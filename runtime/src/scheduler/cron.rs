@@ -43,7 +43,7 @@ pub(super) async fn fire(service: JobService, shutdown: CancellationToken) {
         let due = match service.store.take_due_schedules(now_ms(), next_after).await {
             Ok(due) => due,
             Err(e) => {
-                tracing::warn!("cron: {e}");
+                crate::throttle::warn(format!("cron: {e}"));
                 continue;
             }
         };
@@ -58,9 +58,12 @@ pub(super) async fn fire(service: JobService, shutdown: CancellationToken) {
                     continue;
                 }
             };
-            req.idempotency_key =
-                Some(format!("schedule:{}:{}", schedule.id, schedule.next_run_at));
-            if let Err(e) = service.submit(req).await {
+            // The tick's key is in the server's own namespace: no client can take it first.
+            req.idempotency_key = None;
+            if let Err(e) = service
+                .submit_scheduled(req, schedule.id, schedule.next_run_at)
+                .await
+            {
                 tracing::error!("schedule {} could not submit its job: {e}", schedule.id);
             }
         }

@@ -4,6 +4,7 @@
 //! of nodes may share a Postgres store.
 
 mod cron;
+mod live;
 mod modules;
 
 use std::collections::HashMap;
@@ -15,9 +16,10 @@ use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use wasmjobs_host::{CancelHandle, Event, Limits, RunRequest, Sandbox};
+use wasmjobs_host::{AllowedDirs, CancelHandle, Event, Limits, RunRequest, Sandbox};
 
 pub use cron::{next_after, parse as cron_parse};
+pub use live::MAX_EVENTS_PER_ATTEMPT;
 pub use modules::ModuleCache;
 
 use crate::service::JobService;
@@ -90,6 +92,10 @@ pub struct Node {
 
 struct Shared {
     store: Arc<dyn Store>,
+    /// The admission policy in force, which every attempt is checked against again.
+    policy: Arc<crate::admission::AdmissionPolicy>,
+    /// The directories grants may name, resolved; attempts open their grants beneath them.
+    allowed_dirs: Arc<AllowedDirs>,
     sandbox: Sandbox,
     modules: ModuleCache,
     config: NodeConfig,
@@ -136,6 +142,8 @@ impl Node {
         let slots = config.concurrency.max(1);
         let shared = Arc::new(Shared {
             store: service.store.clone(),
+            policy: service.policy.clone(),
+            allowed_dirs: service.allowed_dirs.clone(),
             sandbox,
             modules,
             to_run: Mutex::default(),
@@ -319,7 +327,7 @@ async fn dispatch(s: Arc<Shared>) {
                     hold(&s, jobs);
                 }
                 Err(e) => {
-                    tracing::error!("claim failed: {e}");
+                    crate::throttle::error(format!("claim failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -468,25 +476,13 @@ const EVENT_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Runs one claimed attempt (on the guest runtime) and hands its completion to the completer.
 async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     let started = now_ms();
-    let buffered: Arc<Mutex<Vec<NewEvent>>> = Arc::new(Mutex::new(Vec::new()));
+    let buffered: Arc<Mutex<live::LiveEvents>> = Arc::default();
     // Rung when the buffer gets its first event: most attempts log nothing, and wait on no
     // timer.
     let bell = Arc::new(Notify::new());
     let (sink, ring) = (buffered.clone(), bell.clone());
     let events = Arc::new(move |e: Event| {
-        let ev = match e {
-            Event::Log(l) => NewEvent {
-                kind: "log",
-                data: json!({ "level": l.level, "source": l.source, "message": l.message, "at_ms": l.at_ms }),
-            },
-            Event::Progress { done, total } => NewEvent {
-                kind: "progress",
-                data: json!({ "done": done, "total": total }),
-            },
-        };
-        let mut buffer = lock(&sink);
-        buffer.push(ev);
-        if buffer.len() == 1 {
+        if lock(&sink).push(e) {
             ring.notify_one();
         }
     });
@@ -507,12 +503,20 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
                 .unwrap_or_else(|e| Err(format!("loading the module failed: {e}")))
         }
     };
+    // The job was admitted under the policy of its day: it runs only if today's allows it too.
+    let module = module.and_then(|m| {
+        s.policy
+            .recheck(&job.limits, &job.grants, &s.allowed_dirs)
+            .map(|()| m)
+            .map_err(|e| format!("refused by the admission policy in force: {e}"))
+    });
     let report = match module {
         Ok(module) => {
             let req = RunRequest::new(job.input)
                 .limits(limits)
                 .grants(job.grants.clone())
                 .cancel(cancel.clone())
+                .confine_dirs(s.allowed_dirs.clone())
                 .events(events);
             let run = std::panic::AssertUnwindSafe(async {
                 let started = std::time::Instant::now();
@@ -536,7 +540,7 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
                         wasmjobs_host::AttemptReport::failed_before_start("the attempt panicked".into())
                     }),
                     () = flush_due, if writing.is_none() => {
-                        let batch = std::mem::take(&mut *lock(&buffered));
+                        let batch = lock(&buffered).take();
                         if !batch.is_empty() {
                             writing = Some(append_events(s, job.id, job.attempt, batch, cancel.clone()));
                         }
@@ -559,7 +563,7 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     // own (out_of_fuel, failed, …): `store::policy::decide` still ends a job whose cancel was
     // requested `cancelled`, and a completion for a lease we lost is refused by the store.
     let outcome = report.outcome;
-    let mut events = std::mem::take(&mut *lock(&buffered));
+    let mut events = lock(&buffered).take();
     if report.logs_truncated {
         events.push(NewEvent { kind: "log", data: json!({ "level": "warn", "source": "wasmjobs", "message": "logs truncated at the log limit" }) });
     }
@@ -570,7 +574,8 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         worker: s.config.node_id.clone(),
         outcome,
         trap: report.trap.map(|t| t.as_str().to_string()),
-        error: report.error,
+        // A guest chooses its error message: a NUL in it is not storable text (Postgres).
+        error: report.error.map(|e| e.replace('\0', "\u{FFFD}")),
         output: report.output,
         fuel_consumed: report.fuel_consumed,
         peak_memory_bytes: report.peak_memory_bytes,
@@ -597,7 +602,7 @@ fn append_events(
         {
             Ok(true) => {}
             Ok(false) => cancel.cancel(), // we lost the job: stop working on it
-            Err(e) => tracing::warn!("cannot write events of job {job_id}: {e}"),
+            Err(e) => crate::throttle::warn(format!("cannot write events of a running job: {e}")),
         }
     })
 }
@@ -620,10 +625,7 @@ async fn complete(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
                 Ok(_) => break,
                 Err(e) => {
                     attempt += 1;
-                    tracing::error!(
-                        "completing {} attempts failed (try {attempt}): {e}",
-                        batch.len()
-                    );
+                    crate::throttle::error(format!("completing attempts failed: {e}"));
                     if s.shutdown.is_cancelled() || attempt >= 20 {
                         // The leases will expire and the rescuer will record the attempts lost.
                         break;
@@ -672,7 +674,7 @@ async fn heartbeat(s: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => tracing::warn!("lease renewal failed: {e}"),
+            Err(e) => crate::throttle::warn(format!("lease renewal failed: {e}")),
         }
     }
 }
@@ -690,7 +692,7 @@ async fn rescue(s: Arc<Shared>) {
                 tracing::warn!("rescued {} jobs with expired leases: {ids:?}", ids.len())
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("rescuer: {e}"),
+            Err(e) => crate::throttle::warn(format!("rescuer: {e}")),
         }
     }
 }
@@ -709,7 +711,7 @@ async fn prune(s: Arc<Shared>) {
         match s.store.prune(before).await {
             Ok(n) if n > 0 => tracing::info!("pruned {n} finished jobs"),
             Ok(_) => {}
-            Err(e) => tracing::warn!("pruning: {e}"),
+            Err(e) => crate::throttle::warn(format!("pruning: {e}")),
         }
     }
 }

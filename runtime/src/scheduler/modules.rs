@@ -1,9 +1,12 @@
-//! Modules ready to run on this node: prepared `JobModule`s in memory, compiled artifacts on
-//! local disk (`ArtifactCache`), wasm bytes from the store. A module is compiled once per node,
-//! never per job.
+//! Modules ready to run on this node: prepared `JobModule`s in memory (the most recently used
+//! ones, up to a bound), compiled artifacts on local disk (`ArtifactCache`), wasm bytes from
+//! the store. A module is compiled once per node, never per job; one dropped from memory is
+//! loaded again from its artifact.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use lru::LruCache;
 
 use wasmjobs_host::{ArtifactCache, JobModule, Sandbox};
 
@@ -11,17 +14,44 @@ use crate::store::Store;
 
 #[derive(Clone)]
 pub struct ModuleCache {
-    loaded: Arc<Mutex<HashMap<String, Arc<JobModule>>>>,
+    loaded: Arc<Mutex<LruCache<String, Arc<JobModule>>>>,
     artifacts: Option<ArtifactCache>,
 }
 
 impl ModuleCache {
+    /// How many prepared modules a node keeps in memory unless told otherwise.
+    pub const DEFAULT_MAX_LOADED: usize = 256;
+
     /// With `artifacts`, compiled code survives restarts; without, it lives in memory only.
     pub fn new(artifacts: Option<ArtifactCache>) -> ModuleCache {
         ModuleCache {
-            loaded: Arc::default(),
+            loaded: Arc::new(Mutex::new(LruCache::new(Self::bound(
+                Self::DEFAULT_MAX_LOADED,
+            )))),
             artifacts,
         }
+    }
+
+    /// Keeps at most `n` prepared modules in memory (at least one), dropping the least
+    /// recently used.
+    pub fn max_loaded(self, n: usize) -> ModuleCache {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .resize(Self::bound(n));
+        self
+    }
+
+    fn bound(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+    }
+
+    /// How many prepared modules are in memory.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The prepared module for `digest` if it is in memory already: no store, no compile.
@@ -71,7 +101,7 @@ impl ModuleCache {
         self.loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(digest.to_string(), module.clone());
+            .put(digest.to_string(), module.clone());
         Ok(module)
     }
 }

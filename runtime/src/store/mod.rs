@@ -29,6 +29,9 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a module name set by another token).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("invalid database URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("database error: {0}")]
@@ -39,6 +42,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// A module name set by another token, which only it or an admin may move.
+    pub fn name_taken(name: &str) -> StoreError {
+        StoreError::Forbidden(format!(
+            "module name {name:?} was set by another token: only that token or an admin token can point it at other bytes; upload under another name"
+        ))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

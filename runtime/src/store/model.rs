@@ -93,6 +93,10 @@ pub struct NewModule {
     pub imports: Vec<String>,
     pub bytes: Vec<u8>,
     pub name: Option<String>,
+    /// The token pointing `name` at this digest (`None`: no token).
+    pub owner: Option<String>,
+    /// Whether `name` may be moved even when another token (or none) set it: for admins.
+    pub may_move: bool,
 }
 
 /// A job to insert. Validated by the job service before it gets here.

@@ -268,7 +268,7 @@ async fn send_notices(
         .execute(&pool)
         .await
         {
-            tracing::warn!("cannot NOTIFY: {e}");
+            crate::throttle::warn(format!("cannot NOTIFY: {e}"));
         }
     }
 }
@@ -817,7 +817,7 @@ impl PgStore {
                     Err(e) => {
                         // PgListener reconnects by itself on the next recv; wake everyone so
                         // nothing waits on a notice lost in between.
-                        tracing::warn!("postgres listener: {e}");
+                        crate::throttle::warn(format!("postgres listener: {e}"));
                         let _ = forward.send(Notice::JobsAvailable);
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -1360,15 +1360,29 @@ impl Store for PgStore {
         .rows_affected()
             == 1;
         if let Some(name) = &m.name {
-            sqlx::query(
-                "INSERT INTO module_names (name, digest, updated_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            let set = sqlx::query(
+                "INSERT INTO module_names (name, digest, owner, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, owner = excluded.owner, updated_at = excluded.updated_at
+                 WHERE module_names.digest <> excluded.digest AND ($5 OR module_names.owner = excluded.owner)",
             )
             .bind(name)
             .bind(&m.digest)
+            .bind(&m.owner)
             .bind(now)
+            .bind(m.may_move)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if set == 0 {
+                let current: Option<String> =
+                    sqlx::query_scalar("SELECT digest FROM module_names WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if current.as_deref() != Some(m.digest.as_str()) {
+                    return Err(StoreError::name_taken(name));
+                }
+            }
         }
         tx.commit().await?;
         let record = self.get_module(&m.digest).await?.ok_or_else(|| {

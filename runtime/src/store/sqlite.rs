@@ -264,7 +264,7 @@ fn checkpointer(conn: Connection, store: std::sync::Weak<()>) {
         }
         let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         if let Err(e) = done {
-            tracing::warn!("WAL checkpoint failed: {e}");
+            crate::throttle::warn(format!("WAL checkpoint failed: {e}"));
         }
     }
 }
@@ -518,11 +518,20 @@ impl Store for SqliteStore {
                     ])?
                     == 1;
                 if let Some(name) = &m.name {
-                    tx.prepare_cached(
-                        "INSERT INTO module_names (name, digest, updated_at) VALUES (?, ?, ?)
-                         ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-                    )?
-                    .execute(params![name, m.digest, now])?;
+                    let set = tx
+                        .prepare_cached(
+                            "INSERT INTO module_names (name, digest, owner, updated_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, owner = excluded.owner, updated_at = excluded.updated_at
+                             WHERE module_names.digest <> excluded.digest AND (?5 OR module_names.owner = excluded.owner)",
+                        )?
+                        .execute(params![name, m.digest, m.owner, now, m.may_move])?;
+                    if set == 0 {
+                        let current: Option<String> =
+                            scalar(tx, "SELECT digest FROM module_names WHERE name = ?", [name])?;
+                        if current.as_deref() != Some(m.digest.as_str()) {
+                            return Err(StoreError::name_taken(name));
+                        }
+                    }
                 }
                 Ok(inserted)
             })

@@ -246,23 +246,83 @@ pub struct Validated {
     pub order: Vec<usize>,
     /// Each node's condition, parsed, by index.
     pub conditions: Vec<Condition>,
+    /// Node indexes by name.
+    index: HashMap<String, usize>,
+}
+
+impl Validated {
+    /// The node named `name`, found in constant time.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.definition.nodes.get(i))
+    }
+}
+
+/// Most nodes in one workflow.
+pub const MAX_NODES: usize = 1_000;
+/// Most `needs` entries in one workflow, all nodes together.
+pub const MAX_NEEDS: usize = 10_000;
+/// Most problems one refusal lists; the rest are counted.
+const MAX_PROBLEMS: usize = 20;
+
+/// What parsing a YAML definition may cost, whatever the text: nesting, YAML nodes (an alias
+/// counts as many nodes as it expands to), aliases, scalar bytes. A definition past one is
+/// refused as soon as the parser reaches it, so a small text that would expand to gigabytes
+/// (`*alias` repeated) or nest a hundred thousand deep costs microseconds to refuse.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 32;
+    budget.flow_nesting_limit = 32;
+    budget.max_nodes = 100_000;
+    budget.max_events = 250_000;
+    budget.max_aliases = 100;
+    budget.max_anchors = 100;
+    budget.max_total_scalar_bytes = 4 << 20;
+    budget.max_documents = 1;
+    budget.max_merge_keys = 100;
+    budget.max_recorded_anchor_events = 10_000;
+    budget.max_recorded_anchor_bytes = 1 << 20;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.with_snippet = false;
+    options
 }
 
 impl Definition {
-    /// Parses JSON (a body starting with `{`) or YAML.
+    /// Parses JSON (a body starting with `{`) or YAML. Either way the text's nesting is
+    /// bounded (serde_json: 128 levels; YAML: see [`yaml_options`]), so no text makes parsing
+    /// slower than linear in its length.
     pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
         if text.trim_start().starts_with('{') {
             let de = &mut serde_json::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de)
                 .map_err(|e| DefinitionError::Parse(format!("{}: {}", e.path(), e.inner())))
         } else {
-            yaml_serde::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))
+            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+                let message = e.to_string();
+                // The parser's own words can be long (they quote the input): keep the head.
+                let head: String = message.lines().take(3).collect::<Vec<_>>().join(" ");
+                DefinitionError::Parse(head.chars().take(500).collect())
+            })
         }
     }
 
     /// Checks everything that can be checked without the store: names, `needs`, cycles,
     /// conditions, `for_each`. Module names are checked by the service, which knows them.
     pub fn validate(self) -> Result<Validated, DefinitionError> {
+        if self.nodes.len() > MAX_NODES {
+            return Err(DefinitionError::Invalid(vec![format!(
+                "the workflow has {} nodes: at most {MAX_NODES} are allowed",
+                self.nodes.len()
+            )]));
+        }
+        let needs: usize = self.nodes.iter().map(|n| n.needs.len()).sum();
+        if needs > MAX_NEEDS {
+            return Err(DefinitionError::Invalid(vec![format!(
+                "the workflow's nodes list {needs} needs in all: at most {MAX_NEEDS} are allowed"
+            )]));
+        }
         let mut problems = Vec::new();
         if !valid_name(&self.name) {
             problems.push(format!(
@@ -334,6 +394,11 @@ impl Definition {
             }
         }
         if !problems.is_empty() {
+            if problems.len() > MAX_PROBLEMS {
+                let more = problems.len() - MAX_PROBLEMS;
+                problems.truncate(MAX_PROBLEMS);
+                problems.push(format!("and {more} more problems"));
+            }
             return Err(DefinitionError::Invalid(problems));
         }
         let order = match topological_order(&self.nodes, &index) {
@@ -345,10 +410,15 @@ impl Definition {
                 )]));
             }
         };
+        let index = index
+            .into_iter()
+            .map(|(name, i)| (name.to_string(), i))
+            .collect();
         Ok(Validated {
             definition: self,
             order,
             conditions,
+            index,
         })
     }
 

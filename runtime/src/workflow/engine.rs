@@ -117,7 +117,9 @@ async fn run_engine(
         if full_scan {
             match service.store().runs_to_advance(now_ms()).await {
                 Ok(runs) => due.extend(runs),
-                Err(e) => tracing::warn!("workflow engine: cannot scan for runs: {e}"),
+                Err(e) => {
+                    crate::throttle::warn(format!("workflow engine: cannot scan for runs: {e}"))
+                }
             }
         }
         while let Some(run) = due.pop_first() {
@@ -263,7 +265,7 @@ async fn plan(
         .map(|n| (n.name.clone(), n.clone()))
         .collect();
     let mut changed: BTreeSet<String> = BTreeSet::new();
-    let spec = |name: &str| def.definition.nodes.iter().find(|n| n.name == name);
+    let spec = |name: &str| def.node(name);
 
     // A cancel request or a passed deadline stops the run: nothing new starts.
     let mut run_state = run.state;
@@ -493,11 +495,12 @@ async fn plan(
                     None => node_input(service, run, &nodes, &d.needs).await?,
                 };
                 let job = node_job(service, def, snap, &d.name, &n.module, input);
-                if let Err(e) = service
-                    .jobs
-                    .policy
-                    .admit(&job.limits, job.input.len(), &job.grants)
-                {
+                if let Err(e) = service.jobs.policy.admit(
+                    &job.limits,
+                    job.input.len(),
+                    &job.grants,
+                    &service.jobs.allowed_dirs,
+                ) {
                     n.state = NodeState::Failed;
                     n.error = Some(format!("cannot submit the node's job: {e}"));
                     n.finished_at = Some(now);
@@ -705,7 +708,7 @@ fn node_job(
     module: &str,
     input: Vec<u8>,
 ) -> NewJob {
-    let spec = def.definition.nodes.iter().find(|n| n.name == node);
+    let spec = def.node(node);
     NewJob {
         module_digest: module.to_string(),
         input,

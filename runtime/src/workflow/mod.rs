@@ -11,4 +11,4 @@ pub mod engine;
 pub mod service;
 
 pub use definition::{Condition, Definition, DefinitionError, ForEach, Node, OnFailure, Validated};
-pub use service::WorkflowService;
+pub use service::{RunView, WorkflowService};

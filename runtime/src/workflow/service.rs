@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::definition::{Definition, Validated};
 use crate::service::{JobService, ServiceError};
 use crate::store::{
-    NewRun, NodeRecord, NodeState, RunId, RunRecord, RunSnapshot, RunState, Store, StoreError,
-    now_ms,
+    JobId, NewRun, NodeRecord, NodeState, RunId, RunRecord, RunState, Store, StoreError, now_ms,
 };
 
 /// Validated definitions by (name, version).
@@ -94,7 +95,9 @@ impl WorkflowService {
     ) -> Result<(RunRecord, Arc<Validated>), ServiceError> {
         let (version, def) = self.definition(name, version).await?;
         let policy = &self.jobs.policy;
-        policy.admit(&policy.defaults, input.len(), &Default::default())?;
+        let dirs = &self.jobs.allowed_dirs;
+        policy.admit(&policy.defaults, input.len(), &Default::default(), dirs)?;
+        self.check_nodes(&def.definition)?;
         let mut nodes = Vec::with_capacity(def.definition.nodes.len());
         let mut unknown = Vec::new();
         for n in &def.definition.nodes {
@@ -102,8 +105,6 @@ impl WorkflowService {
                 Some(m) => nodes.push((n.name.clone(), m.digest)),
                 None => unknown.push(format!("node {:?}: module {:?}", n.name, n.module)),
             }
-            let limits = n.limits.unwrap_or(policy.defaults);
-            policy.admit(&limits, 0, &Default::default())?;
         }
         if !unknown.is_empty() {
             return Err(ServiceError::Invalid(format!(
@@ -130,14 +131,34 @@ impl WorkflowService {
         Ok((run, def))
     }
 
+    /// Checks what a definition's nodes ask for against the admission policy in force: their
+    /// limits and retry policies (where the definition is stored, and again at each run).
+    pub fn check_nodes(&self, definition: &Definition) -> Result<(), ServiceError> {
+        let policy = &self.jobs.policy;
+        for n in &definition.nodes {
+            let in_node = |e: crate::admission::Refusal| {
+                ServiceError::Invalid(format!("node {:?}: {e}", n.name))
+            };
+            let limits = n.limits.unwrap_or(policy.defaults);
+            policy
+                .recheck(&limits, &Default::default(), &self.jobs.allowed_dirs)
+                .map_err(in_node)?;
+            if let Some(retry) = &n.retry {
+                policy.check_retry(retry).map_err(in_node)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Asks a run to stop: its pending nodes are cancelled and its running jobs stopped.
     pub async fn cancel_run(&self, id: RunId) -> Result<RunState, ServiceError> {
         Ok(self.store().request_run_cancel(id, now_ms()).await?)
     }
 
     /// A run as the API shows it: every node in definition order with its state and job
-    /// (and each element of a `for_each` node), and the output once the run succeeded.
-    pub async fn view(&self, id: RunId) -> Result<Value, ServiceError> {
+    /// (and each element of a `for_each` node), and the output once the run succeeded. Built
+    /// in time linear in the run's size; outputs are passed through as stored, not parsed.
+    pub async fn view(&self, id: RunId) -> Result<RunView, ServiceError> {
         let snap = self
             .store()
             .get_run(id)
@@ -173,76 +194,79 @@ impl WorkflowService {
             let Some(n) = by_name.get(name) else {
                 continue;
             };
-            let mut v = json!({
-                "name": n.name,
-                "module": n.module,
-                "state": n.state,
-                "needs": needs,
-                "job": n.job_id,
-                "error": n.error,
-                "started_at": n.started_at,
-                "finished_at": n.finished_at,
+            let items = match n.items_total {
+                Some(total) => Some(ItemsView {
+                    total,
+                    submitted: n.items_next,
+                    done: n.items_done,
+                    failed: n.items_failed,
+                    elements: self
+                        .store()
+                        .items(id, &n.name)
+                        .await?
+                        .into_iter()
+                        .map(|(index, state, job)| ElementView { index, state, job })
+                        .collect(),
+                }),
+                None => None,
+            };
+            nodes.push(NodeView {
+                name: n.name.clone(),
+                module: n.module.clone(),
+                state: n.state,
+                needs: needs.to_vec(),
+                job: n.job_id,
+                error: n.error.clone(),
+                started_at: n.started_at,
+                finished_at: n.finished_at,
+                items,
             });
-            if let Some(total) = n.items_total {
-                let items = self.store().items(id, &n.name).await?;
-                v["items"] = json!({
-                    "total": total,
-                    "submitted": n.items_next,
-                    "done": n.items_done,
-                    "failed": n.items_failed,
-                    "elements": items.iter().map(|(idx, state, job)| {
-                        json!({ "index": idx, "state": state, "job": job })
-                    }).collect::<Vec<_>>(),
-                });
-            }
-            nodes.push(v);
         }
         let output = match &def {
             Some(def) if snap.run.state == RunState::Succeeded => {
-                Some(self.output(&snap, def).await?)
+                Some(self.output(def, &by_name).await?)
             }
             _ => None,
         };
-        Ok(json!({
-            "id": snap.run.id,
-            "workflow": snap.run.workflow,
-            "version": snap.run.version,
-            "state": snap.run.state,
-            "error": snap.run.error,
-            "cancel_requested": snap.run.cancel_requested,
-            "deadline_at": snap.run.deadline_at,
-            "created_at": snap.run.created_at,
-            "updated_at": snap.run.updated_at,
-            "finished_at": snap.run.finished_at,
-            "nodes": nodes,
-            "output": output,
-        }))
+        Ok(RunView {
+            run: snap.run.clone(),
+            nodes,
+            output,
+        })
     }
 
     /// A succeeded run's output: its one leaf node's output, or an object keyed by leaf name
     /// when several leaves succeeded (skipped leaves are left out).
-    async fn output(&self, snap: &RunSnapshot, def: &Validated) -> Result<Value, ServiceError> {
+    async fn output(
+        &self,
+        def: &Validated,
+        by_name: &HashMap<&str, &NodeRecord>,
+    ) -> Result<Box<RawValue>, ServiceError> {
         let needed: std::collections::HashSet<&str> = def
             .definition
             .nodes
             .iter()
             .flat_map(|n| n.needs.iter().map(String::as_str))
             .collect();
-        let mut leaves = Vec::new();
+        let mut leaves = std::collections::BTreeMap::new();
+        let mut only = None;
         for d in &def.definition.nodes {
             if needed.contains(d.name.as_str()) {
                 continue;
             }
-            if let Some(n) = snap.nodes.iter().find(|n| n.name == d.name)
+            if let Some(n) = by_name.get(d.name.as_str())
                 && n.state == NodeState::Succeeded
             {
-                leaves.push((n.name.clone(), self.node_output(n).await?));
+                let out = raw_output(&self.node_output_bytes(n).await?);
+                only = Some(out.clone());
+                leaves.insert(n.name.clone(), out);
             }
         }
-        Ok(match leaves.len() {
-            1 => leaves.pop().map(|(_, v)| v).unwrap_or(Value::Null),
-            _ => Value::Object(leaves.into_iter().collect()),
-        })
+        match (leaves.len(), only) {
+            (1, Some(out)) => Ok(out),
+            _ => serde_json::value::to_raw_value(&leaves)
+                .map_err(|e| ServiceError::Store(StoreError::Corrupt(e.to_string()))),
+        }
     }
 
     /// A succeeded node's output as JSON (see [`output_value`]).
@@ -259,6 +283,61 @@ impl WorkflowService {
             Some(job) => Ok(self.store().job_output(job).await?.unwrap_or_default()),
             None => Ok(Vec::new()),
         }
+    }
+}
+
+/// A run as the API shows it (see [`WorkflowService::view`]).
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub nodes: Vec<NodeView>,
+    pub output: Option<Box<RawValue>>,
+}
+
+/// One node of a [`RunView`].
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub module: String,
+    pub state: NodeState,
+    pub needs: Vec<String>,
+    pub job: Option<JobId>,
+    pub error: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemsView>,
+}
+
+/// A `for_each` node's elements in a [`RunView`].
+#[derive(Debug, Serialize)]
+pub struct ItemsView {
+    pub total: i64,
+    pub submitted: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub elements: Vec<ElementView>,
+}
+
+/// One element of a `for_each` node.
+#[derive(Debug, Serialize)]
+pub struct ElementView {
+    pub index: i64,
+    pub state: NodeState,
+    pub job: Option<JobId>,
+}
+
+/// A job's output as it goes into a JSON answer, without parsing it into a tree: the output
+/// itself when it is JSON, `null` when empty, else a JSON string of its text.
+pub fn raw_output(bytes: &[u8]) -> Box<RawValue> {
+    if bytes.is_empty() {
+        return RawValue::NULL.to_owned();
+    }
+    match serde_json::from_slice::<&RawValue>(bytes) {
+        Ok(raw) => raw.to_owned(),
+        Err(_) => serde_json::value::to_raw_value(&String::from_utf8_lossy(bytes))
+            .unwrap_or_else(|_| RawValue::NULL.to_owned()),
     }
 }
 

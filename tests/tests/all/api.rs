@@ -513,6 +513,7 @@ async fn batch_submit_answers_each_submission_in_order() {
             {"module": "wordfreq", "input": {"text": "x y"}, "idempotency_key": "batch-key"},
             {"module": "wordfreq", "input": {"text": "other"}, "idempotency_key": "batch-key"},
             ok("c"),
+            {"module": "wordfreq", "input": {"text": "x y"}, "idempotency_key": "batch-key"},
         ]});
         let (status, answer) = submit_batch(&server, &body).await;
         assert_eq!(status, StatusCode::OK, "{backend}: {answer}");
@@ -523,7 +524,7 @@ async fn batch_submit_answers_each_submission_in_order() {
             .collect();
         assert_eq!(
             statuses,
-            [201, 422, 422, 201, 200, 201],
+            [201, 422, 422, 201, 422, 201, 200],
             "{backend}: {answer}"
         );
         assert_eq!(answers[1]["error"]["code"], "unknown_module", "{answers:?}");
@@ -535,9 +536,11 @@ async fn batch_submit_answers_each_submission_in_order() {
         );
         assert_eq!(answers[2]["error"]["code"], "invalid");
         assert!(answers[1]["job"].is_null() && answers[2]["job"].is_null());
-        // The repeated key answers with the first job of that key.
-        assert_eq!(answers[4]["job"]["id"], answers[3]["job"]["id"]);
-        assert_eq!(answers[4]["job"]["idempotency_key"], "batch-key");
+        // The key again with another request is refused; with the same request, it answers
+        // with the first job of that key.
+        assert_eq!(answers[4]["error"]["code"], "idempotency_key_reused");
+        assert_eq!(answers[6]["job"]["id"], answers[3]["job"]["id"]);
+        assert_eq!(answers[6]["job"]["idempotency_key"], "batch-key");
 
         // Each accepted job runs: the answers are real jobs, with their own input.
         for (i, words) in [(0, 3), (3, 2), (5, 1)] {

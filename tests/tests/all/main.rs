@@ -7,5 +7,6 @@ mod e2e;
 mod edge;
 mod examples;
 mod sandbox;
+mod security;
 mod store;
 mod workflows;

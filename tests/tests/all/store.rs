@@ -44,6 +44,8 @@ async fn module(store: &dyn Store) -> String {
         imports: vec!["wasmjobs:job/io@0.1.0".into()],
         bytes: b"\0asm".to_vec(),
         name: Some("demo".into()),
+        owner: None,
+        may_move: true,
     };
     store.put_module(m, 1).await.expect("put module").0.digest
 }
@@ -113,6 +115,8 @@ async fn modules_are_content_addressed_and_named() {
             imports: vec![],
             bytes: b"\0asm".to_vec(),
             name: Some("other".into()),
+            owner: None,
+            may_move: true,
         };
         let (rec, created) = store.put_module(again, 2).await.expect("put");
         assert!(!created, "{backend}");
@@ -1121,6 +1125,8 @@ async fn an_insert_checked_against_moved_names_stores_nothing() {
                     imports: vec![],
                     bytes: b"\0asm2".to_vec(),
                     name: Some("demo".into()),
+                    owner: None,
+                    may_move: true,
                 },
                 11,
             )

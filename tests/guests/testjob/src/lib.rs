@@ -69,6 +69,17 @@ fn run(input: Input) -> Result<Value, String> {
             std::thread::sleep(std::time::Duration::from_millis(input.ms));
             Ok(json!("slept"))
         }
+        "progressflood" => {
+            let total = input.lines as u64;
+            for done in 0..=total {
+                wasmjobs_guest::progress(done, total);
+            }
+            Ok(json!({ "reported": total + 1 }))
+        }
+        "nul" => {
+            wasmjobs_guest::info!("a NUL \0 in a log line");
+            Err("an error with a NUL \0 in it".to_string())
+        }
         "escape" => Ok(escape()),
         "files" => Ok(files()),
         "env" => Ok(json!(std::env::vars().collect::<Vec<_>>())),
