@@ -391,6 +391,18 @@ async fn replay(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
         serde_json::from_value(job["limits"].clone()).context("job limits")?;
     let grants: wasmjobs_host::Grants =
         serde_json::from_value(job["grants"].clone()).context("job grants")?;
+    let hidden: Vec<&str> = grants
+        .env
+        .iter()
+        .filter(|(_, v)| v.as_str() == "<redacted>")
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !hidden.is_empty() {
+        eprintln!(
+            "note: only an admin token sees grant values; {} replayed as \"<redacted>\"",
+            hidden.join(", ")
+        );
+    }
     let last = job["attempts"]
         .as_array()
         .and_then(|a| a.last())
