@@ -100,6 +100,23 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// Bodies up to this size are parsed on the request's own task; larger ones on a blocking
+/// thread, so that a client sending many large bodies delays no other request.
+const PARSE_INLINE_BYTES: usize = 256 << 10;
+
+/// [`parse_json`], on a blocking thread when the body is large.
+pub async fn parse_json_body<T>(body: axum::body::Bytes) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    if body.len() <= PARSE_INLINE_BYTES {
+        return parse_json(&body);
+    }
+    tokio::task::spawn_blocking(move || parse_json(&body))
+        .await
+        .map_err(ApiError::internal)?
+}
+
 /// Parses a JSON body with serde's message (which names the field and position) on failure.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {

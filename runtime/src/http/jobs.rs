@@ -129,7 +129,7 @@ pub(super) async fn submit(
         })
         .transpose()?
         .map(|w| w.min(MAX_WAIT));
-    let req: SubmitJob = super::error::parse_json(&body)?;
+    let req: SubmitJob = super::error::parse_json_body(body).await?;
     let (mut job, created) = state.service.submit(req, &caller).await?;
     if let Some(wait) = wait
         && !job.state.is_final()
@@ -220,7 +220,7 @@ pub(super) async fn submit_batch(
             "invalid request body: expected an object {\"jobs\": [submission, …]}, not an array",
         ));
     }
-    let batch: SubmitBatch = super::error::parse_json(&body)?;
+    let batch: SubmitBatch = super::error::parse_json_body(body).await?;
     if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
             "jobs holds {} submissions: a batch takes 1 to {MAX_BATCH}",

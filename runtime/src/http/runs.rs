@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::parse_json;
 use super::jobs::parse_id;
 use super::{ApiError, AppState};
 use crate::store::{JobId, Notice, RunId};
@@ -62,7 +61,7 @@ pub(super) async fn start(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
-    let req: StartRun = parse_json(&body)?;
+    let req: StartRun = super::error::parse_json_body(body).await?;
     if req.version.is_some_and(|v| v < 1) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
