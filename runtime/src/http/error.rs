@@ -166,3 +166,27 @@ pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
     };
     ApiError::new(status, code, e.body_text())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_failure_answers_without_its_detail() {
+        let e = ApiError::from(StoreError::Corrupt(
+            "SELECT secret FROM jobs WHERE id = 1: relation does not exist".into(),
+        ));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !e.message.contains("SELECT") && e.message.contains("log"),
+            "{}",
+            e.message
+        );
+        let e = ApiError::from(StoreError::NotFound {
+            what: "job",
+            id: "7".into(),
+        });
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(e.message.contains("job 7"), "{}", e.message);
+    }
+}

@@ -376,6 +376,28 @@ async fn connections_cannot_be_held_before_authentication() {
         started.elapsed()
     );
 
+    // A kept-alive connection that sends nothing after its request is closed as well.
+    let mut kept = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "an idle kept-alive connection stayed open");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
     // Every slot taken by a connection that says nothing: a real client gets in once the
     // header-read timeout lets them go.
     let mut idle = Vec::new();
@@ -958,4 +980,34 @@ async fn outputs_are_passed_through_not_reparsed() {
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A node keeps only so many compiled modules in memory, dropping the least recently used.
+#[tokio::test]
+async fn compiled_modules_in_memory_are_bounded() {
+    let sandbox =
+        wasmjobs_host::Sandbox::new(&wasmjobs_host::SandboxConfig::default()).expect("sandbox");
+    let modules = wasmjobs::scheduler::ModuleCache::new(None).max_loaded(2);
+    for (digest, wasm) in [
+        ("a", guests::NOOP),
+        ("b", guests::FLOW),
+        ("c", guests::TESTJOB),
+    ] {
+        modules
+            .insert(&sandbox, digest, guest_bytes(wasm))
+            .await
+            .expect("compiles");
+        if digest == "b" {
+            assert!(
+                modules.loaded("a").is_some(),
+                "a is used again: b is now the oldest"
+            );
+        }
+    }
+    assert_eq!(modules.loaded_count(), 2);
+    assert!(
+        modules.loaded("b").is_none(),
+        "the least recently used went"
+    );
+    assert!(modules.loaded("a").is_some() && modules.loaded("c").is_some());
 }
