@@ -49,7 +49,14 @@ impl ArtifactCache {
         let digest = sha256_digest(wasm);
         let path = self.path_for(sandbox, &digest);
         if let Ok(artifact) = std::fs::read(&path) {
-            match sandbox.load_artifact_as(&artifact, digest.clone(), wasm.len() as u64) {
+            // SAFETY: the cache's directory holds only artifacts this cache wrote (atomically,
+            // under the digest of the wasm they were compiled from); the operator gives it a
+            // directory no one else writes to. A file that is not a valid artifact of this
+            // engine is refused by wasmtime's checks and replaced below.
+            #[allow(unsafe_code)]
+            let loaded =
+                unsafe { sandbox.load_artifact_as(&artifact, digest.clone(), wasm.len() as u64) };
+            match loaded {
                 Ok(module) => return Ok((module, CacheStatus::Hit)),
                 Err(e) => {
                     tracing::warn!("discarding cached artifact {}: {e}", path.display());
@@ -72,9 +79,16 @@ impl ArtifactCache {
 }
 
 /// Writes to a temporary file beside `path` and renames it into place, so readers never see
-/// a half-written artifact.
+/// a half-written artifact. The temporary file's name is unique to this write (process id and
+/// a count of this process's writes), so concurrent writers of one artifact — two compiles of one module, in
+/// one process or in several — never write into each other's file; the last rename wins, and
+/// every one renames a whole artifact.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

@@ -40,7 +40,9 @@
 //! let sandbox = Sandbox::new(&SandboxConfig::default())?;
 //! // Maps the artifact into memory; fails with `LoadError::IncompatibleArtifact` if another
 //! // wasmtime version, other settings or another CPU made it.
-//! let render = sandbox.load_artifact_file(Path::new("markdown.cwasm"))?;
+//! // SAFETY: an artifact we made with `wasmjobs compile` and deployed ourselves.
+//! # #[allow(unsafe_code)]
+//! let render = unsafe { sandbox.load_artifact_file(Path::new("markdown.cwasm"))? };
 //! let limits = Limits {
 //!     memory_bytes: 32 << 20,
 //!     timeout: Duration::from_secs(1),

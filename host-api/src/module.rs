@@ -283,15 +283,27 @@ impl Sandbox {
     /// [`Sandbox::precompile`]. An artifact from another wasmtime version or engine
     /// configuration is refused with [`LoadError::IncompatibleArtifact`].
     ///
-    /// The artifact is native code that is mapped and run as is: load only artifacts this
-    /// project produced (a local cache, a file from `wasmjobs compile`), never untrusted ones.
-    pub fn load_artifact(&self, bytes: &[u8]) -> Result<JobModule, LoadError> {
-        self.load_artifact_as(bytes, sha256_digest(bytes), bytes.len() as u64)
+    /// # Safety
+    ///
+    /// The artifact is native code that is mapped and run as it is: wasmtime checks its version
+    /// and settings, not what the code does, so crafted bytes can execute anything in this
+    /// process. `bytes` must have been produced by wasmtime's serialization (`wasmjobs compile`,
+    /// [`Sandbox::precompile`], [`JobModule::serialize`]) of a component you trust, and come
+    /// from a place only you can write — never from a user of your service.
+    #[allow(unsafe_code)]
+    pub unsafe fn load_artifact(&self, bytes: &[u8]) -> Result<JobModule, LoadError> {
+        // SAFETY: the caller vouches for `bytes` (this function's contract).
+        unsafe { self.load_artifact_as(bytes, sha256_digest(bytes), bytes.len() as u64) }
     }
 
     /// [`Sandbox::load_artifact`], recording the digest and size of the wasm it was compiled
     /// from rather than of the artifact.
-    pub(crate) fn load_artifact_as(
+    ///
+    /// # Safety
+    ///
+    /// As [`Sandbox::load_artifact`]: `bytes` are a trusted artifact of wasmtime's own.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn load_artifact_as(
         &self,
         bytes: &[u8],
         digest: String,
@@ -302,18 +314,27 @@ impl Sandbox {
             bytes.starts_with(b"\0asm"),
         )?;
         // SAFETY: `Component::deserialize` requires bytes produced by wasmtime's own
-        // serialization; it checks the version and engine settings itself and refuses a
-        // mismatch. Callers are told (above) to pass only artifacts this project wrote.
-        #[allow(unsafe_code)]
+        // serialization from a trusted component, which is this function's contract; it checks
+        // the version and engine settings itself and refuses a mismatch.
         let component = unsafe { Component::deserialize(&self.inner.engine, bytes) }
             .map_err(|e| LoadError::IncompatibleArtifact(format!("{e:#}")))?;
         self.prepare(component, digest, size)
     }
 
     /// Loads a precompiled artifact from a file, mapping its code from the file rather than
-    /// copying it into a new mapping: the fastest way to start (an edge host's cold start). The same checks and
-    /// the same warning as [`Sandbox::load_artifact`] apply.
-    pub fn load_artifact_file(&self, path: &std::path::Path) -> Result<JobModule, LoadError> {
+    /// copying it into a new mapping: the fastest way to start (an edge host's cold start).
+    /// The same checks as [`Sandbox::load_artifact`] apply.
+    ///
+    /// # Safety
+    ///
+    /// As [`Sandbox::load_artifact`], for the file's contents; and the file must not change
+    /// while the module is loaded (its code is mapped from it): write artifacts once, to a new
+    /// file, and never edit one in place.
+    #[allow(unsafe_code)]
+    pub unsafe fn load_artifact_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<JobModule, LoadError> {
         // Read once for the checks and the digest; the code itself is mapped from the file.
         let bytes =
             std::fs::read(path).map_err(|e| LoadError::Io(format!("{}: {e}", path.display())))?;
@@ -321,9 +342,8 @@ impl Sandbox {
             wasmtime::Engine::detect_precompiled(&bytes),
             bytes.starts_with(b"\0asm"),
         )?;
-        // SAFETY: as in `load_artifact`; in addition the file must not change while it is
-        // mapped, which holds for artifacts written once and never edited in place.
-        #[allow(unsafe_code)]
+        // SAFETY: the caller vouches for the file and that it stays unchanged while mapped
+        // (this function's contract).
         let component = unsafe { Component::deserialize_file(&self.inner.engine, path) }
             .map_err(|e| LoadError::IncompatibleArtifact(format!("{e:#}")))?;
         let (digest, size) = (sha256_digest(&bytes), bytes.len() as u64);
