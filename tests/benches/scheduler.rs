@@ -37,8 +37,8 @@ use wasmjobs_tests::guests;
 
 mod common;
 
-/// The job the runs submit: the sandbox benchmark's trivial component (issue 2's "trivial
-/// job", which issue 3's targets name: decision 011), or with `WASMJOBS_BENCH_JOB=noop`
+/// The job the runs submit: the sandbox benchmark's trivial component (the "trivial job" the
+/// targets name: decision 011), or with `WASMJOBS_BENCH_JOB=noop`
 /// `tests/guests/noop`, a Rust SDK job that echoes its input. A full run also prints a batched
 /// line of the Rust SDK job beside the trivial component's, for reference.
 #[derive(Clone, Copy)]
@@ -401,12 +401,9 @@ async fn wasmjobs_run(
     // counts the store's end notices rather than polling the database, which would compete
     // with the run it measures (on Postgres the poll was a visible share of the server's CPU).
     // They are counted as they come, beside the submitters: counted only once every job was
-    // accepted, the store's notice channel (4,096) had long overflowed, and the wait fell back
-    // to polling in every run (until the fifteenth session). A job's end is announced after
-    // the transaction that ended it committed, so the clock stops when the last of this run's
-    // jobs is stored as ended. (Until the nineteenth session the wait then also listed the
-    // running and queued jobs, ~30 ms of a ~1.1 s batched Postgres run: see
-    // `docs/performance.md`.)
+    // accepted, the store's notice channel (4,096) would long have overflowed. A job's end is
+    // announced after the transaction that ended it committed, so the clock stops when the
+    // last of this run's jobs is stored as ended.
     let ends = store.subscribe();
     let cpu_before = cpu_seconds();
     let start = Instant::now();

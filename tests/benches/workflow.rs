@@ -22,7 +22,7 @@ use serde_json::json;
 use wasmjobs::admission::AdmissionPolicy;
 use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
-use wasmjobs::store::{Notice, RunId, RunState, Store, now_ms};
+use wasmjobs::store::{Backend, Notice, RunId, RunState, Store, now_ms};
 use wasmjobs::workflow::WorkflowService;
 use wasmjobs_tests::guests;
 
@@ -47,7 +47,7 @@ async fn main() {
         _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
     }
     for (backend, url) in backends {
-        let store: Arc<dyn Store> = match &url {
+        let store: Arc<dyn Backend> = match &url {
             None => wasmjobs::store::open(dir.path().join("wf.db").to_str().expect("path"))
                 .await
                 .expect("sqlite"),
@@ -64,7 +64,7 @@ async fn main() {
     }
 }
 
-async fn bench(store: Arc<dyn Store>) {
+async fn bench(store: Arc<dyn Backend>) {
     let (sandbox, modules) =
         wasmjobs_tests::install_guest(store.as_ref(), guests::FLOW, "flow", 128).await;
     let jobs = JobService::new(store.clone(), AdmissionPolicy::default());
@@ -80,7 +80,7 @@ async fn bench(store: Arc<dyn Store>) {
             ..NodeConfig::default()
         },
     );
-    let workflows = WorkflowService::new(jobs.clone());
+    let workflows = WorkflowService::new(jobs.clone(), store.clone());
     let engine = wasmjobs::workflow::engine::start(workflows.clone());
 
     // The chain, defined once, run REPEAT times (after one warm-up run).
@@ -176,7 +176,7 @@ async fn wait(workflows: &WorkflowService, id: RunId) -> RunState {
     let mut notices = workflows.store().subscribe();
     loop {
         let snap = workflows
-            .store()
+            .runs()
             .get_run(id)
             .await
             .expect("get run")
@@ -201,7 +201,7 @@ async fn run_chain(workflows: &WorkflowService) -> (f64, f64) {
     assert_eq!(wait(workflows, id).await, RunState::Succeeded);
     let elapsed = t.elapsed().as_secs_f64();
     let snap = workflows
-        .store()
+        .runs()
         .get_run(id)
         .await
         .expect("run")

@@ -60,7 +60,7 @@ pub async fn test_stores(
     tag: &str,
 ) -> Vec<(
     &'static str,
-    std::sync::Arc<dyn wasmjobs::store::Store>,
+    std::sync::Arc<dyn wasmjobs::store::Backend>,
     TempDb,
 )> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -151,7 +151,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the API (with `api` settings) and a worker node (`workers` at once) on `store`.
     pub async fn start(
-        store: std::sync::Arc<dyn wasmjobs::store::Store>,
+        store: std::sync::Arc<dyn wasmjobs::store::Backend>,
         api: wasmjobs::http::ApiConfig,
         workers: usize,
     ) -> TestServer {
@@ -167,7 +167,7 @@ impl TestServer {
 
     /// [`TestServer::start`] with an admission policy and connection limits of its own.
     pub async fn start_with(
-        store: std::sync::Arc<dyn wasmjobs::store::Store>,
+        store: std::sync::Arc<dyn wasmjobs::store::Backend>,
         api: wasmjobs::http::ApiConfig,
         workers: usize,
         policy: wasmjobs::admission::AdmissionPolicy,
@@ -179,9 +179,9 @@ impl TestServer {
             ..Default::default()
         })
         .expect("sandbox");
-        let service = wasmjobs::service::JobService::new(store, policy);
+        let service = wasmjobs::service::JobService::new(store.clone(), policy);
         let modules = ModuleCache::new(None);
-        let workflows = wasmjobs::workflow::WorkflowService::new(service.clone());
+        let workflows = wasmjobs::workflow::WorkflowService::new(service.clone(), store);
         let engine = Some(wasmjobs::workflow::engine::start(workflows.clone()));
         let state = wasmjobs::http::AppState::new(
             service.clone(),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -47,6 +48,8 @@ pub struct ServeArgs {
 
 struct Setup {
     file: FileConfig,
+    /// The whole store, for the services that use its parts.
+    backend: Arc<dyn crate::store::Backend>,
     service: JobService,
     sandbox: Sandbox,
     modules: ModuleCache,
@@ -119,7 +122,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
             .max_loaded
             .unwrap_or(ModuleCache::DEFAULT_MAX_LOADED),
     );
-    let service = JobService::new(store, file.policy.clone().unwrap_or_default());
+    let service = JobService::new(store.clone(), file.policy.clone().unwrap_or_default());
     tracing::info!(
         "store: {} ({db}); node {}; {} workers",
         service.store.backend(),
@@ -128,6 +131,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     );
     Ok(Setup {
         file,
+        backend: store,
         service,
         sandbox,
         modules,
@@ -147,7 +151,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         );
     }
     let (config, limits) = api_config(&s.file)?;
-    let workflows = crate::workflow::WorkflowService::new(s.service.clone());
+    let workflows = crate::workflow::WorkflowService::new(s.service.clone(), s.backend.clone());
     let engine = crate::workflow::engine::start(workflows.clone());
     let state = AppState::new(
         s.service.clone(),

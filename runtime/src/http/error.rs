@@ -37,11 +37,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response()
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The store is briefly out of reach: clients may come back in a moment.
+            return (self.status, [(axum::http::header::RETRY_AFTER, "1")], body).into_response();
+        }
+        (self.status, body).into_response()
     }
 }
 
@@ -65,6 +66,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            StoreError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the store cannot take this now ({m}); try again shortly"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -182,6 +188,8 @@ mod tests {
             "{}",
             e.message
         );
+        let e = ApiError::from(StoreError::Unavailable("the disk is full".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         let e = ApiError::from(StoreError::NotFound {
             what: "job",
             id: "7".into(),

@@ -151,7 +151,7 @@ pub(super) async fn events(
     let after = super::events::last_event_id(&headers)?;
     // Listen before the first read: a change between the two is not lost.
     let notices = state.service.store.subscribe();
-    if state.service.store.get_run(id).await?.is_none() {
+    if state.workflows.runs().get_run(id).await?.is_none() {
         return Err(ApiError::not_found(format!("workflow run {id} not found")));
     }
     let (tx, rx) = mpsc::channel(256);
@@ -188,16 +188,16 @@ async fn pump(
     mut notices: broadcast::Receiver<Notice>,
     tx: &mpsc::Sender<Result<SseEvent, Infallible>>,
 ) -> Result<(), ApiError> {
-    let store = &state.service.store;
+    let (store, runs) = (&state.service.store, state.workflows.runs());
     let mut jobs: HashMap<JobId, JobCursor> = HashMap::new();
     loop {
         // The run as it stands before reading events: if it is final here, every event of it
         // is already written.
-        let snap = store
+        let snap = runs
             .get_run(id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("workflow run {id} not found")))?;
-        let run_events = store.run_events(id, after, 500).await?;
+        let run_events = runs.run_events(id, after, 500).await?;
         for e in &run_events {
             after = e.seq;
             let mut data = e.data.clone();

@@ -1,5 +1,5 @@
 //! `POST /v1/workflows`, `GET /v1/workflows`, `GET /v1/workflows/{name}[/graph]`: workflow
-//! definitions, versioned by name. (Runs come next: issue 5.)
+//! definitions, versioned by name. Runs are in `runs.rs`.
 
 use axum::Json;
 use axum::body::Bytes;

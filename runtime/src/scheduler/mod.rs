@@ -560,7 +560,7 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         Err(message) => wasmjobs_host::AttemptReport::failed_before_start(message),
     };
     // The attempt records what really happened, even when a cancel arrived as it ended on its
-    // own (out_of_fuel, failed, …): `store::policy::decide` still ends a job whose cancel was
+    // own (out_of_fuel, failed, …): `store::retry::decide` still ends a job whose cancel was
     // requested `cancelled`, and a completion for a lease we lost is refused by the store.
     let outcome = report.outcome;
     let mut events = lock(&buffered).take();

@@ -1,13 +1,16 @@
-//! The durable store: modules, jobs, attempts, ordered event histories and schedules, behind
-//! one [`Store`] trait with a backend per database (`sqlite.rs`, `postgres.rs`), each with its
-//! own SQL and migrations (`runtime/migrations/{sqlite,postgres}`). The backend is chosen once,
-//! at start-up, from the database URL.
+//! The durable store: modules, jobs, attempts, ordered event histories and schedules behind
+//! the [`Store`] trait, workflow runs behind [`WorkflowStore`], with a backend per database
+//! (`sqlite.rs`, `postgres.rs`) that implements both ([`Backend`]), each with its own SQL and
+//! migrations (`runtime/migrations/{sqlite,postgres}`). The backend is chosen once, at
+//! start-up, from the database URL; errors are [`StoreError`], which says what kind of
+//! failure it was and keeps the driver's detail to the log.
 //!
 //! Every state transition is one transaction that also appends the job's event rows, so a job
 //! exists iff the transaction that accepted it committed, and its history is complete.
 
+mod error;
 pub mod model;
-pub mod policy;
+pub mod retry;
 #[macro_use]
 mod workflow_sql;
 mod postgres;
@@ -19,39 +22,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use error::StoreError;
 pub use model::*;
-pub use policy::{RetryPolicy, decide};
-
-/// Errors callers match on.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{what} {id} not found")]
-    NotFound { what: &'static str, id: String },
-    #[error("{0}")]
-    Conflict(String),
-    /// The caller may not do this (a module name set by another token).
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("invalid database URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl StoreError {
-    /// A module name set by another token, which only it or an admin may move.
-    pub fn name_taken(name: &str) -> StoreError {
-        StoreError::Forbidden(format!(
-            "module name {name:?} was set by another token: only that token or an admin token can point it at other bytes; upload under another name"
-        ))
-    }
-}
+pub use retry::{RetryPolicy, decide};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -71,9 +44,11 @@ pub enum Notice {
     RunRequest(RunId),
 }
 
-/// The store. Implemented by [`sqlite::SqliteStore`] and [`postgres::PgStore`].
+/// The job store: modules, jobs and their attempts and events, schedules, workflow
+/// definitions. Implemented by [`sqlite::SqliteStore`] and [`postgres::PgStore`]; it knows
+/// nothing of workflow runs ([`WorkflowStore`]).
 #[async_trait]
-pub trait Store: WorkflowStore + Send + Sync + 'static {
+pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
     /// Changes as they are committed.
@@ -121,6 +96,8 @@ pub trait Store: WorkflowStore + Send + Sync + 'static {
         self.insert_jobs(jobs, now).await.map(Some)
     }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    /// A finished job's output (outputs never change once a job ended).
+    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>>;
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
     /// How many jobs are in each state (for metrics and benchmarks).
@@ -212,8 +189,14 @@ pub trait Store: WorkflowStore + Send + Sync + 'static {
     async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>>;
 }
 
+/// A whole backend: the job store and the workflow service's tables, as `open` returns it.
+/// Each service keeps the part it uses (`Arc<dyn Store>`, `Arc<dyn WorkflowStore>`).
+pub trait Backend: Store + WorkflowStore {}
+
+impl<T: Store + WorkflowStore> Backend for T {}
+
 /// The workflow service's tables: runs, their nodes, `for_each` elements and run events.
-/// One implementation for both backends (`workflow_sql.rs`); the SQL is the same but for
+/// Both backends run the same SQL texts for it (`workflow_sql.rs`), Postgres with its own
 /// placeholders.
 #[async_trait]
 pub trait WorkflowStore: Send + Sync + 'static {
@@ -248,8 +231,6 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn item_outputs(&self, run: RunId, node: &str) -> Result<Vec<Option<Vec<u8>>>>;
     /// Every element of a `for_each` node, in order: index, state, job.
     async fn items(&self, run: RunId, node: &str) -> Result<Vec<(i64, NodeState, Option<JobId>)>>;
-    /// A finished job's output (outputs never change once a job ended).
-    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>>;
     /// Asks a run to stop: returns its state afterwards.
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState>;
     /// Run events with `seq > after`, in order, at most `limit`.
@@ -258,7 +239,7 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` for Postgres, anything
 /// else is a SQLite file path (`sqlite://path` also accepted). Applies migrations.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+pub async fn open(url: &str) -> Result<Arc<dyn Backend>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {
@@ -269,7 +250,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// Opens a Postgres store in its own schema (created if missing): for tests and for running
 /// several independent installations in one database.
-pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Store>> {
+pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(
         postgres::PgStore::connect_schema(url, Some(schema)).await?,
     ))

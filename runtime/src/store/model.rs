@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use wasmjobs_host::{Grants, Limits, Outcome};
 
-use super::policy::RetryPolicy;
+use super::retry::RetryPolicy;
 
 pub type JobId = i64;
 

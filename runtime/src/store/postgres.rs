@@ -485,7 +485,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             "event_seq + 1",
             &at,
             // As `rows::claimed` writes it (serde_json's object: keys in order, no spaces), by
-            // concatenation: `json_build_object` cost the server ~1 µs a job (scripts/pg-replay).
+            // concatenation: `json_build_object` costs the server ~1 µs a job more.
             "'state' || chr(9) || '{\"attempt\":' || (attempts + 1) || ',\"state\":\"running\",\"worker\":' || $6::text || '}'"
         )
     )
@@ -579,7 +579,7 @@ impl<'a> Endings<'a> {
 
 /// An ended attempt's line in its job's row (`ended_attempts`) without its start and end
 /// times: built here rather than with `json_build_array` in the statement, which cost the
-/// server ~1 µs a job (scripts/pg-replay). JSON escapes every control character, so the line
+/// server ~1 µs a job. JSON escapes every control character, so the line
 /// never holds a raw newline.
 fn attempt_head(c: &Completion) -> String {
     let [fuel, peak, wall] = stored_figures(c);
@@ -768,9 +768,9 @@ impl PgStore {
         // the endings, the notices) have a pool of their own, one connection for each of the
         // four tasks that write them. Through the one pool, which hands out the idle connection
         // used least recently, they went round ~10 server processes, and each had to warm up
-        // (its caches, its mapping of the shared buffers): a fresh node ran its first 50,000
-        // jobs ~10 % faster batched, ~13 % one by one, on its own four (docs/performance.md,
-        // the seventeenth session). Once the processes are warm it makes no difference.
+        // (its caches, its mapping of the shared buffers): a fresh node runs its first 50,000
+        // jobs ~10 % faster batched, ~13 % one by one, on its own four. Once the processes are
+        // warm it makes no difference.
         let hot = options
             .max_connections(HOT_CONNECTIONS)
             .connect(url)
@@ -1494,6 +1494,15 @@ impl Store for PgStore {
         Ok(Some(out))
     }
 
+    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>> {
+        let out: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT output FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(out.flatten())
+    }
+
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
@@ -1985,11 +1994,12 @@ impl Store for PgStore {
         .bind(now)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::Conflict(format!("a schedule named {:?} already exists", name.as_deref().unwrap_or("")))
-            }
-            _ => StoreError::Database(e),
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!(
+                "a schedule named {:?} already exists",
+                name.as_deref().unwrap_or("")
+            )),
+            other => other,
         })?;
         row.into_schedule()
     }

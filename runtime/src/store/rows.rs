@@ -533,7 +533,7 @@ pub(super) fn ending(
     c: &super::model::Completion,
     now: i64,
 ) -> super::Result<Ending> {
-    use super::policy::{JobSnapshot, RetryPolicy, decide};
+    use super::retry::{JobSnapshot, RetryPolicy, decide};
     let retry: RetryPolicy = serde_json::from_str(snap.retry)
         .map_err(|e| super::StoreError::Corrupt(format!("retry: {e}")))?;
     let next = decide(
@@ -559,13 +559,13 @@ pub(super) fn stored_figures(c: &super::model::Completion) -> [i64; 3] {
 }
 
 pub(super) fn ending_by_outcome(c: &super::model::Completion, now: i64) -> Option<Ending> {
-    super::policy::decided_by_outcome(c.outcome).map(|next| ending_after(next, c, now))
+    super::retry::decided_by_outcome(c.outcome).map(|next| ending_after(next, c, now))
 }
 
-fn ending_after(next: super::policy::Next, c: &super::model::Completion, now: i64) -> Ending {
+fn ending_after(next: super::retry::Next, c: &super::model::Completion, now: i64) -> Ending {
     let state = next.state();
     let run_at = match next {
-        super::policy::Next::Retry { run_at } => Some(run_at),
+        super::retry::Next::Retry { run_at } => Some(run_at),
         _ => None,
     };
     let change = StateChange {
@@ -785,7 +785,7 @@ pub(super) fn prunable(placeholder: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::policy::Next;
+    use crate::store::retry::Next;
 
     /// The ending's state event is the text a `Value` of the same fields serializes to, so
     /// histories written before and after read the same.

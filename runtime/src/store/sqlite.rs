@@ -105,7 +105,11 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let file = options.get_filename().to_path_buf();
-        let mut migrate = options.connect().await?;
+        // Opening is the operator's: the driver's words say why a file cannot be used.
+        let mut migrate = options
+            .connect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", file.display())))?;
         MIGRATOR.run(&mut migrate).await?;
         sqlx::Connection::close(migrate).await?;
 
@@ -486,8 +490,7 @@ fn apply_completion(
 
 /// `true` if `e` is a UNIQUE constraint failure.
 fn is_unique_violation(e: &StoreError) -> bool {
-    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+    matches!(e, StoreError::Conflict(_))
 }
 
 #[async_trait]
@@ -578,6 +581,10 @@ impl Store for SqliteStore {
         let (out, notices) = self.write(|tx| insert_jobs_tx(tx, jobs, now)).await?;
         self.notify(notices);
         Ok(out)
+    }
+
+    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>> {
+        self.read(|tx| Ok(scalar::<Option<Vec<u8>>>(tx, w::JOB_OUTPUT, [id])?.flatten()))
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -1209,10 +1216,6 @@ impl super::WorkflowStore for SqliteStore {
         rows.into_iter()
             .map(|(i, s, j)| Ok((i, s.parse().map_err(StoreError::Corrupt)?, j)))
             .collect()
-    }
-
-    async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>> {
-        self.read(|tx| Ok(scalar::<Option<Vec<u8>>>(tx, w::JOB_OUTPUT, [id])?.flatten()))
     }
 
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {

@@ -2,7 +2,7 @@
 //! both backends: the workflow tables use no backend-specific SQL, only placeholders differ
 //! (`?` against `$1`). Postgres implements the trait with sqlx through `workflow_store!`, which
 //! passes each text through `postgres_placeholders`; SQLite runs the same texts with rusqlite
-//! (`sqlite_workflow.rs`).
+//! (the `impl WorkflowStore for SqliteStore` at the end of `sqlite.rs`).
 //!
 //! Every step of the engine is one transaction guarded by the run's `rev`: it writes the
 //! node and element changes, the jobs it submits (through the backend's own job insert, so a
@@ -434,15 +434,6 @@ macro_rules! workflow_store {
                 rows.into_iter()
                     .map(|(i, s, j)| Ok((i, s.parse().map_err(StoreError::Corrupt)?, j)))
                     .collect()
-            }
-
-            async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>> {
-                let out: Option<Option<Vec<u8>>> =
-                    sqlx::query_scalar(AssertSqlSafe($sql(super::workflow_sql::JOB_OUTPUT)))
-                        .bind(id)
-                        .fetch_optional(&self.$reader)
-                        .await?;
-                Ok(out.flatten())
             }
 
             async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {

@@ -87,7 +87,7 @@ async fn run_engine(
     // Step every run that is not finished once: after a restart this follows their jobs again
     // and settles whatever changed while no engine ran.
     // (The scan's first tick is immediate, so the loop below steps them at once.)
-    match service.store().active_runs().await {
+    match service.runs().active_runs().await {
         Ok(runs) => due.extend(runs),
         Err(e) => tracing::warn!("workflow engine: cannot list active runs: {e}"),
     }
@@ -113,7 +113,7 @@ async fn run_engine(
             }
         }
         if full_scan {
-            match service.store().runs_to_advance(now_ms()).await {
+            match service.runs().runs_to_advance(now_ms()).await {
                 Ok(runs) => due.extend(runs),
                 Err(e) => {
                     crate::throttle::warn(format!("workflow engine: cannot scan for runs: {e}"))
@@ -151,9 +151,9 @@ async fn advance(
     run: RunId,
     following: &mut Following,
 ) -> Result<(), ServiceError> {
-    let store = service.store();
+    let (store, runs) = (service.store(), service.runs());
     for _ in 0..20 {
-        let Some(snap) = store.get_run(run).await? else {
+        let Some(snap) = runs.get_run(run).await? else {
             following.follow(run, Vec::new());
             return Ok(());
         };
@@ -180,10 +180,7 @@ async fn advance(
                     }],
                     ..RunChanges::default()
                 };
-                match store
-                    .apply_run(run, snap.run.rev, changes, now_ms())
-                    .await?
-                {
+                match runs.apply_run(run, snap.run.rev, changes, now_ms()).await? {
                     Some(_) => {
                         for job in snap.outstanding_jobs() {
                             let _ = store.cancel(job, now_ms()).await;
@@ -201,7 +198,7 @@ async fn advance(
         let mut jobs: Vec<JobId> = snap.outstanding_jobs();
         if !changes.is_empty() {
             let finishing = changes.state.as_ref().is_some_and(|(s, _)| s.is_final());
-            match store.apply_run(run, snap.run.rev, changes, now).await? {
+            match runs.apply_run(run, snap.run.rev, changes, now).await? {
                 None => continue, // stepped by someone else: read it again
                 Some(ids) => {
                     jobs.extend(ids);
@@ -233,7 +230,7 @@ async fn decide(
     snap: &RunSnapshot,
     now: i64,
 ) -> Result<Plan, ServiceError> {
-    let store = service.store();
+    let (store, runs) = (service.store(), service.runs());
     let admission = Admission {
         policy: &service.jobs.policy,
         dirs: &service.jobs.allowed_dirs,
@@ -251,11 +248,11 @@ async fn decide(
                     data.job_outputs.insert(job, out);
                 }
                 Wanted::ItemOutputs(node) => {
-                    let outs = store.item_outputs(snap.run.id, &node).await?;
+                    let outs = runs.item_outputs(snap.run.id, &node).await?;
                     data.item_outputs.insert(node, outs);
                 }
                 Wanted::PendingItems { node, from, limit } => {
-                    let items = store.pending_items(snap.run.id, &node, from, limit).await?;
+                    let items = runs.pending_items(snap.run.id, &node, from, limit).await?;
                     data.pending_items.insert(node, items);
                 }
             }

@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use super::definition::{Definition, Validated};
 use crate::service::{JobService, ServiceError};
 use crate::store::{
-    JobId, NewRun, NodeRecord, NodeState, RunId, RunRecord, RunState, Store, StoreError, now_ms,
+    JobId, NewRun, NodeRecord, NodeState, RunId, RunRecord, RunState, Store, StoreError,
+    WorkflowStore, now_ms,
 };
 
 /// Validated definitions by (name, version).
@@ -21,20 +22,29 @@ type Definitions = HashMap<(String, i64), Arc<Validated>>;
 #[derive(Clone)]
 pub struct WorkflowService {
     pub jobs: JobService,
+    /// The workflow tables: runs, nodes, elements, run events.
+    runs: Arc<dyn WorkflowStore>,
     /// Validated definitions by (name, version): versions never change once stored.
     definitions: Arc<Mutex<Definitions>>,
 }
 
 impl WorkflowService {
-    pub fn new(jobs: JobService) -> WorkflowService {
+    pub fn new(jobs: JobService, runs: Arc<dyn WorkflowStore>) -> WorkflowService {
         WorkflowService {
             jobs,
+            runs,
             definitions: Arc::default(),
         }
     }
 
+    /// The job store (definitions, jobs, outputs).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.jobs.store
+    }
+
+    /// The workflow tables.
+    pub fn runs(&self) -> &Arc<dyn WorkflowStore> {
+        &self.runs
     }
 
     /// A stored definition (its latest version when `version` is `None`), validated once per
@@ -116,7 +126,7 @@ impl WorkflowService {
         let deadline_at =
             crate::service::deadline_after(now, "timeout", def.definition.timeout.as_deref())?;
         let run = self
-            .store()
+            .runs()
             .create_run(
                 NewRun {
                     workflow: name.to_string(),
@@ -152,7 +162,7 @@ impl WorkflowService {
 
     /// Asks a run to stop: its pending nodes are cancelled and its running jobs stopped.
     pub async fn cancel_run(&self, id: RunId) -> Result<RunState, ServiceError> {
-        Ok(self.store().request_run_cancel(id, now_ms()).await?)
+        Ok(self.runs().request_run_cancel(id, now_ms()).await?)
     }
 
     /// A run as the API shows it: every node in definition order with its state and job
@@ -160,7 +170,7 @@ impl WorkflowService {
     /// in time linear in the run's size; outputs are passed through as stored, not parsed.
     pub async fn view(&self, id: RunId) -> Result<RunView, ServiceError> {
         let snap = self
-            .store()
+            .runs()
             .get_run(id)
             .await?
             .ok_or_else(|| StoreError::NotFound {
@@ -201,7 +211,7 @@ impl WorkflowService {
                     done: n.items_done,
                     failed: n.items_failed,
                     elements: self
-                        .store()
+                        .runs()
                         .items(id, &n.name)
                         .await?
                         .into_iter()

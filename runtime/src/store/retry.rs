@@ -1,4 +1,4 @@
-//! Retry policy and the one function that decides where a job goes after an attempt. Both
+//! The retry policy and the one function that decides where a job goes after an attempt. Both
 //! store backends apply its answer; neither decides on its own.
 
 use serde::{Deserialize, Deserializer, Serialize};
