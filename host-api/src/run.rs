@@ -328,13 +328,15 @@ fn classify(
         };
         return (outcome, None, Some(killed.to_string()));
     }
+    // WASI 0.2's `exit` carries only success or failure (any failing code arrives as 1), so
+    // the message says failure and invents no code.
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return match exit.0 {
             0 => (Outcome::Succeeded, None, None),
-            code => (
+            _ => (
                 Outcome::Failed,
                 None,
-                Some(format!("the program exited with code {code}")),
+                Some("the command exited with a failure status".into()),
             ),
         };
     }

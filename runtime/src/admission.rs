@@ -175,6 +175,9 @@ impl AdmissionPolicy {
                 self.max_attempts,
             ));
         }
+        if retry.max_lost > self.max_attempts {
+            return Err(over("retry.max_lost", retry.max_lost, self.max_attempts));
+        }
         for (field, ms) in [
             ("retry.initial_backoff_ms", retry.initial_backoff_ms),
             ("retry.max_backoff_ms", retry.max_backoff_ms),

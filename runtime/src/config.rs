@@ -31,6 +31,9 @@ pub struct FileConfig {
     /// Most jobs a node claims beyond its free workers when attempts are short (see
     /// docs/scheduler.md, "Claiming ahead"); 0 claims only for free workers. Default 1024.
     pub claim_ahead: Option<usize>,
+    /// On SIGTERM, how long running attempts may go on before they are stopped and their jobs
+    /// given back to the queue, e.g. "30s" (default "10s").
+    pub shutdown_grace: Option<String>,
     /// `[http]`: what one client may hold of the server.
     pub http: HttpSection,
     /// `[modules]`: the module store's quota, and compiling uploads.

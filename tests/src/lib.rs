@@ -270,14 +270,35 @@ impl Process {
 
     /// `wasmjobs worker` on `db`.
     pub fn worker(dir: &std::path::Path, db: &str, node_id: &str) -> Process {
-        let child = spawn(
-            dir,
-            &["worker", "--db", db, "--node-id", node_id, "--workers", "2"],
-        );
+        Self::worker_with(dir, db, node_id, &[])
+    }
+
+    /// `wasmjobs worker` on `db` with `extra` arguments.
+    pub fn worker_with(dir: &std::path::Path, db: &str, node_id: &str, extra: &[&str]) -> Process {
+        let mut args = vec!["worker", "--db", db, "--node-id", node_id, "--workers", "2"];
+        args.extend_from_slice(extra);
+        let child = spawn(dir, &args);
         Process {
             child,
             url: String::new(),
         }
+    }
+
+    /// SIGTERM, then waits for the process to exit: how long it took (`None` if it had not
+    /// exited within `within`, when it is killed).
+    pub fn terminate(&mut self, within: std::time::Duration) -> Option<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        while started.elapsed() < within {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.kill9();
+        None
     }
 
     fn wait_healthy(&self) {

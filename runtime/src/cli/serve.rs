@@ -29,9 +29,15 @@ pub struct NodeArgs {
     /// Configuration file (default: ./wasmjobs.toml if present).
     #[arg(long, env = "WASMJOBS_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's name in leases and attempts (default: host-pid-random).
+    /// This node's name in leases and attempts (default: host-pid-random). Two live nodes
+    /// must never share one: a node that starts under an id takes back at once the jobs an
+    /// earlier process left running under it.
     #[arg(long, env = "WASMJOBS_NODE_ID")]
     node_id: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long running attempts may go on before they are stopped and
+    /// their jobs given back to the queue, uncharged (default 10s).
+    #[arg(long, env = "WASMJOBS_SHUTDOWN_GRACE")]
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +54,8 @@ pub struct ServeArgs {
 
 struct Setup {
     file: FileConfig,
+    /// How long a shutdown lets running attempts finish.
+    grace: Duration,
     /// The whole store, for the services that use its parts.
     backend: Arc<dyn crate::store::Backend>,
     service: JobService,
@@ -77,7 +85,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
         .unwrap_or_else(|| "wasmjobs.db".to_string());
     let store = crate::store::open(&db)
         .await
-        .with_context(|| format!("cannot open the store at {db}"))?;
+        .with_context(|| format!("cannot open the store at {}", redacted(&db)))?;
     let mut node = NodeConfig::default();
     if let Some(w) = args.workers.or(file.workers) {
         if w == 0 {
@@ -124,13 +132,34 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     );
     let service = JobService::new(store.clone(), file.policy.clone().unwrap_or_default());
     tracing::info!(
-        "store: {} ({db}); node {}; {} workers",
+        "store: {} ({}); node {}; {} workers",
         service.store.backend(),
+        redacted(&db),
         node.node_id,
         node.concurrency
     );
+    let grace = match args
+        .shutdown_grace
+        .as_ref()
+        .or(file.shutdown_grace.as_ref())
+    {
+        Some(t) => wasmjobs_host::units::parse_duration(t).context("shutdown_grace")?,
+        None => DEFAULT_SHUTDOWN_GRACE,
+    };
+    // A store that cannot take a write now will not take the node's claims either: say so
+    // before starting, with what to do.
+    if let Err(e) = store
+        .probe_write(&node.node_id, crate::store::now_ms())
+        .await
+    {
+        bail!(
+            "the store at {} does not take writes ({e}): check that the disk has space and that the database (file or server) is writable by this user, then start again",
+            redacted(&db)
+        );
+    }
     Ok(Setup {
         file,
+        grace,
         backend: store,
         service,
         sandbox,
@@ -153,13 +182,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let (config, limits) = api_config(&s.file)?;
     let workflows = crate::workflow::WorkflowService::new(s.service.clone(), s.backend.clone());
     let engine = crate::workflow::engine::start(workflows.clone());
-    let state = AppState::new(
-        s.service.clone(),
-        workflows,
-        s.sandbox.clone(),
-        s.modules.clone(),
-        config,
-    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -171,18 +193,37 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             s.node.clone(),
         )
     });
+    let state = AppState::new(
+        s.service.clone(),
+        workflows,
+        s.sandbox.clone(),
+        s.modules.clone(),
+        config,
+    )
+    .with_node(s.node.node_id.clone(), node.as_ref().map(Node::health));
     eprintln!(
         "wasmjobs listening on http://{} (store: {})",
         listener.local_addr()?,
         s.service.store.backend()
     );
-    crate::http::serve(listener, state, limits, shutdown_signal())
-        .await
-        .context("server")?;
-    engine.shutdown().await;
-    if let Some(node) = node {
-        node.drain(SHUTDOWN_GRACE).await;
-    }
+    // On the signal the API stops taking requests and the node drains at the same time: an
+    // idle server is gone at once, a busy one within the grace.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    let server = crate::http::serve(listener, state, limits, stop.clone().cancelled_owned());
+    let drain = async {
+        stop.cancelled().await;
+        engine.shutdown().await;
+        if let Some(node) = node {
+            node.drain(s.grace).await;
+        }
+    };
+    let (served, ()) = tokio::join!(server, drain);
+    served.context("server")?;
     Ok(0)
 }
 
@@ -252,6 +293,21 @@ fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)
     Ok((config, limits))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_in_database_urls_are_masked() {
+        assert_eq!(
+            redacted("postgres://app:hunter2@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(redacted("postgres://app@db/jobs"), "postgres://app@db/jobs");
+        assert_eq!(redacted("wasmjobs.db"), "wasmjobs.db");
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
@@ -268,15 +324,30 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     let node = Node::start(s.service, s.sandbox, s.modules, s.node);
     eprintln!("wasmjobs worker running");
     shutdown_signal().await;
-    tokio::time::timeout(Duration::from_secs(30), node.drain(SHUTDOWN_GRACE))
+    // The drain itself is bounded by the grace; this bounds a store that hangs besides.
+    tokio::time::timeout(s.grace + Duration::from_secs(20), node.drain(s.grace))
         .await
         .ok();
     Ok(0)
 }
 
-/// How long a node stopping on Ctrl-C or SIGTERM lets the attempts it holds finish before it
-/// cancels them (`Node::drain`).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a node stopping on Ctrl-C or SIGTERM lets running attempts finish before it
+/// stops them and gives their jobs back (`Node::drain`), unless configured.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A database URL with its password masked, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -91,8 +91,8 @@ pub(super) async fn require(
         req.extensions_mut().insert(Caller::local_admin());
         return next.run(req).await;
     }
-    // Liveness and the API's description are public.
-    if matches!(req.uri().path(), "/healthz" | "/openapi.json") {
+    // Liveness, readiness and the API's description are public.
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/openapi.json") {
         return next.run(req).await;
     }
     let presented = req

@@ -40,6 +40,10 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Permits for compiling uploads (`ApiConfig::max_concurrent_compiles`).
     pub compiles: Arc<tokio::sync::Semaphore>,
+    /// The node this API runs beside, for `GET /readyz`: its id (which the write probe
+    /// records) and, when it runs jobs, its health.
+    pub node_id: String,
+    pub node: Option<Arc<crate::scheduler::NodeHealth>>,
 }
 
 impl AppState {
@@ -61,7 +65,20 @@ impl AppState {
             modules,
             config: Arc::new(config),
             compiles,
+            node_id: crate::scheduler::default_node_id(),
+            node: None,
         }
+    }
+
+    /// Readiness follows node `id` (with `health` when the node runs jobs).
+    pub fn with_node(
+        mut self,
+        id: String,
+        health: Option<Arc<crate::scheduler::NodeHealth>>,
+    ) -> AppState {
+        self.node_id = id;
+        self.node = health;
+        self
     }
 }
 
@@ -162,11 +179,12 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
 }
 
-/// Liveness and the store backend.
+/// Liveness: the process answers (it does not look at the store: see `/readyz`).
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -178,6 +196,53 @@ async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok", "store": state.service.store.backend() }))
+}
+
+/// How long the readiness check waits for the store's write.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: the store takes a write (one row of `nodes`, committed), and this node can take
+/// work (its completions are being written, so it claims). `503` with the reasons otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = openapi::Readiness),
+        (status = 503, description = "Not ready: the reasons say why", body = openapi::Readiness),
+    )
+)]
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut reasons = Vec::new();
+    let probe = state
+        .service
+        .store
+        .probe_write(&state.node_id, crate::store::now_ms());
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => reasons.push(format!("the store does not take writes: {e}")),
+        Err(_) => reasons.push(format!(
+            "the store did not take a write within {READY_PROBE_TIMEOUT:?}"
+        )),
+    }
+    if let Some(why) = state.node.as_ref().and_then(|n| n.not_ready()) {
+        reasons.push(format!("this node does not take work: {why}"));
+    }
+    let status = if reasons.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if reasons.is_empty() { "ready" } else { "not_ready" },
+        "store": state.service.store.backend(),
+        "reasons": reasons,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// Prometheus text format: jobs by state.

@@ -160,6 +160,9 @@ pub(crate) struct LimitsDoc {
 #[derive(ToSchema)]
 pub(crate) struct RetryDoc {
     max_attempts: Option<u32>,
+    /// Attempts that may end `lost` (a node died) before the job fails; default 5. They do
+    /// not count in `max_attempts`.
+    max_lost: Option<u32>,
     initial_backoff_ms: Option<DurationDoc>,
     multiplier: Option<f64>,
     max_backoff_ms: Option<DurationDoc>,
@@ -213,6 +216,8 @@ pub(crate) struct JobView {
     idempotency_key: Option<String>,
     attempts: Vec<AttemptView>,
     attempt_count: u32,
+    /// Of `attempt_count`, the attempts that ended `lost`.
+    lost_attempts: u32,
     deadline_at: Option<i64>,
     worker: Option<String>,
     lease_until: Option<i64>,
@@ -296,6 +301,16 @@ pub(crate) struct ScheduleView {
 #[derive(ToSchema)]
 pub(crate) struct ScheduleList {
     schedules: Vec<ScheduleView>,
+}
+
+/// Whether the node is ready: `ready`, or `not_ready` with the reasons.
+#[derive(ToSchema)]
+pub(crate) struct Readiness {
+    status: String,
+    /// `sqlite` or `postgres`.
+    store: String,
+    /// Why not ready (empty when ready).
+    reasons: Vec<String>,
 }
 
 #[derive(ToSchema)]

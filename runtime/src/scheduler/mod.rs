@@ -23,7 +23,7 @@ pub use live::MAX_EVENTS_PER_ATTEMPT;
 pub use modules::ModuleCache;
 
 use crate::service::JobService;
-use crate::store::{Claimed, Completion, JobId, NewEvent, Notice, Store, now_ms};
+use crate::store::{Claimed, Completion, JobId, NewEvent, Notice, Rescue, Store, now_ms};
 
 /// How a node runs jobs.
 #[derive(Debug, Clone)]
@@ -74,10 +74,12 @@ pub const CLAIM_AHEAD_WINDOW: Duration = Duration::from_millis(20);
 
 /// `hostname-pid-random`: unique per process.
 pub fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "node".into());
-    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+    format!(
+        "{}-{}-{:04x}",
+        host_name(),
+        std::process::id(),
+        fastrand::u16(..)
+    )
 }
 
 /// A running worker node. Dropping the returned handle does not stop it; call [`Node::shutdown`].
@@ -101,7 +103,16 @@ struct Shared {
     config: NodeConfig,
     /// Jobs this node holds (claimed and not yet completed: waiting for a slot or running),
     /// with their cancel handles; the heartbeat renews their leases.
-    running: Mutex<HashMap<JobId, (CancelHandle, std::time::Instant)>>,
+    running: Mutex<HashMap<JobId, HeldJob>>,
+    /// Jobs whose completion was sent to the completer and is not written yet: the node's
+    /// own rescuer leaves them alone, even when their leases ran out while the store was
+    /// refusing writes.
+    pending: Mutex<std::collections::HashSet<JobId>>,
+    /// What the readiness check reports of this node.
+    health: Arc<NodeHealth>,
+    /// Set when a shutdown's grace ran out: attempts cancelled from now on are the node's
+    /// doing, and their jobs go back to the queue uncharged instead of ending `cancelled`.
+    releasing: std::sync::atomic::AtomicBool,
     completions: mpsc::UnboundedSender<Completion>,
     /// Completions sent to the completer and not yet written (or given up on).
     uncommitted: std::sync::atomic::AtomicUsize,
@@ -120,6 +131,41 @@ struct Shared {
     /// The runtime the node was started on, where the store is used: a runner reaches the
     /// store through it, so that no database connection is tied to the guest runtime.
     main: tokio::runtime::Handle,
+}
+
+/// What the node keeps of a job it holds, for its heartbeat, its shutdown and its rescuer.
+struct HeldJob {
+    cancel: CancelHandle,
+    /// When it was claimed.
+    since: std::time::Instant,
+    /// The attempt it was claimed for.
+    attempt: u32,
+}
+
+/// What the readiness check sees of a node: whether it claims, and why not when it does not.
+#[derive(Debug, Default)]
+pub struct NodeHealth {
+    /// Why the node does not claim now (the store refuses its writes), if it does not.
+    blocked: Mutex<Option<String>>,
+}
+
+impl NodeHealth {
+    /// Why the node cannot take work now; `None` when it can.
+    pub fn not_ready(&self) -> Option<String> {
+        lock(&self.blocked).clone()
+    }
+
+    fn block(&self, why: String) {
+        *lock(&self.blocked) = Some(why);
+    }
+
+    fn unblock(&self) -> bool {
+        lock(&self.blocked).take().is_some()
+    }
+
+    fn is_blocked(&self) -> bool {
+        lock(&self.blocked).is_some()
+    }
 }
 
 /// A job this node holds: claimed, waiting for a runner or running.
@@ -150,6 +196,9 @@ impl Node {
             to_run_added: Notify::new(),
             config,
             running: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
+            health: Arc::new(NodeHealth::default()),
+            releasing: std::sync::atomic::AtomicBool::new(false),
             released: Notify::new(),
             attempt_us: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             completions: tx,
@@ -182,9 +231,16 @@ impl Node {
         }
     }
 
-    /// Shuts down gracefully: stops claiming, lets the attempts this node holds (running, or
-    /// claimed ahead and waiting for a slot) run and their completions commit, for up to
-    /// `grace`, then does [`Node::shutdown`] with whatever is left.
+    /// What the readiness check reports of this node.
+    pub fn health(&self) -> Arc<NodeHealth> {
+        self.shared.health.clone()
+    }
+
+    /// Shuts down gracefully: stops claiming and starting held jobs, gives back at once the
+    /// jobs claimed ahead that no slot started, lets the running attempts finish and their
+    /// completions commit for up to `grace`, then cancels what still runs and gives those jobs
+    /// back too — back in the queue, their attempt not charged ([`Store::release`]) — and does
+    /// [`Node::shutdown`]. A node with nothing running is gone within milliseconds.
     pub async fn drain(mut self, grace: Duration) {
         self.shared.claiming.cancel();
         let until = tokio::time::Instant::now() + grace;
@@ -193,6 +249,10 @@ impl Node {
         if let Some(dispatcher) = self.dispatcher.take() {
             let _ = tokio::time::timeout_at(until, dispatcher).await;
         }
+        let waiting: Vec<Held> = lock(&self.shared.to_run).drain(..).collect();
+        let unstarted: Vec<(JobId, u32)> =
+            waiting.iter().map(|h| (h.job.id, h.job.attempt)).collect();
+        give_back(&self.shared, unstarted).await;
         // Until no job is held and the completer has written every completion it was sent (a
         // job's completion is counted before the job stops being held).
         let busy =
@@ -200,6 +260,17 @@ impl Node {
         while busy(&self.shared) && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let left: Vec<(JobId, u32)> = {
+            let running = lock(&self.shared.running);
+            if !running.is_empty() {
+                self.shared.releasing.store(true, Ordering::Relaxed);
+                for held in running.values() {
+                    held.cancel.cancel();
+                }
+            }
+            running.iter().map(|(id, h)| (*id, h.attempt)).collect()
+        };
+        give_back(&self.shared, left).await;
         self.shutdown().await;
     }
 
@@ -315,6 +386,14 @@ async fn dispatch(s: Arc<Shared>) {
             0
         };
         let mut claimed_any = false;
+        if want > 0 && s.health.is_blocked() {
+            // The store refuses writes: claim again once the kept completions are written.
+            tokio::select! {
+                _ = s.claiming.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
+        }
         if want > 0 {
             let lease_ms = i64::try_from(s.config.lease.as_millis()).unwrap_or(i64::MAX);
             match s
@@ -401,7 +480,14 @@ fn hold(s: &Shared, jobs: Vec<Claimed>) {
         let mut to_run = lock(&s.to_run);
         for job in jobs {
             let cancel = CancelHandle::new();
-            running.insert(job.id, (cancel.clone(), since));
+            running.insert(
+                job.id,
+                HeldJob {
+                    cancel: cancel.clone(),
+                    since,
+                    attempt: job.attempt,
+                },
+            );
             to_run.push_back(Held { job, cancel });
         }
     }
@@ -420,7 +506,12 @@ async fn runner(s: Arc<Shared>) {
         tokio::pin!(added);
         // Registered before looking, so that jobs added after the look wake this runner.
         added.as_mut().enable();
-        let next = lock(&s.to_run).pop_front();
+        // A node that is shutting down starts nothing more: what waits is given back.
+        let next = if s.claiming.is_cancelled() {
+            None
+        } else {
+            lock(&s.to_run).pop_front()
+        };
         let Some(Held { job, cancel }) = next else {
             tokio::select! {
                 _ = added => continue,
@@ -435,6 +526,27 @@ async fn runner(s: Arc<Shared>) {
         let id = job.id;
         run_attempt(&s, job, cancel).await;
         release(&s, id);
+    }
+}
+
+/// Puts jobs this node holds back in the queue, uncharged (a shutdown), and forgets them.
+async fn give_back(s: &Shared, jobs: Vec<(JobId, u32)>) {
+    if jobs.is_empty() {
+        return;
+    }
+    match s.store.release(&s.config.node_id, &jobs, now_ms()).await {
+        Ok(ids) => tracing::info!(
+            "shutting down: gave {} jobs back to the queue, their attempts not charged",
+            ids.len()
+        ),
+        Err(e) => tracing::warn!(
+            "shutting down: cannot give {} jobs back ({e}); they run again once their leases run out",
+            jobs.len()
+        ),
+    }
+    let mut running = lock(&s.running);
+    for (id, _) in &jobs {
+        running.remove(id);
     }
 }
 
@@ -567,6 +679,12 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     if report.logs_truncated {
         events.push(NewEvent { kind: "log", data: json!({ "level": "warn", "source": "wasmjobs", "message": "logs truncated at the log limit" }) });
     }
+    if outcome == wasmjobs_host::Outcome::Cancelled && s.releasing.load(Ordering::Relaxed) {
+        // Cancelled by this node's own shutdown: the job goes back to the queue uncharged
+        // (`Node::drain`), not `cancelled`.
+        return;
+    }
+    lock(&s.pending).insert(job.id);
     s.uncommitted.fetch_add(1, Ordering::Relaxed);
     let _ = s.completions.send(Completion {
         job_id: job.id,
@@ -580,6 +698,7 @@ async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         fuel_consumed: report.fuel_consumed,
         peak_memory_bytes: report.peak_memory_bytes,
         wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
+        ended_at: now_ms(),
         events,
     });
 }
@@ -608,7 +727,15 @@ fn append_events(
 }
 
 /// Writes completions in batches: whatever has arrived since the last commit goes in one
-/// transaction (group commit).
+/// transaction (group commit), written at the time its last attempt ended.
+///
+/// A batch the store cannot take for now (`StoreError::Unavailable`: disk full, database
+/// unreachable, a read-only file) is kept and tried again, every second at most, for as long as
+/// it takes: meanwhile the node stops claiming ([`NodeHealth`]) and its rescuer leaves these
+/// jobs alone, so a finished attempt is never given up and run again. A batch refused for
+/// another reason (a bug of ours, or one completion the store cannot hold) is written one
+/// completion at a time, so one bad completion costs only its own job, which the rescuer then
+/// ends `lost`.
 async fn complete(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::new();
     loop {
@@ -619,23 +746,62 @@ async fn complete(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Completion>) {
         if n == 0 {
             return;
         }
-        let mut attempt = 0u32;
-        loop {
-            match s.store.complete(&batch, now_ms()).await {
-                Ok(_) => break,
-                Err(e) => {
-                    attempt += 1;
-                    crate::throttle::error(format!("completing attempts failed: {e}"));
-                    if s.shutdown.is_cancelled() || attempt >= 20 {
-                        // The leases will expire and the rescuer will record the attempts lost.
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                }
+        write_completions(&s, &batch).await;
+        {
+            let mut pending = lock(&s.pending);
+            for c in &batch {
+                pending.remove(&c.job_id);
             }
         }
         s.uncommitted.fetch_sub(batch.len(), Ordering::Relaxed);
         batch.clear();
+    }
+}
+
+/// Writes one batch of completions (see [`complete`]); returns once each is written or given
+/// up, or the node shuts down.
+async fn write_completions(s: &Shared, batch: &[Completion]) {
+    let at = |b: &[Completion]| b.iter().map(|c| c.ended_at).max().unwrap_or_else(now_ms);
+    let mut tries = 0u32;
+    loop {
+        match s.store.complete(batch, at(batch)).await {
+            Ok(_) => {
+                if s.health.unblock() {
+                    tracing::info!("the store takes writes again: claiming again");
+                }
+                return;
+            }
+            Err(e) if e.is_unavailable() => {
+                s.health.block(format!("the store refuses writes ({e})"));
+                crate::throttle::error(format!(
+                    "completing attempts failed, kept to be written once the store takes writes ({e}); not claiming meanwhile"
+                ));
+                if s.shutdown.is_cancelled() {
+                    // Going away: the rescuer of whichever node runs next ends these `lost`.
+                    return;
+                }
+                tries = tries.saturating_add(1);
+                let wait = Duration::from_millis(100 * u64::from(tries.min(10)));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = s.shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                crate::throttle::error(format!(
+                    "completing attempts failed ({e}): writing them one at a time"
+                ));
+                for c in batch {
+                    if let Err(e) = s.store.complete(std::slice::from_ref(c), c.ended_at).await {
+                        crate::throttle::error(format!(
+                            "cannot complete an attempt of job {} ({e}): its lease will run out and it will be rescued",
+                            c.job_id
+                        ));
+                    }
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -645,8 +811,8 @@ async fn heartbeat(s: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = s.shutdown.cancelled() => {
-                for (c, _) in lock(&s.running).values() {
-                    c.cancel();
+                for held in lock(&s.running).values() {
+                    held.cancel.cancel();
                 }
                 return;
             }
@@ -664,7 +830,7 @@ async fn heartbeat(s: Arc<Shared>) {
         {
             Ok(held) => {
                 let held: HashMap<JobId, bool> = held.into_iter().collect();
-                for (id, (cancel, since)) in lock(&s.running).iter() {
+                for (id, HeldJob { cancel, since, .. }) in lock(&s.running).iter() {
                     let requested = held.get(id).copied().unwrap_or(false);
                     // Not held any more (lease taken away): only for attempts that started before
                     // this renewal, since a fresh claim may have committed after it.
@@ -679,21 +845,115 @@ async fn heartbeat(s: Arc<Shared>) {
     }
 }
 
-/// Records attempts of dead nodes as `lost` and requeues their jobs.
+/// Records attempts of dead nodes as `lost` and requeues their jobs: at once for the nodes
+/// known to be gone ([`gone_predecessors`]), and for every node whose leases run out, a third
+/// of a lease at most after they did (this node's own jobs excepted: their completions wait to
+/// be written).
 async fn rescue(s: Arc<Shared>) {
+    rescue_predecessors(&s).await;
     let every = (s.config.lease / 3).max(Duration::from_millis(100));
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = s.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        if !first {
+            tokio::select! {
+                _ = s.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
         }
-        match s.store.rescue_expired(now_ms()).await {
+        first = false;
+        if s.health.is_blocked() {
+            continue;
+        }
+        let keep: Vec<JobId> = {
+            let mut keep: Vec<JobId> = lock(&s.running).keys().copied().collect();
+            keep.extend(lock(&s.pending).iter().copied());
+            keep
+        };
+        match s
+            .store
+            .rescue(Rescue::Expired { keep: &keep }, now_ms())
+            .await
+        {
             Ok(ids) if !ids.is_empty() => {
                 tracing::warn!("rescued {} jobs with expired leases: {ids:?}", ids.len())
             }
             Ok(_) => {}
             Err(e) => crate::throttle::warn(format!("rescuer: {e}")),
         }
+    }
+}
+
+/// Ends at once the attempts of this node's predecessors that are provably gone: a node that
+/// ran under this node's id (a restart: two live nodes must never share an id), and nodes of
+/// the default id form on this host (`host-pid-xxxx`) whose process no longer exists. Their
+/// jobs run again now instead of a lease later.
+async fn rescue_predecessors(s: &Shared) {
+    let workers = match s.store.running_workers().await {
+        Ok(w) => w,
+        Err(e) => {
+            crate::throttle::warn(format!("cannot list the nodes holding jobs: {e}"));
+            return;
+        }
+    };
+    let gone = gone_predecessors(&s.config.node_id, &host_name(), workers, process_exists);
+    if gone.is_empty() {
+        return;
+    }
+    match s.store.rescue(Rescue::Workers(&gone), now_ms()).await {
+        Ok(ids) if !ids.is_empty() => tracing::warn!(
+            "took back {} jobs of nodes that are gone ({}): they run again",
+            ids.len(),
+            gone.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => crate::throttle::warn(format!("rescuing the jobs of gone nodes: {e}")),
+    }
+}
+
+/// Of `workers` (nodes holding running jobs), those provably gone, seen from node `me` on
+/// host `host`: `me` itself (an earlier process under the same id), and ids of the default
+/// form `host-pid-xxxx` of this host whose process `exists` says is gone.
+fn gone_predecessors(
+    me: &str,
+    host: &str,
+    workers: Vec<String>,
+    exists: impl Fn(u32) -> bool,
+) -> Vec<String> {
+    workers
+        .into_iter()
+        .filter(|w| {
+            if w == me {
+                return true;
+            }
+            let mut parts = w.rsplitn(3, '-');
+            let (Some(tag), Some(pid), Some(on)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return false;
+            };
+            let default_form =
+                tag.len() == 4 && tag.chars().all(|c| c.is_ascii_hexdigit()) && on == host;
+            match (default_form, pid.parse::<u32>()) {
+                (true, Ok(pid)) => pid != std::process::id() && !exists(pid),
+                _ => false,
+            }
+        })
+        .collect()
+}
+
+/// This host's name, as [`default_node_id`] writes it.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// Whether process `pid` exists on this host. Where that cannot be known, it is assumed to
+/// exist: a node is taken for gone only when it provably is.
+fn process_exists(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
     }
 }
 

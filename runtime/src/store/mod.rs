@@ -28,6 +28,17 @@ pub use retry::{RetryPolicy, decide};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Which attempts [`Store::rescue`] ends `lost`.
+#[derive(Debug, Clone, Copy)]
+pub enum Rescue<'a> {
+    /// Those whose lease ran out before `now`, except the jobs in `keep`: the calling node's
+    /// own, whose completions it still holds (it writes them once the store takes writes).
+    Expired { keep: &'a [JobId] },
+    /// Every attempt these workers run, whatever its lease: nodes known to be gone (a node
+    /// restarted under the same id, or whose process is gone from this host).
+    Workers(&'a [String]),
+}
+
 /// Something changed that someone may be waiting for. Delivered to every subscriber on every
 /// node (Postgres: through LISTEN/NOTIFY).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +148,18 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<(JobId, bool)>>;
-    /// Ends every attempt whose lease expired as `lost` and requeues or fails its job.
-    async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>>;
+    /// Ends attempts as `lost` and requeues or fails their jobs (their retry policy's
+    /// `max_lost`): those whose lease expired, or those of workers known to be gone.
+    async fn rescue(&self, which: Rescue<'_>, now: i64) -> Result<Vec<JobId>>;
+    /// The workers that hold running jobs (each once).
+    async fn running_workers(&self) -> Result<Vec<String>>;
+    /// Puts jobs `worker` holds back in the queue without charging their attempt (`(job,
+    /// attempt)`): a node that shuts down gives back what it did not finish. Returns the jobs
+    /// released; one the worker no longer held at that attempt is left alone.
+    async fn release(&self, worker: &str, jobs: &[(JobId, u32)], now: i64) -> Result<Vec<JobId>>;
+    /// Records that node `node` could write at `now`: a write that proves the store takes
+    /// writes (the readiness check and the start-up check).
+    async fn probe_write(&self, node: &str, now: i64) -> Result<()>;
     /// The earliest `run_at` of a scheduled job, to know when to look again.
     async fn next_scheduled_at(&self) -> Result<Option<i64>>;
 

@@ -135,6 +135,8 @@ pub struct Job {
     pub grants: Grants,
     pub idempotency_key: Option<String>,
     pub attempts: u32,
+    /// Of `attempts`, those that ended `lost` (counted against `retry.max_lost` instead).
+    pub lost_attempts: u32,
     pub deadline_at: Option<i64>,
     pub worker: Option<String>,
     pub lease_until: Option<i64>,
@@ -166,6 +168,7 @@ impl Job {
             grants: new.grants,
             idempotency_key: new.idempotency_key,
             attempts: 0,
+            lost_attempts: 0,
             deadline_at: new.deadline_at,
             worker: None,
             lease_until: None,
@@ -256,6 +259,9 @@ pub struct Completion {
     pub fuel_consumed: u64,
     pub peak_memory_bytes: u64,
     pub wall_time_us: u64,
+    /// When the attempt ended: the completer writes a batch at its last attempt's end, not at
+    /// the time the store accepted it (which may be much later after an outage).
+    pub ended_at: i64,
     /// Log and progress events not yet written.
     pub events: Vec<NewEvent>,
 }
@@ -277,6 +283,7 @@ impl Completion {
             fuel_consumed: 0,
             peak_memory_bytes: 0,
             wall_time_us: 0,
+            ended_at: now_ms(),
             events: Vec::new(),
         }
     }

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::model::*;
 use super::rows::*;
-use super::{Notice, Result, Store, StoreError};
+use super::{Notice, Rescue, Result, Store, StoreError};
 
 /// Connections for the statements every job goes through: one for each task that writes them
 /// (the submission group, a node's claims, its endings and the notices). A fifth caller
@@ -615,6 +615,7 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     worker = NULL, lease_until = NULL, run_at = COALESCE(v.run_at, jobs.run_at),
                     finished_at = CASE WHEN v.finished_at IS NOT NULL THEN {at} END, updated_at = {at},
                     event_seq = jobs.event_seq + v.n,
+                    lost_attempts = jobs.lost_attempts + (v.outcome = 'lost')::int,
                     {append},
                     ended_attempts = jobs.ended_attempts
                         || v.attempt_head
@@ -678,6 +679,31 @@ where
 }
 
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
+
+/// Puts jobs a worker still holds at the given attempts back in the queue, their attempt not
+/// charged, with their `queued` event ([`rows::released_event`](super::rows::released_event),
+/// `$5`) appended to their rows: `$1` ids, `$2` attempts, `$3` now, `$4` the worker.
+static RELEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let at = not_before_last("$3");
+    format!(
+        "WITH v AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, attempt)
+         ), r AS (
+             UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL,
+                    attempts = jobs.attempts - 1, attempt_started_at = NULL, updated_at = {at},
+                    event_seq = jobs.event_seq + 1, {append}
+             FROM v
+             WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.worker = $4
+                   AND jobs.attempts = v.attempt
+             RETURNING jobs.id, jobs.priority, jobs.run_at, jobs.deadline_at
+         ), q AS (
+             INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
+             SELECT id, priority, run_at, deadline_at, TRUE FROM r
+         )
+         SELECT id FROM r",
+        append = append_row_event("jobs.event_seq + 1", &at, "$5")
+    )
+});
 
 impl PgStore {
     /// Gives the claimed jobs that take their limits and grants from a policy the policy's
@@ -898,10 +924,12 @@ impl PgStore {
             cancel_requested: bool,
             deadline_at: Option<i64>,
             lease_until: Option<i64>,
+            lost_attempts: i64,
         }
         // Rows are locked in id order (the heartbeat skips rows held by others).
         let snaps: Vec<Snap> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, state, attempts, worker, {RETRY_COLUMN}, cancel_requested, deadline_at, lease_until FROM jobs
+            "SELECT id, state, attempts, worker, {RETRY_COLUMN}, cancel_requested, deadline_at, lease_until,
+                    lost_attempts FROM jobs
              WHERE id = ANY($1) ORDER BY id FOR UPDATE"
         )))
         .bind(&ids)
@@ -932,6 +960,7 @@ impl PgStore {
             let ending = ending(
                 EndingSnapshot {
                     attempts: snap.attempts,
+                    lost_attempts: snap.lost_attempts,
                     retry: snap
                         .retry
                         .as_deref()
@@ -1756,7 +1785,7 @@ impl Store for PgStore {
         Ok(rows)
     }
 
-    async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
+    async fn rescue(&self, which: Rescue<'_>, now: i64) -> Result<Vec<JobId>> {
         // Claims whose jobs have all left `running` under their worker are done with: none of
         // their jobs can come back to them (a job claimed again is in a claim of its own).
         let done = sqlx::query(
@@ -1768,16 +1797,35 @@ impl Store for PgStore {
         .await?
         .rows_affected();
         self.churn.fetch_add(done, Ordering::Relaxed);
-        // Attempts whose lease ran out end `lost`, decided and written as any other ending
-        // that depends on its job; the lease is checked again under the row's lock.
-        let expired: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT DISTINCT j.id, j.attempts, j.worker
-             FROM claims c CROSS JOIN LATERAL unnest(c.job_ids) AS u(id) JOIN jobs j ON j.id = u.id
-             WHERE j.state = 'running' AND j.worker = c.worker AND j.lease_until < $1",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        // Attempts whose lease ran out (or whose worker is gone) end `lost`, decided and
+        // written as any other ending that depends on its job; an expired lease is checked
+        // again under the row's lock.
+        let (expired, expired_before): (Vec<(i64, i64, Option<String>)>, _) = match which {
+            Rescue::Expired { keep } => (
+                sqlx::query_as(
+                    "SELECT DISTINCT j.id, j.attempts, j.worker
+                     FROM claims c CROSS JOIN LATERAL unnest(c.job_ids) AS u(id) JOIN jobs j ON j.id = u.id
+                     WHERE j.state = 'running' AND j.worker = c.worker AND j.lease_until < $1
+                           AND j.id <> ALL($2)",
+                )
+                .bind(now)
+                .bind(keep)
+                .fetch_all(&self.pool)
+                .await?,
+                Some(now),
+            ),
+            Rescue::Workers(workers) => (
+                sqlx::query_as(
+                    "SELECT DISTINCT j.id, j.attempts, j.worker
+                     FROM claims c CROSS JOIN LATERAL unnest(c.job_ids) AS u(id) JOIN jobs j ON j.id = u.id
+                     WHERE c.worker = ANY($1) AND j.state = 'running' AND j.worker = c.worker",
+                )
+                .bind(workers)
+                .fetch_all(&self.pool)
+                .await?,
+                None,
+            ),
+        };
         if expired.is_empty() {
             return Ok(Vec::new());
         }
@@ -1787,7 +1835,7 @@ impl Store for PgStore {
             .collect();
         let batch: Vec<(usize, &Completion)> = lost.iter().enumerate().collect();
         let mut results = vec![Completed::Refused; lost.len()];
-        self.complete_read(&batch, now, &mut results, Some(now))
+        self.complete_read(&batch, now, &mut results, expired_before)
             .await?;
         Ok(lost
             .iter()
@@ -1795,6 +1843,49 @@ impl Store for PgStore {
             .filter(|(_, r)| matches!(r, Completed::Applied(_)))
             .map(|(c, _)| c.job_id)
             .collect())
+    }
+
+    async fn running_workers(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT worker FROM claims")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn release(&self, worker: &str, jobs: &[(JobId, u32)], now: i64) -> Result<Vec<JobId>> {
+        let (ids, attempts): (Vec<i64>, Vec<i64>) =
+            jobs.iter().map(|&(id, a)| (id, i64::from(a))).unzip();
+        let released: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(&**RELEASE))
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(now)
+            .bind(worker)
+            .bind(row_event(&released_event(worker)))
+            .fetch_all(&self.pool)
+            .await?;
+        {
+            let mut open = lock(&self.open_claims);
+            for id in &released {
+                open.ended(*id);
+            }
+        }
+        let mut notices: Vec<Notice> = released.iter().map(|id| Notice::Events(*id)).collect();
+        if !released.is_empty() {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices);
+        Ok(released)
+    }
+
+    async fn probe_write(&self, node: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO nodes (id, seen_at) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(node)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {

@@ -8,11 +8,16 @@ use super::model::JobState;
 
 /// How a job is retried. Defaults: 3 attempts, backoff 1 s × 2ⁿ up to 5 min with ±20 % jitter,
 /// retrying every outcome except the deterministic ones (`out_of_fuel`, `out_of_memory`,
-/// `output_too_large`) and `cancelled`.
+/// `output_too_large`) and `cancelled`. Attempts that end `lost` (the node running them died
+/// or lost its lease) have a budget of their own, `max_lost` (default 5): a crash of the
+/// infrastructure does not use up a job's retries, and a job that kills its workers still
+/// stops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
+    /// Attempts that may end `lost` before the job fails; they do not count in `max_attempts`.
+    pub max_lost: u32,
     #[serde(deserialize_with = "millis")]
     pub initial_backoff_ms: u64,
     pub multiplier: f64,
@@ -29,6 +34,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 3,
+            max_lost: 5,
             initial_backoff_ms: 1_000,
             multiplier: 2.0,
             max_backoff_ms: 300_000,
@@ -58,6 +64,9 @@ impl RetryPolicy {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_attempts == 0 {
             return Err("retry.max_attempts must be at least 1".into());
+        }
+        if self.max_lost == 0 {
+            return Err("retry.max_lost must be at least 1".into());
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return Err(format!(
@@ -106,7 +115,10 @@ impl RetryPolicy {
 /// What the store knows of a job when an attempt ends.
 #[derive(Debug, Clone)]
 pub struct JobSnapshot {
+    /// Attempts so far, this one included.
     pub attempts: u32,
+    /// Of those, the ones that ended `lost` before this one.
+    pub lost: u32,
     pub retry: RetryPolicy,
     pub cancel_requested: bool,
     pub deadline_at: Option<i64>,
@@ -154,11 +166,19 @@ pub fn decide(job: &JobSnapshot, outcome: Outcome, now: i64) -> Next {
     if job.cancel_requested {
         return Next::Cancelled;
     }
-    if !job.retry.retries(outcome) || job.attempts >= job.retry.max_attempts {
+    // A lost attempt counts against `max_lost`; every other one against `max_attempts`.
+    let (used, budget) = if outcome == Outcome::Lost {
+        (job.lost.saturating_add(1), job.retry.max_lost)
+    } else {
+        (
+            job.attempts.saturating_sub(job.lost),
+            job.retry.max_attempts,
+        )
+    };
+    if !job.retry.retries(outcome) || used >= budget {
         return Next::Failed;
     }
-    let run_at =
-        now.saturating_add(i64::try_from(job.retry.backoff_ms(job.attempts)).unwrap_or(i64::MAX));
+    let run_at = now.saturating_add(i64::try_from(job.retry.backoff_ms(used)).unwrap_or(i64::MAX));
     if job.deadline_at.is_some_and(|d| run_at >= d) {
         return Next::Failed;
     }
@@ -172,6 +192,7 @@ mod tests {
     fn snap(attempts: u32) -> JobSnapshot {
         JobSnapshot {
             attempts,
+            lost: 0,
             retry: RetryPolicy::default(),
             cancel_requested: false,
             deadline_at: None,
@@ -211,11 +232,30 @@ mod tests {
     }
 
     #[test]
-    fn lost_is_always_retried_but_still_counts() {
+    fn lost_attempts_have_a_budget_of_their_own() {
         let mut s = snap(1);
         s.retry.retry_on = Some(vec![]);
         assert!(matches!(decide(&s, Outcome::Lost, 0), Next::Retry { .. }));
-        assert_eq!(decide(&snap(3), Outcome::Lost, 0), Next::Failed);
+        // Three attempts, all lost so far: retries are untouched, the lost budget is not.
+        let mut s = snap(3);
+        s.lost = 2;
+        assert!(matches!(decide(&s, Outcome::Lost, 0), Next::Retry { .. }));
+        // The fifth lost attempt (the default max_lost) ends the job: a job that kills its
+        // workers still stops.
+        let mut s = snap(5);
+        s.lost = 4;
+        assert_eq!(decide(&s, Outcome::Lost, 0), Next::Failed);
+        // Four lost attempts and one failed: the failure is the job's first of three.
+        let mut s = snap(5);
+        s.lost = 4;
+        assert!(matches!(decide(&s, Outcome::Failed, 0), Next::Retry { .. }));
+        let mut s = snap(7);
+        s.lost = 4;
+        assert_eq!(
+            decide(&s, Outcome::Failed, 0),
+            Next::Failed,
+            "the third failure"
+        );
     }
 
     #[test]

@@ -87,8 +87,9 @@ pub(super) const JOB_COLUMNS: &str = concat!(
     own_or_policy!("retry"),
     ", ",
     own_or_policy!("grants"),
-    ", idempotency_key, attempts, deadline_at, worker, lease_until, cancel_requested, outcome, \
-     output, error, workflow_ref, input_from, created_at, updated_at, finished_at"
+    ", idempotency_key, attempts, lost_attempts, deadline_at, worker, lease_until, \
+     cancel_requested, outcome, output, error, workflow_ref, input_from, created_at, updated_at, \
+     finished_at"
 );
 
 row! {
@@ -104,6 +105,7 @@ row! {
     grants: Option<String>,
     idempotency_key: Option<String>,
     attempts: i64,
+    lost_attempts: i64,
     deadline_at: Option<i64>,
     worker: Option<String>,
     lease_until: Option<i64>,
@@ -148,6 +150,7 @@ impl JobRow {
             grants: policy_part(self.grants, "grants")?,
             idempotency_key: self.idempotency_key,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
+            lost_attempts: u32::try_from(self.lost_attempts).unwrap_or(0),
             deadline_at: self.deadline_at,
             worker: self.worker,
             lease_until: self.lease_until,
@@ -274,6 +277,15 @@ pub(super) fn initial_state(j: &NewJob, now: i64) -> (JobState, i64) {
 }
 
 /// The first event of a job just created in `state`.
+/// The event of a job put back in the queue by a worker that shut down before it ran it to
+/// its end (the attempt is not charged).
+pub(super) fn released_event(worker: &str) -> NewEvent {
+    NewEvent::state(
+        JobState::Queued,
+        serde_json::json!({ "released_by": worker }),
+    )
+}
+
 pub(super) fn created_event(state: JobState, run_at: i64) -> NewEvent {
     let extra = if state == JobState::Scheduled {
         serde_json::json!({ "run_at": run_at })
@@ -467,7 +479,10 @@ pub(super) fn retried(id: JobId, job: Option<Job>, now: i64) -> Result<(super::R
     }
     let at = transition_at(&job, now);
     let mut retry = job.retry;
-    retry.max_attempts = job.attempts.saturating_add(retry.max_attempts.max(1));
+    // A fresh budget of each kind on top of what was used.
+    let other = job.attempts.saturating_sub(job.lost_attempts);
+    retry.max_attempts = other.saturating_add(retry.max_attempts.max(1));
+    retry.max_lost = job.lost_attempts.saturating_add(retry.max_lost.max(1));
     Ok((retry, at))
 }
 
@@ -522,6 +537,8 @@ struct StateChange<'a> {
 /// The job's columns the decision needs, as both backends store them.
 pub(super) struct EndingSnapshot<'a> {
     pub attempts: i64,
+    /// Of those, how many ended `lost` before this one.
+    pub lost_attempts: i64,
     pub retry: &'a str,
     pub cancel_requested: bool,
     pub deadline_at: Option<i64>,
@@ -539,6 +556,7 @@ pub(super) fn ending(
     let next = decide(
         &JobSnapshot {
             attempts: u32::try_from(snap.attempts).unwrap_or(0),
+            lost: u32::try_from(snap.lost_attempts).unwrap_or(0),
             retry,
             cancel_requested: snap.cancel_requested,
             deadline_at: snap.deadline_at,

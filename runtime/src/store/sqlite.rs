@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use super::model::*;
 use super::rows::*;
 use super::workflow_sql as w;
-use super::{Notice, Result, Store, StoreError};
+use super::{Notice, Rescue, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -67,6 +67,42 @@ static ITEM_UPSERT: LazyLock<String> = LazyLock::new(|| {
 });
 static RUN_EVENT_INSERT: LazyLock<String> =
     LazyLock::new(|| format!("{}VALUES (?, ?, ?, ?, ?)", w::RUN_EVENTS_HEAD));
+
+/// How long the start-up integrity check may take: on a large file it is cut short there
+/// (and says so) rather than holding the start up.
+const INTEGRITY_CHECK_BUDGET: Duration = Duration::from_secs(3);
+
+/// SQLite's `quick_check` of the file (page structure, records, indexes' order), interrupted
+/// after `budget`: the problems it found, or `None` when it found none (or ran out of time).
+fn quick_check(conn: &Connection, budget: Duration) -> Result<Option<String>> {
+    let interrupt = conn.get_interrupt_handle();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait.recv_timeout(budget).is_err() {
+            interrupt.interrupt();
+        }
+    });
+    let checked = (|| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare("PRAGMA quick_check(5)")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    match checked {
+        Ok(rows) if rows.iter().all(|r| r == "ok") => Ok(None),
+        Ok(rows) => Ok(Some(format!("quick_check: {}", rows.join("; ")))),
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ffi::ErrorCode::OperationInterrupted =>
+        {
+            tracing::info!(
+                "the start-up integrity check of the database was cut short after {budget:?}"
+            );
+            Ok(None)
+        }
+        Err(e) => Ok(Some(e.to_string())),
+    }
+}
 
 /// Opens a connection with the settings every connection uses.
 fn connect(path: &PathBuf, read_only: bool) -> Result<Connection> {
@@ -114,6 +150,12 @@ impl SqliteStore {
         sqlx::Connection::close(migrate).await?;
 
         let writer = connect(&file, false)?;
+        if let Some(problem) = quick_check(&writer, INTEGRITY_CHECK_BUDGET)? {
+            return Err(StoreError::Corrupt(format!(
+                "the database file {} is damaged ({problem}): restore it from a backup, or move it aside to start with an empty one",
+                file.display()
+            )));
+        }
         // The writer never checkpoints: copying the WAL into the database (and syncing it)
         // inside a commit stalls every write queued behind it for tens of milliseconds. A
         // connection of its own does it in the background instead (`checkpointer`).
@@ -410,7 +452,7 @@ fn apply_completion(
 ) -> Result<Completed> {
     let snap = tx
         .prepare_cached(
-            "SELECT attempts, retry, cancel_requested, deadline_at, updated_at FROM jobs
+            "SELECT attempts, retry, cancel_requested, deadline_at, updated_at, lost_attempts FROM jobs
              WHERE id = ? AND state = 'running' AND attempts = ? AND (? IS NULL OR worker = ?)",
         )?
         .query_row(params![c.job_id, i64::from(c.attempt), fence, fence], |r| {
@@ -420,10 +462,11 @@ fn apply_completion(
                 r.get::<_, bool>(2)?,
                 r.get::<_, Option<i64>>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         })
         .optional()?;
-    let Some((attempts, retry, cancel_requested, deadline_at, last)) = snap else {
+    let Some((attempts, retry, cancel_requested, deadline_at, last, lost_attempts)) = snap else {
         return Ok(Completed::Refused);
     };
     // Never before the job's last transition: `now` is the completing node's clock reading,
@@ -438,6 +481,7 @@ fn apply_completion(
     } = ending(
         EndingSnapshot {
             attempts,
+            lost_attempts,
             retry: &retry,
             cancel_requested,
             deadline_at,
@@ -448,7 +492,8 @@ fn apply_completion(
     let last_seq: i64 = scalar(
         tx,
         "UPDATE jobs SET state = ?, outcome = ?, error = ?, output = ?, worker = NULL, lease_until = NULL,
-                run_at = COALESCE(?, run_at), finished_at = ?, updated_at = ?, event_seq = event_seq + ?
+                run_at = COALESCE(?, run_at), finished_at = ?, updated_at = ?, event_seq = event_seq + ?,
+                lost_attempts = lost_attempts + ?
          WHERE id = ? RETURNING event_seq",
         params![
             state.as_str(),
@@ -459,6 +504,7 @@ fn apply_completion(
             finished_at,
             now,
             c.events.len() as i64 + 1,
+            i64::from(c.outcome == wasmjobs_host::Outcome::Lost),
             c.job_id
         ],
     )?
@@ -791,15 +837,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rescue_expired(&self, now: i64) -> Result<Vec<JobId>> {
+    async fn rescue(&self, which: Rescue<'_>, now: i64) -> Result<Vec<JobId>> {
         let rescued = self
             .write(|tx| {
-                let expired: Vec<(i64, i64, Option<String>)> = query(
-                    tx,
-                    "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
-                    [now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?;
+                let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+                let expired: Vec<(i64, i64, Option<String>)> = match which {
+                    Rescue::Expired { keep } => query(
+                        tx,
+                        "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND lease_until < ?",
+                        [now],
+                        read,
+                    )?
+                    .into_iter()
+                    .filter(|(id, _, _)| !keep.contains(id))
+                    .collect(),
+                    Rescue::Workers(workers) => {
+                        let mut all = Vec::new();
+                        for w in workers {
+                            all.extend(query(
+                                tx,
+                                "SELECT id, attempts, worker FROM jobs WHERE state = 'running' AND worker = ?",
+                                [w],
+                                read,
+                            )?);
+                        }
+                        all
+                    }
+                };
                 let mut rescued = Vec::new();
                 let mut events = Vec::new();
                 for (id, attempts, worker) in expired {
@@ -822,6 +886,61 @@ impl Store for SqliteStore {
         notices.push(Notice::JobsAvailable);
         self.notify(notices);
         Ok(rescued)
+    }
+
+    async fn running_workers(&self) -> Result<Vec<String>> {
+        self.read(|tx| {
+            query(
+                tx,
+                "SELECT DISTINCT worker FROM jobs WHERE state = 'running' AND worker IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    async fn release(&self, worker: &str, jobs: &[(JobId, u32)], now: i64) -> Result<Vec<JobId>> {
+        let released = self
+            .write(|tx| {
+                let mut released = Vec::new();
+                for &(id, attempt) in jobs {
+                    let seq: Option<i64> = scalar(
+                        tx,
+                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL,
+                                attempts = attempts - 1, updated_at = MAX(?, updated_at),
+                                event_seq = event_seq + 1
+                         WHERE id = ? AND state = 'running' AND worker = ? AND attempts = ?
+                         RETURNING event_seq",
+                        params![now, id, worker, i64::from(attempt)],
+                    )?;
+                    let Some(seq) = seq else { continue };
+                    tx.prepare_cached("DELETE FROM attempts WHERE job_id = ? AND attempt = ?")?
+                        .execute(params![id, i64::from(attempt)])?;
+                    let event = released_event(worker);
+                    write_events(tx, &pending(id, seq, std::slice::from_ref(&event), now))?;
+                    released.push(id);
+                }
+                Ok(released)
+            })
+            .await?;
+        let mut notices: Vec<Notice> = released.iter().map(|id| Notice::Events(*id)).collect();
+        if !released.is_empty() {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices);
+        Ok(released)
+    }
+
+    async fn probe_write(&self, node: &str, now: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO nodes (id, seen_at) VALUES (?, ?)
+                 ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+            )?
+            .execute(params![node, now])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {

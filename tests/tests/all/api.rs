@@ -999,7 +999,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 25] = [
+const ROUTES: [(&str, &str); 26] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -1023,6 +1023,7 @@ const ROUTES: [(&str, &str); 25] = [
     ("get", "/v1/workflow-runs/{id}/events"),
     ("post", "/v1/workflow-runs/{id}/cancel"),
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
 ];

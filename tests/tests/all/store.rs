@@ -62,6 +62,7 @@ fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
         fuel_consumed: 10,
         peak_memory_bytes: 65536,
         wall_time_us: 5,
+        ended_at: 0,
         events: vec![NewEvent {
             kind: "log",
             data: json!({"message": "hi"}),
@@ -746,6 +747,7 @@ async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
     // on node "dead", whose lease ran out at 50. Their events are rows of `events`.
     let retry = serde_json::to_string(&RetryPolicy {
         max_attempts: 1,
+        max_lost: 1,
         ..RetryPolicy::default()
     })
     .expect("json");
@@ -794,7 +796,13 @@ async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
     let listed = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
     // The migration turned the running set into a claim.
     assert_eq!(listed(store.list_jobs(&running).await.expect("list")), [2]);
-    assert_eq!(store.rescue_expired(100).await.expect("rescue"), [2]);
+    assert_eq!(
+        store
+            .rescue(Rescue::Expired { keep: &[] }, 100)
+            .await
+            .expect("rescue"),
+        [2]
+    );
     assert_eq!(
         store.get_job(2).await.expect("get").map(|j| j.state),
         Some(JobState::Failed)
@@ -1279,11 +1287,18 @@ async fn expired_leases_are_lost_attempts_and_requeued() {
         let id = new_job_id(&*store, &digest, 1).await;
         let c = store.claim("dead-node", 1, 2, 100).await.expect("claim");
         assert!(
-            store.rescue_expired(50).await.expect("rescue").is_empty(),
+            store
+                .rescue(Rescue::Expired { keep: &[] }, 50)
+                .await
+                .expect("rescue")
+                .is_empty(),
             "{backend}: lease still valid"
         );
         assert_eq!(
-            store.rescue_expired(200).await.expect("rescue"),
+            store
+                .rescue(Rescue::Expired { keep: &[] }, 200)
+                .await
+                .expect("rescue"),
             [id],
             "{backend}"
         );
@@ -1296,15 +1311,149 @@ async fn expired_leases_are_lost_attempts_and_requeued() {
         assert_eq!(attempts[0].outcome, Some(Outcome::Lost), "{backend}");
         let job = store.get_job(id).await.expect("get").expect("job");
         assert_eq!(job.state, JobState::Scheduled);
-        // Lost counts as an attempt: with max_attempts 2, a second loss fails the job.
+        // A lost attempt counts against max_lost, not max_attempts (2 here): a second loss
+        // leaves the job's retries whole.
         store.claim("dead-node", 1, 300, 100).await.expect("claim");
-        store.rescue_expired(500).await.expect("rescue");
+        store
+            .rescue(Rescue::Expired { keep: &[] }, 500)
+            .await
+            .expect("rescue");
         let job = store.get_job(id).await.expect("get").expect("job");
         assert_eq!(
-            (job.state, job.attempts),
-            (JobState::Failed, 2),
+            (job.state, job.attempts, job.lost_attempts),
+            (JobState::Scheduled, 2, 2),
             "{backend}"
         );
+        // Its own failures still count: two of them fail it, whatever its losses.
+        for (at, next) in [(600, JobState::Scheduled), (700, JobState::Failed)] {
+            let c = store.claim("w", 1, at, 100).await.expect("claim");
+            let r = store
+                .complete(&[done(&c[0], "w", Outcome::Failed)], at + 1)
+                .await
+                .expect("complete");
+            assert_eq!(r, [Completed::Applied(next)], "{backend}");
+        }
+        let job = store.get_job(id).await.expect("get").expect("job");
+        assert_eq!((job.attempts, job.lost_attempts), (4, 2), "{backend}");
+    }
+}
+
+/// A job whose nodes keep dying fails once its lost attempts reach `max_lost`.
+#[tokio::test]
+async fn a_job_whose_nodes_keep_dying_fails_after_max_lost() {
+    for (backend, store, _db) in test_stores("max_lost").await {
+        let digest = module(&*store).await;
+        let mut job = new_job(&digest);
+        job.retry.max_lost = 3;
+        let id = store.insert_job(job, 1).await.expect("insert").0.id;
+        for round in 0..3i64 {
+            let at = 10 + round * 1000;
+            store.claim("crashy", 1, at, 100).await.expect("claim");
+            store
+                .rescue(Rescue::Expired { keep: &[] }, at + 200)
+                .await
+                .expect("rescue");
+        }
+        let job = store.get_job(id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.lost_attempts, job.attempts),
+            (JobState::Failed, 3, 3),
+            "{backend}"
+        );
+    }
+}
+
+/// The jobs of a node known to be gone are taken back at once, whatever their leases; a
+/// node's own held jobs are spared by its rescuer; a shutting-down node gives jobs back
+/// uncharged.
+#[tokio::test]
+async fn gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_not_charged() {
+    for (backend, store, _db) in test_stores("gone").await {
+        let digest = module(&*store).await;
+        let a = new_job_id(&*store, &digest, 1).await;
+        let b = new_job_id(&*store, &digest, 1).await;
+        let old = store
+            .claim("host-1-abcd", 1, 2, 1_000_000)
+            .await
+            .expect("claim");
+        let other = store
+            .claim("host-2-beef", 1, 2, 1_000_000)
+            .await
+            .expect("claim");
+        let mut workers = store.running_workers().await.expect("workers");
+        workers.sort();
+        assert_eq!(workers, ["host-1-abcd", "host-2-beef"], "{backend}");
+
+        // Leases far from over: only the named worker's job is rescued.
+        let rescued = store
+            .rescue(Rescue::Workers(&["host-1-abcd".to_string()]), 10)
+            .await
+            .expect("rescue");
+        assert_eq!(rescued, [old[0].id], "{backend}");
+        let job = store.get_job(old[0].id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.lost_attempts),
+            (JobState::Scheduled, 1),
+            "{backend}"
+        );
+
+        // An expired lease of a job its node still holds (a completion waiting for the store)
+        // is kept for that node.
+        let kept = store
+            .rescue(
+                Rescue::Expired {
+                    keep: &[other[0].id],
+                },
+                2_000_000,
+            )
+            .await
+            .expect("rescue");
+        assert!(kept.is_empty(), "{backend}: {kept:?}");
+
+        // The holder shuts down: the job goes back to the queue, its attempt not charged, and
+        // a late completion of that attempt is refused.
+        let released = store
+            .release("host-2-beef", &[(other[0].id, other[0].attempt)], 2_000_001)
+            .await
+            .expect("release");
+        assert_eq!(released, [other[0].id], "{backend}");
+        let job = store.get_job(other[0].id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Queued, 0),
+            "{backend}"
+        );
+        let events = store.events(other[0].id, 0, 100).await.expect("events");
+        assert_eq!(
+            events.last().map(|e| e.data["released_by"].clone()),
+            Some(json!("host-2-beef")),
+            "{backend}: {events:?}"
+        );
+        let late = store
+            .complete(
+                &[done(&other[0], "host-2-beef", Outcome::Succeeded)],
+                2_000_002,
+            )
+            .await
+            .expect("complete");
+        assert_eq!(late, [Completed::Refused], "{backend}");
+        // Claimed again, it runs as attempt 1.
+        let again = store.claim("w", 5, 2_000_003, 100).await.expect("claim");
+        let ids: Vec<(JobId, u32)> = again.iter().map(|c| (c.id, c.attempt)).collect();
+        assert!(
+            ids.contains(&(b, 1)) || ids.contains(&(other[0].id, 1)),
+            "{backend}: {ids:?}"
+        );
+        assert!(
+            ids.iter()
+                .all(|(id, attempt)| *id != other[0].id || *attempt == 1),
+            "{backend}: {ids:?}"
+        );
+        let _ = a;
+        store
+            .probe_write("host-2-beef", 5)
+            .await
+            .expect("the store takes writes");
     }
 }
 
@@ -1341,7 +1490,10 @@ async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claims_jobs() {
         );
         // b's lease runs out (its node stopped renewing it); a's second one has not.
         assert_eq!(
-            store.rescue_expired(500).await.expect("rescue"),
+            store
+                .rescue(Rescue::Expired { keep: &[] }, 500)
+                .await
+                .expect("rescue"),
             [b],
             "{backend}"
         );
