@@ -370,6 +370,8 @@ fn attempt_took(pace_us: &std::sync::atomic::AtomicU64, took: Duration) {
 /// large when attempts are short (one claim per attempt was the bound on a node with two
 /// slots: 1,500 jobs/s on Postgres, docs/performance.md).
 async fn dispatch(s: Arc<Shared>) {
+    // Before this node claims anything: running jobs under its own id are a predecessor's.
+    rescue_predecessors(&s).await;
     let mut notices = s.store.subscribe();
     let mut next_due = NextDue::default();
     loop {
@@ -845,12 +847,11 @@ async fn heartbeat(s: Arc<Shared>) {
     }
 }
 
-/// Records attempts of dead nodes as `lost` and requeues their jobs: at once for the nodes
-/// known to be gone ([`gone_predecessors`]), and for every node whose leases run out, a third
-/// of a lease at most after they did (this node's own jobs excepted: their completions wait to
-/// be written).
+/// Records attempts of dead nodes as `lost` and requeues their jobs, for every node whose leases
+/// run out, a third of a lease at most after they did (this node's own jobs excepted: their
+/// completions wait to be written). The nodes known to be gone are rescued before the first
+/// claim ([`rescue_predecessors`], from `dispatch`).
 async fn rescue(s: Arc<Shared>) {
-    rescue_predecessors(&s).await;
     let every = (s.config.lease / 3).max(Duration::from_millis(100));
     let mut first = true;
     loop {
@@ -979,6 +980,26 @@ async fn prune(s: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_provably_gone_predecessors_are_taken_for_gone() {
+        let alive = |pid: u32| pid == 100;
+        let workers = [
+            "me",             // this node's own id: an earlier process under it
+            "vm-100-abcd",    // this host, process alive
+            "vm-200-beef",    // this host, process gone
+            "other-200-beef", // another host
+            "w1",             // a chosen id: nothing to prove it gone
+            "vm-x-beef",      // not a pid
+            "vm-300-zzzz",    // not the default form
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            gone_predecessors("me", "vm", workers, alive),
+            ["me", "vm-200-beef"]
+        );
+    }
 
     #[test]
     fn a_node_claims_ahead_only_what_its_slots_get_through_in_the_window() {

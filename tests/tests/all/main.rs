@@ -6,6 +6,7 @@ mod cli;
 mod e2e;
 mod edge;
 mod examples;
+mod recovery;
 mod sandbox;
 mod security;
 mod store;
