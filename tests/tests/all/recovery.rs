@@ -360,3 +360,38 @@ async fn a_damaged_database_file_is_refused_at_start() {
         "{message}"
     );
 }
+
+/// A token entry that could never match, or two tokens with one name, stop the server at start
+/// with a message naming the entry.
+#[test]
+fn bad_token_entries_are_refused_at_start() {
+    for (toml, says) in [
+        (
+            "[[tokens]]\nname = \"ci\"\nsha256 = \"abc123\"\nscope = \"submit\"\n",
+            "\"ci\": sha256 must be 64 hex digits",
+        ),
+        (
+            "[[tokens]]\nname = \"ci\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nscope = \"submit\"\nexpires = \"never\"\n",
+            "expires",
+        ),
+        (
+            "[[tokens]]\nname = \"a b\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nscope = \"read\"\n",
+            "token name \"a b\"",
+        ),
+        (
+            "[[tokens]]\nname = \"ci\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\nscope = \"read\"\n[[tokens]]\nname = \"ci\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000bb\"\nscope = \"admin\"\n",
+            "two tokens are named \"ci\"",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("wasmjobs.toml"), toml).expect("config");
+        let out = std::process::Command::new(wasmjobs_tests::wasmjobs_bin())
+            .args(["serve", "--db", "x.db", "--addr", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}: started");
+        assert!(err.contains(says), "{toml}: {err}");
+    }
+}

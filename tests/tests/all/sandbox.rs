@@ -681,3 +681,39 @@ async fn artifact_cache_compiles_once_and_replaces_a_bad_file() {
     let (_, status) = cache.load(&f.sandbox, &wasm).expect("load");
     assert_eq!(status, CacheStatus::Hit);
 }
+
+/// Concurrent compiles of one module into one cache (a cold node's first jobs, or two
+/// processes) each write a whole artifact under a temporary name of their own and rename it
+/// into place: every one succeeds, no temporary file is left, and the artifact loads.
+#[test]
+fn concurrent_writers_of_one_artifact_do_not_collide() {
+    use wasmjobs_host::{ArtifactCache, CacheStatus};
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = guest_bytes(guests::TESTJOB);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let (sandbox, wasm, dir) = (&f.sandbox, &wasm, dir.path());
+                scope.spawn(move || {
+                    let cache = ArtifactCache::new(dir).expect("cache");
+                    cache.load(sandbox, wasm).map(|(_, s)| s)
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join()
+                .expect("writer")
+                .expect("every concurrent load succeeds");
+        }
+    });
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "one artifact, no temporary files: {left:?}");
+    let cache = ArtifactCache::new(dir.path()).expect("cache");
+    let (_, status) = cache.load(&f.sandbox, &wasm).expect("load");
+    assert_eq!(status, CacheStatus::Hit);
+}
