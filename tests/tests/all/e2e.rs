@@ -228,6 +228,35 @@ async fn wait_some_running(http: &reqwest::Client, url: &str) {
     }
 }
 
+/// Every succeeded job of `ids` has the output its input asks for: `noop` echoes its input,
+/// `testjob` in `sleep` mode answers `"slept"`.
+async fn check_outputs(http: &reqwest::Client, url: &str, ids: &[i64]) {
+    use base64::Engine as _;
+    for &id in ids {
+        let j: Value = http
+            .get(format!("{url}/v1/jobs/{id}?include=input"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if j["state"] != "succeeded" {
+            continue;
+        }
+        let input = base64::engine::general_purpose::STANDARD
+            .decode(j["input_base64"].as_str().unwrap_or(""))
+            .expect("base64");
+        let input: Value = serde_json::from_slice(&input).expect("JSON input");
+        let want = if input["mode"] == "sleep" {
+            json!("slept")
+        } else {
+            input
+        };
+        assert_eq!(j["output"], want, "job {id}'s output: {j}");
+    }
+}
+
 /// The `lost` attempts of `ids`: (job, worker, finished_at).
 async fn lost_attempts(http: &reqwest::Client, url: &str, ids: &[i64]) -> Vec<(i64, String, i64)> {
     let mut lost = Vec::new();
@@ -295,6 +324,7 @@ async fn kill_9_rounds_lose_nothing_and_restarts_rescue_at_once_sqlite() {
         "{outcomes:?}"
     );
 
+    check_outputs(&http, &server.url, &accepted).await;
     let lost = lost_attempts(&http, &server.url, &accepted).await;
     assert!(
         !lost.is_empty(),

@@ -178,20 +178,32 @@ fn umount(at: &std::path::Path) {
     let _ = std::process::Command::new("umount").arg(at).status();
 }
 
-/// Fills the file system at `dir` with a file until it is full.
+/// Fills the small file system at `dir` with a file until it is full. Writes at most 64 MiB:
+/// more means `dir` is not the small tmpfs the test mounted, and it stops rather than fill a
+/// real disk.
 fn fill(dir: &std::path::Path) -> std::path::PathBuf {
     use std::io::Write;
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).expect("filler");
     let chunk = vec![0u8; 64 << 10];
-    while f.write_all(&chunk).is_ok() {}
+    let mut written = 0usize;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len();
+        if written > 64 << 20 {
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+            panic!("{} is not the small tmpfs the test mounted", dir.display());
+        }
+    }
     let _ = f.sync_all();
     path
 }
 
 /// On a full disk: readiness says so, submissions get `503` with `Retry-After`, and an attempt
 /// that finished meanwhile is kept and written once there is room again — it is not run again,
-/// and its end is recorded when it ended.
+/// and its end is recorded when it ended. (SQLite reuses its WAL file's space, so a full disk
+/// refuses only writes larger than what the WAL already holds: the test's submission and
+/// output are a megabyte or two.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_loudly_and_drops_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -223,7 +235,8 @@ async fn a_full_disk_refuses_loudly_and_drops_nothing() {
     let r = submit(
         &http,
         &server.url,
-        json!({"module": "testjob", "input": {"mode": "sleep", "ms": 1500}}),
+        // Its output (2 MB) will not fit in what the full disk leaves.
+        json!({"module": "testjob", "input": {"mode": "sleepbig", "ms": 1500, "size": 2_000_000}}),
     )
     .await;
     let id = r.json::<Value>().await.expect("json")["id"]
@@ -242,7 +255,7 @@ async fn a_full_disk_refuses_loudly_and_drops_nothing() {
     let r = submit(
         &http,
         &server.url,
-        json!({"module": "testjob", "input": {"mode": "sleep", "ms": 1}}),
+        json!({"module": "testjob", "input": {"mode": "sleep", "ms": 1, "name": "x".repeat(1_000_000)}}),
     )
     .await;
     assert_eq!(r.status(), 503, "a submission on a full disk");
@@ -307,6 +320,44 @@ async fn a_full_disk_refuses_loudly_and_drops_nothing() {
     assert!(
         repeats <= 3,
         "the same failure was logged {repeats} times:\n{log}"
+    );
+
+    // On a file system that takes no write at all (remounted read-only), a server does not
+    // start, and says what to do.
+    drop(server);
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "remount the tmpfs read-only");
+    let mut refused = std::process::Command::new(wasmjobs_tests::wasmjobs_bin())
+        .args(["serve", "--db", &db, "--addr", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("WASMJOBS_CACHE_DIR", dir.path().join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = refused.kill();
+            panic!("serve started on a read-only file system");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    if let Some(mut e) = refused.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("does not take writes") || err.contains("cannot open"),
+        "{err}"
     );
 }
 

@@ -69,6 +69,10 @@ fn run(input: Input) -> Result<Value, String> {
             std::thread::sleep(std::time::Duration::from_millis(input.ms));
             Ok(json!("slept"))
         }
+        "sleepbig" => {
+            std::thread::sleep(std::time::Duration::from_millis(input.ms));
+            Ok(json!("x".repeat(input.size)))
+        }
         "progressflood" => {
             let total = input.lines as u64;
             for done in 0..=total {
