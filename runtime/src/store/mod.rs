@@ -10,6 +10,7 @@
 
 mod error;
 pub mod model;
+mod notice_codec;
 pub mod retry;
 #[macro_use]
 mod workflow_sql;

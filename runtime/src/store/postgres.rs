@@ -40,6 +40,15 @@ pub struct PgStore {
     open_claims: std::sync::Mutex<OpenClaims>,
     /// What this store knows of `job_policies`.
     policies: std::sync::Mutex<KnownPolicies>,
+    /// Cancelled when the store is dropped: its listener and its queue vacuum stop with it
+    /// (the notice sender stops when its channel closes).
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// What a store knows of `job_policies` (migration 0010, decision 009): the limits and grants of
@@ -256,10 +265,7 @@ async fn send_notices(
         batch.retain(|n| {
             !matches!(n, Notice::JobsAvailable) || !std::mem::replace(&mut available, true)
         });
-        let parts: Vec<String> = payloads(batch.drain(..))
-            .into_iter()
-            .map(|p| format!("{origin},{p}"))
-            .collect();
+        let parts = super::notice_codec::encode(&origin, batch.drain(..));
         if let Err(e) = sqlx::query(
             "SELECT pg_notify($1, p), set_config('synchronous_commit', 'off', TRUE) FROM UNNEST($2::text[]) AS p",
         )
@@ -291,12 +297,18 @@ const SWEEP_AT_LEAST_EVERY_MS: i64 = 1000;
 /// the tables (`TRUNCATE FALSE`, and `vacuum_truncate` off for autovacuum): truncating takes an
 /// exclusive lock, and every claim and submission queued up behind it (a 12 s stall in the
 /// benchmark).
-async fn vacuum_queue(pool: PgPool, churn: Arc<AtomicU64>) {
+async fn vacuum_queue(
+    pool: PgPool,
+    churn: Arc<AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut warned = false;
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if pool.is_closed() || Arc::strong_count(&churn) == 1 {
-            // The store is gone.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if pool.is_closed() {
             return;
         }
         if churn.load(Ordering::Relaxed) < VACUUM_AFTER_ROWS {
@@ -810,34 +822,21 @@ impl PgStore {
         listener.listen(&channel).await?;
         let forward = notices.clone();
         // Marks this store's notices, so that its listener skips their echo.
-        let origin = format!("@{:016x}", fastrand::u64(..));
+        let origin = super::notice_codec::origin();
         let own = origin.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let listening = stop.clone();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
+                let heard = tokio::select! {
+                    _ = listening.cancelled() => return,
+                    heard = listener.recv() => heard,
+                };
+                match heard {
                     Ok(n) => {
-                        let mut parts = n.payload().split(',');
                         // This store's own notices were delivered when they were sent.
-                        if n.payload().starts_with('@') && parts.next() == Some(origin.as_str()) {
-                            continue;
-                        }
-                        for part in parts {
-                            let notice = match part {
-                                "a" => Some(Notice::JobsAvailable),
-                                run if run.starts_with('r') => {
-                                    run[1..].parse().ok().map(Notice::Run)
-                                }
-                                run if run.starts_with('w') => {
-                                    run[1..].parse().ok().map(Notice::RunRequest)
-                                }
-                                ended if ended.starts_with('e') => {
-                                    ended[1..].parse().ok().map(Notice::Ended)
-                                }
-                                id => id.parse().ok().map(Notice::Events),
-                            };
-                            if let Some(notice) = notice {
-                                let _ = forward.send(notice);
-                            }
+                        for notice in super::notice_codec::decode(n.payload(), &origin) {
+                            let _ = forward.send(notice);
                         }
                     }
                     Err(e) => {
@@ -851,7 +850,7 @@ impl PgStore {
             }
         });
         let churn = Arc::new(AtomicU64::new(0));
-        tokio::spawn(vacuum_queue(pool.clone(), churn.clone()));
+        tokio::spawn(vacuum_queue(pool.clone(), churn.clone(), stop.clone()));
         let (notifier, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(send_notices(hot.clone(), channel, own, pending));
         Ok(PgStore {
@@ -863,6 +862,7 @@ impl PgStore {
             notifier,
             open_claims: std::sync::Mutex::default(),
             policies: std::sync::Mutex::default(),
+            stop,
         })
     }
 
@@ -1077,22 +1077,6 @@ impl PgStore {
             let _ = self.notifier.send(notice);
         }
     }
-}
-
-/// NOTIFY payloads announcing `notices`, as the listener reads them (each under NOTIFY's
-/// 8,000-byte limit).
-fn payloads(notices: impl IntoIterator<Item = Notice>) -> Vec<String> {
-    let parts: Vec<String> = notices
-        .into_iter()
-        .map(|n| match n {
-            Notice::JobsAvailable => "a".to_string(),
-            Notice::Events(id) => id.to_string(),
-            Notice::Run(id) => format!("r{id}"),
-            Notice::RunRequest(id) => format!("w{id}"),
-            Notice::Ended(id) => format!("e{id}"),
-        })
-        .collect();
-    parts.chunks(300).map(|chunk| chunk.join(",")).collect()
 }
 
 workflow_store!(
