@@ -153,7 +153,17 @@ impl From<rusqlite::Error> for StoreError {
 /// driver's words (a damaged file says so), which name no statement.
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> StoreError {
-        StoreError::Migrate(e.to_string())
+        use sqlx::migrate::MigrateError;
+        match e {
+            // The schema starts at one baseline migration: a database that applied others
+            // (or another version 1) was made by a development build before it.
+            MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(1) => {
+                StoreError::Migrate(format!(
+                    "{e}: this database was made by a development build of wasmjobs older than its baseline schema, which cannot be upgraded; start on a new database"
+                ))
+            }
+            e => StoreError::Migrate(e.to_string()),
+        }
     }
 }
 

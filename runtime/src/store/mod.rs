@@ -14,8 +14,10 @@ mod notice_codec;
 pub mod retry;
 #[macro_use]
 mod workflow_sql;
+mod history;
 mod postgres;
 mod rows;
+mod settings;
 mod sqlite;
 
 use std::sync::Arc;

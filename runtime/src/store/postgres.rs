@@ -13,6 +13,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, FromRow, PgPool, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
+use super::history;
 use super::model::*;
 use super::rows::*;
 use super::{Notice, Rescue, Result, Store, StoreError};
@@ -38,8 +39,8 @@ pub struct PgStore {
     notifier: tokio::sync::mpsc::UnboundedSender<Notice>,
     /// This store's claims whose jobs have not all ended.
     open_claims: std::sync::Mutex<OpenClaims>,
-    /// What this store knows of `job_policies`.
-    policies: std::sync::Mutex<KnownPolicies>,
+    /// What this store knows of `job_settings`.
+    settings: std::sync::Mutex<KnownSettings>,
     /// Cancelled when the store is dropped: its listener and its queue vacuum stop with it
     /// (the notice sender stops when its channel closes).
     stop: tokio_util::sync::CancellationToken,
@@ -51,25 +52,25 @@ impl Drop for PgStore {
     }
 }
 
-/// What a store knows of `job_policies` (migration 0010, decision 009): the limits and grants of
-/// the policies its claims met (a key names its texts forever, so they never go stale), and when
-/// it last made sure that each policy it submitted with stays ([`touch_policies`]).
+/// What a store knows of `job_settings` (decision 009): the limits and grants of
+/// the settings its claims met (a key names its texts forever, so they never go stale), and when
+/// it last made sure that the settings it submitted with stay ([`touch_settings`]).
 #[derive(Default)]
-struct KnownPolicies {
+struct KnownSettings {
     texts: std::collections::HashMap<Vec<u8>, (String, String)>,
     touched: std::collections::HashMap<Vec<u8>, i64>,
 }
 
-impl KnownPolicies {
-    /// Past this many policies a map starts again: a node meets a handful, unless someone
+impl KnownSettings {
+    /// Past this many settings a map starts again: a node meets a handful, unless someone
     /// submits ever new ones.
     const MOST: usize = 4096;
 
-    /// The keys of `policies` this store did not touch in the last [`TOUCH_EVERY_MS`]: the
+    /// The keys of `settings` this store did not touch in the last [`TOUCH_EVERY_MS`]: the
     /// caller touches them before it submits, then records them with [`Self::touched`].
-    fn untouched(&self, policies: &[Policy], now: i64) -> Vec<Vec<u8>> {
+    fn untouched(&self, settings: &[Settings], now: i64) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();
-        for p in policies {
+        for p in settings {
             let fresh = self
                 .touched
                 .get(&p.key[..])
@@ -81,18 +82,18 @@ impl KnownPolicies {
         keys
     }
 
-    /// Gives the claimed jobs that take their limits and grants from a policy this store
-    /// knows the policy's texts; returns the others' policy keys and ids.
+    /// Gives the claimed jobs that take their limits and grants from settings this store
+    /// knows the texts of; returns the others' settings keys and ids.
     fn fill(&self, rows: &mut [ClaimRow]) -> Vec<(Vec<u8>, i64)> {
         let mut missing = Vec::new();
         for row in rows.iter_mut() {
-            let found = match row.wants_policy() {
+            let found = match row.wants_settings() {
                 None => continue,
                 Some(key) => self.texts.get(key),
             };
             match found {
-                Some((limits, grants)) => row.take_policy(limits, grants),
-                None => missing.extend(row.wants_policy().map(|k| (k.to_vec(), row.id()))),
+                Some((limits, grants)) => row.fill_settings(limits, grants),
+                None => missing.extend(row.wants_settings().map(|k| (k.to_vec(), row.id()))),
             }
         }
         missing
@@ -108,60 +109,26 @@ impl KnownPolicies {
     }
 }
 
-/// A submission makes sure that each policy it uses is marked used in the last this many
-/// milliseconds (touching it when it is not), so that retention, which deletes only policies
-/// unused for [`POLICY_GRACE_MS`] past the retention age, cannot delete one while a submission
-/// that relies on it is in flight. A store that touched a policy itself skips the check for as
-/// long, so the mark is at most twice this old when the store relies on it.
+/// A submission makes sure that the settings it uses are marked used in the last this many
+/// milliseconds (touching them when they are not), so that retention, which deletes only
+/// settings unused for [`SETTINGS_GRACE_MS`] past the retention age, cannot delete them while
+/// a submission that relies on them is in flight. A store that touched settings itself skips
+/// the check for as long, so the mark is at most twice this old when the store relies on it.
 const TOUCH_EVERY_MS: i64 = 10 * 60 * 1000;
 
-/// How long past the retention age a policy no job refers to is kept (see [`TOUCH_EVERY_MS`]):
-/// far more than twice that, for clocks that disagree by minutes.
-const POLICY_GRACE_MS: i64 = 60 * 60 * 1000;
+use super::settings::{SETTINGS_GRACE_MS, Settings, settings_not_stored};
 
-/// A job's limits, retry policy and grants as stored (their JSON texts) and their key in
-/// `job_policies`: the SHA-256 of the texts (JSON text never holds a raw NUL).
-struct Policy {
-    key: [u8; 32],
-    limits: String,
-    retry: String,
-    grants: String,
-}
-
-impl Policy {
-    fn of(j: &NewJob) -> Policy {
-        use sha2::{Digest, Sha256};
-        let (limits, retry, grants) = (json(&j.limits), json(&j.retry), json(&j.grants));
-        let mut h = Sha256::new();
-        for part in ["wasmjobs-policy-1", &limits, &retry, &grants] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        Policy {
-            key: h.finalize().into(),
-            limits,
-            retry,
-            grants,
-        }
-    }
-}
-
-/// The error for a job that refers to a policy `job_policies` does not hold.
-fn policy_not_stored(job: JobId) -> StoreError {
-    StoreError::Corrupt(format!("job {job}: its policy is not stored"))
-}
-
-/// Marks the policies of `keys` used at `now` where their mark is older than
-/// [`TOUCH_EVERY_MS`] (which locks them only then). A policy that is not stored stays so: the
-/// submission that follows stores it.
-async fn touch_policies<'c, E>(exec: E, keys: &[Vec<u8>], now: i64) -> Result<()>
+/// Marks the settings of `keys` used at `now` where their mark is older than
+/// [`TOUCH_EVERY_MS`] (which locks them only then). Settings that are not stored stay so: the
+/// submission that follows stores them.
+async fn touch_settings<'c, E>(exec: E, keys: &[Vec<u8>], now: i64) -> Result<()>
 where
     E: Executor<'c, Database = Postgres>,
 {
     if keys.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE job_policies SET used_at = $2 WHERE key = ANY($1) AND used_at < $2 - $3")
+    sqlx::query("UPDATE job_settings SET used_at = $2 WHERE key = ANY($1) AND used_at < $2 - $3")
         .bind(keys)
         .bind(now)
         .bind(TOUCH_EVERY_MS)
@@ -335,40 +302,11 @@ async fn vacuum_queue(
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
-/// An event as it is kept in its job's row (`jobs.state_events`, migration 0009), but for the
-/// seq and time that the statement writing it puts in front: `kind TAB data`. The data is
-/// JSON, which holds no raw tab or newline.
-fn row_event(e: &NewEvent) -> String {
-    // Serialized into the line's buffer: `format!` through `Value`'s `Display` cost the
-    // completer more than the rest of building an ending (a profile of the batched run).
-    let mut line = Vec::with_capacity(e.kind.len() + 96);
-    line.extend_from_slice(e.kind.as_bytes());
-    line.push(b'\t');
-    // Writing a `Value` into a `Vec` cannot fail, and JSON text is UTF-8.
-    let _ = serde_json::to_writer(&mut line, &e.data);
-    String::from_utf8(line).unwrap_or_default()
-}
-
-/// [`row_event`] of an event whose data is already JSON text.
-fn row_event_text(kind: &str, data: &str) -> String {
-    let mut line = String::with_capacity(kind.len() + 1 + data.len());
-    line.push_str(kind);
-    line.push('\t');
-    line.push_str(data);
-    line
-}
-
-/// A whole line of `jobs.state_events`: `seq TAB at TAB kind TAB data NEWLINE`.
-fn row_event_line(seq: i64, at: i64, e: &NewEvent) -> String {
-    format!("{seq}\t{at}\t{}\n", row_event(e))
-}
-
-/// The `SET` item of an `UPDATE jobs` that appends an event to the job's row: the SQL
-/// expressions of its seq, its time and its `kind TAB data` ([`row_event`]), as
-/// [`row_event_line`] writes a line.
-fn append_row_event(seq: &str, at: &str, event: &str) -> String {
+/// The `SET` item of an `UPDATE jobs` that appends an event to the job's history: the SQL
+/// expressions of its seq, its time and the rest of its line ([`history::tail`]).
+fn append_row_event(seq: &str, at: &str, tail: &str) -> String {
     format!(
-        "state_events = state_events || ({seq}) || chr(9) || ({at}) || chr(9) || ({event}) || chr(10)"
+        "history = history || '{{\"seq\":' || ({seq}) || ',\"at\":' || ({at}) || ',' || ({tail}) || chr(10)"
     )
 }
 
@@ -380,14 +318,6 @@ fn not_before_last(now: &str) -> String {
     format!("GREATEST({now}, jobs.updated_at)")
 }
 
-/// Reads a job's history as rows of `job_id, seq, kind, data, at`, from its row's
-/// `state_events` (bind the job id as `$1`) with seq above `$2`.
-const ROW_EVENTS: &str = "SELECT jobs.id AS job_id, split_part(l, chr(9), 1)::bigint AS seq,
-            split_part(l, chr(9), 3) AS kind, split_part(l, chr(9), 4) AS data,
-            split_part(l, chr(9), 2)::bigint AS at
-     FROM jobs CROSS JOIN LATERAL unnest(string_to_array(jobs.state_events, chr(10))) AS l
-     WHERE jobs.id = $1 AND l <> '' AND split_part(l, chr(9), 1)::bigint > $2";
-
 /// Columns of keyless jobs inserted with one `INSERT … SELECT FROM UNNEST`, and each one's
 /// first event, borrowed from the jobs and from [`Texts`].
 #[derive(Default)]
@@ -397,22 +327,22 @@ struct KeylessColumns<'a> {
     priority: Vec<i64>,
     run_at: Vec<i64>,
     input: Vec<&'a [u8]>,
-    policy: Vec<&'a [u8]>,
+    settings: Vec<&'a [u8]>,
     deadline_at: Vec<Option<i64>>,
     workflow_ref: Vec<Option<&'a str>>,
     input_from: Vec<Option<i64>>,
     event: Vec<&'a str>,
 }
 
-/// The policies (limits, retry policy, grants) and first events of a batch of jobs, each made
+/// The settings (limits, retry policy, grants) and first events of a batch of jobs, each made
 /// once for a run of jobs that have the same (jobs submitted together usually do), and each
 /// job's index into them.
 #[derive(Default)]
 struct Texts {
-    /// The batch's policies, each once.
-    policies: Vec<Policy>,
+    /// The batch's settings, each once.
+    settings: Vec<Settings>,
     events: Vec<String>,
-    /// Per job: its policy and its first event.
+    /// Per job: its settings and its first event.
     of: Vec<(usize, usize)>,
 }
 
@@ -421,19 +351,19 @@ impl Texts {
         let mut t = Texts::default();
         for (k, (j, state, run_at)) in jobs.iter().enumerate() {
             let previous = k.checked_sub(1).map(|p| (&jobs[p], t.of[p]));
-            let policy = match previous {
-                Some(((p, _, _), (policy, _)))
+            let settings = match previous {
+                Some(((p, _, _), (settings, _)))
                     if p.limits == j.limits && p.retry == j.retry && p.grants == j.grants =>
                 {
-                    policy
+                    settings
                 }
                 _ => {
-                    let new = Policy::of(j);
-                    match t.policies.iter().position(|p| p.key == new.key) {
+                    let new = Settings::of(j);
+                    match t.settings.iter().position(|p| p.key == new.key) {
                         Some(known) => known,
                         None => {
-                            t.policies.push(new);
-                            t.policies.len() - 1
+                            t.settings.push(new);
+                            t.settings.len() - 1
                         }
                     }
                 }
@@ -446,17 +376,17 @@ impl Texts {
                 }
                 _ => {
                     t.events
-                        .push(row_event_line(1, now, &created_event(*state, *run_at)));
+                        .push(history::line(1, now, &created_event(*state, *run_at)));
                     t.events.len() - 1
                 }
             };
-            t.of.push((policy, event));
+            t.of.push((settings, event));
         }
         t
     }
 
     fn keys(&self) -> Vec<Vec<u8>> {
-        self.policies.iter().map(|p| p.key.to_vec()).collect()
+        self.settings.iter().map(|p| p.key.to_vec()).collect()
     }
 }
 
@@ -466,8 +396,8 @@ impl Texts {
 /// `rows::claimed` makes it), records the claim (`claims`: how the rescuer finds running jobs),
 /// deletes this store's claims whose jobs have all ended ([`OpenClaims`]) and lets the
 /// transaction commit without waiting for the WAL flush. The `jobs` update changes
-/// no indexed column, so it is HOT (migration 0006). The queue rows are chosen and locked first
-/// (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key: migration 0009); a queue row
+/// no indexed column, so it is HOT. The queue rows are chosen and locked first
+/// (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key); a queue row
 /// whose job is no longer queued is taken and dropped.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let at = not_before_last("$3");
@@ -483,7 +413,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     attempt_started_at = {at}, updated_at = {at}, event_seq = event_seq + 1,
                     {append}
              FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
-             RETURNING {CLAIM_COLUMNS}
+             RETURNING {columns}
          ), k AS (
              INSERT INTO claims (worker, job_ids, at) SELECT $1, array_agg(id), $3 FROM c HAVING count(*) > 0
              RETURNING id
@@ -493,12 +423,14 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          SELECT c.*, (SELECT id FROM k) AS claim_id,
                 set_config('synchronous_commit', 'off', TRUE) AS synchronous_commit
          FROM c",
+        columns = claim_columns(false),
         append = append_row_event(
             "event_seq + 1",
             &at,
-            // As `rows::claimed` writes it (serde_json's object: keys in order, no spaces), by
-            // concatenation: `json_build_object` costs the server ~1 µs a job more.
-            "'state' || chr(9) || '{\"attempt\":' || (attempts + 1) || ',\"state\":\"running\",\"worker\":' || $6::text || '}'"
+            // As `history::tail` writes the `running` event (serde_json's object: keys in
+            // order, no spaces), by concatenation: `json_build_object` costs the server ~1 µs
+            // a job more. `$6` is the worker as a JSON string.
+            "'\"kind\":\"state\",\"data\":{\"attempt\":' || (attempts + 1) || ',\"state\":\"running\",\"worker\":' || $6::text || '}}'"
         )
     )
 });
@@ -521,8 +453,7 @@ struct Endings<'a> {
     event_count: Vec<i64>,
     state_event: Vec<String>,
     /// The ended attempt's line in the job's row up to its start and end times, which the
-    /// statement appends (they are the row's to clamp): `[attempt, worker, outcome, trap,
-    /// error, fuel, peak memory, wall µs,`.
+    /// statement appends (they are the row's to clamp): see `history::attempt_head`.
     attempt_head: Vec<String>,
     notices: Vec<Vec<Notice>>,
     event_job: Vec<i64>,
@@ -574,7 +505,7 @@ impl<'a> Endings<'a> {
             self.event_data.push(event.data.to_string());
         }
         self.state_event
-            .push(row_event_text("state", &e.state_data));
+            .push(history::tail_text("state", &e.state_data));
         self.id.push(c.job_id);
         self.attempt.push(i64::from(c.attempt));
         self.worker.push(&c.worker);
@@ -585,31 +516,8 @@ impl<'a> Endings<'a> {
         self.run_at.push(e.run_at);
         self.finished_at.push(e.finished_at);
         self.event_count.push(n as i64);
-        self.attempt_head.push(attempt_head(c));
+        self.attempt_head.push(history::attempt_head(c));
     }
-}
-
-/// An ended attempt's line in its job's row (`ended_attempts`) without its start and end
-/// times: built here rather than with `json_build_array` in the statement, which cost the
-/// server ~1 µs a job. JSON escapes every control character, so the line
-/// never holds a raw newline.
-fn attempt_head(c: &Completion) -> String {
-    let [fuel, peak, wall] = stored_figures(c);
-    // A tuple serializes as the JSON array, without building a `Value` of copies first.
-    let mut head = json(&(
-        c.attempt,
-        &c.worker,
-        c.outcome.as_str(),
-        &c.trap,
-        &c.error,
-        fuel,
-        peak,
-        wall,
-    ));
-    // `[…]` → `[…,`: the statement appends the two times and the `]`.
-    head.pop();
-    head.push(',');
-    head
 }
 
 /// The statement of [`write_endings`].
@@ -630,14 +538,8 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                     lost_attempts = jobs.lost_attempts + (v.outcome = 'lost')::int,
                     {append},
                     ended_attempts = jobs.ended_attempts
-                        || v.attempt_head
-                        -- An attempt claimed before migration 0008 has its start in its row
-                        -- in `attempts`.
-                        || COALESCE(jobs.attempt_started_at,
-                                    (SELECT a.started_at FROM attempts a
-                                     WHERE a.job_id = jobs.id AND a.attempt = v.attempt),
-                                    {at})
-                        || ',' || {at} || ']' || chr(10)
+                        || v.attempt_head || COALESCE(jobs.attempt_started_at, {at})
+                        || ',\"finished_at\":' || {at} || '}}' || chr(10)
              FROM v
              WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
              RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
@@ -657,7 +559,7 @@ static ENDINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Writes attempt endings with one statement: each job still held by the ending's worker and
 /// attempt gets its new state, with its state event and its ended attempt appended to its row
-/// (migration 0009), and goes back on the queue when it is to be retried; the attempt's own
+/// and goes back on the queue when it is to be retried; the attempt's own
 /// events (logs) go to `events`, before the state event in seq.
 /// Returns the ids of the jobs written (their notices: [`Endings::notices_of`]); the others
 /// were fenced out.
@@ -718,10 +620,10 @@ static RELEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 impl PgStore {
-    /// Gives the claimed jobs that take their limits and grants from a policy the policy's
-    /// texts: from what this store knows, else read (once per policy and node).
-    async fn take_policies(&self, rows: &mut [ClaimRow]) -> Result<()> {
-        let mut missing = lock(&self.policies).fill(rows);
+    /// Gives the claimed jobs that take their limits and grants from their settings
+    /// the texts: from what this store knows, else read (once per settings and node).
+    async fn take_settings(&self, rows: &mut [ClaimRow]) -> Result<()> {
+        let mut missing = lock(&self.settings).fill(rows);
         if missing.is_empty() {
             return Ok(());
         }
@@ -729,12 +631,12 @@ impl PgStore {
         keys.sort_unstable();
         keys.dedup();
         let read: Vec<(Vec<u8>, String, String)> =
-            sqlx::query_as("SELECT key, limits, grants FROM job_policies WHERE key = ANY($1)")
+            sqlx::query_as("SELECT key, limits, grants FROM job_settings WHERE key = ANY($1)")
                 .bind(&keys)
                 .fetch_all(&self.pool)
                 .await?;
-        let mut known = lock(&self.policies);
-        if known.texts.len() + read.len() > KnownPolicies::MOST {
+        let mut known = lock(&self.settings);
+        if known.texts.len() + read.len() > KnownSettings::MOST {
             known.texts.clear();
         }
         known
@@ -743,7 +645,7 @@ impl PgStore {
         missing = known.fill(rows);
         match missing.first() {
             None => Ok(()),
-            Some(&(_, id)) => Err(policy_not_stored(id)),
+            Some(&(_, id)) => Err(settings_not_stored(id)),
         }
     }
 
@@ -861,7 +763,7 @@ impl PgStore {
             next_sweep: AtomicI64::new(0),
             notifier,
             open_claims: std::sync::Mutex::default(),
-            policies: std::sync::Mutex::default(),
+            settings: std::sync::Mutex::default(),
             stop,
         })
     }
@@ -870,7 +772,7 @@ impl PgStore {
         self.notify(notices);
     }
 
-    /// Ends jobs whose attempts' outcomes decided their end (`policy::decided_by_outcome`)
+    /// Ends jobs whose attempts' outcomes decided their end (`retry::decided_by_outcome`)
     /// without reading their rows first: one statement, its own transaction, fenced in its
     /// `WHERE` (see [`write_endings`]).
     async fn complete_settled(
@@ -964,7 +866,7 @@ impl PgStore {
                     retry: snap
                         .retry
                         .as_deref()
-                        .ok_or_else(|| policy_not_stored(c.job_id))?,
+                        .ok_or_else(|| settings_not_stored(c.job_id))?,
                     cancel_requested: snap.cancel_requested,
                     deadline_at: snap.deadline_at,
                 },
@@ -1032,11 +934,11 @@ impl PgStore {
         )))
         .bind(DEADLINE_PASSED)
         .bind(now)
-        .bind(row_event(&NewEvent::state(
+        .bind(history::tail(&NewEvent::state(
             JobState::Failed,
             json!({ "error": DEADLINE_PASSED }),
         )))
-        .bind(row_event(&NewEvent::state(JobState::Queued, json!({}))))
+        .bind(history::tail(&NewEvent::state(JobState::Queued, json!({}))))
         .fetch_all(&self.pool)
         .await?;
         self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
@@ -1120,9 +1022,9 @@ const NAMES_HOLD: &str =
                    WHERE NOT EXISTS (SELECT 1 FROM module_names m
                                      WHERE m.name = p.name AND m.digest = p.digest))";
 
-/// Inserts keyless jobs (each with its first event in its row, its policy by key: `texts`,
-/// which the caller touched first with [`touch_policies`]) and their queue rows and stores the
-/// policies not stored yet, with one statement (one round trip, whatever the batch's size), if
+/// Inserts keyless jobs (each with its first event in its row, its settings by key: `texts`,
+/// which the caller touched first with [`touch_settings`]) and their queue rows and stores the
+/// settings not stored yet, with one statement (one round trip, whatever the batch's size), if
 /// every module name of `names` still points at its digest (else nothing, and `None`); ids are
 /// drawn from the sequence in the same statement and come back in the batch's order. (A new
 /// job is always queued or scheduled.)
@@ -1140,13 +1042,13 @@ where
     E: Executor<'c, Database = Postgres>,
 {
     let mut cols = KeylessColumns::default();
-    for ((j, state, run_at), &(policy, event)) in jobs.iter().zip(&texts.of) {
+    for ((j, state, run_at), &(settings, event)) in jobs.iter().zip(&texts.of) {
         cols.module.push(&j.module_digest);
         cols.state.push(state.as_str());
         cols.priority.push(j.priority);
         cols.run_at.push(*run_at);
         cols.input.push(&j.input);
-        cols.policy.push(&texts.policies[policy].key);
+        cols.settings.push(&texts.settings[settings].key);
         cols.deadline_at.push(j.deadline_at);
         cols.workflow_ref.push(j.workflow_ref.as_deref());
         cols.input_from.push(j.input_from);
@@ -1154,34 +1056,34 @@ where
     }
     let (name, digest): (Vec<&str>, Vec<&str>) =
         names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
-    let key: Vec<&[u8]> = texts.policies.iter().map(|p| &p.key[..]).collect();
-    let limits: Vec<&str> = texts.policies.iter().map(|p| p.limits.as_str()).collect();
-    let retry: Vec<&str> = texts.policies.iter().map(|p| p.retry.as_str()).collect();
-    let grants: Vec<&str> = texts.policies.iter().map(|p| p.grants.as_str()).collect();
+    let key: Vec<&[u8]> = texts.settings.iter().map(|p| &p.key[..]).collect();
+    let limits: Vec<&str> = texts.settings.iter().map(|p| p.limits.as_str()).collect();
+    let retry: Vec<&str> = texts.settings.iter().map(|p| p.retry.as_str()).collect();
+    let grants: Vec<&str> = texts.settings.iter().map(|p| p.grants.as_str()).collect();
     let ids: Vec<i64> = sqlx::query_scalar(
         "WITH v AS MATERIALIZED (
              SELECT nextval('jobs_id_seq') AS id, u.*
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[],
                          $7::bigint[], $8::text[], $9::bigint[], $10::text[])
-                  WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, policy,
+                  WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, settings,
                                        deadline_at, workflow_ref, input_from, event, ord)
              -- Once per statement: nothing at all when a name no longer points where it did.
              WHERE NOT EXISTS (SELECT 1 FROM UNNEST($12::text[], $13::text[]) AS p(name, digest)
                                WHERE NOT EXISTS (SELECT 1 FROM module_names m
                                                  WHERE m.name = p.name AND m.digest = p.digest))
          ), p AS (
-             -- The policies not stored yet (those stored were touched first: retention keeps them).
-             INSERT INTO job_policies (key, limits, retry, grants, used_at)
+             -- The settings not stored yet (those stored were touched first: retention keeps them).
+             INSERT INTO job_settings (key, limits, retry, grants, used_at)
              SELECT k, l, r, g, $11
              FROM UNNEST($14::bytea[], $15::text[], $16::text[], $17::text[]) AS x(k, l, r, g)
              WHERE EXISTS (SELECT 1 FROM v)
              ON CONFLICT (key) DO NOTHING
          ), j AS (
-             INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                               policy, deadline_at, workflow_ref, input_from, created_at, updated_at,
-                               event_seq, state_events)
-             SELECT id, module_digest, state, priority, run_at, input, '', '', '',
-                    policy, deadline_at, workflow_ref, input_from, $11, $11, 1, event
+             INSERT INTO jobs (id, module_digest, state, priority, run_at, input, settings,
+                               deadline_at, workflow_ref, input_from, created_at, updated_at,
+                               event_seq, history)
+             SELECT id, module_digest, state, priority, run_at, input,
+                    settings, deadline_at, workflow_ref, input_from, $11, $11, 1, event
              FROM v
              -- Once per statement: fails it when a job names a module that is not stored.
              WHERE (SELECT wasmjobs_modules_exist($1::text[]))
@@ -1196,7 +1098,7 @@ where
     .bind(&cols.priority)
     .bind(&cols.run_at)
     .bind(&cols.input)
-    .bind(&cols.policy)
+    .bind(&cols.settings)
     .bind(&cols.deadline_at)
     .bind(&cols.workflow_ref)
     .bind(&cols.input_from)
@@ -1253,12 +1155,18 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             out.push(Some((job, false)));
             continue;
         }
+        let settings = Settings::of(&j);
+        touch_settings(&mut **tx, &[settings.key.to_vec()], now).await?;
         let id: i64 = sqlx::query_scalar(
-            "WITH j AS (
-                 INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
+            "WITH s AS (
+                 INSERT INTO job_settings (key, limits, retry, grants, used_at)
+                 VALUES ($6, $7, $8, $9, $13)
+                 ON CONFLICT (key) DO NOTHING
+             ), j AS (
+                 INSERT INTO jobs (module_digest, state, priority, run_at, input, settings,
                                    idempotency_key, deadline_at, workflow_ref, input_from, created_at,
-                                   updated_at, event_seq, state_events)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15
+                                   updated_at, event_seq, history)
+                 SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15
                  WHERE wasmjobs_modules_exist(ARRAY[$1::text])
                  RETURNING id, priority, run_at, deadline_at, state
              ), q AS (
@@ -1272,16 +1180,16 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
         .bind(j.priority)
         .bind(run_at)
         .bind(&j.input)
-        .bind(json(&j.limits))
-        .bind(json(&j.retry))
-        .bind(json(&j.grants))
+        .bind(&settings.key[..])
+        .bind(&settings.limits)
+        .bind(&settings.retry)
+        .bind(&settings.grants)
         .bind(&key)
         .bind(j.deadline_at)
         .bind(j.workflow_ref.as_deref())
+        .bind(now)
         .bind(j.input_from)
-        .bind(now)
-        .bind(now)
-        .bind(row_event_line(1, now, &created_event(state, run_at)))
+        .bind(history::line(1, now, &created_event(state, run_at)))
         .fetch_one(&mut **tx)
         .await?;
         any_queued |= state == JobState::Queued;
@@ -1292,10 +1200,10 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
             .into_iter()
             .map(|(slot, j, state, run_at)| (slot, (j, state, run_at)))
             .unzip();
-        // In a transaction the store's record of touched policies cannot be trusted (it may
+        // In a transaction the store's record of touched settings cannot be trusted (it may
         // roll back): touch every time (a lookup by key, a write at most every few minutes).
         let texts = Texts::of(&batch, now);
-        touch_policies(&mut **tx, &texts.keys(), now).await?;
+        touch_settings(&mut **tx, &texts.keys(), now).await?;
         let ids = insert_keyless(&mut **tx, &batch, &texts, &[], now)
             .await?
             .ok_or_else(refused_without_names)?;
@@ -1315,7 +1223,7 @@ async fn insert_jobs_tx(tx: &mut Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<
     Ok((result, notices))
 }
 
-/// Takes job `id` off the queue, if it is there. The queue has no key (migration 0009): its row
+/// Takes job `id` off the queue, if it is there. The queue has no key: its row
 /// is found through the index that holds it, by the job's priority and run_at (a waiting job's
 /// row is in `job_queue_waiting`, a ready one's in `job_queue_claim`). A row this misses (the
 /// job was requeued after this statement's snapshot) is harmless: whoever takes it checks the
@@ -1461,10 +1369,10 @@ impl Store for PgStore {
                 .collect();
             let texts = Texts::of(&batch, now);
             // Touched in a transaction of their own, before the jobs that rely on them.
-            let touch = lock(&self.policies).untouched(&texts.policies, now);
+            let touch = lock(&self.settings).untouched(&texts.settings, now);
             if !touch.is_empty() {
-                touch_policies(&self.hot, &touch, now).await?;
-                lock(&self.policies).touched(touch, now);
+                touch_settings(&self.hot, &touch, now).await?;
+                lock(&self.settings).touched(touch, now);
             }
             let Some(ids) = insert_keyless(&self.hot, &batch, &texts, names, now).await? else {
                 return Ok(None);
@@ -1527,46 +1435,20 @@ impl Store for PgStore {
     }
 
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
-        let rows: Vec<AttemptRow> = sqlx::query_as(
-            // The attempts that ended, from the job's row (migration 0009) and from `attempts`
-            // (those that ended before it), and the running one from the job (with no start
-            // on the job, an attempt claimed before migration 0008 has its row in `attempts`).
-            "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
-                    started_at, finished_at
-             FROM attempts WHERE job_id = $1
-             UNION ALL
-             SELECT (a->>0)::bigint, a->>1, a->>2, a->>3, a->>4, (a->>5)::bigint, (a->>6)::bigint,
-                    (a->>7)::bigint, (a->>8)::bigint, (a->>9)::bigint
-             FROM jobs CROSS JOIN LATERAL unnest(string_to_array(jobs.ended_attempts, chr(10))) AS l
-                  CROSS JOIN LATERAL (SELECT l::json AS a) AS p
-             WHERE jobs.id = $1 AND l <> ''
-             UNION ALL
-             SELECT attempts, worker, NULL, NULL, NULL, NULL, NULL, NULL, attempt_started_at, NULL
-             FROM jobs
-             WHERE id = $1 AND state = 'running' AND attempt_started_at IS NOT NULL
-             ORDER BY attempt",
+        let row: Option<(String, String, i64, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT ended_attempts, state, attempts, worker, attempt_started_at FROM jobs WHERE id = $1",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        // An attempt that was running across the upgrade to migration 0009 has a row in
-        // `attempts` without an outcome and its end in the job's row: the end wins.
-        let mut attempts = rows
-            .into_iter()
-            .map(AttemptRow::into_attempt)
-            .collect::<Result<Vec<_>>>()?;
-        attempts.dedup_by(|later, earlier| {
-            let same = later.attempt == earlier.attempt;
-            if same && later.outcome.is_some() {
-                std::mem::swap(later, earlier);
-            }
-            same
-        });
-        Ok(attempts)
+        let Some((ended, state, attempts, worker, started)) = row else {
+            return Ok(Vec::new());
+        };
+        Ok(attempts_of(id, &ended, &state, attempts, worker, started)?)
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
-        // No index of `jobs` reads the state (migration 0006): jobs that wait or run are found
+        // No index of `jobs` reads the state: jobs that wait or run are found
         // through the queue and the claims, newest first; finished ones by walking `jobs`
         // from the newest, keeping those in the state asked for.
         let source = match f.state {
@@ -1616,19 +1498,27 @@ impl Store for PgStore {
     }
 
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
-        // The events a transition wrote into the job's row and the others (logs, progress,
-        // cancel requests, and all events written before migration 0009), merged by seq.
-        let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(format!(
+        // The state events in the job's history, and the others (logs, progress, cancel
+        // requests) in `events`, merged by seq.
+        let history: Option<String> = sqlx::query_scalar("SELECT history FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = $1 AND seq > $2
-             UNION ALL {ROW_EVENTS}
-             ORDER BY seq LIMIT $3"
-        )))
+             ORDER BY seq LIMIT $3",
+        )
         .bind(id)
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(EventRow::into_event).collect()
+        let others = rows
+            .into_iter()
+            .map(EventRow::into_event)
+            .collect::<Result<Vec<_>>>()?;
+        let state = history::parse(id, history.as_deref().unwrap_or_default(), after)?;
+        Ok(history::merge(state, others, limit as usize))
     }
 
     async fn claim(
@@ -1675,7 +1565,7 @@ impl Store for PgStore {
             .iter()
             .map(ClaimRow::from_row)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        self.take_policies(&mut rows).await?;
+        self.take_settings(&mut rows).await?;
         let claimed = claimed_in_order(rows)?;
         if let Some(claim) = claim {
             lock(&self.open_claims).claimed(claim, &claimed, std::time::Instant::now());
@@ -1843,7 +1733,7 @@ impl Store for PgStore {
             .bind(&attempts)
             .bind(now)
             .bind(worker)
-            .bind(row_event(&released_event(worker)))
+            .bind(history::tail(&released_event(worker)))
             .fetch_all(&self.pool)
             .await?;
         {
@@ -1905,7 +1795,7 @@ impl Store for PgStore {
                     append_row_event("event_seq + 1", "$1", "$2")
                 )))
                 .bind(now)
-                .bind(row_event(&NewEvent::state(JobState::Cancelled, json!({}))))
+                .bind(history::tail(&NewEvent::state(JobState::Cancelled, json!({}))))
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
@@ -1944,11 +1834,24 @@ impl Store for PgStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
-        let (retry, now) = retried(id, fetch_job(&mut tx, id).await?, now)?;
+        let job = fetch_job(&mut tx, id).await?;
+        let (retry, now) = retried(id, job.clone(), now)?;
+        // A fresh budget is new settings for this job (the others that shared its settings
+        // keep theirs).
+        let settings = job
+            .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
+            .ok_or_else(|| StoreError::NotFound {
+                what: "job",
+                id: id.to_string(),
+            })?;
         // A failed or cancelled job has no queue row (every way there takes it off the queue).
         sqlx::query(AssertSqlSafe(format!(
-            "WITH j AS (
-                 UPDATE jobs SET state = 'queued', retry = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
+            "WITH s AS (
+                 INSERT INTO job_settings (key, limits, retry, grants, used_at)
+                 VALUES ($1, $5, $6, $7, $2)
+                 ON CONFLICT (key) DO UPDATE SET used_at = excluded.used_at
+             ), j AS (
+                 UPDATE jobs SET state = 'queued', settings = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $2,
                         event_seq = event_seq + 1, {}
                  WHERE id = $4
@@ -1958,13 +1861,16 @@ impl Store for PgStore {
              SELECT id, priority, run_at, NULL, TRUE FROM j",
             append_row_event("event_seq + 1", "$2", "$3")
         )))
-        .bind(json(&retry))
+        .bind(&settings.key[..])
         .bind(now)
-        .bind(row_event(&NewEvent::state(
+        .bind(history::tail(&NewEvent::state(
             JobState::Queued,
             json!({ "retried": true }),
         )))
         .bind(id)
+        .bind(&settings.limits)
+        .bind(&settings.retry)
+        .bind(&settings.grants)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1973,7 +1879,7 @@ impl Store for PgStore {
     }
 
     async fn prune(&self, before: i64) -> Result<u64> {
-        // No index of `jobs` reads `finished_at` (migration 0006), so the jobs are walked in id
+        // No index of `jobs` reads `finished_at`, so the jobs are walked in id
         // order, oldest first, a page at a time. A job created at or after `before` cannot
         // have finished before it, so the walk stops at the first page that reaches one; what
         // it reads beyond the pruned jobs is the old jobs that stay (still running or waiting,
@@ -1981,12 +1887,12 @@ impl Store for PgStore {
         const PAGE: i64 = 1000;
         let mut cursor = 0i64;
         let mut pruned = 0u64;
-        // The policies of the jobs walked past that stay.
+        // The settings of the jobs walked past that stay.
         let mut kept: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         loop {
-            let page: Vec<(i64, i64, bool, Option<Vec<u8>>)> =
+            let page: Vec<(i64, i64, bool, Vec<u8>)> =
                 sqlx::query_as(AssertSqlSafe(format!(
-                    "SELECT id, created_at, {} AS doomed, policy FROM jobs WHERE id > $2 ORDER BY id LIMIT $3",
+                    "SELECT id, created_at, {} AS doomed, settings FROM jobs WHERE id > $2 ORDER BY id LIMIT $3",
                     super::rows::prunable("$1")
                 )))
                 .bind(before)
@@ -2008,8 +1914,6 @@ impl Store for PgStore {
                          DELETE FROM jobs WHERE id = ANY($2) AND {} RETURNING id
                      ), e AS (
                          DELETE FROM events WHERE job_id IN (SELECT id FROM j)
-                     ), a AS (
-                         DELETE FROM attempts WHERE job_id IN (SELECT id FROM j)
                      )
                      SELECT id FROM j",
                     super::rows::prunable("$1")
@@ -2024,19 +1928,19 @@ impl Store for PgStore {
             kept.extend(
                 page.into_iter()
                     .filter(|p| !gone.contains(&p.0))
-                    .filter_map(|p| p.3),
+                    .map(|p| p.3),
             );
             if last_created >= before || !full {
                 break;
             }
             cursor = last;
         }
-        // Then the policies no job refers to, unused since well before `before`: a submission
-        // touches a policy it relies on (`touch_policies`), so a job that refers to one of these
+        // Then the settings no job refers to, unused since well before `before`: a submission
+        // touches settings it relies on (`touch_settings`), so a job that refers to one of these
         // was created long before `before` and was walked past above.
         let kept: Vec<Vec<u8>> = kept.into_iter().collect();
-        sqlx::query("DELETE FROM job_policies WHERE used_at < $1 AND NOT (key = ANY($2))")
-            .bind(before.saturating_sub(POLICY_GRACE_MS))
+        sqlx::query("DELETE FROM job_settings WHERE used_at < $1 AND NOT (key = ANY($2))")
+            .bind(before.saturating_sub(SETTINGS_GRACE_MS))
             .bind(&kept)
             .execute(&self.pool)
             .await?;

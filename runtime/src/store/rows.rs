@@ -61,32 +61,30 @@ macro_rules! row {
     };
 }
 
-/// A job's own text of `col` (limits, retry or grants), or where it holds `''` its policy's
-/// (`jobs.policy`, migration 0010), as `col`. The job's table is named `jobs`.
-macro_rules! own_or_policy {
+/// The text of `col` (limits, retry or grants) of a job's settings, as `col`. The job's table
+/// is named `jobs`.
+macro_rules! settings_column {
     ($col:literal) => {
         concat!(
-            "COALESCE(NULLIF(jobs.",
+            "(SELECT s.",
             $col,
-            ", ''), (SELECT p.",
-            $col,
-            " FROM job_policies p WHERE p.key = jobs.policy)) AS ",
+            " FROM job_settings s WHERE s.key = jobs.settings) AS ",
             $col
         )
     };
 }
 
 /// The retry policy of a job read from `jobs` (as [`JOB_COLUMNS`] reads it).
-pub(super) const RETRY_COLUMN: &str = own_or_policy!("retry");
+pub(super) const RETRY_COLUMN: &str = settings_column!("retry");
 
-/// A job's columns, its limits, retry policy and grants its own or its policy's.
+/// A job's columns, with its settings' limits, retry policy and grants.
 pub(super) const JOB_COLUMNS: &str = concat!(
     "id, module_digest, state, priority, run_at, input, ",
-    own_or_policy!("limits"),
+    settings_column!("limits"),
     ", ",
-    own_or_policy!("retry"),
+    settings_column!("retry"),
     ", ",
-    own_or_policy!("grants"),
+    settings_column!("grants"),
     ", idempotency_key, attempts, lost_attempts, deadline_at, worker, lease_until, \
      cancel_requested, outcome, output, error, workflow_ref, input_from, created_at, updated_at, \
      finished_at"
@@ -129,10 +127,10 @@ pub(super) fn parse_outcome(s: Option<String>) -> Result<Option<wasmjobs_host::O
         .transpose()
 }
 
-/// A job's limits, retry policy or grants from their JSON text; none when the job refers to a
-/// policy that is not stored.
+/// A job's limits, retry policy or grants from their JSON text; none when the job refers to
+/// settings that are not stored.
 fn policy_part<T: serde::de::DeserializeOwned>(text: Option<String>, what: &str) -> Result<T> {
-    let text = text.ok_or_else(|| corrupt(what, "the job's policy is not stored"))?;
+    let text = text.ok_or_else(|| corrupt(what, "the job's settings are not stored"))?;
     serde_json::from_str(&text).map_err(|e| corrupt(what, e))
 }
 
@@ -167,15 +165,26 @@ impl JobRow {
     }
 }
 
-/// The columns a claim returns (`RETURNING {CLAIM_COLUMNS}`): what an attempt needs and the
-/// claim order, not the whole job (decoding all of a job's columns, and parsing its retry
-/// policy, was a tenth of the node's CPU per trivial job), and the output of the job whose
-/// output is this job's input, so the attempt needs no read of its own. A job whose limits and
-/// grants are its policy's (`''` and a `policy` key, migration 0010) gets them from the store
-/// that claimed it ([`ClaimRow::wants_policy`]). The claim's target table is `jobs`.
-pub(super) const CLAIM_COLUMNS: &str = "id, module_digest, priority, run_at, input, limits, grants, policy, \
-     attempts, deadline_at, input_from, event_seq, updated_at, \
-     (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output";
+/// The columns a claim returns (`RETURNING` them): what an attempt needs and the claim order,
+/// not the whole job (decoding all of a job's columns, and parsing its retry policy, was a
+/// tenth of the node's CPU per trivial job), and the output of the job whose output is this
+/// job's input, so the attempt needs no read of its own. The job's settings come as their key,
+/// and their limits and grants either as texts (`with_texts`: SQLite reads them beside the
+/// job) or as NULL, for the store to fill in from what it knows
+/// ([`ClaimRow::wants_settings`]: Postgres, which sends each text once per node). The claim's
+/// target table is `jobs`.
+pub(super) fn claim_columns(with_texts: bool) -> String {
+    let texts = if with_texts {
+        concat!(settings_column!("limits"), ", ", settings_column!("grants"))
+    } else {
+        "NULL::text AS limits, NULL::text AS grants"
+    };
+    format!(
+        "id, module_digest, priority, run_at, input, settings, {texts}, attempts, deadline_at, \
+         input_from, event_seq, updated_at, \
+         (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output"
+    )
+}
 
 row! {
     by_position pub(super) struct ClaimRow {
@@ -184,9 +193,9 @@ row! {
     priority: i64,
     run_at: i64,
     input: Vec<u8>,
-    limits: String,
-    grants: String,
-    policy: Option<Vec<u8>>,
+    settings: Vec<u8>,
+    limits: Option<String>,
+    grants: Option<String>,
     attempts: i64,
     deadline_at: Option<i64>,
     input_from: Option<i64>,
@@ -306,21 +315,15 @@ impl ClaimRow {
         self.id
     }
 
-    /// The key of the policy whose limits or grants this job takes, if it takes any.
-    pub(super) fn wants_policy(&self) -> Option<&[u8]> {
-        self.policy
-            .as_deref()
-            .filter(|_| self.limits.is_empty() || self.grants.is_empty())
+    /// The key of this job's settings, when the claim did not read their texts.
+    pub(super) fn wants_settings(&self) -> Option<&[u8]> {
+        (self.limits.is_none() || self.grants.is_none()).then_some(&self.settings[..])
     }
 
-    /// Takes the limits and grants this job has no text of its own for from its policy's.
-    pub(super) fn take_policy(&mut self, limits: &str, grants: &str) {
-        if self.limits.is_empty() {
-            self.limits = limits.to_string();
-        }
-        if self.grants.is_empty() {
-            self.grants = grants.to_string();
-        }
+    /// Gives this job its settings' limits and grants.
+    pub(super) fn fill_settings(&mut self, limits: &str, grants: &str) {
+        self.limits = Some(limits.to_string());
+        self.grants = Some(grants.to_string());
     }
 
     fn into_claimed(self, parsed: &mut Parsed) -> Result<Claimed> {
@@ -332,43 +335,17 @@ impl ClaimRow {
                 Some(_) => self.upstream_output.unwrap_or_default(),
                 None => self.input,
             },
-            limits: parsed.limits(self.limits)?,
-            grants: parsed.grants(self.grants)?,
+            limits: parsed.limits(
+                self.limits
+                    .ok_or_else(|| super::settings::settings_not_stored(self.id))?,
+            )?,
+            grants: parsed.grants(
+                self.grants
+                    .ok_or_else(|| super::settings::settings_not_stored(self.id))?,
+            )?,
             attempt: u32::try_from(self.attempts).unwrap_or(0),
             deadline_at: self.deadline_at,
             input_from: self.input_from,
-        })
-    }
-}
-
-row! {
-    pub(super) struct AttemptRow {
-    attempt: i64,
-    worker: String,
-    outcome: Option<String>,
-    trap: Option<String>,
-    error: Option<String>,
-    fuel_consumed: Option<i64>,
-    peak_memory_bytes: Option<i64>,
-    wall_time_us: Option<i64>,
-    started_at: i64,
-    finished_at: Option<i64>,}
-}
-
-impl AttemptRow {
-    pub(super) fn into_attempt(self) -> Result<Attempt> {
-        let to_u64 = |v: Option<i64>| v.map(|n| u64::try_from(n).unwrap_or(0));
-        Ok(Attempt {
-            attempt: u32::try_from(self.attempt).unwrap_or(0),
-            worker: self.worker,
-            outcome: parse_outcome(self.outcome)?,
-            trap: self.trap,
-            error: self.error,
-            fuel_consumed: to_u64(self.fuel_consumed),
-            peak_memory_bytes: to_u64(self.peak_memory_bytes),
-            wall_time_us: to_u64(self.wall_time_us),
-            started_at: self.started_at,
-            finished_at: self.finished_at,
         })
     }
 }
@@ -450,6 +427,36 @@ impl ScheduleRow {
             created_at: self.created_at,
         })
     }
+}
+
+/// A job's attempts: those that ended (its `ended_attempts`) and the one it runs, if it runs
+/// one (`state`, its attempt count, worker and the attempt's start, from its row).
+pub(super) fn attempts_of(
+    id: JobId,
+    ended: &str,
+    state: &str,
+    attempts: i64,
+    worker: Option<String>,
+    started: Option<i64>,
+) -> Result<Vec<Attempt>> {
+    let mut all = super::history::parse_attempts(id, ended)?;
+    if state == "running"
+        && let (Some(worker), Some(started_at)) = (worker, started)
+    {
+        all.push(Attempt {
+            attempt: u32::try_from(attempts).unwrap_or(0),
+            worker,
+            outcome: None,
+            trap: None,
+            error: None,
+            fuel_consumed: None,
+            peak_memory_bytes: None,
+            wall_time_us: None,
+            started_at,
+            finished_at: None,
+        });
+    }
+    Ok(all)
 }
 
 /// JSON text of a value that serializes infallibly (our own plain structs).

@@ -19,8 +19,10 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::broadcast;
 
+use super::history;
 use super::model::*;
 use super::rows::*;
+use super::settings::{SETTINGS_GRACE_MS, Settings};
 use super::workflow_sql as w;
 use super::{Notice, Rescue, Result, Store, StoreError};
 
@@ -50,11 +52,13 @@ const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
 /// Statements put together from shared pieces: built once, not on every call.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET state = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,
-                updated_at = MAX(?, updated_at), event_seq = event_seq + 1
+        "UPDATE jobs SET state = 'running', worker = ?1, lease_until = ?2, attempts = attempts + 1,
+                updated_at = MAX(?3, updated_at), attempt_started_at = MAX(?3, updated_at),
+                event_seq = event_seq + 1
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state = 'queued'
-                      ORDER BY priority DESC, run_at, id LIMIT ?)
-         RETURNING {CLAIM_COLUMNS}"
+                      ORDER BY priority DESC, run_at, id LIMIT ?4)
+         RETURNING {}",
+        claim_columns(true)
     )
 });
 static NODE_UPSERT: LazyLock<String> = LazyLock::new(|| {
@@ -369,14 +373,40 @@ fn push_events(tx: &Tx<'_>, job_id: JobId, events: &[NewEvent], now: i64) -> Res
     write_events(tx, &pending(job_id, last, events, now))
 }
 
-/// Writes event rows (one cached statement, run once per row).
+/// Writes events (their seqs allocated): a state change as a line of its job's history, any
+/// other event as a row of `events` (one cached statement each, run once per event).
 fn write_events(tx: &Tx<'_>, rows: &[PendingEvent]) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
+    let mut row = tx.prepare_cached(
         "INSERT INTO events (job_id, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
     )?;
+    let mut line = tx.prepare_cached("UPDATE jobs SET history = history || ? WHERE id = ?")?;
     for (job, seq, kind, data, at) in rows {
-        stmt.execute(params![job, seq, kind, data, at])?;
+        if *kind == "state" {
+            let text = format!(
+                "{{\"seq\":{seq},\"at\":{at},{}\n",
+                history::tail_text(kind, data)
+            );
+            line.execute(params![text, job])?;
+        } else {
+            row.execute(params![job, seq, kind, data, at])?;
+        }
     }
+    Ok(())
+}
+
+/// Stores `settings` if they are not stored yet, marked used at `now`.
+fn store_settings(tx: &Tx<'_>, settings: &Settings, now: i64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO job_settings (key, limits, retry, grants, used_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (key) DO UPDATE SET used_at = excluded.used_at",
+    )?
+    .execute(params![
+        &settings.key[..],
+        settings.limits,
+        settings.retry,
+        settings.grants,
+        now
+    ])?;
     Ok(())
 }
 
@@ -386,7 +416,8 @@ fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> 
     let mut out = Vec::with_capacity(jobs.len());
     let mut notices = Vec::new();
     let mut any_queued = false;
-    let mut events = Vec::new();
+    // Jobs submitted together nearly always share their settings: stored once per run of them.
+    let mut last: Option<Settings> = None;
     for j in jobs {
         if let Some(key) = &j.idempotency_key {
             let existing: Option<i64> =
@@ -399,36 +430,38 @@ fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result<Inserted> 
             }
         }
         let (state, run_at) = initial_state(&j, now);
+        let settings = Settings::of(&j);
+        if last.as_ref().is_none_or(|l| l.key != settings.key) {
+            store_settings(tx, &settings, now)?;
+        }
         let id: i64 = scalar(
             tx,
-            "INSERT INTO jobs (module_digest, state, priority, run_at, input, limits, retry, grants,
+            "INSERT INTO jobs (module_digest, state, priority, run_at, input, settings,
                                idempotency_key, deadline_at, workflow_ref, input_from, created_at, updated_at,
-                               event_seq)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+                               event_seq, history)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING id",
             params![
                 j.module_digest,
                 state.as_str(),
                 j.priority,
                 run_at,
                 j.input,
-                json(&j.limits),
-                json(&j.retry),
-                json(&j.grants),
+                &settings.key[..],
                 j.idempotency_key,
                 j.deadline_at,
                 j.workflow_ref,
                 j.input_from,
                 now,
-                now
+                now,
+                history::line(1, now, &created_event(state, run_at)),
             ],
         )?
         .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
-        events.extend(pending(id, 1, &[created_event(state, run_at)], now));
+        last = Some(settings);
         any_queued |= state == JobState::Queued;
         notices.push(Notice::Events(id));
         out.push((Job::inserted(id, j, state, run_at, now), true));
     }
-    write_events(tx, &events)?;
     if any_queued {
         notices.push(Notice::JobsAvailable);
     }
@@ -452,7 +485,8 @@ fn apply_completion(
 ) -> Result<Completed> {
     let snap = tx
         .prepare_cached(
-            "SELECT attempts, retry, cancel_requested, deadline_at, updated_at, lost_attempts FROM jobs
+            "SELECT attempts, (SELECT s.retry FROM job_settings s WHERE s.key = jobs.settings),
+                    cancel_requested, deadline_at, updated_at, lost_attempts, attempt_started_at FROM jobs
              WHERE id = ? AND state = 'running' AND attempts = ? AND (? IS NULL OR worker = ?)",
         )?
         .query_row(params![c.job_id, i64::from(c.attempt), fence, fence], |r| {
@@ -463,10 +497,12 @@ fn apply_completion(
                 r.get::<_, Option<i64>>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
             ))
         })
         .optional()?;
-    let Some((attempts, retry, cancel_requested, deadline_at, last, lost_attempts)) = snap else {
+    let Some((attempts, retry, cancel_requested, deadline_at, last, lost_attempts, started)) = snap
+    else {
         return Ok(Completed::Refused);
     };
     // Never before the job's last transition: `now` is the completing node's clock reading,
@@ -493,7 +529,8 @@ fn apply_completion(
         tx,
         "UPDATE jobs SET state = ?, outcome = ?, error = ?, output = ?, worker = NULL, lease_until = NULL,
                 run_at = COALESCE(?, run_at), finished_at = ?, updated_at = ?, event_seq = event_seq + ?,
-                lost_attempts = lost_attempts + ?
+                lost_attempts = lost_attempts + ?, attempt_started_at = NULL,
+                ended_attempts = ended_attempts || ?
          WHERE id = ? RETURNING event_seq",
         params![
             state.as_str(),
@@ -505,29 +542,13 @@ fn apply_completion(
             now,
             c.events.len() as i64 + 1,
             i64::from(c.outcome == wasmjobs_host::Outcome::Lost),
+            history::attempt_line(c, started.unwrap_or(now), now),
             c.job_id
         ],
     )?
     .ok_or_else(|| {
         StoreError::Corrupt(format!("job {} vanished while completing it", c.job_id))
     })?;
-    let [fuel, peak, wall] = stored_figures(c);
-    tx.prepare_cached(
-        "UPDATE attempts SET outcome = ?, trap = ?, error = ?, fuel_consumed = ?, peak_memory_bytes = ?,
-                wall_time_us = ?, finished_at = ?
-         WHERE job_id = ? AND attempt = ?",
-    )?
-    .execute(params![
-        c.outcome.as_str(),
-        c.trap,
-        c.error,
-        fuel,
-        peak,
-        wall,
-        now,
-        c.job_id,
-        i64::from(c.attempt)
-    ])?;
     // The attempt's own events, then the state event, last.
     events_out.extend(pending(c.job_id, last_seq - 1, &c.events, now));
     events_out.push((c.job_id, last_seq, "state", state_data, now));
@@ -638,16 +659,20 @@ impl Store for SqliteStore {
     }
 
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
-        let rows: Vec<AttemptRow> = self.read(|tx| {
-            rows(
+        type Row = (String, String, i64, Option<String>, Option<i64>);
+        let row: Option<Row> = self.read(|tx| {
+            Ok(query(
                 tx,
-                "SELECT attempt, worker, outcome, trap, error, fuel_consumed, peak_memory_bytes, wall_time_us,
-                        started_at, finished_at
-                 FROM attempts WHERE job_id = ? ORDER BY attempt",
+                "SELECT ended_attempts, state, attempts, worker, attempt_started_at FROM jobs WHERE id = ?",
                 [id],
-            )
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?
+            .pop())
         })?;
-        rows.into_iter().map(AttemptRow::into_attempt).collect()
+        let Some((ended, state, attempts, worker, started)) = row else {
+            return Ok(Vec::new());
+        };
+        attempts_of(id, &ended, &state, attempts, worker, started)
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
@@ -691,14 +716,23 @@ impl Store for SqliteStore {
     }
 
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
-        let rows: Vec<EventRow> = self.read(|tx| {
-            rows(
+        // The state events in the job's history, and the others (logs, progress, cancel
+        // requests) in `events`, merged by seq.
+        let (history, rows): (Option<String>, Vec<EventRow>) = self.read(|tx| {
+            let history = scalar(tx, "SELECT history FROM jobs WHERE id = ?", [id])?;
+            let rows = rows(
                 tx,
                 "SELECT job_id, seq, kind, data, at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 params![id, after, i64::from(limit)],
-            )
+            )?;
+            Ok((history, rows))
         })?;
-        rows.into_iter().map(EventRow::into_event).collect()
+        let others = rows
+            .into_iter()
+            .map(EventRow::into_event)
+            .collect::<Result<Vec<_>>>()?;
+        let state = history::parse(id, history.as_deref().unwrap_or_default(), after)?;
+        Ok(history::merge(state, others, limit as usize))
     }
 
     async fn claim(
@@ -745,13 +779,6 @@ impl Store for SqliteStore {
                     params![worker, now + lease_ms, now, i64::from(limit)],
                 )?;
                 let (claimed, events, claim_notices) = claimed(rows, worker)?;
-                let mut attempt = tx.prepare_cached(
-                    "INSERT INTO attempts (job_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
-                )?;
-                // Each attempt starts at its `running` event's time (see `claimed`).
-                for (c, (.., started)) in claimed.iter().zip(&events) {
-                    attempt.execute(params![c.id, i64::from(c.attempt), worker, started])?;
-                }
                 notices.extend(claim_notices);
                 write_events(tx, &events)?;
                 Ok((claimed, notices))
@@ -907,15 +934,13 @@ impl Store for SqliteStore {
                     let seq: Option<i64> = scalar(
                         tx,
                         "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL,
-                                attempts = attempts - 1, updated_at = MAX(?, updated_at),
-                                event_seq = event_seq + 1
+                                attempts = attempts - 1, attempt_started_at = NULL,
+                                updated_at = MAX(?, updated_at), event_seq = event_seq + 1
                          WHERE id = ? AND state = 'running' AND worker = ? AND attempts = ?
                          RETURNING event_seq",
                         params![now, id, worker, i64::from(attempt)],
                     )?;
                     let Some(seq) = seq else { continue };
-                    tx.prepare_cached("DELETE FROM attempts WHERE job_id = ? AND attempt = ?")?
-                        .execute(params![id, i64::from(attempt)])?;
                     let event = released_event(worker);
                     write_events(tx, &pending(id, seq, std::slice::from_ref(&event), now))?;
                     released.push(id);
@@ -1004,13 +1029,23 @@ impl Store for SqliteStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         self.write(|tx| {
-            let (retry, now) = retried(id, fetch_job(tx, id)?, now)?;
+            let job = fetch_job(tx, id)?;
+            let (retry, now) = retried(id, job.clone(), now)?;
+            // A fresh budget is new settings for this job (the others that shared its
+            // settings keep theirs).
+            let settings = job
+                .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "job",
+                    id: id.to_string(),
+                })?;
+            store_settings(tx, &settings, now)?;
             tx.prepare_cached(
-                "UPDATE jobs SET state = 'queued', retry = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
+                "UPDATE jobs SET state = 'queued', settings = ?, run_at = ?, cancel_requested = FALSE, outcome = NULL,
                         error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = ?
                  WHERE id = ?",
             )?
-            .execute(params![json(&retry), now, now, id])?;
+            .execute(params![&settings.key[..], now, now, id])?;
             push_events(
                 tx,
                 id,
@@ -1034,13 +1069,16 @@ impl Store for SqliteStore {
                     &format!("DELETE FROM events WHERE job_id IN ({cond})"),
                     [before],
                 )?;
-                tx.execute(
-                    &format!("DELETE FROM attempts WHERE job_id IN ({cond})"),
-                    [before],
-                )?;
                 let n = tx.execute(
                     &format!("DELETE FROM jobs WHERE {}", prunable("?")),
                     [before],
+                )?;
+                // Then the settings no job refers to, unused since well before `before` (a
+                // submission touches the settings it relies on).
+                tx.execute(
+                    "DELETE FROM job_settings
+                     WHERE used_at < ? AND key NOT IN (SELECT settings FROM jobs)",
+                    [before.saturating_sub(SETTINGS_GRACE_MS)],
                 )?;
                 // Finished workflow runs (their nodes, elements and events go with them).
                 tx.execute(

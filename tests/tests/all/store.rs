@@ -387,10 +387,10 @@ async fn awkward_worker_names_and_errors_come_back_exactly() {
 
 /// Jobs submitted together with the same limits, retry policy and grants, and one with others:
 /// each job runs and reads back with its own, and a hand `retry` of one changes no other's
-/// (Postgres keeps shared policies once, migration 0010).
+/// (both backends keep shared settings once).
 #[tokio::test]
-async fn jobs_read_back_their_own_policies_when_others_share_them() {
-    for (backend, store, _db) in test_stores("policies").await {
+async fn jobs_read_back_their_own_settings_when_others_share_them() {
+    for (backend, store, _db) in test_stores("settings").await {
         let digest = module(&*store).await;
         let mut a = new_job(&digest);
         a.limits.fuel = 123_456;
@@ -429,7 +429,7 @@ async fn jobs_read_back_their_own_policies_when_others_share_them() {
             "{backend}"
         );
         // The first job fails for good (one attempt), is retried by hand: its budget grows,
-        // the job that shares its policy keeps its own.
+        // the job that shares its settings keeps its own.
         let r = store
             .complete(&[done(&claimed[0], "w", Outcome::Trapped)], 30)
             .await
@@ -460,14 +460,15 @@ async fn jobs_read_back_their_own_policies_when_others_share_them() {
     }
 }
 
-/// Postgres keeps a policy once (its texts out of the jobs' rows), and retention deletes a
-/// policy, and the secrets its grants hold, once no job refers to it and it went unused for an
-/// hour past the retention age; a store that submitted with it before stores it again.
+/// Postgres keeps a job's settings once (their texts out of the jobs' rows), and retention
+/// deletes them, and the secrets their grants hold, once no job refers to them and they went
+/// unused for an hour past the retention age; a store that submitted with them before stores
+/// them again.
 #[tokio::test]
-async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
+async fn postgres_settings_are_stored_once_and_pruned_when_unused() {
     let Some((url, schema, admin)) = postgres_only(
-        "postgres_policies_are_stored_once_and_pruned_when_unused",
-        "policies_pg",
+        "postgres_settings_are_stored_once_and_pruned_when_unused",
+        "settings_pg",
     )
     .await
     else {
@@ -481,13 +482,13 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
     let mut waiting = new_job(&digest);
     waiting.limits.fuel = 777;
     waiting.run_at = Some(100 * hour);
-    let policies = || async {
+    let settings = || async {
         let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT grants, used_at FROM {schema}.job_policies ORDER BY grants"
+            "SELECT grants, used_at FROM {schema}.job_settings ORDER BY grants"
         )))
         .fetch_all(&admin)
         .await
-        .expect("policies");
+        .expect("settings");
         rows
     };
     store
@@ -497,14 +498,14 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
     let (waiting_job, _) = store.insert_job(waiting.clone(), 10).await.expect("insert");
     let inline: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {schema}.jobs
-         WHERE limits <> '' OR retry <> '' OR grants <> '' OR policy IS NULL"
+         WHERE settings NOT IN (SELECT key FROM {schema}.job_settings)"
     )))
     .fetch_one(&admin)
     .await
     .expect("count");
-    assert_eq!(inline, 0, "every job refers to its policy");
-    let stored = policies().await;
-    assert_eq!(stored.len(), 2, "one row per policy: {stored:?}");
+    assert_eq!(inline, 0, "every job refers to stored settings");
+    let stored = settings().await;
+    assert_eq!(stored.len(), 2, "one row per distinct settings: {stored:?}");
     assert!(stored.iter().any(|(g, _)| g.contains("s3cret")));
 
     // The secret jobs run and end; the waiting one stays.
@@ -516,12 +517,12 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
         .collect();
     store.complete(&ends, 30).await.expect("complete");
 
-    // Retention at 40: the jobs go, but their policy was used at 10, not an hour before 40.
+    // Retention at 40: the jobs go, but their settings were used at 10, not an hour before 40.
     assert_eq!(store.prune(40).await.expect("prune"), 3);
-    assert_eq!(policies().await.len(), 2, "a policy used lately stays");
+    assert_eq!(settings().await.len(), 2, "settings used lately stay");
     // Later: the unused one goes with its secret, the waiting job's stays however old.
     assert_eq!(store.prune(2 * hour).await.expect("prune"), 0);
-    let left = policies().await;
+    let left = settings().await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(!left[0].0.contains("s3cret"), "{left:?}");
     let w = store
@@ -531,8 +532,8 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
         .expect("waiting job");
     assert_eq!(w.limits.fuel, 777);
 
-    // The same store submits with the pruned policy again, at a time when it trusts its own
-    // touch of 10 (minutes before): the submission stores the policy again, and the job runs
+    // The same store submits with the pruned settings again, at a time when it trusts its own
+    // touch of 10 (minutes before): the submission stores the settings again, and the job runs
     // with it.
     let (again, _) = store.insert_job(secret.clone(), 20).await.expect("insert");
     let claimed = store.claim("w", 10, 25, 1000).await.expect("claim");
@@ -543,7 +544,7 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
             .collect::<Vec<_>>(),
         [(again.id, Some("s3cret".to_string()))]
     );
-    // A store that never saw the policy reads it to run a job.
+    // A store that never saw the settings reads them to run a job.
     let fresh = open_postgres_schema(&url, &schema).await.expect("open");
     let (third, _) = fresh
         .insert_job(secret.clone(), 2 * hour + 3)
@@ -561,7 +562,7 @@ async fn postgres_policies_are_stored_once_and_pruned_when_unused() {
             .collect::<Vec<_>>(),
         [(third.id, Some("s3cret".to_string()))]
     );
-    let stored = policies().await;
+    let stored = settings().await;
     assert_eq!(stored.len(), 2, "{stored:?}");
 }
 
@@ -645,219 +646,6 @@ async fn cancels_retries_and_deadline_sweeps_never_go_back_before_the_jobs_last_
             "{backend}"
         );
     }
-}
-
-/// Postgres writes an attempt's row when it ends (migration 0008); before, the claim inserted
-/// it. An attempt claimed before the upgrade ends in its existing row, once.
-#[tokio::test]
-async fn postgres_attempt_claimed_before_migration_8_ends_in_its_row() {
-    let Some((url, schema, pool)) = postgres_only(
-        "postgres_attempt_claimed_before_migration_8_ends_in_its_row",
-        "upgrade8",
-    )
-    .await
-    else {
-        return;
-    };
-    let store = open_postgres_schema(&url, &schema).await.expect("open");
-    let digest = module(&*store).await;
-    let (job, _) = store
-        .insert_jobs(vec![new_job(&digest)], 10)
-        .await
-        .expect("insert")
-        .remove(0);
-    let claimed = store.claim("old", 1, 20, 1000).await.expect("claim");
-    assert_eq!(claimed.len(), 1);
-    // What the claim of version 7 left: the attempt's row, and no start on the job.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {schema}.attempts (job_id, attempt, worker, started_at) VALUES ($1, 1, 'old', 20)"
-    )))
-    .bind(job.id)
-    .execute(&pool)
-    .await
-    .expect("old attempt row");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {schema}.jobs SET attempt_started_at = NULL WHERE id = $1"
-    )))
-    .bind(job.id)
-    .execute(&pool)
-    .await
-    .expect("no start on the job");
-    assert_eq!(
-        attempt_view(&*store, job.id).await,
-        [(1, "old".to_string(), None, 20, None)]
-    );
-
-    let r = store
-        .complete(&[done(&claimed[0], "old", Outcome::Succeeded)], 30)
-        .await
-        .expect("complete");
-    assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
-    assert_eq!(
-        attempt_view(&*store, job.id).await,
-        [(1, "old".to_string(), Some(Outcome::Succeeded), 20, Some(30))]
-    );
-    drop(store);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&pool)
-        .await;
-}
-
-/// Since migration 0009 Postgres keeps a job's state changes and ended attempts in the job's
-/// row and finds running jobs through `claims`, not `running_jobs`. Jobs that version 8 stored
-/// go on after the upgrade: a queued one runs, a running one whose node died is rescued, and
-/// both histories read whole and in order across the old rows and the new.
-#[tokio::test]
-async fn postgres_jobs_stored_before_migration_9_go_on_after_it() {
-    use sqlx::Executor;
-    let Some((url, schema, admin)) = postgres_only(
-        "postgres_jobs_stored_before_migration_9_go_on_after_it",
-        "upgrade9",
-    )
-    .await
-    else {
-        return;
-    };
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .await
-        .expect("schema");
-    let path = format!("SET search_path TO {schema}");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .after_connect(move |conn, _| {
-            let path = path.clone();
-            Box::pin(async move {
-                conn.execute(sqlx::AssertSqlSafe(path)).await?;
-                Ok(())
-            })
-        })
-        .connect(&url)
-        .await
-        .expect("connect to the schema");
-    let migrations =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/migrations/postgres");
-    sqlx::migrate::Migrator::new(migrations)
-        .await
-        .expect("migrations")
-        .run_to(8, &pool)
-        .await
-        .expect("migrate to version 8");
-    // What version 8 wrote: job 1 queued; job 2 running its first (and only allowed) attempt
-    // on node "dead", whose lease ran out at 50. Their events are rows of `events`.
-    let retry = serde_json::to_string(&RetryPolicy {
-        max_attempts: 1,
-        max_lost: 1,
-        ..RetryPolicy::default()
-    })
-    .expect("json");
-    let limits = serde_json::to_string(&Limits::default()).expect("json");
-    let grants = serde_json::to_string(&Grants::default()).expect("json");
-    sqlx::query(
-        "INSERT INTO modules (digest, size, world, imports, bytes, created_at)
-         VALUES ('sha256:abc', 4, 'wasmjobs:job/job', '[]', '\\x0061736d', 1)",
-    )
-    .execute(&pool)
-    .await
-    .expect("module");
-    sqlx::query(
-        "INSERT INTO jobs (id, module_digest, state, priority, run_at, input, limits, retry, grants,
-                           attempts, worker, lease_until, attempt_started_at, event_seq, created_at, updated_at)
-         VALUES (1, 'sha256:abc', 'queued', 0, 10, '\\x7b7d', $1, $2, $3, 0, NULL, NULL, NULL, 1, 10, 10),
-                (2, 'sha256:abc', 'running', 0, 10, '\\x7b7d', $1, $2, $3, 1, 'dead', 50, 20, 2, 10, 20)",
-    )
-    .bind(&limits)
-    .bind(&retry)
-    .bind(&grants)
-    .execute(&pool)
-    .await
-    .expect("jobs");
-    for sql in [
-        "SELECT setval('jobs_id_seq', 2)",
-        "INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready) VALUES (1, 0, 10, NULL, TRUE)",
-        "INSERT INTO running_jobs (job_id) VALUES (2)",
-        "INSERT INTO events (job_id, seq, kind, data, at) VALUES
-             (1, 1, 'state', '{\"state\":\"queued\"}', 10),
-             (2, 1, 'state', '{\"state\":\"queued\"}', 10),
-             (2, 2, 'state', '{\"attempt\":1,\"state\":\"running\",\"worker\":\"dead\"}', 20)",
-    ] {
-        pool.execute(sql).await.expect(sql);
-    }
-    drop(pool);
-
-    let store = open_postgres_schema(&url, &schema)
-        .await
-        .expect("open, migrating to the latest version");
-    let running = JobFilter {
-        state: Some(JobState::Running),
-        limit: 100,
-        ..JobFilter::default()
-    };
-    let listed = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
-    // The migration turned the running set into a claim.
-    assert_eq!(listed(store.list_jobs(&running).await.expect("list")), [2]);
-    assert_eq!(
-        store
-            .rescue(Rescue::Expired { keep: &[] }, 100)
-            .await
-            .expect("rescue"),
-        [2]
-    );
-    assert_eq!(
-        store.get_job(2).await.expect("get").map(|j| j.state),
-        Some(JobState::Failed)
-    );
-    assert_eq!(
-        attempt_view(&*store, 2).await,
-        [(1, "dead".to_string(), Some(Outcome::Lost), 20, Some(100))]
-    );
-    let claimed = store.claim("new", 10, 110, 1000).await.expect("claim");
-    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [1]);
-    let r = store
-        .complete(&[done(&claimed[0], "new", Outcome::Succeeded)], 120)
-        .await
-        .expect("complete");
-    assert_eq!(r, [Completed::Applied(JobState::Succeeded)]);
-    assert_eq!(
-        attempt_view(&*store, 1).await,
-        [(
-            1,
-            "new".to_string(),
-            Some(Outcome::Succeeded),
-            110,
-            Some(120)
-        )]
-    );
-    let history = |events: Vec<Event>| -> Vec<(i64, String, serde_json::Value, i64)> {
-        events
-            .into_iter()
-            .map(|e| {
-                let what = e.data.get("state").or(e.data.get("message")).cloned();
-                (e.seq, e.kind, what.unwrap_or_default(), e.at)
-            })
-            .collect()
-    };
-    assert_eq!(
-        history(store.events(1, 0, 100).await.expect("events")),
-        [
-            (1, "state".to_string(), json!("queued"), 10),
-            (2, "state".to_string(), json!("running"), 110),
-            (3, "log".to_string(), json!("hi"), 120),
-            (4, "state".to_string(), json!("succeeded"), 120),
-        ]
-    );
-    assert_eq!(
-        history(store.events(2, 1, 100).await.expect("events")),
-        [
-            (2, "state".to_string(), json!("running"), 20),
-            (3, "state".to_string(), json!("failed"), 100),
-        ]
-    );
-    assert!(listed(store.list_jobs(&running).await.expect("list")).is_empty());
-    drop(store);
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .await;
 }
 
 /// On Postgres a claim is a row of `claims` (its worker and job ids), which the rescuer and the
@@ -1933,6 +1721,31 @@ async fn bad_sqlite_locations_are_refused_with_the_reason() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("not a database"), "{err}");
+    // A database whose schema a development build before the baseline migrated is refused,
+    // saying so, and left as it was.
+    let old = dir.path().join("old.db");
+    drop(
+        wasmjobs::store::open(&old.display().to_string())
+            .await
+            .expect("open"),
+    );
+    let conn = rusqlite::Connection::open(&old).expect("open the file");
+    conn.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (13, 'lost budget and nodes', TRUE, x'00', 1)",
+        [],
+    )
+    .expect("an older build's migration");
+    drop(conn);
+    let err = wasmjobs::store::open(&old.display().to_string())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("made by a development build of wasmjobs older than its baseline schema"),
+        "{err}"
+    );
 }
 
 /// Another process on the same SQLite file (`serve` and `worker`s on one host) holding the
