@@ -111,8 +111,8 @@ pub(super) async fn create(
         ));
     }
     let (record, created) = state
-        .service
-        .store
+        .workflows
+        .runs()
         .put_workflow(&definition.name, &json, now_ms())
         .await?;
     let status = if created {
@@ -134,7 +134,7 @@ pub(super) async fn create(
     )
 )]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = state.service.store.list_workflows().await?;
+    let all = state.workflows.runs().list_workflows().await?;
     Ok(Json(
         json!({ "workflows": all.iter().map(view).collect::<Vec<_>>() }),
     ))
@@ -160,8 +160,8 @@ async fn find(
         })
         .transpose()?;
     state
-        .service
-        .store
+        .workflows
+        .runs()
         .get_workflow(name, version)
         .await?
         .ok_or_else(|| match version {

@@ -1,71 +1,56 @@
 //! A job's history and its ended attempts as its row keeps them, the same on both backends:
-//! two text columns in JSON Lines, one JSON object per line, appended by the statement that
-//! makes the transition (string concatenation: no parse, no rewrite of what is there) and read
-//! here.
+//! two text columns of JSON Lines, one compact JSON array per line, appended by the statement
+//! that makes the transition (string concatenation: no parse, no rewrite of what is there) and
+//! read here. Arrays, not objects: a job's row is rewritten at each transition, and on Postgres
+//! its versions must fit beside it on its page for the update to stay HOT (decision 008), so
+//! the lines carry no key names.
 //!
-//! - `jobs.history`: the job's state events, `{"seq":3,"at":…,"kind":"state","data":{…}}`.
-//!   Its other events (logs, progress, cancel requests) are rows of `events`; a job's history
-//!   is both, merged by `seq` ([`merge`]).
-//! - `jobs.ended_attempts`: each attempt that ended, `{"attempt":1,"worker":…,"outcome":…,
-//!   "trap":…,"error":…,"fuel_consumed":…,"peak_memory_bytes":…,"wall_time_us":…,
-//!   "started_at":…,"finished_at":…}`. The running attempt is the row's own (`attempts`,
-//!   `worker`, `attempt_started_at`).
+//! - `jobs.history`: the job's state events, `[seq,at,{data}]` (their kind is `state`). Its
+//!   other events (logs, progress, cancel requests) are rows of `events`; a job's history is
+//!   both, merged by `seq` ([`merge`]).
+//! - `jobs.ended_attempts`: each attempt that ended, `[attempt,worker,outcome,trap,error,
+//!   fuel_consumed,peak_memory_bytes,wall_time_us,started_at,finished_at]`. The running
+//!   attempt is the row's own (`attempts`, `worker`, `attempt_started_at`).
 //!
 //! JSON escapes every control character, so a line never holds a raw newline.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use super::model::{Attempt, Completion, Event, JobId, NewEvent};
 use super::{Result, StoreError};
 
-/// The end of a history line after its `seq` and `at`, which the statement writes in front
-/// (they are the row's to clamp): `"kind":"state","data":{…}}`.
+/// The end of state event `e`'s history line, after its `seq` and `at`, which the statement
+/// writes in front (they are the row's to clamp): `{data}]`.
 pub(super) fn tail(e: &NewEvent) -> String {
-    let mut out = Vec::with_capacity(e.kind.len() + 96);
-    out.extend_from_slice(b"\"kind\":");
-    // Writing JSON into a `Vec` cannot fail, and JSON text is UTF-8.
-    let _ = serde_json::to_writer(&mut out, e.kind);
-    out.extend_from_slice(b",\"data\":");
-    let _ = serde_json::to_writer(&mut out, &e.data);
-    out.push(b'}');
-    String::from_utf8(out).unwrap_or_default()
+    debug_assert_eq!(e.kind, "state", "only state events go into a job's row");
+    tail_text(&e.data.to_string())
 }
 
-/// [`tail`] of an event whose data is already JSON text.
-pub(super) fn tail_text(kind: &str, data: &str) -> String {
-    format!(
-        "\"kind\":{},\"data\":{data}}}",
-        serde_json::Value::from(kind)
-    )
+/// [`tail`] of a state event whose data is already JSON text.
+pub(super) fn tail_text(data: &str) -> String {
+    format!("{data}]")
 }
 
 /// A whole history line, for statements that do not compute `seq` and `at` themselves.
 pub(super) fn line(seq: i64, at: i64, e: &NewEvent) -> String {
-    format!("{{\"seq\":{seq},\"at\":{at},{}\n", tail(e))
-}
-
-#[derive(Deserialize)]
-struct HistoryLine {
-    seq: i64,
-    at: i64,
-    kind: String,
-    data: Value,
+    format!("[{seq},{at},{}\n", tail(e))
 }
 
 /// The events of `history` (job `job_id`) with `seq > after`, in order.
 pub(super) fn parse(job_id: JobId, history: &str, after: i64) -> Result<Vec<Event>> {
     let mut out = Vec::new();
     for l in history.lines().filter(|l| !l.is_empty()) {
-        let h: HistoryLine = serde_json::from_str(l)
+        let (seq, at, data): (i64, i64, Value) = serde_json::from_str(l)
             .map_err(|e| StoreError::Corrupt(format!("job {job_id}'s history: {e}")))?;
-        if h.seq > after {
+        if seq > after {
             out.push(Event {
                 job_id,
-                seq: h.seq,
-                kind: h.kind,
-                data: h.data,
-                at: h.at,
+                seq,
+                kind: "state".to_string(),
+                data,
+                at,
             });
         }
     }
@@ -82,78 +67,67 @@ pub(super) fn merge(state: Vec<Event>, others: Vec<Event>, limit: usize) -> Vec<
     all
 }
 
-/// An ended attempt as a line of `ended_attempts`.
-#[derive(Serialize, Deserialize)]
-struct AttemptLine<'a> {
-    attempt: u32,
-    #[serde(borrow)]
-    worker: std::borrow::Cow<'a, str>,
-    outcome: std::borrow::Cow<'a, str>,
-    trap: Option<std::borrow::Cow<'a, str>>,
-    error: Option<std::borrow::Cow<'a, str>>,
-    fuel_consumed: i64,
-    peak_memory_bytes: i64,
-    wall_time_us: i64,
-    #[serde(default)]
-    started_at: i64,
-    #[serde(default)]
-    finished_at: i64,
-}
+/// An ended attempt's line: number, worker, outcome, trap, error, fuel, peak memory, wall
+/// time, start, end.
+type AttemptLine<'a> = (
+    u32,
+    Cow<'a, str>,
+    Cow<'a, str>,
+    Option<Cow<'a, str>>,
+    Option<Cow<'a, str>>,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 
 /// The start of attempt `c`'s line in `ended_attempts`, up to its start and end times, which
-/// the statement appends (they are the row's to clamp): `{"attempt":…,…,"started_at":`.
+/// the statement appends (they are the row's to clamp): `[attempt,…,wall_time_us,`.
 pub(super) fn attempt_head(c: &Completion) -> String {
-    let [fuel, peak, wall] = super::rows::stored_figures(c);
-    let line = AttemptLine {
-        attempt: c.attempt,
-        worker: c.worker.as_str().into(),
-        outcome: c.outcome.as_str().into(),
-        trap: c.trap.as_deref().map(Into::into),
-        error: c.error.as_deref().map(Into::into),
-        fuel_consumed: fuel,
-        peak_memory_bytes: peak,
-        wall_time_us: wall,
-        started_at: 0,
-        finished_at: 0,
-    };
-    let mut text = serde_json::to_string(&line).unwrap_or_default();
-    // `…,"started_at":0,"finished_at":0}` → `…,"started_at":`
-    if let Some(at) = text.rfind(",\"started_at\":") {
-        text.truncate(at + ",\"started_at\":".len());
-    }
+    let [fuel, peak, wall] = super::lifecycle::stored_figures(c);
+    let head = (
+        c.attempt,
+        c.worker.as_str(),
+        c.outcome.as_str(),
+        c.trap.as_deref(),
+        c.error.as_deref(),
+        fuel,
+        peak,
+        wall,
+    );
+    // Serializing plain values into a string cannot fail.
+    let mut text = serde_json::to_string(&head).unwrap_or_default();
+    // `[…,wall]` → `[…,wall,`
+    text.pop();
+    text.push(',');
     text
 }
 
 /// The whole line of attempt `c`, for statements that append it with its times known.
 pub(super) fn attempt_line(c: &Completion, started_at: i64, finished_at: i64) -> String {
-    format!(
-        "{}{started_at},\"finished_at\":{finished_at}}}\n",
-        attempt_head(c)
-    )
+    format!("{}{started_at},{finished_at}]\n", attempt_head(c))
 }
 
 /// The attempts of `ended` (a job's `ended_attempts`), in order.
 pub(super) fn parse_attempts(job_id: JobId, ended: &str) -> Result<Vec<Attempt>> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("job {job_id}'s attempts: {e}"));
     let mut out = Vec::new();
     for l in ended.lines().filter(|l| !l.is_empty()) {
-        let a: AttemptLine = serde_json::from_str(l)
-            .map_err(|e| StoreError::Corrupt(format!("job {job_id}'s attempts: {e}")))?;
+        let a: AttemptLine = serde_json::from_str(l).map_err(|e| corrupt(e.to_string()))?;
+        let (attempt, worker, outcome, trap, error, fuel, peak, wall, started_at, finished_at) = a;
         let to_u64 = |v: i64| Some(u64::try_from(v).unwrap_or(0));
         out.push(Attempt {
-            attempt: a.attempt,
-            worker: a.worker.into_owned(),
-            outcome: Some(
-                a.outcome
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("job {job_id}'s attempts: {e}")))?,
-            ),
-            trap: a.trap.map(|t| t.into_owned()),
-            error: a.error.map(|e| e.into_owned()),
-            fuel_consumed: to_u64(a.fuel_consumed),
-            peak_memory_bytes: to_u64(a.peak_memory_bytes),
-            wall_time_us: to_u64(a.wall_time_us),
-            started_at: a.started_at,
-            finished_at: Some(a.finished_at),
+            attempt,
+            worker: worker.into_owned(),
+            outcome: Some(outcome.parse().map_err(corrupt)?),
+            trap: trap.map(Cow::into_owned),
+            error: error.map(Cow::into_owned),
+            fuel_consumed: to_u64(fuel),
+            peak_memory_bytes: to_u64(peak),
+            wall_time_us: to_u64(wall),
+            started_at,
+            finished_at: Some(finished_at),
         });
     }
     Ok(out)
@@ -171,8 +145,8 @@ mod tests {
             data: json!({"state": "failed", "error": "a\ttab, a\nnewline, a \"quote\" and a }"}),
         };
         let mut history = line(1, 10, &e);
-        // As a statement appends one: `{"seq":` seq `,"at":` at `,` tail newline.
-        history.push_str(&format!("{{\"seq\":{},\"at\":{},{}\n", 2, 20, tail(&e)));
+        // As a statement appends one: `[` seq `,` at `,` tail newline.
+        history.push_str(&format!("[{},{},{}\n", 2, 20, tail(&e)));
         let events = parse(7, &history, 0).expect("parses");
         assert_eq!(events.len(), 2);
         assert_eq!(

@@ -1,24 +1,27 @@
-//! The durable store: modules, jobs, attempts, ordered event histories and schedules behind
-//! the [`Store`] trait, workflow runs behind [`WorkflowStore`], with a backend per database
-//! (`sqlite.rs`, `postgres.rs`) that implements both ([`Backend`]), each with its own SQL and
-//! migrations (`runtime/migrations/{sqlite,postgres}`). The backend is chosen once, at
-//! start-up, from the database URL; errors are [`StoreError`], which says what kind of
-//! failure it was and keeps the driver's detail to the log.
+//! The durable store: modules, jobs, their attempts and histories, and schedules behind the
+//! [`Store`] traits (one per area), workflow definitions and runs behind [`WorkflowStore`],
+//! with a backend per database (`sqlite/`, `postgres/`) that implements both ([`Backend`]),
+//! each with its own SQL (`.sql` files beside each area's Rust) and its own baseline migration
+//! (`runtime/migrations/{sqlite,postgres}`) of one schema. What both share is Rust: the rows
+//! and their conversion (`rows.rs`), a job's history format (`history.rs`), its settings
+//! (`settings.rs`), the retry decision (`retry.rs`) and a workflow step's writes
+//! (`workflow_step.rs`). The backend is chosen once, at start-up, from the database URL;
+//! errors are [`StoreError`], which says what kind of failure it was and keeps the driver's
+//! detail to the log.
 //!
-//! Every state transition is one transaction that also appends the job's event rows, so a job
+//! Every state transition is one transaction that also appends the job's events, so a job
 //! exists iff the transaction that accepted it committed, and its history is complete.
 
 mod error;
-pub mod model;
-mod notice_codec;
-pub mod retry;
-#[macro_use]
-mod workflow_sql;
 mod history;
+mod lifecycle;
+pub mod model;
 mod postgres;
+pub mod retry;
 mod rows;
 mod settings;
 mod sqlite;
+mod workflow_step;
 
 use std::sync::Arc;
 
@@ -58,17 +61,17 @@ pub enum Notice {
     RunRequest(RunId),
 }
 
-/// The job store: modules, jobs and their attempts and events, schedules, workflow
-/// definitions. Implemented by [`sqlite::SqliteStore`] and [`postgres::PgStore`]; it knows
-/// nothing of workflow runs ([`WorkflowStore`]).
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `sqlite` or `postgres`.
-    fn backend(&self) -> &'static str;
-    /// Changes as they are committed.
-    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+/// The job store, as the job service, the scheduler and the API use it: every area's trait
+/// ([`ModuleStore`], [`JobStore`], [`QueueStore`], [`ScheduleStore`]). It knows nothing of
+/// workflows ([`WorkflowStore`]). Implemented by [`sqlite::SqliteStore`] and
+/// [`postgres::PgStore`], each area in a file of its own.
+pub trait Store: ModuleStore + JobStore + QueueStore + ScheduleStore {}
 
-    // Modules.
+impl<T: ModuleStore + JobStore + QueueStore + ScheduleStore> Store for T {}
+
+/// Modules: content-addressed component bytes and the names that point at them.
+#[async_trait]
+pub trait ModuleStore: Send + Sync + 'static {
     /// Stores a module (idempotent on digest) and points `name` at it. `true` if the bytes
     /// were new.
     async fn put_module(&self, module: NewModule, now: i64) -> Result<(ModuleRecord, bool)>;
@@ -76,8 +79,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_module(&self, name_or_digest: &str) -> Result<Option<ModuleRecord>>;
     async fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>>;
     async fn list_modules(&self) -> Result<Vec<ModuleRecord>>;
+}
 
-    // Jobs.
+/// Jobs as users see them: submission, reading, history, cancel, retry and retention.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Changes as they are committed.
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
     /// Inserts a job and its first event in one transaction. With an idempotency key already
     /// used, returns the first job and `false`.
     async fn insert_job(&self, job: NewJob, now: i64) -> Result<(Job, bool)> {
@@ -89,7 +99,7 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts jobs in one transaction (group commit): all or none are stored. Each result is
     /// the job and whether it was created (`false`: its idempotency key was already used).
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>>;
-    /// [`Store::insert_jobs`], if every module name in `names` still points at the digest
+    /// [`JobStore::insert_jobs`], if every module name in `names` still points at the digest
     /// given with it (`(name, digest)`: names the caller resolved earlier); `None`, with
     /// nothing stored, when one does not. Lets a caller resolve names from a cache without
     /// storing a job under a digest its name no longer points at.
@@ -98,17 +108,7 @@ pub trait Store: Send + Sync + 'static {
         jobs: Vec<NewJob>,
         names: &[(String, String)],
         now: i64,
-    ) -> Result<Option<Vec<(Job, bool)>>> {
-        // Checked before the insert, not in its transaction: a backend whose round trips cost
-        // something checks in the insert itself (Postgres).
-        for (name, digest) in names {
-            let current = self.get_module(name).await?.map(|m| m.digest);
-            if current.as_deref() != Some(digest.as_str()) {
-                return Ok(None);
-            }
-        }
-        self.insert_jobs(jobs, now).await.map(Some)
-    }
+    ) -> Result<Option<Vec<(Job, bool)>>>;
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     /// A finished job's output (outputs never change once a job ended).
     async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>>;
@@ -118,8 +118,19 @@ pub trait Store: Send + Sync + 'static {
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>>;
     /// Events of a job with `seq > after`, in order, at most `limit`.
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>>;
+    /// Cancels a job: at once when scheduled or queued; a running job gets a cancel request
+    /// that its worker acts on. Returns the job's state afterwards.
+    async fn cancel(&self, id: JobId, now: i64) -> Result<JobState>;
+    /// Puts a failed or cancelled job back in the queue with a fresh attempt budget.
+    async fn retry(&self, id: JobId, now: i64) -> Result<JobState>;
+    /// Deletes finished jobs (and their events) that finished before `before`, and the
+    /// settings no job refers to any more.
+    async fn prune(&self, before: i64) -> Result<u64>;
+}
 
-    // Workers.
+/// The queue as worker nodes drive it: claims, attempts' events and ends, leases, rescue.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
     /// Moves due `scheduled` jobs to `queued`, then claims up to `limit` queued jobs for
     /// `worker` (priority, then run_at, then age), starting an attempt of each.
     async fn claim(
@@ -165,17 +176,11 @@ pub trait Store: Send + Sync + 'static {
     async fn probe_write(&self, node: &str, now: i64) -> Result<()>;
     /// The earliest `run_at` of a scheduled job, to know when to look again.
     async fn next_scheduled_at(&self) -> Result<Option<i64>>;
+}
 
-    // Users.
-    /// Cancels a job: at once when scheduled or queued; a running job gets a cancel request
-    /// that its worker acts on. Returns the job's state afterwards.
-    async fn cancel(&self, id: JobId, now: i64) -> Result<JobState>;
-    /// Puts a failed or cancelled job back in the queue with a fresh attempt budget.
-    async fn retry(&self, id: JobId, now: i64) -> Result<JobState>;
-    /// Deletes finished jobs (and their attempts and events) that finished before `before`.
-    async fn prune(&self, before: i64) -> Result<u64>;
-
-    // Schedules.
+/// Cron schedules.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
     async fn add_schedule(
         &self,
         name: Option<String>,
@@ -193,8 +198,18 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         next: for<'c> fn(&'c str, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>>;
+}
 
-    // Workflow definitions (the workflow service's own table).
+/// A whole backend: the job store and the workflow service's tables, as `open` returns it.
+/// Each service keeps the part it uses (`Arc<dyn Store>`, `Arc<dyn WorkflowStore>`).
+pub trait Backend: Store + WorkflowStore {}
+
+impl<T: Store + WorkflowStore> Backend for T {}
+
+/// The workflow service's tables: definitions, runs, their nodes, `for_each` elements and run
+/// events.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
     /// Stores `definition` (JSON) as the next version of workflow `name`, unless it equals the
     /// latest version, which is then returned with `false`.
     async fn put_workflow(
@@ -211,19 +226,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<WorkflowRecord>>;
     /// The latest version of every workflow, by name.
     async fn list_workflows(&self) -> Result<Vec<WorkflowRecord>>;
-}
-
-/// A whole backend: the job store and the workflow service's tables, as `open` returns it.
-/// Each service keeps the part it uses (`Arc<dyn Store>`, `Arc<dyn WorkflowStore>`).
-pub trait Backend: Store + WorkflowStore {}
-
-impl<T: Store + WorkflowStore> Backend for T {}
-
-/// The workflow service's tables: runs, their nodes, `for_each` elements and run events.
-/// Both backends run the same SQL texts for it (`workflow_sql.rs`), Postgres with its own
-/// placeholders.
-#[async_trait]
-pub trait WorkflowStore: Send + Sync + 'static {
     /// Stores a run and its nodes, all `pending`, and announces it.
     async fn create_run(&self, run: NewRun, now: i64) -> Result<RunRecord>;
     /// The run, every node (with its job's state) and the elements still running.

@@ -4,9 +4,9 @@
 //! together nearly always share one.
 
 use super::StoreError;
+use super::lifecycle::json;
 use super::model::{JobId, NewJob};
 use super::retry::RetryPolicy;
-use super::rows::json;
 use wasmjobs_host::{Grants, Limits};
 
 /// How long past the retention age settings no job refers to are kept: on Postgres, far more

@@ -22,7 +22,7 @@ type Definitions = HashMap<(String, i64), Arc<Validated>>;
 #[derive(Clone)]
 pub struct WorkflowService {
     pub jobs: JobService,
-    /// The workflow tables: runs, nodes, elements, run events.
+    /// The workflow tables: definitions, runs, nodes, elements, run events.
     runs: Arc<dyn WorkflowStore>,
     /// Validated definitions by (name, version): versions never change once stored.
     definitions: Arc<Mutex<Definitions>>,
@@ -37,12 +37,12 @@ impl WorkflowService {
         }
     }
 
-    /// The job store (definitions, jobs, outputs).
+    /// The job store (jobs, outputs).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.jobs.store
     }
 
-    /// The workflow tables.
+    /// The workflow tables (definitions and runs).
     pub fn runs(&self) -> &Arc<dyn WorkflowStore> {
         &self.runs
     }
@@ -60,7 +60,7 @@ impl WorkflowService {
             return Ok((v, d));
         }
         let record = self
-            .store()
+            .runs
             .get_workflow(name, version)
             .await?
             .ok_or_else(|| StoreError::NotFound {

@@ -793,7 +793,14 @@ pub(crate) async fn read_sse(
     let mut stream = resp.bytes_stream();
     let (mut buf, mut out) = (String::new(), Vec::new());
     let (mut id, mut ev, mut data) = (String::new(), String::new(), String::new());
-    while let Some(Ok(chunk)) = stream.next().await {
+    // A stream that never ends fails the test instead of hanging the suite.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(_) => break,
+            Err(_) => panic!("{url}: no `end` event within 60 s; events so far: {out:?}"),
+        };
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(pos) = buf.find('\n') {
             let line = buf[..pos].to_string();

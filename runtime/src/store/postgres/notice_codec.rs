@@ -8,7 +8,7 @@
 //! @00000000deadbeef,a,17,e17,r3
 //! ```
 
-use super::Notice;
+use crate::store::Notice;
 
 /// Most notices in one payload: 300 tokens of at most 21 bytes stay far below NOTIFY's limit.
 pub(super) const PER_PAYLOAD: usize = 300;

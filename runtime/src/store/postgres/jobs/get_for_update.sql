@@ -1,0 +1,11 @@
+-- A job, with its settings' texts, its row locked.
+SELECT id, module_digest, state, priority, run_at, input,
+       (SELECT s.limits FROM job_settings s WHERE s.key = jobs.settings) AS limits,
+       (SELECT s.retry FROM job_settings s WHERE s.key = jobs.settings) AS retry,
+       (SELECT s.grants FROM job_settings s WHERE s.key = jobs.settings) AS grants,
+       idempotency_key, attempts, lost_attempts, deadline_at, worker, lease_until,
+       cancel_requested, outcome, output, error, workflow_ref, input_from, created_at,
+       updated_at, finished_at
+FROM jobs
+WHERE id = $1
+FOR UPDATE OF jobs

@@ -1,0 +1,1 @@
+SELECT history FROM jobs WHERE id = $1

@@ -1,0 +1,18 @@
+-- A job with an idempotency key ($10), its settings if not stored yet, its first event ($15)
+-- in its row and its queue row.
+WITH s AS (
+    INSERT INTO job_settings (key, limits, retry, grants, used_at)
+    VALUES ($6, $7, $8, $9, $13)
+    ON CONFLICT (key) DO NOTHING
+), j AS (
+    INSERT INTO jobs (module_digest, state, priority, run_at, input, settings, idempotency_key,
+                      deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
+                      history)
+    SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15
+    WHERE wasmjobs_modules_exist(ARRAY[$1::text])
+    RETURNING id, priority, run_at, deadline_at, state
+), q AS (
+    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
+    SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j
+)
+SELECT id FROM j

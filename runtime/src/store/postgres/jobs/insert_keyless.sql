@@ -1,0 +1,34 @@
+-- A submission group of jobs without idempotency keys, in one statement: ids drawn from the
+-- sequence, the settings not stored yet (those stored were touched first: retention keeps
+-- them), the jobs with their first event in their rows, and their queue rows; ids come back in
+-- the batch's order. Nothing at all when a name of $12 no longer points at the digest of $13
+-- beside it.
+WITH v AS MATERIALIZED (
+    SELECT nextval('jobs_id_seq') AS id, u.*
+    FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[],
+                $7::bigint[], $8::text[], $9::bigint[], $10::text[])
+         WITH ORDINALITY AS u(module_digest, state, priority, run_at, input, settings,
+                              deadline_at, workflow_ref, input_from, event, ord)
+    -- Once per statement.
+    WHERE NOT EXISTS (SELECT 1 FROM UNNEST($12::text[], $13::text[]) AS p(name, digest)
+                      WHERE NOT EXISTS (SELECT 1 FROM module_names m
+                                        WHERE m.name = p.name AND m.digest = p.digest))
+), p AS (
+    INSERT INTO job_settings (key, limits, retry, grants, used_at)
+    SELECT k, l, r, g, $11
+    FROM UNNEST($14::bytea[], $15::text[], $16::text[], $17::text[]) AS x(k, l, r, g)
+    WHERE EXISTS (SELECT 1 FROM v)
+    ON CONFLICT (key) DO NOTHING
+), j AS (
+    INSERT INTO jobs (id, module_digest, state, priority, run_at, input, settings, deadline_at,
+                      workflow_ref, input_from, created_at, updated_at, event_seq, history)
+    SELECT id, module_digest, state, priority, run_at, input, settings, deadline_at,
+           workflow_ref, input_from, $11, $11, 1, event
+    FROM v
+    -- Once per statement: fails it when a job names a module that is not stored.
+    WHERE (SELECT wasmjobs_modules_exist($1::text[]))
+), q AS (
+    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
+    SELECT id, priority, run_at, deadline_at, state = 'queued' FROM v
+)
+SELECT v.id FROM v ORDER BY v.ord

@@ -1,0 +1,18 @@
+-- Queues failed or cancelled job $4 again at $2 with settings $1 (its raised retry budget;
+-- stored here if new) and its `queued` event ($3). Such a job has no queue row (every way
+-- there takes it off the queue).
+WITH s AS (
+    INSERT INTO job_settings (key, limits, retry, grants, used_at)
+    VALUES ($1, $5, $6, $7, $2)
+    ON CONFLICT (key) DO UPDATE SET used_at = excluded.used_at
+), j AS (
+    UPDATE jobs
+    SET state = 'queued', settings = $1, run_at = $2, cancel_requested = FALSE, outcome = NULL,
+        error = NULL, output = NULL, finished_at = NULL, deadline_at = NULL, updated_at = $2,
+        event_seq = event_seq + 1,
+        history = history || '[' || (event_seq + 1) || ',' || $2 || ',' || $3 || chr(10)
+    WHERE id = $4
+    RETURNING id, priority, run_at
+)
+INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
+SELECT id, priority, run_at, NULL, TRUE FROM j

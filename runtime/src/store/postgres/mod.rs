@@ -1,0 +1,187 @@
+//! The Postgres backend: for production and for many nodes sharing one database. Claims with
+//! `FOR UPDATE SKIP LOCKED`, so workers on any number of nodes never wait on each other's rows;
+//! changes are announced with NOTIFY and every node LISTENs, so idle workers wake and live event
+//! streams move across nodes.
+//!
+//! One file per area of the store's traits (`modules.rs`, `jobs.rs`, `queue.rs` with
+//! `endings.rs`, `schedules.rs`, `workflows.rs`), each statement in a `.sql` file in the
+//! area's folder; and the store's background tasks, which stop when it is dropped: the
+//! notices (`notices.rs`) and the queue's vacuum (`vacuum.rs`). `settings.rs` is what a node
+//! knows of the jobs' settings.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Transaction};
+use tokio::sync::broadcast;
+
+use super::{Notice, Result, StoreError};
+
+mod endings;
+mod jobs;
+mod modules;
+mod notice_codec;
+mod notices;
+mod queue;
+mod schedules;
+mod settings;
+mod vacuum;
+mod workflows;
+
+/// Connections for the statements every job goes through: one for each task that writes them
+/// (the submission group, a node's claims, its endings and the notices). A fifth caller
+/// (another node in the same process, say) waits for one; these statements are short.
+const HOT_CONNECTIONS: u32 = 4;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+    /// Connections for the statements every job goes through (see `connect_schema`).
+    hot: PgPool,
+    notices: broadcast::Sender<Notice>,
+    /// Rows this node took off the queue (and the claims) since its last vacuum of them.
+    churn: Arc<AtomicU64>,
+    /// When claims next sweep the queue for deadlines passed and scheduled jobs come due (ms);
+    /// see `queue::sweep`.
+    next_sweep: AtomicI64,
+    /// Notices of committed changes, for `notices::send`.
+    notifier: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// This store's claims whose jobs have not all ended.
+    open_claims: std::sync::Mutex<queue::OpenClaims>,
+    /// What this store knows of `job_settings`.
+    settings: std::sync::Mutex<settings::KnownSettings>,
+    /// Cancelled when the store is dropped: its listener and its queue vacuum stop with it
+    /// (the notice sender stops when its channel closes).
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_schema(url, None).await
+    }
+
+    /// Connects, uses `schema` (created if missing) when given, applies migrations and starts
+    /// listening for other nodes' changes.
+    pub async fn connect_schema(url: &str, schema: Option<&str>) -> Result<PgStore> {
+        if let Some(s) = schema
+            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::BadUrl {
+                url: url.to_string(),
+                reason: format!("invalid schema name {s:?}"),
+            });
+        }
+        let search_path = schema.map(|s| format!("SET search_path TO {s}"));
+        if let Some(s) = schema {
+            let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            admin
+                .execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}")))
+                .await?;
+            admin.close().await;
+        }
+        let options = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings a connection when it goes back to the pool (always) and again before
+            // handing it out (this): one round trip more before every statement, on the path
+            // of every submission, claim and completion. The ping on release already drops a
+            // connection that broke; one that breaks while idle fails its next statement, which
+            // is retried like any database error.
+            .test_before_acquire(false)
+            .after_connect(move |conn, _meta| {
+                let set_path = search_path.clone();
+                Box::pin(async move {
+                    if let Some(sql) = set_path {
+                        conn.execute(AssertSqlSafe(sql)).await?;
+                    }
+                    // Every statement of the store finds its rows through an index. The
+                    // planner's statistics lag behind queue tables that grow by thousands of
+                    // rows a second (more so with autovacuum off), and a plan cached while a
+                    // table was small stays cached and scans it once it is large. A statement
+                    // with no index to use still scans; this only makes the planner prefer
+                    // the index. JIT goes off with it: the store's statements are small, and
+                    // the penalty that steers the planner away from scans crosses JIT's cost
+                    // threshold.
+                    conn.execute(
+                        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        let pool = options.clone().max_connections(16).connect(url).await?;
+        // The statements every job goes through (the submission groups' inserts, the claims,
+        // the endings, the notices) have a pool of their own, one connection for each of the
+        // four tasks that write them: through the one pool, which hands out the idle
+        // connection used least recently, they went round ~10 server processes, each of which
+        // had to warm up (its caches, its mapping of the shared buffers).
+        let hot = options
+            .max_connections(HOT_CONNECTIONS)
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        // The NOTIFY channel: one per schema, so that installations sharing a database stay
+        // apart.
+        let channel = format!("wasmjobs_{}", schema.unwrap_or("public"));
+        let (notices, _) = broadcast::channel(4096);
+        // Marks this store's notices, so that its listener skips their echo.
+        let origin = notice_codec::origin();
+        let stop = tokio_util::sync::CancellationToken::new();
+        notices::listen(
+            &pool,
+            &channel,
+            origin.clone(),
+            notices.clone(),
+            stop.clone(),
+        )
+        .await?;
+        let churn = Arc::new(AtomicU64::new(0));
+        tokio::spawn(vacuum::vacuum_queue(
+            pool.clone(),
+            churn.clone(),
+            stop.clone(),
+        ));
+        let (notifier, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(notices::send(hot.clone(), channel, origin, pending));
+        Ok(PgStore {
+            pool,
+            hot,
+            notices,
+            churn,
+            next_sweep: AtomicI64::new(0),
+            notifier,
+            open_claims: std::sync::Mutex::default(),
+            settings: std::sync::Mutex::default(),
+            stop,
+        })
+    }
+
+    /// Announces committed changes: at once to this node's subscribers, and to every other
+    /// node through NOTIFY (whose echo this node's listener skips).
+    fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
+        for notice in notices {
+            let _ = self.notices.send(notice);
+            // The sender lives as long as the store.
+            let _ = self.notifier.send(notice);
+        }
+    }
+
+    /// Brings the next sweep of the queue forward to `at` at the latest.
+    fn sweep_by(&self, at: i64) {
+        self.next_sweep.fetch_min(at, Ordering::Relaxed);
+    }
+}

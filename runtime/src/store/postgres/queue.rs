@@ -1,0 +1,415 @@
+//! The queue as worker nodes drive it: claims, attempts' events, leases, rescue, and the sweep
+//! of deadlines and scheduled jobs. Attempts end in `endings.rs`.
+
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+use serde_json::json;
+use sqlx::{FromRow, Row};
+
+use super::jobs::push_events;
+use super::{PgStore, lock};
+use crate::store::history;
+use crate::store::lifecycle::{ending_by_outcome, released_event};
+use crate::store::model::*;
+use crate::store::rows::{ClaimRow, claimed_in_order};
+use crate::store::{Notice, QueueStore, Rescue, Result};
+
+/// The error of a job failed because its deadline passed before it could run.
+const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
+
+/// The longest a node goes between two sweeps of the queue ([`PgStore::sweep`]).
+const SWEEP_AT_LEAST_EVERY_MS: i64 = 1000;
+
+/// The claims a store made whose jobs have not all ended yet, so that a claim's row is deleted
+/// by the next claim statement once its last job ended, and `claims` holds little more than
+/// what runs: the running set is read through it (the rescuer, listing running jobs). The rows
+/// of a node that died, or stopped before its jobs ended, are the rescuer's to delete.
+#[derive(Default)]
+pub(super) struct OpenClaims {
+    /// The claim of each job held.
+    claim_of: std::collections::HashMap<JobId, i64>,
+    /// How many jobs of each claim have not ended, and when it was made.
+    left: std::collections::HashMap<i64, (usize, std::time::Instant)>,
+    /// Claims whose jobs have all ended, to delete.
+    done: Vec<i64>,
+    /// When claims older than [`OpenClaims::FORGET_AFTER`] were last let go.
+    pruned: Option<std::time::Instant>,
+}
+
+impl OpenClaims {
+    /// A claim still open after this long is let go: its jobs' ends may never reach this store
+    /// (the completer gives up on a batch it cannot write; the rescuer ends those attempts
+    /// `lost`), and keeping it would grow these maps for as long as the node runs. A claim let
+    /// go while its jobs still run costs nothing but time: the rescuer deletes its row once
+    /// they have all left `running`, as for a node that died.
+    const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn claimed(&mut self, claim: i64, jobs: &[Claimed], at: std::time::Instant) {
+        for job in jobs {
+            self.claim_of.insert(job.id, claim);
+        }
+        self.left.insert(claim, (jobs.len(), at));
+        self.forget_old(at);
+    }
+
+    /// Job `id` ended here (or its end was refused: either way this node no longer runs it).
+    pub(super) fn ended(&mut self, id: JobId) {
+        let Some(claim) = self.claim_of.remove(&id) else {
+            return;
+        };
+        if let Some((left, _)) = self.left.get_mut(&claim) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.left.remove(&claim);
+                self.done.push(claim);
+            }
+        }
+    }
+
+    /// Lets go of the claims open for longer than [`OpenClaims::FORGET_AFTER`]; looks at most
+    /// once a minute.
+    fn forget_old(&mut self, now: std::time::Instant) {
+        let minute = std::time::Duration::from_secs(60);
+        if self.pruned.is_some_and(|p| now.duration_since(p) < minute) {
+            return;
+        }
+        self.pruned = Some(now);
+        let before = self.left.len();
+        self.left
+            .retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+        if self.left.len() < before {
+            let left = &self.left;
+            self.claim_of.retain(|_, claim| left.contains_key(claim));
+        }
+    }
+}
+
+#[async_trait]
+impl QueueStore for PgStore {
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>> {
+        // First, when it may find something, the sweep (see `sweep`).
+        let mut notices = Vec::new();
+        if now >= self.next_sweep.load(Ordering::Relaxed) {
+            notices = self.sweep(now).await?;
+        }
+        // Then the claim, with its attempts and `running` events, in one statement (one round
+        // trip). It ends no job, so it need not wait for its WAL flush: were Postgres to lose
+        // it in a crash, its jobs would be queued again, and the completion of any of them (a
+        // synchronous commit, later in the WAL) flushes it first.
+        let done = std::mem::take(&mut lock(&self.open_claims).done);
+        let result = sqlx::query(include_str!("queue/claim.sql"))
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(&done)
+            .bind(serde_json::Value::from(worker).to_string())
+            .fetch_all(&self.hot)
+            .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                lock(&self.open_claims).done.extend(done);
+                return Err(e.into());
+            }
+        };
+        // Each claimed job leaves a dead queue row, each claim done a dead claims row.
+        self.churn
+            .fetch_add((rows.len() + done.len()) as u64, Ordering::Relaxed);
+        let claim: Option<i64> = match rows.first() {
+            Some(row) => row.try_get("claim_id")?,
+            None => None,
+        };
+        let mut rows = rows
+            .iter()
+            .map(ClaimRow::from_row)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.take_settings(&mut rows).await?;
+        let claimed = claimed_in_order(rows)?;
+        if let Some(claim) = claim {
+            lock(&self.open_claims).claimed(claim, &claimed, std::time::Instant::now());
+        }
+        notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
+        self.notify(notices);
+        Ok(claimed)
+    }
+
+    async fn append_events(
+        &self,
+        id: JobId,
+        worker: &str,
+        attempt: u32,
+        events: &[NewEvent],
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let holds: Option<i64> = sqlx::query_scalar(include_str!("queue/holds.sql"))
+            .bind(id)
+            .bind(worker)
+            .bind(i64::from(attempt))
+            .fetch_optional(&mut *tx)
+            .await?;
+        if holds.is_none() {
+            return Ok(false);
+        }
+        push_events(&mut tx, id, events, now).await?;
+        tx.commit().await?;
+        self.notify([Notice::Events(id)]);
+        Ok(true)
+    }
+
+    async fn complete(&self, completions: &[Completion], now: i64) -> Result<Vec<Completed>> {
+        let mut results = vec![Completed::Refused; completions.len()];
+        // Attempts whose outcome alone decides their job's end (nearly all: they succeeded)
+        // need no read of the job: one statement, fenced, ends them. The others are decided
+        // on the job's row, read under lock. A job twice in one batch goes the second way the
+        // second time, where the fence refuses it.
+        let mut settled = Vec::new();
+        let mut read = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in completions.iter().enumerate() {
+            match ending_by_outcome(c, now) {
+                Some(ending) if seen.insert(c.job_id) => settled.push((i, c, ending)),
+                _ => read.push((i, c)),
+            }
+        }
+        if !settled.is_empty() {
+            self.complete_settled(settled, now, &mut results).await?;
+        }
+        if !read.is_empty() {
+            self.complete_read(&read, now, &mut results, None).await?;
+        }
+        let mut open = lock(&self.open_claims);
+        for c in completions {
+            open.ended(c.job_id);
+        }
+        Ok(results)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        jobs: &[JobId],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<(JobId, bool)>> {
+        // Skips rows others hold locked, and never waits (waiting deadlocked with
+        // completions, whose row order the planner decides). A lease is renewed once half of
+        // it is spent, not at every beat: a node holding a few hundred short jobs would
+        // rewrite each of their rows four times a second.
+        Ok(sqlx::query_as(include_str!("queue/heartbeat.sql"))
+            .bind(now + lease_ms)
+            .bind(worker)
+            .bind(jobs)
+            .bind(now + lease_ms / 2)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn rescue(&self, which: Rescue<'_>, now: i64) -> Result<Vec<JobId>> {
+        let done = sqlx::query(include_str!("queue/delete_done_claims.sql"))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        self.churn.fetch_add(done, Ordering::Relaxed);
+        // Attempts whose lease ran out (or whose worker is gone) end `lost`, decided and
+        // written as any other ending that depends on its job; an expired lease is checked
+        // again under the row's lock.
+        let (running, expired_before): (Vec<(i64, i64, Option<String>)>, _) = match which {
+            Rescue::Expired { keep } => (
+                sqlx::query_as(include_str!("queue/expired.sql"))
+                    .bind(now)
+                    .bind(keep)
+                    .fetch_all(&self.pool)
+                    .await?,
+                Some(now),
+            ),
+            Rescue::Workers(workers) => (
+                sqlx::query_as(include_str!("queue/running_of_workers.sql"))
+                    .bind(workers)
+                    .fetch_all(&self.pool)
+                    .await?,
+                None,
+            ),
+        };
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lost: Vec<Completion> = running
+            .into_iter()
+            .map(|(id, attempts, worker)| Completion::lost(id, attempts, worker))
+            .collect();
+        let batch: Vec<(usize, &Completion)> = lost.iter().enumerate().collect();
+        let mut results = vec![Completed::Refused; lost.len()];
+        self.complete_read(&batch, now, &mut results, expired_before)
+            .await?;
+        Ok(lost
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| matches!(r, Completed::Applied(_)))
+            .map(|(c, _)| c.job_id)
+            .collect())
+    }
+
+    async fn running_workers(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar(include_str!("queue/running_workers.sql"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn release(&self, worker: &str, jobs: &[(JobId, u32)], now: i64) -> Result<Vec<JobId>> {
+        let (ids, attempts): (Vec<i64>, Vec<i64>) =
+            jobs.iter().map(|&(id, a)| (id, i64::from(a))).unzip();
+        let released: Vec<i64> = sqlx::query_scalar(include_str!("queue/release.sql"))
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(now)
+            .bind(worker)
+            .bind(history::tail(&released_event(worker)))
+            .fetch_all(&self.pool)
+            .await?;
+        {
+            let mut open = lock(&self.open_claims);
+            for id in &released {
+                open.ended(*id);
+            }
+        }
+        let mut notices: Vec<Notice> = released.iter().map(|id| Notice::Events(*id)).collect();
+        if !released.is_empty() {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices);
+        Ok(released)
+    }
+
+    async fn probe_write(&self, node: &str, now: i64) -> Result<()> {
+        sqlx::query(include_str!("queue/probe_write.sql"))
+            .bind(node)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_scheduled_at(&self) -> Result<Option<i64>> {
+        let next: Option<i64> = sqlx::query_scalar(include_str!("queue/next_scheduled_at.sql"))
+            .fetch_one(&self.pool)
+            .await?;
+        // The dispatcher wakes then to claim it, and the claim must sweep it into the queue
+        // (another node may have scheduled it).
+        if let Some(at) = next {
+            self.sweep_by(at);
+        }
+        Ok(next)
+    }
+}
+
+impl PgStore {
+    /// In a transaction of its own: fails the waiting jobs whose overall deadline passed and
+    /// queues the scheduled jobs that came due; returns the notices to send. Then notes when
+    /// the next sweep may find something: the earliest deadline or scheduled time left, and no
+    /// later than [`SWEEP_AT_LEAST_EVERY_MS`] from now (for jobs other nodes add).
+    ///
+    /// Claims sweep only when that time has come: sweeping before every claim cost about as
+    /// much as the claim itself (the statement is planned on every call and nearly always
+    /// finds nothing). A claim never starts a job whose deadline passed, swept or not; this
+    /// node's own scheduled jobs, retries and deadlines bring the next sweep forward
+    /// (`sweep_by`), and so does the dispatcher's look at the next scheduled job
+    /// (`next_scheduled_at`), which sees every node's.
+    async fn sweep(&self, now: i64) -> Result<Vec<Notice>> {
+        self.next_sweep
+            .store(now + SWEEP_AT_LEAST_EVERY_MS, Ordering::Relaxed);
+        let failed = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
+        let queued = NewEvent::state(JobState::Queued, json!({}));
+        let swept: Vec<(i64, bool)> = sqlx::query_as(include_str!("queue/sweep.sql"))
+            .bind(DEADLINE_PASSED)
+            .bind(now)
+            .bind(history::tail(&failed))
+            .bind(history::tail(&queued))
+            .fetch_all(&self.pool)
+            .await?;
+        self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
+        let mut notices = Vec::new();
+        for (id, ended) in swept {
+            notices.push(Notice::Events(id));
+            if ended {
+                notices.push(Notice::Ended(id));
+            }
+        }
+        let next: std::result::Result<Option<i64>, _> =
+            sqlx::query_scalar(include_str!("queue/next_sweep.sql"))
+                .fetch_one(&self.pool)
+                .await;
+        match next {
+            Ok(Some(at)) => self.sweep_by(at),
+            Ok(None) => {}
+            // The sweep itself committed: its notices still go out, and the next sweep comes
+            // within the second.
+            Err(e) => tracing::warn!("cannot read the next time to sweep the queue: {e}"),
+        }
+        Ok(notices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn claimed(ids: &[JobId]) -> Vec<Claimed> {
+        ids.iter()
+            .map(|&id| Claimed {
+                id,
+                module_digest: String::new(),
+                input: Vec::new(),
+                limits: Default::default(),
+                grants: Default::default(),
+                attempt: 1,
+                deadline_at: None,
+                input_from: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_claim_is_done_once_each_of_its_jobs_ended() {
+        let mut open = OpenClaims::default();
+        let t = Instant::now();
+        open.claimed(7, &claimed(&[1, 2]), t);
+        open.ended(1);
+        assert!(open.done.is_empty(), "job 2 still runs");
+        open.ended(2);
+        open.ended(2);
+        assert_eq!(open.done, vec![7], "done once, however often a job ends");
+    }
+
+    #[test]
+    fn claims_whose_ends_never_came_are_let_go() {
+        let mut open = OpenClaims::default();
+        let t = Instant::now();
+        // Claim 1's job never ends here (its completion was given up on).
+        open.claimed(1, &claimed(&[10]), t);
+        open.claimed(2, &claimed(&[20]), t + Duration::from_secs(30));
+        assert_eq!(open.left.len(), 2, "nothing is old yet");
+        let later = t + OpenClaims::FORGET_AFTER + Duration::from_secs(1);
+        open.claimed(3, &claimed(&[30]), later);
+        assert!(!open.left.contains_key(&1), "claim 1 was let go");
+        assert!(!open.claim_of.contains_key(&10), "and its job with it");
+        assert!(open.left.contains_key(&2) && open.left.contains_key(&3));
+        // A late end of a let-go job changes nothing; the others still count.
+        open.ended(10);
+        open.ended(20);
+        open.ended(30);
+        assert_eq!(open.done, vec![2, 3]);
+    }
+}

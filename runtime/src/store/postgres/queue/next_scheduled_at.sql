@@ -1,0 +1,1 @@
+SELECT MIN(run_at) FROM job_queue WHERE NOT ready

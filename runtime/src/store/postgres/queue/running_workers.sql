@@ -1,0 +1,1 @@
+SELECT DISTINCT worker FROM claims

@@ -1,0 +1,1 @@
+SELECT key, limits, grants FROM job_settings WHERE key = ANY($1)

@@ -1,0 +1,81 @@
+//! Cron schedules.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::PgStore;
+use crate::store::model::Schedule;
+use crate::store::rows::ScheduleRow;
+use crate::store::{Result, ScheduleStore, StoreError};
+
+#[async_trait]
+impl ScheduleStore for PgStore {
+    async fn add_schedule(
+        &self,
+        name: Option<String>,
+        cron: &str,
+        target: Value,
+        next_run_at: i64,
+        now: i64,
+    ) -> Result<Schedule> {
+        let row: ScheduleRow = sqlx::query_as(include_str!("schedules/insert.sql"))
+            .bind(name.as_deref())
+            .bind(cron)
+            .bind(target.to_string())
+            .bind(next_run_at)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "a schedule named {:?} already exists",
+                    name.as_deref().unwrap_or("")
+                )),
+                other => other,
+            })?;
+        row.into_schedule()
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        let rows: Vec<ScheduleRow> = sqlx::query_as(include_str!("schedules/list.sql"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(ScheduleRow::into_schedule).collect()
+    }
+
+    async fn delete_schedule(&self, key: &str) -> Result<bool> {
+        let id: Option<i64> = key.parse().ok();
+        let n = sqlx::query(include_str!("schedules/delete.sql"))
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn take_due_schedules(
+        &self,
+        now: i64,
+        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+    ) -> Result<Vec<Schedule>> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<ScheduleRow> = sqlx::query_as(include_str!("schedules/due.sql"))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            let s = row.into_schedule()?;
+            let following = next(&s.cron, now).unwrap_or(i64::MAX);
+            sqlx::query(include_str!("schedules/advance.sql"))
+                .bind(following)
+                .bind(s.id)
+                .execute(&mut *tx)
+                .await?;
+            due.push(s);
+        }
+        tx.commit().await?;
+        Ok(due)
+    }
+}

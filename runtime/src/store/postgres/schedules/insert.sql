@@ -1,0 +1,2 @@
+INSERT INTO schedules (name, cron, target, next_run_at, created_at) VALUES ($1, $2, $3, $4, $5)
+RETURNING id, name, cron, target, next_run_at, created_at

@@ -1,0 +1,1 @@
+SELECT id FROM workflow_runs WHERE state IN ('running', 'cancelling') ORDER BY id

@@ -1,0 +1,1 @@
+INSERT INTO events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)

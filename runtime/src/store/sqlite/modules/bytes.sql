@@ -1,0 +1,1 @@
+SELECT bytes FROM modules WHERE digest = ?1

@@ -1,0 +1,4 @@
+SELECT m.digest, m.size, m.world, m.imports, m.created_at,
+       (SELECT group_concat(n.name, char(10)) FROM module_names n WHERE n.digest = m.digest) AS names
+FROM modules m
+ORDER BY m.created_at, m.digest

@@ -1,0 +1,1 @@
+SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'

@@ -1,0 +1,1 @@
+INSERT INTO workflows (name, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)

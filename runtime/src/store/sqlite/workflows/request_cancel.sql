@@ -1,0 +1,1 @@
+UPDATE workflow_runs SET cancel_requested = TRUE, updated_at = ?1 WHERE id = ?2

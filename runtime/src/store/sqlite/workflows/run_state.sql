@@ -1,0 +1,1 @@
+SELECT state FROM workflow_runs WHERE id = ?1
