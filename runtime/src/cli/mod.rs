@@ -10,8 +10,10 @@ mod build;
 mod client;
 mod compile;
 mod inspect;
+mod module;
 mod remote;
 mod run;
+mod schedule;
 mod serve;
 mod workflow;
 
@@ -39,11 +41,11 @@ enum Command {
     /// Run workers only, sharing a store (Postgres) with other nodes.
     Worker(serve::WorkerArgs),
     /// Upload and list modules on a server.
-    Module(remote::ModuleCmd),
+    Module(module::ModuleCmd),
     /// Submit, follow, cancel, retry, list and replay jobs on a server.
     Job(remote::JobCmd),
     /// Cron schedules on a server.
-    Schedule(remote::ScheduleCmd),
+    Schedule(schedule::ScheduleCmd),
     /// Workflow definitions on a server: create, list, show, graph.
     Workflow(workflow::WorkflowCmd),
 }
@@ -76,9 +78,9 @@ pub fn main() -> ExitCode {
             Command::Compile(args) => compile::compile(args),
             Command::Serve(args) => serve::serve(args).await,
             Command::Worker(args) => serve::worker(args).await,
-            Command::Module(cmd) => remote::module(cmd).await,
+            Command::Module(cmd) => module::module(cmd).await,
             Command::Job(cmd) => remote::job(cmd).await,
-            Command::Schedule(cmd) => remote::schedule(cmd).await,
+            Command::Schedule(cmd) => schedule::schedule(cmd).await,
             Command::Workflow(cmd) => workflow::workflow(cmd).await,
         }
     });

@@ -1,8 +1,7 @@
-//! `wasmjobs module …`, `wasmjobs job …`, `wasmjobs schedule …`: client commands against a
-//! running server.
+//! `wasmjobs job …`: submit, follow, list, cancel, retry and replay jobs on a running server;
+//! and what the other client commands share (ids, URL encoding).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,70 +12,6 @@ use wasmjobs_host::Outcome;
 
 use super::client::{Client, ClientArgs};
 use crate::exit;
-
-#[derive(Debug, Args)]
-pub struct ModuleCmd {
-    #[command(flatten)]
-    client: ClientArgs,
-    #[command(subcommand)]
-    verb: ModuleVerb,
-}
-
-#[derive(Debug, Subcommand)]
-enum ModuleVerb {
-    /// Upload a component; prints its digest.
-    Upload {
-        file: PathBuf,
-        /// Name to point at this module (moves the name if it pointed elsewhere).
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// List uploaded modules.
-    List,
-}
-
-pub async fn module(cmd: ModuleCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
-    match cmd.verb {
-        ModuleVerb::Upload { file, name } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let path = match &name {
-                Some(n) => format!("/v1/modules?name={}", urlencode(n)),
-                None => "/v1/modules".to_string(),
-            };
-            let m = c.post_bytes(&path, bytes).await?;
-            if cmd.client.json {
-                println!("{m}");
-            } else {
-                println!("{}", m["digest"].as_str().unwrap_or(""));
-            }
-        }
-        ModuleVerb::List => {
-            let v = c.get("/v1/modules").await?;
-            if cmd.client.json {
-                println!("{v}");
-            } else {
-                for m in v["modules"].as_array().into_iter().flatten() {
-                    let names: Vec<&str> = m["names"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    println!(
-                        "{}  {:>9}  {}  {}",
-                        m["digest"].as_str().unwrap_or(""),
-                        m["size"],
-                        m["world"].as_str().unwrap_or(""),
-                        names.join(",")
-                    );
-                }
-            }
-        }
-    }
-    Ok(0)
-}
 
 #[derive(Debug, Args)]
 pub struct JobCmd {
@@ -443,85 +378,6 @@ async fn replay(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
         );
     }
     Ok(exit::for_outcome(report.outcome))
-}
-
-#[derive(Debug, Args)]
-pub struct ScheduleCmd {
-    #[command(flatten)]
-    client: ClientArgs,
-    #[command(subcommand)]
-    verb: ScheduleVerb,
-}
-
-#[derive(Debug, Subcommand)]
-enum ScheduleVerb {
-    /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *", UTC).
-    Add {
-        cron: String,
-        module: String,
-        #[arg(long, short)]
-        input: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-    },
-    List,
-    /// Delete a schedule by id or name.
-    Rm {
-        key: String,
-    },
-}
-
-pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
-    match cmd.verb {
-        ScheduleVerb::Add {
-            cron,
-            module,
-            input,
-            name,
-        } => {
-            let mut job = json!({ "module": module });
-            if let Some(text) = input {
-                job["input"] = serde_json::from_str(&text)
-                    .with_context(|| format!("--input is not JSON: {text:?}"))?;
-            }
-            let v = c
-                .post_json(
-                    "/v1/schedules",
-                    &json!({ "cron": cron, "job": job, "name": name }),
-                )
-                .await?;
-            println!(
-                "{}",
-                if cmd.client.json {
-                    v.to_string()
-                } else {
-                    v["id"].to_string()
-                }
-            );
-        }
-        ScheduleVerb::List => {
-            let v = c.get("/v1/schedules").await?;
-            if cmd.client.json {
-                println!("{v}");
-            } else {
-                for s in v["schedules"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:>5}  {:<16} {:<20} {}",
-                        s["id"],
-                        s["name"].as_str().unwrap_or("-"),
-                        s["cron"].as_str().unwrap_or(""),
-                        s["target"]["module"].as_str().unwrap_or("")
-                    );
-                }
-            }
-        }
-        ScheduleVerb::Rm { key } => {
-            c.delete(&format!("/v1/schedules/{}", urlencode(&key)))
-                .await?;
-        }
-    }
-    Ok(0)
 }
 
 /// An id given on the command line: a positive integer, or an error naming `what`.
