@@ -108,18 +108,6 @@ impl PgStore {
                     if let Some(sql) = set_path {
                         conn.execute(AssertSqlSafe(sql)).await?;
                     }
-                    // Every statement of the store finds its rows through an index. The
-                    // planner's statistics lag behind queue tables that grow by thousands of
-                    // rows a second (more so with autovacuum off), and a plan cached while a
-                    // table was small stays cached and scans it once it is large. A statement
-                    // with no index to use still scans; this only makes the planner prefer
-                    // the index. JIT goes off with it: the store's statements are small, and
-                    // the penalty that steers the planner away from scans crosses JIT's cost
-                    // threshold.
-                    conn.execute(
-                        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off",
-                    )
-                    .await?;
                     Ok(())
                 })
             });
