@@ -25,7 +25,7 @@ pub use live::MAX_EVENTS_PER_ATTEMPT;
 pub use modules::ModuleCache;
 
 use attempt::run_attempt;
-use upkeep::{complete, heartbeat, host_name, prune, rescue, rescue_predecessors};
+use upkeep::{complete, heartbeat, host_name, prune, rescue, rescue_predecessors, tidy};
 
 use crate::service::JobService;
 use crate::store::{Claimed, Completion, JobId, NewEvent, Notice, Rescue, Store, now_ms};
@@ -222,6 +222,7 @@ impl Node {
             tokio::spawn(complete(shared.clone(), rx)),
             tokio::spawn(heartbeat(shared.clone())),
             tokio::spawn(rescue(shared.clone())),
+            tokio::spawn(tidy(shared.clone())),
         ];
         if shared.config.maintenance {
             tasks.push(tokio::spawn(cron::fire(service, shared.shutdown.clone())));

@@ -1,5 +1,6 @@
 //! A node's upkeep: the completer (group commit of completions), the heartbeat (leases and
-//! cancel requests), the rescuer (attempts of dead nodes and expired leases) and pruning.
+//! cancel requests), the rescuer (attempts of dead nodes and expired leases), the queue's
+//! tidying and pruning.
 
 use super::*;
 
@@ -248,6 +249,42 @@ pub(super) async fn prune(s: Arc<Shared>) {
             Ok(n) if n > 0 => tracing::info!("pruned {n} finished jobs"),
             Ok(_) => {}
             Err(e) => crate::throttle::warn(format!("pruning: {e}")),
+        }
+    }
+}
+
+/// How often the node asks the store whether its queue needs tidying.
+const TIDY_EVERY: Duration = Duration::from_millis(250);
+
+/// Asks the store to tidy its queue ([`Store::tidy_queue`]: on Postgres, a vacuum of the
+/// queue's tables once this node has taken 2,000 rows off them) until the node shuts down. A
+/// tidying that did work is followed by a pause nine times as long, so it never takes more than
+/// a tenth of the time. A failure is logged once: claims slow down as dead rows pile up, unless
+/// autovacuum keeps up.
+pub(super) async fn tidy(s: Arc<Shared>) {
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = s.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TIDY_EVERY) => {}
+        }
+        let started = std::time::Instant::now();
+        match s.store.tidy_queue().await {
+            Ok(true) => {
+                tokio::select! {
+                    _ = s.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(started.elapsed() * 9) => {}
+                }
+            }
+            Ok(false) => {}
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    "cannot tidy the job queue ({e}); claims slow down as dead rows pile up \
+                     unless autovacuum keeps up"
+                );
+            }
+            Err(_) => {}
         }
     }
 }

@@ -176,6 +176,12 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn probe_write(&self, node: &str, now: i64) -> Result<()>;
     /// The earliest `run_at` of a scheduled job, to know when to look again.
     async fn next_scheduled_at(&self) -> Result<Option<i64>>;
+    /// Tidies the queue's storage if enough changed since the last time (Postgres: vacuums
+    /// the queue's tables once this store has taken enough rows off them). `true` if it did
+    /// any work. A node's upkeep asks a few times a second.
+    async fn tidy_queue(&self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Cron schedules.

@@ -1272,3 +1272,78 @@ async fn workflow_definitions_are_validated_versioned_and_drawn() {
         server.stop().await;
     }
 }
+
+/// A node on Postgres has its queue vacuumed once it has taken 2,000 rows off it (the node's
+/// upkeep asks the store), without waiting for autovacuum (off on the test server or not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_node_vacuums_its_queue_as_it_takes_jobs() {
+    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: a_postgres_node_vacuums_its_queue_as_it_takes_jobs (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    wasmjobs_tests::drop_stale_schemas(&url, "tidy").await;
+    let schema = format!("t_tidy_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop the schema");
+    let store = wasmjobs::store::open_postgres_schema(&url, &schema)
+        .await
+        .expect("open");
+    let server = TestServer::start(store.clone(), ApiConfig::default(), 2).await;
+    upload(&server, guests::NOOP, "noop").await;
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables \
+             WHERE schemaname = $1 AND relname = 'job_queue'",
+        )
+        .bind(&schema)
+        .fetch_one(&admin)
+        .await
+        .expect("vacuum count")
+    };
+    assert_eq!(vacuums().await, 0, "no vacuum before any job");
+    for _ in 0..3 {
+        let jobs: Vec<Value> = (0..1000).map(|_| json!({"module": "noop"})).collect();
+        let (status, v) = submit_batch(&server, &json!({ "jobs": jobs })).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = store.count_by_state().await.expect("count");
+        let succeeded = counts
+            .iter()
+            .find(|(s, _)| *s == JobState::Succeeded)
+            .map_or(0, |(_, n)| *n);
+        if succeeded == 3000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs did not end: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The statistics reach pg_stat_user_tables within a second or so of the vacuum.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vacuums().await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "3,000 jobs claimed and the queue was never vacuumed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+    drop(store);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&admin)
+    .await
+    .expect("drop the schema");
+}

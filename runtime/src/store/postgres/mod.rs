@@ -5,11 +5,10 @@
 //!
 //! One file per area of the store's traits (`modules.rs`, `jobs.rs`, `queue.rs` with
 //! `endings.rs`, `schedules.rs`, `workflows.rs`), each statement in a `.sql` file in the
-//! area's folder; and the store's background tasks, which stop when it is dropped: the
-//! notices (`notices.rs`) and the queue's vacuum (`vacuum.rs`). `settings.rs` is what a node
-//! knows of the jobs' settings.
+//! area's folder. `notices.rs` sends and listens for the notices (its tasks stop when the
+//! store is dropped); `vacuum.rs` is the queue's vacuum, which the node's upkeep asks for;
+//! `settings.rs` is what a node knows of the jobs' settings.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub struct PgStore {
     hot: PgPool,
     notices: broadcast::Sender<Notice>,
     /// Rows this node took off the queue (and the claims) since its last vacuum of them.
-    churn: Arc<AtomicU64>,
+    churn: AtomicU64,
     /// When claims next sweep the queue for deadlines passed and scheduled jobs come due (ms);
     /// see `queue::sweep`.
     next_sweep: AtomicI64,
@@ -53,8 +52,8 @@ pub struct PgStore {
     open_claims: std::sync::Mutex<queue::OpenClaims>,
     /// What this store knows of `job_settings`.
     settings: std::sync::Mutex<settings::KnownSettings>,
-    /// Cancelled when the store is dropped: its listener and its queue vacuum stop with it
-    /// (the notice sender stops when its channel closes).
+    /// Cancelled when the store is dropped: its listener stops with it (the notice sender
+    /// stops when its channel closes).
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -137,19 +136,13 @@ impl PgStore {
             stop.clone(),
         )
         .await?;
-        let churn = Arc::new(AtomicU64::new(0));
-        tokio::spawn(vacuum::vacuum_queue(
-            pool.clone(),
-            churn.clone(),
-            stop.clone(),
-        ));
         let (notifier, pending) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(notices::send(hot.clone(), channel, origin, pending));
         Ok(PgStore {
             pool,
             hot,
             notices,
-            churn,
+            churn: AtomicU64::new(0),
             next_sweep: AtomicI64::new(0),
             notifier,
             open_claims: std::sync::Mutex::default(),

@@ -311,6 +311,10 @@ impl QueueStore for PgStore {
         }
         Ok(next)
     }
+
+    async fn tidy_queue(&self) -> Result<bool> {
+        self.vacuum_queue().await
+    }
 }
 
 impl PgStore {
