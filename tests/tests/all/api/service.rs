@@ -1,0 +1,339 @@
+//! Tokens and scopes, the OpenAPI document, workflow definitions.
+
+use super::*;
+
+#[tokio::test]
+async fn bearer_tokens_and_scopes() {
+    for (_backend, store, _db) in test_stores("api_auth").await {
+        let tokens = vec![
+            Token::from_secret("ro", "read-secret", Scope::Read),
+            Token::from_secret("ci", "submit-secret", Scope::Submit),
+        ];
+        let server = TestServer::start(
+            store,
+            ApiConfig {
+                tokens,
+                ..ApiConfig::default()
+            },
+            0,
+        )
+        .await;
+        let (status, v) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(v["error"]["code"], "unauthorized");
+        let (status, _) = call(
+            server.app(),
+            "GET",
+            "/v1/jobs",
+            Body::empty(),
+            Some("wrong"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(
+            server.app(),
+            "GET",
+            "/v1/jobs",
+            Body::empty(),
+            Some("read-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, v) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(guest_bytes(guests::NOOP)),
+            Some("read-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        let (status, _) = call(
+            server.app(),
+            "POST",
+            "/v1/modules",
+            Body::from(guest_bytes(guests::NOOP)),
+            Some("submit-secret"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = call(server.app(), "GET", "/healthz", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let resp = server
+            .app()
+            .oneshot(
+                Request::get("/metrics")
+                    .header("authorization", "Bearer read-secret")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("resp");
+        let text = String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body")
+                .to_vec(),
+        )
+        .expect("utf-8");
+        assert!(text.contains("wasmjobs_jobs{state=\"queued\"} 0"), "{text}");
+        server.stop().await;
+    }
+}
+
+/// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
+const ROUTES: [(&str, &str); 26] = [
+    ("post", "/v1/modules"),
+    ("get", "/v1/modules"),
+    ("get", "/v1/modules/{key}"),
+    ("get", "/v1/modules/{key}/wasm"),
+    ("post", "/v1/jobs"),
+    ("post", "/v1/jobs/batch"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/jobs/{id}/retry"),
+    ("post", "/v1/schedules"),
+    ("get", "/v1/schedules"),
+    ("delete", "/v1/schedules/{key}"),
+    ("post", "/v1/workflows"),
+    ("get", "/v1/workflows"),
+    ("get", "/v1/workflows/{name}"),
+    ("get", "/v1/workflows/{name}/graph"),
+    ("post", "/v1/workflows/{name}/runs"),
+    ("get", "/v1/workflow-runs/{id}"),
+    ("get", "/v1/workflow-runs/{id}/events"),
+    ("post", "/v1/workflow-runs/{id}/cancel"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_nothing_else() {
+    let (_backend, store, _db) = test_stores("openapi")
+        .await
+        .into_iter()
+        .next()
+        .expect("a SQLite store");
+    let server = TestServer::start(store, ApiConfig::default(), 0).await;
+    let (status, doc) = call(server.app(), "GET", "/openapi.json", Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "OpenAPI 3.1: {}",
+        doc["openapi"]
+    );
+    assert_eq!(
+        doc,
+        serde_json::to_value(wasmjobs::http::openapi_document()).expect("json")
+    );
+
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        documented, expected,
+        "the document lists exactly the API's routes"
+    );
+
+    // Every documented route is served: no fallback 404 ("no route for") and no 405.
+    for (method, path) in &expected {
+        let uri = path
+            .replace("{key}", "nope")
+            .replace("{id}", "999999")
+            .replace("{name}", "nope");
+        let (status, body) = call(
+            server.app(),
+            &method.to_uppercase(),
+            &uri,
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.starts_with("no route for"),
+            "{method} {uri} is documented but not served"
+        );
+        // Each documented operation names its responses, errors included.
+        let op = &doc["paths"][path][method];
+        assert!(
+            op["responses"]["200"].is_object()
+                || op["responses"]["201"].is_object()
+                || op["responses"]["202"].is_object()
+                || op["responses"]["204"].is_object(),
+            "{method} {path}: {op}"
+        );
+    }
+    // And a route that does not exist is the fallback, so the check above can fail.
+    let (status, body) = call(server.app(), "GET", "/v1/nothing", Body::empty(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("no route for")
+    );
+}
+
+#[tokio::test]
+async fn workflow_definitions_are_validated_versioned_and_drawn() {
+    for (backend, store, _db) in test_stores("workflows").await {
+        let server = TestServer::start(store, ApiConfig::default(), 0).await;
+        upload(&server, guests::NOOP, "noop").await;
+        upload(&server, guests::WORDFREQ, "wordfreq").await;
+        let post = |body: &'static str| {
+            let app = server.app();
+            async move { call(app, "POST", "/v1/workflows", Body::from(body), None).await }
+        };
+        let yaml = "name: chain\nnodes:\n  - name: a\n    module: noop\n  - name: b\n    module: wordfreq\n    needs: [a]\n    when: /n > 1\n";
+        let (status, v) = post(yaml).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {v}");
+        assert_eq!(
+            (v["name"].as_str(), v["version"].as_i64()),
+            (Some("chain"), Some(1))
+        );
+        assert_eq!(v["definition"]["nodes"][1]["needs"], json!(["a"]));
+        // The same definition again (as JSON this time): the same version, 200.
+        let same = r#"{"name": "chain", "nodes": [{"name": "a", "module": "noop"}, {"name": "b", "module": "wordfreq", "needs": ["a"], "when": "/n > 1"}]}"#;
+        let (status, v) = post(same).await;
+        assert_eq!(
+            (status, v["version"].as_i64()),
+            (StatusCode::OK, Some(1)),
+            "{backend}: {v}"
+        );
+        // A change is a new version; the old one stays readable.
+        let changed = r#"{"name": "chain", "nodes": [{"name": "a", "module": "noop"}]}"#;
+        let (status, v) = post(changed).await;
+        assert_eq!(
+            (status, v["version"].as_i64()),
+            (StatusCode::CREATED, Some(2)),
+            "{backend}: {v}"
+        );
+        let (status, v) = call(
+            server.app(),
+            "GET",
+            "/v1/workflows/chain",
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!((status, v["version"].as_i64()), (StatusCode::OK, Some(2)));
+        let (status, v) = call(
+            server.app(),
+            "GET",
+            "/v1/workflows/chain?version=1",
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, v["definition"]["nodes"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(2))
+        );
+        let (status, v) = call(server.app(), "GET", "/v1/workflows", Body::empty(), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            v["workflows"].as_array().map(Vec::len),
+            Some(1),
+            "latest versions only: {v}"
+        );
+
+        // Drawings.
+        let resp = server
+            .app()
+            .oneshot(
+                Request::builder()
+                    .uri("/v1/workflows/chain/graph?version=1&format=dot")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let dot = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let dot = String::from_utf8_lossy(&dot);
+        assert!(dot.contains("\"a\" -> \"b\" [label=\"/n > 1\"];"), "{dot}");
+
+        // Refused, each naming what is wrong; nothing stored.
+        for (body, status, needle) in [
+            (
+                r#"{"name": "loop", "nodes": [{"name": "a", "module": "noop", "needs": ["b"]}, {"name": "b", "module": "noop", "needs": ["a"]}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "cycle: a → b → a",
+            ),
+            (
+                r#"{"name": "ghosts", "nodes": [{"name": "a", "module": "nope"}, {"name": "b", "module": "missing"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown modules \"missing\", \"nope\"",
+            ),
+            (
+                r#"{"name": "needs", "nodes": [{"name": "a", "module": "noop", "needs": ["zz"]}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "needs \"zz\"",
+            ),
+            (
+                r#"{"name": "dup", "nodes": [{"name": "a", "module": "noop"}, {"name": "a", "module": "noop"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "duplicate node name \"a\"",
+            ),
+            (
+                r#"{"name": "pred", "nodes": [{"name": "a", "module": "noop", "when": "/x >> 1"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "when",
+            ),
+            (
+                r#"{"name": "x", "nodes": [{"nam": "a"}]}"#,
+                StatusCode::BAD_REQUEST,
+                "nam",
+            ),
+            ("nodes: [unclosed", StatusCode::BAD_REQUEST, "cannot parse"),
+        ] {
+            let (got, v) = post(body).await;
+            assert_eq!(got, status, "{backend}: {body}: {v}");
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(needle),
+                "{backend}: expected {needle:?} in {message:?}"
+            );
+        }
+        let (status, v) = call(server.app(), "GET", "/v1/workflows", Body::empty(), None).await;
+        assert_eq!(
+            (status, v["workflows"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(1)),
+            "{v}"
+        );
+        for (uri, status) in [
+            ("/v1/workflows/loop", StatusCode::NOT_FOUND),
+            ("/v1/workflows/chain?version=9", StatusCode::NOT_FOUND),
+            ("/v1/workflows/chain?version=x", StatusCode::BAD_REQUEST),
+            (
+                "/v1/workflows/chain/graph?format=png",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let (got, v) = call(server.app(), "GET", uri, Body::empty(), None).await;
+            assert_eq!(got, status, "{backend}: {uri}: {v}");
+        }
+        server.stop().await;
+    }
+}

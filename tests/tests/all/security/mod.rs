@@ -1,0 +1,151 @@
+//! What a hostile API client or job author can do to the server around the sandbox, each on
+//! both store backends where a store is involved: grants that would escape the allowed
+//! directories, event floods, parser bombs, held connections, hijacked module names, squatted
+//! idempotency keys, unbounded retry policies, upload floods, unstorable text. Each test
+//! reproduces the attack and checks that it now fails to harm (docs/security.md).
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use wasmjobs::admission::AdmissionPolicy;
+use wasmjobs::caller::Caller;
+use wasmjobs::http::{ApiConfig, ConnectionLimits, Scope, Token};
+use wasmjobs::service::SubmitJob;
+use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
+
+mod requests;
+mod stored;
+
+pub(super) async fn call(
+    app: axum::Router,
+    method: &str,
+    uri: &str,
+    body: Body,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let (status, bytes) = call_raw(app, method, uri, body, token).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub(super) async fn call_raw(
+    app: axum::Router,
+    method: &str,
+    uri: &str,
+    body: Body,
+    token: Option<&str>,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .oneshot(req.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    (status, bytes.to_vec())
+}
+
+pub(super) async fn upload_as(
+    server: &TestServer,
+    wasm: &str,
+    name: &str,
+    token: Option<&str>,
+) -> StatusCode {
+    call(
+        server.app(),
+        "POST",
+        &format!("/v1/modules?name={name}"),
+        Body::from(guest_bytes(wasm)),
+        token,
+    )
+    .await
+    .0
+}
+
+pub(super) async fn submit_as(
+    server: &TestServer,
+    body: &Value,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    call(
+        server.app(),
+        "POST",
+        "/v1/jobs",
+        Body::from(body.to_string()),
+        token,
+    )
+    .await
+}
+
+pub(super) async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let (_, job) = call(
+            server.app(),
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            Body::empty(),
+            None,
+        )
+        .await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
+            return job;
+        }
+        assert!(
+            Instant::now() < until,
+            "job {id} not final within {within:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(super) fn message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or("")
+}
+
+/// A directory tree for grants: `allowed/` (the policy's one allowed directory) holding
+/// `sub/in.txt`, and `secret/in.txt` beside it.
+pub(super) struct GrantDirs {
+    _dir: tempfile::TempDir,
+    allowed: std::path::PathBuf,
+    secret: std::path::PathBuf,
+}
+
+pub(super) fn grant_dirs() -> GrantDirs {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let allowed = dir.path().join("allowed");
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(allowed.join("sub")).expect("mkdir");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(allowed.join("sub/in.txt"), "allowed content").expect("write");
+    std::fs::write(secret.join("in.txt"), "root:x:0:0:secret").expect("write");
+    GrantDirs {
+        _dir: dir,
+        allowed,
+        secret,
+    }
+}
+
+pub(super) fn files_job(host: &std::path::Path) -> Value {
+    json!({
+        "module": "testjob",
+        "input": {"mode": "files"},
+        "grants": {"dirs": [{"host": host, "guest": "/data"}]},
+        "retry": {"max_attempts": 1},
+    })
+}
+
+pub(super) fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
