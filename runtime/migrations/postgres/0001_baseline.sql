@@ -34,7 +34,7 @@ CREATE TABLE job_settings (
 
 -- A job. Its row is updated in place (HOT: no index reads a column a transition changes), so
 -- it keeps room on its page. `history` holds its state events and `ended_attempts` its ended
--- attempts, one JSON object per line (runtime/src/store/history.rs); its other events are rows
+-- attempts, one JSON array per line (runtime/src/store/history.rs); its other events are rows
 -- of `events`. A job's module is checked by its insert statement (`wasmjobs_modules_exist`),
 -- not row by row.
 CREATE TABLE jobs (

@@ -32,7 +32,7 @@ CREATE TABLE job_settings (
 );
 
 -- A job. `history` holds its state events and `ended_attempts` its ended attempts, one JSON
--- object per line (runtime/src/store/history.rs); its other events are rows of `events`.
+-- array per line (runtime/src/store/history.rs); its other events are rows of `events`.
 CREATE TABLE jobs (
     id                 INTEGER PRIMARY KEY AUTOINCREMENT,
     module_digest      TEXT NOT NULL REFERENCES modules (digest),
