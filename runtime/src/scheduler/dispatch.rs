@@ -9,8 +9,8 @@ use super::*;
 /// A node holds at most its slots plus what they get through in [`CLAIM_AHEAD_WINDOW`]
 /// ([`Shared::hold_limit`]). It claims as soon as a slot would otherwise go idle; while jobs
 /// wait for slots, it waits until it can claim at least half of its limit, so that claims stay
-/// large when attempts are short (one claim per attempt was the bound on a node with two
-/// slots: 1,500 jobs/s on Postgres, docs/performance.md).
+/// large when attempts are short: with one claim per attempt, the claims' round trips, not the
+/// attempts, would bound the node.
 pub(super) async fn dispatch(s: Arc<Shared>) {
     // Before this node claims anything: running jobs under its own id are a predecessor's.
     rescue_predecessors(&s).await;

@@ -86,8 +86,8 @@ pub(super) fn shutting_down() -> ServiceError {
 pub(super) type Pending = (String, NewJob, Reply);
 
 /// The most submissions one group commit stores. A group takes whatever waits, so this binds
-/// only under a flood; there, 1,024 stored 50,000 jobs in batches of 1,000 ~15 % faster than
-/// 512 on Postgres (fewer transactions, each flushed), docs/performance.md. A batch is never
+/// only under a flood, where fewer and larger transactions (each one flushed) store more jobs
+/// a second; it holds one batch of `POST /v1/jobs/batch` (1,000) with room. A batch is never
 /// split: it goes whole into a group that has room for it, or starts one (a batch larger than
 /// this is a group of its own).
 pub(super) const GROUP_MOST: usize = 1024;
@@ -101,9 +101,8 @@ pub(super) const GROUP_MOST: usize = 1024;
 /// each reference once and keeps what it found ([`Modules`]): a digest means the same module
 /// for good (modules are never deleted), and a name is checked by the insert itself, in its
 /// transaction, to still point at the digest it was resolved to. When one moved, nothing was
-/// stored: the group forgets what it knew and resolves every reference again. (Looking each
-/// name up before each group was a round trip per group: without it, one job per submit ran
-/// 13–17 % faster on Postgres, docs/performance.md.)
+/// stored: the group forgets what it knew and resolves every reference again. This spares a
+/// lookup, a round trip on Postgres, before every group.
 pub(super) async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Vec<Pending>>) {
     let mut modules = Modules::default();
     // Submissions received and not yet in a group: a batch that would have taken a group past
