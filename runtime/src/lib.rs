@@ -9,6 +9,7 @@ pub mod config;
 pub mod exit;
 pub mod http;
 pub mod scheduler;
+mod schema;
 pub mod service;
 pub mod store;
 pub mod throttle;

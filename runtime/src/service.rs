@@ -33,10 +33,10 @@ pub struct SubmitJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::LimitsDoc>)]
+    #[schema(value_type = Option<crate::schema::LimitsDoc>)]
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::RetryDoc>)]
+    #[schema(value_type = Option<crate::schema::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
     pub priority: i64,
@@ -46,7 +46,7 @@ pub struct SubmitJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::GrantsDoc>)]
+    #[schema(value_type = Option<crate::schema::GrantsDoc>)]
     pub grants: Option<Grants>,
     /// Overall deadline from submission, e.g. `"10m"`: no attempt starts after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,16 +3,16 @@
 //! through `utoipa_axum::routes!`, so a route cannot be served without being documented.
 //!
 //! Most responses are built as JSON values from the store's types; the structs below describe
-//! their shape for the document only. `tests/tests/all/api.rs` checks that the document lists
+//! their shape for the document only. `tests/tests/all/api/service.rs` checks that the document lists
 //! every route, and CI fuzzes a live server from it (schemathesis) to check responses match.
 
 #![allow(dead_code)] // the structs below are only read by the OpenAPI derive
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::schema::OutcomeDoc;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -113,76 +113,6 @@ pub(crate) enum JobStateDoc {
     Succeeded,
     Failed,
     Cancelled,
-}
-
-/// How an attempt ended.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub(crate) enum OutcomeDoc {
-    Succeeded,
-    Failed,
-    Trapped,
-    OutOfFuel,
-    TimedOut,
-    OutOfMemory,
-    OutputTooLarge,
-    Cancelled,
-    Lost,
-}
-
-/// A size: bytes, or text such as `"64MiB"`.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(untagged)]
-pub(crate) enum SizeDoc {
-    Bytes(u64),
-    Text(String),
-}
-
-/// A duration: milliseconds, or text such as `"5s"`.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(untagged)]
-pub(crate) enum DurationDoc {
-    Millis(u64),
-    Text(String),
-}
-
-/// Limits of one attempt; each omitted field takes the server's default.
-#[derive(ToSchema)]
-pub(crate) struct LimitsDoc {
-    fuel: Option<u64>,
-    memory_bytes: Option<SizeDoc>,
-    timeout_ms: Option<DurationDoc>,
-    max_output_bytes: Option<SizeDoc>,
-    max_log_bytes: Option<SizeDoc>,
-}
-
-/// The retry policy.
-#[derive(ToSchema)]
-pub(crate) struct RetryDoc {
-    max_attempts: Option<u32>,
-    /// Attempts that may end `lost` (a node died) before the job fails; default 5. They do
-    /// not count in `max_attempts`.
-    max_lost: Option<u32>,
-    initial_backoff_ms: Option<DurationDoc>,
-    multiplier: Option<f64>,
-    max_backoff_ms: Option<DurationDoc>,
-    /// 0 to 1.
-    jitter: Option<f64>,
-    retry_on: Option<Vec<OutcomeDoc>>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct DirGrantDoc {
-    host: String,
-    guest: String,
-    writable: Option<bool>,
-}
-
-/// Directories and environment variables the job may see.
-#[derive(ToSchema)]
-pub(crate) struct GrantsDoc {
-    dirs: Option<Vec<DirGrantDoc>>,
-    env: Option<BTreeMap<String, String>>,
 }
 
 /// One attempt of a job.

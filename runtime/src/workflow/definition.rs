@@ -56,10 +56,10 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::LimitsDoc>)]
+    #[schema(value_type = Option<crate::schema::LimitsDoc>)]
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::http::openapi::RetryDoc>)]
+    #[schema(value_type = Option<crate::schema::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
