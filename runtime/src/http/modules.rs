@@ -4,8 +4,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use wasmjobs_host::sha256_digest;
 
 use super::{ApiError, AppState};
@@ -17,16 +17,40 @@ pub(super) struct UploadQuery {
     name: Option<String>,
 }
 
-fn module_json(m: &ModuleRecord, name: Option<&str>) -> Value {
-    json!({
-        "digest": m.digest,
-        "name": name.or(m.names.first().map(String::as_str)),
-        "names": m.names,
-        "size": m.size,
-        "world": m.world,
-        "imports": m.imports,
-        "created_at": m.created_at,
-    })
+/// A stored module.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ModuleView {
+    /// `sha256:<hex>`
+    digest: String,
+    /// The name it was uploaded under (or its first name).
+    name: Option<String>,
+    names: Vec<String>,
+    size: u64,
+    /// `wasmjobs:job/job` or `wasi:cli/command`
+    world: String,
+    imports: Vec<String>,
+    /// Milliseconds since the Unix epoch.
+    created_at: i64,
+}
+
+impl ModuleView {
+    /// `m` as the API shows it, under `name` (its first name without one).
+    fn of(m: ModuleRecord, name: Option<String>) -> ModuleView {
+        ModuleView {
+            name: name.or_else(|| m.names.first().cloned()),
+            digest: m.digest,
+            names: m.names,
+            size: m.size,
+            world: m.world,
+            imports: m.imports,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ModuleList {
+    modules: Vec<ModuleView>,
 }
 
 /// Validates (and compiles) the component, then stores it. Same bytes again: `200` with the
@@ -54,7 +78,7 @@ pub(super) async fn upload(
     Extension(caller): Extension<Caller>,
     Query(q): Query<UploadQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     if let Some(name) = &q.name
         && (name.is_empty()
@@ -94,7 +118,7 @@ pub(super) async fn upload(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(module_json(&record, q.name.as_deref()))))
+    Ok((status, Json(ModuleView::of(record, q.name))))
 }
 
 /// Refuses an upload of new bytes once the store holds `max_modules` modules or
@@ -184,11 +208,14 @@ async fn compile(
         (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
     )
 )]
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ModuleList>, ApiError> {
     let modules = state.service.store.list_modules().await?;
-    Ok(Json(
-        json!({ "modules": modules.iter().map(|m| module_json(m, None)).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(ModuleList {
+        modules: modules
+            .into_iter()
+            .map(|m| ModuleView::of(m, None))
+            .collect(),
+    }))
 }
 
 /// One module by name or digest.
@@ -208,14 +235,14 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 pub(super) async fn get(
     State(state): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModuleView>, ApiError> {
     let m = state
         .service
         .store
         .get_module(&key)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("module {key:?} not found")))?;
-    Ok(Json(module_json(&m, None)))
+    Ok(Json(ModuleView::of(m, None)))
 }
 
 /// The module's wasm bytes (for `wasmjobs job replay` and for mirroring).

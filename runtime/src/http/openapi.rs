@@ -12,6 +12,8 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+pub(crate) use super::modules::{ModuleList, ModuleView};
+pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
 use crate::schema::OutcomeDoc;
 
 #[derive(OpenApi)]
@@ -80,27 +82,6 @@ pub(crate) struct ErrorDetail {
     code: String,
     /// For people: names the field and value at fault.
     message: String,
-}
-
-/// A stored module.
-#[derive(ToSchema)]
-pub(crate) struct ModuleView {
-    /// `sha256:<hex>`
-    digest: String,
-    /// The name it was uploaded under (or its first name).
-    name: Option<String>,
-    names: Vec<String>,
-    size: u64,
-    /// `wasmjobs:job/job` or `wasi:cli/command`
-    world: String,
-    imports: Vec<String>,
-    /// Milliseconds since the Unix epoch.
-    created_at: i64,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct ModuleList {
-    modules: Vec<ModuleView>,
 }
 
 /// A job's state (docs/state-machine.md).
@@ -206,31 +187,6 @@ pub(crate) struct StateReply {
     id: i64,
     state: JobStateDoc,
     message: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct ScheduleRequest {
-    /// A cron expression (5 fields, or 6 with seconds).
-    cron: String,
-    /// The job each tick submits, as for `POST /v1/jobs`.
-    job: crate::service::SubmitJob,
-    name: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct ScheduleView {
-    id: i64,
-    name: Option<String>,
-    cron: String,
-    /// The job it submits.
-    target: Value,
-    next_run_at: i64,
-    created_at: i64,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct ScheduleList {
-    schedules: Vec<ScheduleView>,
 }
 
 /// Whether the node is ready: `ready`, or `not_ready` with the reasons.

@@ -4,22 +4,53 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::caller::Caller;
 use crate::scheduler::next_after;
 use crate::service::SubmitJob;
-use crate::store::now_ms;
+use crate::store::{Schedule, now_ms};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AddSchedule {
+pub(crate) struct ScheduleRequest {
+    /// A cron expression (5 fields, or 6 with seconds).
     cron: String,
-    /// The job to submit on each tick (the body of `POST /v1/jobs`).
+    /// The job each tick submits, as for `POST /v1/jobs`.
     job: SubmitJob,
     name: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ScheduleView {
+    id: i64,
+    name: Option<String>,
+    cron: String,
+    /// The job it submits.
+    target: Value,
+    next_run_at: i64,
+    created_at: i64,
+}
+
+impl From<Schedule> for ScheduleView {
+    fn from(s: Schedule) -> ScheduleView {
+        ScheduleView {
+            id: s.id,
+            name: s.name,
+            cron: s.cron,
+            target: s.target,
+            next_run_at: s.next_run_at,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ScheduleList {
+    schedules: Vec<ScheduleView>,
 }
 
 /// Add a cron schedule that submits a job each tick.
@@ -41,9 +72,9 @@ struct AddSchedule {
 pub(super) async fn add(
     State(state): State<AppState>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
-    let req: AddSchedule = super::error::parse_json(&body)?;
+    let req: ScheduleRequest = super::error::parse_json(&body)?;
     crate::service::storable("cron", &req.cron)?;
     if let Some(name) = &req.name {
         crate::service::storable("name", name)?;
@@ -88,7 +119,7 @@ pub(super) async fn add(
         .store
         .add_schedule(req.name, &req.cron, target, next, now)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(s))))
+    Ok((StatusCode::CREATED, Json(s.into())))
 }
 
 /// Every schedule.
@@ -106,14 +137,19 @@ pub(super) async fn add(
 pub(super) async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
-    let mut schedules = json!(state.service.store.list_schedules().await?);
-    if let Some(all) = schedules.as_array_mut() {
-        for s in all {
-            super::redact_grants(&mut s["target"]["grants"], &caller);
-        }
+) -> Result<Json<ScheduleList>, ApiError> {
+    let mut schedules: Vec<ScheduleView> = state
+        .service
+        .store
+        .list_schedules()
+        .await?
+        .into_iter()
+        .map(ScheduleView::from)
+        .collect();
+    for s in &mut schedules {
+        super::redact_grants(&mut s.target["grants"], &caller);
     }
-    Ok(Json(json!({ "schedules": schedules })))
+    Ok(Json(ScheduleList { schedules }))
 }
 
 /// Delete a schedule by id or name.
