@@ -80,3 +80,15 @@ pub(crate) struct GrantsDoc {
     dirs: Option<Vec<DirGrantDoc>>,
     env: Option<BTreeMap<String, String>>,
 }
+
+/// A job's state (docs/state-machine.md).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum JobStateDoc {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}

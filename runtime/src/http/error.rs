@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::admission::Refusal;
 use crate::service::ServiceError;
@@ -35,9 +36,28 @@ impl ApiError {
     }
 }
 
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Machine-readable, e.g. `invalid_json`, `not_found`, `over_cap`.
+    code: String,
+    /// For people: names the field and value at fault.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        });
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             // The store is briefly out of reach: clients may come back in a moment.
             return (self.status, [(axum::http::header::RETRY_AFTER, "1")], body).into_response();

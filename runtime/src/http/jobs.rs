@@ -8,12 +8,15 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use wasmjobs_host::Outcome;
 
 use super::{ApiError, AppState};
 use crate::caller::Caller;
+use crate::schema::{JobStateDoc, OutcomeDoc};
 use crate::service::SubmitJob;
 use crate::store::{Job, JobFilter, JobId, JobState, now_ms};
 
@@ -93,6 +96,37 @@ pub(super) fn output_view(output: Option<&[u8]>) -> Option<OutputView> {
             Err(_) => OutputView::Base64(base64::engine::general_purpose::STANDARD.encode(out)),
         },
     })
+}
+
+/// A job in a list.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobSummary {
+    id: i64,
+    module: String,
+    #[schema(value_type = JobStateDoc)]
+    state: JobState,
+    priority: i64,
+    attempt_count: u32,
+    #[schema(value_type = Option<OutcomeDoc>)]
+    outcome: Option<Outcome>,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobList {
+    jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StateReply {
+    id: i64,
+    #[schema(value_type = JobStateDoc)]
+    state: JobState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
 }
 
 /// Submit a job. A repeated `idempotency_key` answers 200 with the first job.
@@ -324,7 +358,7 @@ pub(super) struct ListQuery {
     path = "/jobs",
     tag = "jobs",
     params(
-        ("state" = Option<crate::http::openapi::JobStateDoc>, Query, description = "Only jobs in this state"),
+        ("state" = Option<JobStateDoc>, Query, description = "Only jobs in this state"),
         ("module" = Option<String>, Query, description = "Only jobs of this module (name or digest)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
         ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page"),
@@ -339,7 +373,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobList>, ApiError> {
     let job_state = q
         .state
         .as_deref()
@@ -391,17 +425,20 @@ pub(super) async fn list(
     let next_cursor = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|j| j.id.to_string()))
         .flatten();
-    let items: Vec<Value> = jobs
-        .iter()
-        .map(|j| {
-            json!({
-                "id": j.id, "module": j.module, "state": j.state, "priority": j.priority,
-                "attempt_count": j.attempts, "outcome": j.outcome, "created_at": j.created_at,
-                "finished_at": j.finished_at,
-            })
+    let jobs = jobs
+        .into_iter()
+        .map(|j| JobSummary {
+            id: j.id,
+            module: j.module,
+            state: j.state,
+            priority: j.priority,
+            attempt_count: j.attempts,
+            outcome: j.outcome,
+            created_at: j.created_at,
+            finished_at: j.finished_at,
         })
         .collect();
-    Ok(Json(json!({ "jobs": items, "next_cursor": next_cursor })))
+    Ok(Json(JobList { jobs, next_cursor }))
 }
 
 /// Cancel a job: a queued or scheduled one at once, a running one within a second.
@@ -422,7 +459,7 @@ pub(super) async fn list(
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StateReply>, ApiError> {
     let id = parse_id("job", &id)?;
     let st = state.service.store.cancel(id, now_ms()).await?;
     let note = if st == JobState::Running {
@@ -430,7 +467,11 @@ pub(super) async fn cancel(
     } else {
         "cancelled"
     };
-    Ok(Json(json!({ "id": id, "state": st, "message": note })))
+    Ok(Json(StateReply {
+        id,
+        state: st,
+        message: Some(note),
+    }))
 }
 
 /// Put a failed or cancelled job back in the queue.
@@ -451,8 +492,12 @@ pub(super) async fn cancel(
 pub(super) async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StateReply>, ApiError> {
     let id = parse_id("job", &id)?;
     let st = state.service.store.retry(id, now_ms()).await?;
-    Ok(Json(json!({ "id": id, "state": st })))
+    Ok(Json(StateReply {
+        id,
+        state: st,
+        message: None,
+    }))
 }

@@ -194,8 +194,28 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
 )]
 async fn healthz(
     axum::extract::State(state): axum::extract::State<AppState>,
-) -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "ok", "store": state.service.store.backend() }))
+) -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        store: state.service.store.backend(),
+    })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    store: &'static str,
+}
+
+/// Whether the node is ready: `ready`, or `not_ready` with the reasons.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    store: &'static str,
+    /// Why not ready (empty when ready).
+    reasons: Vec<String>,
 }
 
 /// How long the readiness check waits for the store's write.
@@ -237,11 +257,15 @@ async fn readyz(
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
-        "status": if reasons.is_empty() { "ready" } else { "not_ready" },
-        "store": state.service.store.backend(),
-        "reasons": reasons,
-    });
+    let body = Readiness {
+        status: if reasons.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        },
+        store: state.service.store.backend(),
+        reasons,
+    };
     (status, axum::Json(body)).into_response()
 }
 

@@ -12,9 +12,12 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+pub(crate) use super::error::{ErrorBody, ErrorDetail};
+pub(crate) use super::jobs::{JobList, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
-use crate::schema::OutcomeDoc;
+pub(crate) use super::{Health, Readiness};
+use crate::schema::{JobStateDoc, OutcomeDoc};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -68,32 +71,6 @@ pub(crate) struct SseEventDoc {
     id: Option<String>,
     event: String,
     data: String,
-}
-
-/// Every error: `{"error": {"code", "message"}}`.
-#[derive(ToSchema)]
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct ErrorDetail {
-    /// Machine-readable, e.g. `invalid_json`, `not_found`, `over_cap`.
-    code: String,
-    /// For people: names the field and value at fault.
-    message: String,
-}
-
-/// A job's state (docs/state-machine.md).
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-pub(crate) enum JobStateDoc {
-    Scheduled,
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
 }
 
 /// One attempt of a job.
@@ -161,49 +138,6 @@ pub(crate) struct BatchAnswer {
     status: u16,
     job: Option<JobView>,
     error: Option<ErrorDetail>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct JobSummary {
-    id: i64,
-    module: String,
-    state: JobStateDoc,
-    priority: i64,
-    attempt_count: u32,
-    outcome: Option<OutcomeDoc>,
-    created_at: i64,
-    finished_at: Option<i64>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct JobList {
-    jobs: Vec<JobSummary>,
-    /// Pass as `cursor` for the next page; null on the last one.
-    next_cursor: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct StateReply {
-    id: i64,
-    state: JobStateDoc,
-    message: Option<String>,
-}
-
-/// Whether the node is ready: `ready`, or `not_ready` with the reasons.
-#[derive(ToSchema)]
-pub(crate) struct Readiness {
-    status: String,
-    /// `sqlite` or `postgres`.
-    store: String,
-    /// Why not ready (empty when ready).
-    reasons: Vec<String>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct Health {
-    status: String,
-    /// `sqlite` or `postgres`.
-    store: String,
 }
 
 /// One version of a workflow definition.
