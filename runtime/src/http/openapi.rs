@@ -2,11 +2,14 @@
 //! come from the `#[utoipa::path]` attribute on each handler, and the router registers handlers
 //! through `utoipa_axum::routes!`, so a route cannot be served without being documented.
 //!
-//! Most responses are built as JSON values from the store's types; the structs below describe
-//! their shape for the document only. `tests/tests/all/api/service.rs` checks that the document lists
-//! every route, and CI fuzzes a live server from it (schemathesis) to check responses match.
+//! Most bodies are typed structs beside their handlers, which build and serialize them; they
+//! are re-exported here for the handlers' `responses(...)`. The structs defined below describe,
+//! for the document only, the bodies still built as JSON values: a job (`JobView`, with its
+//! attempts, and the batch answers that carry it), workflow definitions and runs, SSE events.
+//! `tests/tests/all/api/service.rs` checks that the document lists every route, and CI fuzzes
+//! a live server from it (schemathesis) to check responses match.
 
-#![allow(dead_code)] // the structs below are only read by the OpenAPI derive
+#![allow(dead_code)] // the structs defined below are only read by the OpenAPI derive
 
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
