@@ -5,7 +5,7 @@
 //! Most bodies are typed structs beside their handlers, which build and serialize them; they
 //! are re-exported here for the handlers' `responses(...)`. The structs defined below describe,
 //! for the document only, the bodies still built as JSON values: a job (`JobView`, with its
-//! attempts, and the batch answers that carry it), workflow definitions and runs, SSE events.
+//! attempts, and the batch answers that carry it), workflow runs, SSE events.
 //! `tests/tests/all/api/service.rs` checks that the document lists every route, and CI fuzzes
 //! a live server from it (schemathesis) to check responses match.
 
@@ -19,6 +19,7 @@ pub(crate) use super::error::{ErrorBody, ErrorDetail};
 pub(crate) use super::jobs::{JobList, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
+pub(crate) use super::workflows::{WorkflowList, WorkflowView};
 pub(crate) use super::{Health, Readiness};
 use crate::schema::{JobStateDoc, OutcomeDoc};
 
@@ -141,20 +142,6 @@ pub(crate) struct BatchAnswer {
     status: u16,
     job: Option<JobView>,
     error: Option<ErrorDetail>,
-}
-
-/// One version of a workflow definition.
-#[derive(ToSchema)]
-pub(crate) struct WorkflowView {
-    name: String,
-    version: i64,
-    created_at: i64,
-    definition: crate::workflow::Definition,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct WorkflowList {
-    workflows: Vec<WorkflowView>,
 }
 
 /// A workflow run: its state, each node's, and its output once it succeeded.

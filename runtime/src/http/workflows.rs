@@ -6,20 +6,39 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::store::{WorkflowRecord, now_ms};
 use crate::workflow::{Definition, DefinitionError};
 
-fn view(w: &WorkflowRecord) -> Value {
-    json!({
-        "name": w.name,
-        "version": w.version,
-        "created_at": w.created_at,
-        "definition": w.definition,
-    })
+/// One version of a workflow definition.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WorkflowView {
+    name: String,
+    version: i64,
+    created_at: i64,
+    /// The definition, as stored (JSON).
+    #[schema(value_type = Definition)]
+    definition: Value,
+}
+
+impl From<WorkflowRecord> for WorkflowView {
+    fn from(w: WorkflowRecord) -> WorkflowView {
+        WorkflowView {
+            name: w.name,
+            version: w.version,
+            created_at: w.created_at,
+            definition: w.definition,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WorkflowList {
+    workflows: Vec<WorkflowView>,
 }
 
 /// Definitions up to this size are parsed on the request's own task; larger ones on a
@@ -65,7 +84,7 @@ fn parse_definition(body: &[u8]) -> Result<Definition, ApiError> {
 pub(super) async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     // Parsing is linear in the text and bounded, but a large text still takes a while: off
     // the API's threads, so that it delays no other request.
@@ -120,7 +139,7 @@ pub(super) async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&record))))
+    Ok((status, Json(record.into())))
 }
 
 /// The latest version of every workflow.
@@ -133,11 +152,11 @@ pub(super) async fn create(
         (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
     )
 )]
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<WorkflowList>, ApiError> {
     let all = state.workflows.runs().list_workflows().await?;
-    Ok(Json(
-        json!({ "workflows": all.iter().map(view).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(WorkflowList {
+        workflows: all.into_iter().map(WorkflowView::from).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -190,10 +209,10 @@ pub(super) async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<VersionQuery>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(view(
-        &find(&state, &name, q.version.as_deref()).await?,
-    )))
+) -> Result<Json<WorkflowView>, ApiError> {
+    Ok(Json(
+        find(&state, &name, q.version.as_deref()).await?.into(),
+    ))
 }
 
 #[derive(Deserialize)]
