@@ -50,6 +50,15 @@ pub(crate) struct ErrorDetail {
     message: String,
 }
 
+impl From<ApiError> for ErrorDetail {
+    fn from(e: ApiError) -> ErrorDetail {
+        ErrorDetail {
+            code: e.code.to_string(),
+            message: e.message,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(ErrorBody {

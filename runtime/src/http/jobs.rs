@@ -9,8 +9,8 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use utoipa::ToSchema;
 use wasmjobs_host::Outcome;
 
@@ -18,7 +18,7 @@ use super::{ApiError, AppState};
 use crate::caller::Caller;
 use crate::schema::{JobStateDoc, OutcomeDoc};
 use crate::service::SubmitJob;
-use crate::store::{Job, JobFilter, JobId, JobState, now_ms};
+use crate::store::{Attempt, Job, JobFilter, JobId, JobState, now_ms};
 
 /// How long `?wait=` may hold a request.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -51,26 +51,143 @@ pub(super) async fn job_json(
     } else {
         state.service.store.attempts(job.id).await?
     };
-    let mut v = serde_json::to_value(job).map_err(ApiError::internal)?;
-    v["attempts"] = json!(attempts);
-    v["attempt_count"] = json!(job.attempts);
-    if let Some(key) = &job.idempotency_key {
-        v["idempotency_key"] = json!(crate::service::client_key(key));
+    fn value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+        serde_json::to_value(v).map_err(ApiError::internal)
     }
-    super::redact_grants(&mut v["grants"], caller);
+    let mut grants = value(&job.grants)?;
+    super::redact_grants(&mut grants, caller);
+    let (output, output_text, output_base64) = match output_view(job.output.as_deref()) {
+        None => (None, None, None),
+        Some(OutputView::Json(raw)) => (Some(raw), None, None),
+        Some(OutputView::Text(text)) => (None, Some(text), None),
+        Some(OutputView::Base64(b64)) => (None, None, Some(b64)),
+    };
     Ok(JobView {
-        fields: v,
-        output: output_view(job.output.as_deref()),
+        id: job.id,
+        module: job.module.clone(),
+        state: job.state,
+        priority: job.priority,
+        run_at: job.run_at,
+        limits: value(&job.limits)?,
+        retry: value(&job.retry)?,
+        grants,
+        idempotency_key: job
+            .idempotency_key
+            .as_deref()
+            .map(|k| crate::service::client_key(k).to_string()),
+        attempts: attempts.into_iter().map(AttemptView::from).collect(),
+        attempt_count: job.attempts,
+        lost_attempts: job.lost_attempts,
+        deadline_at: job.deadline_at,
+        worker: job.worker.clone(),
+        lease_until: job.lease_until,
+        cancel_requested: job.cancel_requested,
+        outcome: job.outcome,
+        error: job.error.clone(),
+        workflow_ref: job.workflow_ref.clone(),
+        input_from: job.input_from,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        finished_at: job.finished_at,
+        output,
+        output_text,
+        output_base64,
+        input_base64: None,
     })
 }
 
-/// A job as the API shows it: its fields, and its output beside them (see [`OutputView`]).
-#[derive(Debug, serde::Serialize)]
-pub(super) struct JobView {
-    #[serde(flatten)]
-    fields: Value,
-    #[serde(flatten)]
-    output: Option<OutputView>,
+/// A job. Its output is `output` (when it is JSON), `output_text` (UTF-8) or `output_base64`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobView {
+    id: i64,
+    /// The module digest the job is pinned to.
+    module: String,
+    #[schema(value_type = JobStateDoc)]
+    state: JobState,
+    priority: i64,
+    run_at: i64,
+    limits: Value,
+    retry: Value,
+    grants: Value,
+    idempotency_key: Option<String>,
+    attempts: Vec<AttemptView>,
+    attempt_count: u32,
+    /// Of `attempt_count`, the attempts that ended `lost`.
+    lost_attempts: u32,
+    deadline_at: Option<i64>,
+    worker: Option<String>,
+    lease_until: Option<i64>,
+    cancel_requested: bool,
+    #[schema(value_type = Option<OutcomeDoc>)]
+    outcome: Option<Outcome>,
+    error: Option<String>,
+    workflow_ref: Option<String>,
+    /// The job whose output is this job's input (a workflow node with one upstream).
+    input_from: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    output: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_base64: Option<String>,
+    /// With `?include=input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_base64: Option<String>,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AttemptView {
+    attempt: u32,
+    worker: String,
+    #[schema(value_type = Option<OutcomeDoc>)]
+    outcome: Option<Outcome>,
+    /// Which trap, when the outcome is `trapped`.
+    trap: Option<String>,
+    error: Option<String>,
+    fuel_consumed: Option<u64>,
+    peak_memory_bytes: Option<u64>,
+    wall_time_us: Option<u64>,
+    started_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl From<Attempt> for AttemptView {
+    fn from(a: Attempt) -> AttemptView {
+        AttemptView {
+            attempt: a.attempt,
+            worker: a.worker,
+            outcome: a.outcome,
+            trap: a.trap,
+            error: a.error,
+            fuel_consumed: a.fuel_consumed,
+            peak_memory_bytes: a.peak_memory_bytes,
+            wall_time_us: a.wall_time_us,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+        }
+    }
+}
+
+/// The answers of `POST /v1/jobs/batch`, one per submission, in the request's order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BatchView {
+    jobs: Vec<BatchAnswer>,
+}
+
+/// One submission's answer: the status `POST /v1/jobs` would have given it, and the job
+/// (`201`, `200`) or the error (`4xx`, `5xx`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BatchAnswer {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<JobView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<super::error::ErrorDetail>,
 }
 
 /// A job's output as the API shows it: `{"output": …}` when it is JSON — passed through as
@@ -244,7 +361,7 @@ pub(super) async fn submit_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchView>, ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
     if body.trim_ascii_start().starts_with(b"[") {
         // A bare array is the likeliest mistake; serde would call it a malformed struct.
@@ -264,23 +381,25 @@ pub(super) async fn submit_batch(
     let mut answers = Vec::with_capacity(batch.jobs.len());
     for result in state.service.submit_many(batch.jobs, &caller).await {
         answers.push(match result {
-            Ok((job, created)) => {
-                let status = submitted_status(created).as_u16();
-                json!({ "status": status, "job": job_json(&state, &job, &caller).await? })
-            }
+            Ok((job, created)) => BatchAnswer {
+                status: submitted_status(created).as_u16(),
+                job: Some(job_json(&state, &job, &caller).await?),
+                error: None,
+            },
             Err(e) => {
                 let e = ApiError::from(e);
                 if e.status.is_server_error() {
                     tracing::error!("batch submission: {} {}: {}", e.status, e.code, e.message);
                 }
-                json!({
-                    "status": e.status.as_u16(),
-                    "error": { "code": e.code, "message": e.message },
-                })
+                BatchAnswer {
+                    status: e.status.as_u16(),
+                    job: None,
+                    error: Some(e.into()),
+                }
             }
         });
     }
-    Ok(Json(json!({ "jobs": answers })))
+    Ok(Json(BatchView { jobs: answers }))
 }
 
 #[derive(Deserialize)]
@@ -332,8 +451,7 @@ pub(super) async fn get(
                     .unwrap_or_default(),
                 None => job.input.clone(),
             };
-            v.fields["input_base64"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(&input))
+            v.input_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&input))
         }
         Some(other) => {
             return Err(ApiError::bad_request(format!(

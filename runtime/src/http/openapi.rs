@@ -4,8 +4,7 @@
 //!
 //! Most bodies are typed structs beside their handlers, which build and serialize them; they
 //! are re-exported here for the handlers' `responses(...)`. The structs defined below describe,
-//! for the document only, the bodies still built as JSON values: a job (`JobView`, with its
-//! attempts, and the batch answers that carry it), workflow runs, SSE events.
+//! for the document only, the bodies still built as JSON values: workflow runs and SSE events.
 //! `tests/tests/all/api/service.rs` checks that the document lists every route, and CI fuzzes
 //! a live server from it (schemathesis) to check responses match.
 
@@ -15,13 +14,12 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-pub(crate) use super::error::{ErrorBody, ErrorDetail};
-pub(crate) use super::jobs::{JobList, StateReply};
+pub(crate) use super::error::ErrorBody;
+pub(crate) use super::jobs::{BatchView, JobList, JobView, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
 pub(crate) use super::workflows::{WorkflowList, WorkflowView};
 pub(crate) use super::{Health, Readiness};
-use crate::schema::{JobStateDoc, OutcomeDoc};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -75,73 +73,6 @@ pub(crate) struct SseEventDoc {
     id: Option<String>,
     event: String,
     data: String,
-}
-
-/// One attempt of a job.
-#[derive(ToSchema)]
-pub(crate) struct AttemptView {
-    attempt: u32,
-    worker: String,
-    outcome: Option<OutcomeDoc>,
-    /// Which trap, when the outcome is `trapped`.
-    trap: Option<String>,
-    error: Option<String>,
-    fuel_consumed: Option<u64>,
-    peak_memory_bytes: Option<u64>,
-    wall_time_us: Option<u64>,
-    started_at: i64,
-    finished_at: Option<i64>,
-}
-
-/// A job. Its output is `output` (when it is JSON), `output_text` (UTF-8) or `output_base64`.
-#[derive(ToSchema)]
-pub(crate) struct JobView {
-    id: i64,
-    /// The module digest the job is pinned to.
-    module: String,
-    state: JobStateDoc,
-    priority: i64,
-    run_at: i64,
-    limits: Value,
-    retry: Value,
-    grants: Value,
-    idempotency_key: Option<String>,
-    attempts: Vec<AttemptView>,
-    attempt_count: u32,
-    /// Of `attempt_count`, the attempts that ended `lost`.
-    lost_attempts: u32,
-    deadline_at: Option<i64>,
-    worker: Option<String>,
-    lease_until: Option<i64>,
-    cancel_requested: bool,
-    outcome: Option<OutcomeDoc>,
-    error: Option<String>,
-    workflow_ref: Option<String>,
-    /// The job whose output is this job's input (a workflow node with one upstream).
-    input_from: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-    finished_at: Option<i64>,
-    output: Option<Value>,
-    output_text: Option<String>,
-    output_base64: Option<String>,
-    /// With `?include=input`.
-    input_base64: Option<String>,
-}
-
-/// The answers of `POST /v1/jobs/batch`, one per submission, in the request's order.
-#[derive(ToSchema)]
-pub(crate) struct BatchView {
-    jobs: Vec<BatchAnswer>,
-}
-
-/// One submission's answer: the status `POST /v1/jobs` would have given it, and the job
-/// (`201`, `200`) or the error (`4xx`, `5xx`).
-#[derive(ToSchema)]
-pub(crate) struct BatchAnswer {
-    status: u16,
-    job: Option<JobView>,
-    error: Option<ErrorDetail>,
 }
 
 /// A workflow run: its state, each node's, and its output once it succeeded.
