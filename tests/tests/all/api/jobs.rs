@@ -420,24 +420,12 @@ async fn cancel_stops_a_running_job_within_a_second() {
 /// upkeep asks the store), without waiting for autovacuum (off on the test server or not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_node_vacuums_its_queue_as_it_takes_jobs() {
-    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
+    let Some((url, schema, admin)) =
+        crate::store::postgres_only("a_postgres_node_vacuums_its_queue_as_it_takes_jobs", "tidy")
+            .await
     else {
-        eprintln!(
-            "SKIPPED: a_postgres_node_vacuums_its_queue_as_it_takes_jobs (set WASMJOBS_TEST_POSTGRES to run it)"
-        );
         return;
     };
-    wasmjobs_tests::drop_stale_schemas(&url, "tidy").await;
-    let schema = format!("t_tidy_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&admin)
-    .await
-    .expect("drop the schema");
     let store = wasmjobs::store::open_postgres_schema(&url, &schema)
         .await
         .expect("open");

@@ -18,13 +18,13 @@ mod modules;
 mod service;
 mod streams;
 
-pub(super) async fn call(
+pub(crate) async fn call_raw(
     app: axum::Router,
     method: &str,
     uri: &str,
     body: Body,
     token: Option<&str>,
-) -> (StatusCode, Value) {
+) -> (StatusCode, Vec<u8>) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -37,6 +37,17 @@ pub(super) async fn call(
     let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
         .await
         .expect("body");
+    (status, bytes.to_vec())
+}
+
+pub(crate) async fn call(
+    app: axum::Router,
+    method: &str,
+    uri: &str,
+    body: Body,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let (status, bytes) = call_raw(app, method, uri, body, token).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -74,7 +85,7 @@ pub(super) async fn post_json(server: &TestServer, uri: &str, body: &Value) -> (
     .await
 }
 
-pub(super) async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
+pub(crate) async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
     let until = Instant::now() + within;
     loop {
         let (_, job) = call(

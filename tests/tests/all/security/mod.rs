@@ -7,53 +7,18 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use wasmjobs::admission::AdmissionPolicy;
 use wasmjobs::caller::Caller;
 use wasmjobs::http::{ApiConfig, ConnectionLimits, Scope, Token};
 use wasmjobs::service::SubmitJob;
 use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
 
+pub(super) use crate::api::{call, call_raw, wait_final};
+
 mod requests;
 mod stored;
-
-pub(super) async fn call(
-    app: axum::Router,
-    method: &str,
-    uri: &str,
-    body: Body,
-    token: Option<&str>,
-) -> (StatusCode, Value) {
-    let (status, bytes) = call_raw(app, method, uri, body, token).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-pub(super) async fn call_raw(
-    app: axum::Router,
-    method: &str,
-    uri: &str,
-    body: Body,
-    token: Option<&str>,
-) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = app
-        .oneshot(req.body(body).expect("request"))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-        .await
-        .expect("body");
-    (status, bytes.to_vec())
-}
 
 pub(super) async fn upload_as(
     server: &TestServer,
@@ -85,28 +50,6 @@ pub(super) async fn submit_as(
         token,
     )
     .await
-}
-
-pub(super) async fn wait_final(server: &TestServer, id: i64, within: Duration) -> Value {
-    let until = Instant::now() + within;
-    loop {
-        let (_, job) = call(
-            server.app(),
-            "GET",
-            &format!("/v1/jobs/{id}"),
-            Body::empty(),
-            None,
-        )
-        .await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or("")) {
-            return job;
-        }
-        assert!(
-            Instant::now() < until,
-            "job {id} not final within {within:?}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 pub(super) fn message(v: &Value) -> &str {

@@ -91,7 +91,7 @@ pub(super) async fn attempt_view(store: &dyn Store, id: JobId) -> Vec<AttemptVie
 /// For a Postgres-only test: the server's URL, the schema `t_<tag>_<pid>` (dropped if this
 /// process left it; those of test processes that are gone are dropped too) and a pool on the
 /// server. `None`, said loudly, without `WASMJOBS_TEST_POSTGRES`.
-pub(super) async fn postgres_only(test: &str, tag: &str) -> Option<(String, String, sqlx::PgPool)> {
+pub(crate) async fn postgres_only(test: &str, tag: &str) -> Option<(String, String, sqlx::PgPool)> {
     use sqlx::Executor;
     let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
         .ok()
