@@ -61,17 +61,13 @@ impl From<ApiError> for ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        });
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let status = self.status;
+        let body = Json(ErrorBody { error: self.into() });
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             // The store is briefly out of reach: clients may come back in a moment.
-            return (self.status, [(axum::http::header::RETRY_AFTER, "1")], body).into_response();
+            return (status, [(axum::http::header::RETRY_AFTER, "1")], body).into_response();
         }
-        (self.status, body).into_response()
+        (status, body).into_response()
     }
 }
 
