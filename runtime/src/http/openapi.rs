@@ -2,17 +2,16 @@
 //! come from the `#[utoipa::path]` attribute on each handler, and the router registers handlers
 //! through `utoipa_axum::routes!`, so a route cannot be served without being documented.
 //!
-//! Most bodies are typed structs beside their handlers, which build and serialize them; they
-//! are re-exported here for the handlers' `responses(...)`. The structs defined below describe,
-//! for the document only, the bodies still built as JSON values: workflow runs and SSE events.
+//! Bodies are typed structs beside their handlers, which build and serialize them; they are
+//! re-exported here for the handlers' `responses(...)`. The two bodies no Rust type stands for
+//! (a wasm component's bytes, an SSE event) have their schemas written out below.
 //! `tests/tests/all/api/service.rs` checks that the document lists every route, and CI fuzzes
 //! a live server from it (schemathesis) to check responses match.
 
-#![allow(dead_code)] // the structs defined below are only read by the OpenAPI derive
-
-use serde_json::Value;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 pub(crate) use super::error::ErrorBody;
 pub(crate) use super::jobs::{BatchView, JobList, JobView, StateReply};
@@ -60,71 +59,45 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Raw bytes (a wasm component).
-#[derive(ToSchema)]
-#[schema(value_type = String, format = Binary)]
-pub(crate) struct WasmBytes(Vec<u8>);
+/// Raw bytes (a wasm component): a binary body, described by hand because no Rust type
+/// stands for it.
+pub(crate) struct WasmBytes;
 
-/// One Server-Sent Event of a job's stream. `event` is `state`, `log`, `progress`, `output`,
-/// `end` or `error`; `data` is a JSON object; `id` (the job's event sequence number, for
-/// `Last-Event-ID`) is on every event but `output` and `end`.
-#[derive(ToSchema)]
-pub(crate) struct SseEventDoc {
-    id: Option<String>,
-    event: String,
-    data: String,
+impl ToSchema for WasmBytes {}
+
+impl PartialSchema for WasmBytes {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("Raw bytes (a wasm component)."))
+            .into()
+    }
 }
 
-/// A workflow run: its state, each node's, and its output once it succeeded.
-#[derive(ToSchema)]
-pub(crate) struct RunView {
-    id: i64,
-    workflow: String,
-    version: i64,
-    state: crate::store::RunState,
-    error: Option<String>,
-    cancel_requested: bool,
-    deadline_at: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
-    finished_at: Option<i64>,
-    /// In definition order.
-    nodes: Vec<RunNodeView>,
-    /// The output of the run's leaf node (an object keyed by leaf name when several
-    /// succeeded); `null` until the run succeeded.
-    output: Option<Value>,
-}
+/// One Server-Sent Event of a stream, described by hand: the stream is written as
+/// `text/event-stream` lines, not serialized from a type.
+pub(crate) struct SseEventDoc;
 
-/// One node of a run.
-#[derive(ToSchema)]
-pub(crate) struct RunNodeView {
-    name: String,
-    /// The module digest the run pinned.
-    module: String,
-    state: crate::store::NodeState,
-    needs: Vec<String>,
-    /// The node's job (plain nodes, once started).
-    job: Option<i64>,
-    error: Option<String>,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    /// `for_each` nodes only.
-    items: Option<RunItemsView>,
-}
+impl ToSchema for SseEventDoc {}
 
-/// The elements of a `for_each` node.
-#[derive(ToSchema)]
-pub(crate) struct RunItemsView {
-    total: i64,
-    submitted: i64,
-    done: i64,
-    failed: i64,
-    elements: Vec<RunElementView>,
-}
-
-#[derive(ToSchema)]
-pub(crate) struct RunElementView {
-    index: i64,
-    state: crate::store::NodeState,
-    job: Option<i64>,
+impl PartialSchema for SseEventDoc {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .description(Some(
+                "One Server-Sent Event of a job's stream. `event` is `state`, `log`, `progress`, `output`,\n\
+                 `end` or `error`; `data` is a JSON object; `id` (the job's event sequence number, for\n\
+                 `Last-Event-ID`) is on every event but `output` and `end`.",
+            ))
+            .property(
+                "id",
+                ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])),
+            )
+            .property("event", string())
+            .required("event")
+            .property("data", string())
+            .required("data")
+            .into()
+    }
 }

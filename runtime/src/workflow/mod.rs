@@ -13,4 +13,4 @@ pub mod plan;
 pub mod service;
 
 pub use definition::{Condition, Definition, DefinitionError, ForEach, Node, OnFailure, Validated};
-pub use service::{RunView, WorkflowService};
+pub use service::WorkflowService;

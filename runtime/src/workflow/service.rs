@@ -4,15 +4,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::definition::{Definition, Validated};
 use crate::service::{JobService, ServiceError};
 use crate::store::{
-    JobId, NewRun, NodeRecord, NodeState, RunId, RunRecord, RunState, Store, StoreError,
-    WorkflowStore, now_ms,
+    NewRun, NodeRecord, NodeState, RunId, RunRecord, RunState, Store, StoreError, WorkflowStore,
+    now_ms,
 };
 
 /// Validated definitions by (name, version).
@@ -165,89 +164,10 @@ impl WorkflowService {
         Ok(self.runs().request_run_cancel(id, now_ms()).await?)
     }
 
-    /// A run as the API shows it: every node in definition order with its state and job
-    /// (and each element of a `for_each` node), and the output once the run succeeded. Built
-    /// in time linear in the run's size; outputs are passed through as stored, not parsed.
-    pub async fn view(&self, id: RunId) -> Result<RunView, ServiceError> {
-        let snap = self
-            .runs()
-            .get_run(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "workflow run",
-                id: id.to_string(),
-            })?;
-        // Without a usable definition (the run then fails, saying why), nodes are shown as
-        // stored, by name.
-        let def = self
-            .definition(&snap.run.workflow, Some(snap.run.version))
-            .await
-            .ok()
-            .map(|(_, def)| def);
-        let order: Vec<(&str, &[String])> = match &def {
-            Some(def) => def
-                .definition
-                .nodes
-                .iter()
-                .map(|d| (d.name.as_str(), d.needs.as_slice()))
-                .collect(),
-            None => snap
-                .nodes
-                .iter()
-                .map(|n| (n.name.as_str(), &[][..]))
-                .collect(),
-        };
-        let by_name: HashMap<&str, &NodeRecord> =
-            snap.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-        let mut nodes = Vec::with_capacity(order.len());
-        for (name, needs) in order {
-            let Some(n) = by_name.get(name) else {
-                continue;
-            };
-            let items = match n.items_total {
-                Some(total) => Some(ItemsView {
-                    total,
-                    submitted: n.items_next,
-                    done: n.items_done,
-                    failed: n.items_failed,
-                    elements: self
-                        .runs()
-                        .items(id, &n.name)
-                        .await?
-                        .into_iter()
-                        .map(|(index, state, job)| ElementView { index, state, job })
-                        .collect(),
-                }),
-                None => None,
-            };
-            nodes.push(NodeView {
-                name: n.name.clone(),
-                module: n.module.clone(),
-                state: n.state,
-                needs: needs.to_vec(),
-                job: n.job_id,
-                error: n.error.clone(),
-                started_at: n.started_at,
-                finished_at: n.finished_at,
-                items,
-            });
-        }
-        let output = match &def {
-            Some(def) if snap.run.state == RunState::Succeeded => {
-                Some(self.output(def, &by_name).await?)
-            }
-            _ => None,
-        };
-        Ok(RunView {
-            run: snap.run.clone(),
-            nodes,
-            output,
-        })
-    }
-
     /// A succeeded run's output: its one leaf node's output, or an object keyed by leaf name
-    /// when several leaves succeeded (skipped leaves are left out).
-    async fn output(
+    /// when several leaves succeeded (skipped leaves are left out). Outputs are passed through
+    /// as stored, not parsed. `by_name` holds the run's nodes.
+    pub async fn run_output(
         &self,
         def: &Validated,
         by_name: &HashMap<&str, &NodeRecord>,
@@ -294,48 +214,6 @@ impl WorkflowService {
             None => Ok(Vec::new()),
         }
     }
-}
-
-/// A run as the API shows it (see [`WorkflowService::view`]).
-#[derive(Debug, Serialize)]
-pub struct RunView {
-    #[serde(flatten)]
-    pub run: RunRecord,
-    pub nodes: Vec<NodeView>,
-    pub output: Option<Box<RawValue>>,
-}
-
-/// One node of a [`RunView`].
-#[derive(Debug, Serialize)]
-pub struct NodeView {
-    pub name: String,
-    pub module: String,
-    pub state: NodeState,
-    pub needs: Vec<String>,
-    pub job: Option<JobId>,
-    pub error: Option<String>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub items: Option<ItemsView>,
-}
-
-/// A `for_each` node's elements in a [`RunView`].
-#[derive(Debug, Serialize)]
-pub struct ItemsView {
-    pub total: i64,
-    pub submitted: i64,
-    pub done: i64,
-    pub failed: i64,
-    pub elements: Vec<ElementView>,
-}
-
-/// One element of a `for_each` node.
-#[derive(Debug, Serialize)]
-pub struct ElementView {
-    pub index: i64,
-    pub state: NodeState,
-    pub job: Option<JobId>,
 }
 
 /// A job's output as it goes into a JSON answer, without parsing it into a tree: the output
