@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod http;
+pub mod notices;
 pub mod scheduler;
 mod schema;
 pub mod service;

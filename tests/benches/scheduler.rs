@@ -127,6 +127,10 @@ async fn main() {
             (cpu_after.1 - cpu_before.1) * 1e6 / n as f64,
         );
         let store = open(backend, &url).await;
+        // The notices go out as they do from `wasmjobs serve` (NOTIFY on Postgres).
+        let relay = wasmjobs::notices::Relay::start(&*store)
+            .await
+            .expect("notice relay");
         // WASMJOBS_BENCH_PG_SQL: statements run in the Postgres store's schema before the runs,
         // to try a change of the schema (an index, a storage parameter) without a migration.
         if let Ok(sql) = std::env::var("WASMJOBS_BENCH_PG_SQL")
@@ -184,6 +188,7 @@ async fn main() {
                 100.0 * throughput / ceiling,
             );
         }
+        relay.shutdown().await;
         if backend == "postgres" {
             // The runs' schema holds ~160,000 jobs: leave nothing behind on the shared server.
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {

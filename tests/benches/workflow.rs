@@ -58,9 +58,14 @@ async fn main() {
             .await
             .expect("postgres"),
         };
+        // The notices go out as they do from `wasmjobs serve` (NOTIFY on Postgres).
+        let relay = wasmjobs::notices::Relay::start(&*store)
+            .await
+            .expect("notice relay");
         println!();
         println!("== {backend}");
         bench(store).await;
+        relay.shutdown().await;
     }
 }
 

@@ -58,6 +58,8 @@ struct Setup {
     grace: Duration,
     /// The whole store, for the services that use its parts.
     backend: Arc<dyn crate::store::Backend>,
+    /// Carries notices to and from the other processes on the store; stopped last.
+    relay: crate::notices::Relay,
     service: JobService,
     sandbox: Sandbox,
     modules: ModuleCache,
@@ -157,10 +159,14 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
             redacted(&db)
         );
     }
+    let relay = crate::notices::Relay::start(&*store)
+        .await
+        .with_context(|| format!("cannot listen for changes on {}", redacted(&db)))?;
     Ok(Setup {
         file,
         grace,
         backend: store,
+        relay,
         service,
         sandbox,
         modules,
@@ -223,6 +229,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         }
     };
     let (served, ()) = tokio::join!(server, drain);
+    s.relay.shutdown().await;
     served.context("server")?;
     Ok(0)
 }
@@ -325,9 +332,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     eprintln!("wasmjobs worker running");
     shutdown_signal().await;
     // The drain itself is bounded by the grace; this bounds a store that hangs besides.
-    tokio::time::timeout(s.grace + Duration::from_secs(20), node.drain(s.grace))
-        .await
-        .ok();
+    tokio::time::timeout(s.grace + Duration::from_secs(20), async {
+        node.drain(s.grace).await;
+        s.relay.shutdown().await;
+    })
+    .await
+    .ok();
     Ok(0)
 }
 

@@ -61,6 +61,18 @@ pub enum Notice {
     RunRequest(RunId),
 }
 
+/// Carries notices between the processes that share one database (Postgres: NOTIFY out,
+/// LISTEN in). Run by the process that owns the store, never by the store itself.
+#[async_trait]
+pub trait NoticeRelay: Send + 'static {
+    /// Starts listening for other processes' notices: what they send after this returns is
+    /// heard.
+    async fn listen(&mut self) -> Result<()>;
+    /// Relays until `stop` is cancelled, then sends the notices this process had already
+    /// queued, and returns.
+    async fn run(self: Box<Self>, stop: tokio_util::sync::CancellationToken);
+}
+
 /// The job store, as the job service, the scheduler and the API use it: every area's trait
 /// ([`ModuleStore`], [`JobStore`], [`QueueStore`], [`ScheduleStore`]). It knows nothing of
 /// workflows ([`WorkflowStore`]). Implemented by [`sqlite::SqliteStore`] and
@@ -86,8 +98,14 @@ pub trait ModuleStore: Send + Sync + 'static {
 pub trait JobStore: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
-    /// Changes as they are committed.
+    /// Changes as they are committed: this process's, and other processes' while the store's
+    /// relay runs ([`JobStore::relay`]).
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// What carries this store's notices to the other processes sharing its database and
+    /// theirs to this one's subscribers, for the process to run ([`crate::notices::Relay`]).
+    /// `None` when it was taken already, and for a backend whose changes no other process
+    /// hears (SQLite: the others poll the file).
+    fn relay(&self) -> Option<Box<dyn NoticeRelay>>;
     /// Inserts a job and its first event in one transaction. With an idempotency key already
     /// used, returns the first job and `false`.
     async fn insert_job(&self, job: NewJob, now: i64) -> Result<(Job, bool)> {

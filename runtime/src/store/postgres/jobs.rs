@@ -26,6 +26,10 @@ impl JobStore for PgStore {
         self.notices.subscribe()
     }
 
+    fn relay(&self) -> Option<Box<dyn crate::store::NoticeRelay>> {
+        self.take_relay()
+    }
+
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         self.insert_jobs_named(jobs, &[], now)
             .await?

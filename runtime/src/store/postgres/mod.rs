@@ -5,9 +5,9 @@
 //!
 //! One file per area of the store's traits (`modules.rs`, `jobs.rs`, `queue.rs` with
 //! `endings.rs`, `schedules.rs`, `workflows.rs`), each statement in a `.sql` file in the
-//! area's folder. `notices.rs` sends and listens for the notices (its tasks stop when the
-//! store is dropped); `vacuum.rs` is the queue's vacuum, which the node's upkeep asks for;
-//! `settings.rs` is what a node knows of the jobs' settings.
+//! area's folder. `notices.rs` is the relay that sends and listens for the notices, which the
+//! process runs (the store starts no task); `vacuum.rs` is the queue's vacuum, which the
+//! node's upkeep asks for; `settings.rs` is what a node knows of the jobs' settings.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,21 +46,16 @@ pub struct PgStore {
     /// When claims next sweep the queue for deadlines passed and scheduled jobs come due (ms);
     /// see `queue::sweep`.
     next_sweep: AtomicI64,
-    /// Notices of committed changes, for `notices::send`.
-    notifier: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// The NOTIFY channel: one per schema, so that installations sharing a database stay
+    /// apart.
+    channel: String,
+    /// Where committed changes go to be sent to other processes, once the relay is taken
+    /// ([`JobStore::relay`](crate::store::JobStore::relay)); unset, nothing is queued.
+    outbound: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Notice>>,
     /// This store's claims whose jobs have not all ended.
     open_claims: std::sync::Mutex<queue::OpenClaims>,
     /// What this store knows of `job_settings`.
     settings: std::sync::Mutex<settings::KnownSettings>,
-    /// Cancelled when the store is dropped: its listener stops with it (the notice sender
-    /// stops when its channel closes).
-    stop: tokio_util::sync::CancellationToken,
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
@@ -74,8 +69,7 @@ impl PgStore {
         PgStore::connect_schema(url, None).await
     }
 
-    /// Connects, uses `schema` (created if missing) when given, applies migrations and starts
-    /// listening for other nodes' changes.
+    /// Connects, uses `schema` (created if missing) when given, and applies migrations.
     pub async fn connect_schema(url: &str, schema: Option<&str>) -> Result<PgStore> {
         if let Some(s) = schema
             && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -121,44 +115,46 @@ impl PgStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        // The NOTIFY channel: one per schema, so that installations sharing a database stay
-        // apart.
-        let channel = format!("wasmjobs_{}", schema.unwrap_or("public"));
         let (notices, _) = broadcast::channel(4096);
-        // Marks this store's notices, so that its listener skips their echo.
-        let origin = notice_codec::origin();
-        let stop = tokio_util::sync::CancellationToken::new();
-        notices::listen(
-            &pool,
-            &channel,
-            origin.clone(),
-            notices.clone(),
-            stop.clone(),
-        )
-        .await?;
-        let (notifier, pending) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(notices::send(hot.clone(), channel, origin, pending));
         Ok(PgStore {
             pool,
             hot,
             notices,
             churn: AtomicU64::new(0),
             next_sweep: AtomicI64::new(0),
-            notifier,
+            channel: format!("wasmjobs_{}", schema.unwrap_or("public")),
+            outbound: std::sync::OnceLock::new(),
             open_claims: std::sync::Mutex::default(),
             settings: std::sync::Mutex::default(),
-            stop,
         })
     }
 
-    /// Announces committed changes: at once to this node's subscribers, and to every other
-    /// node through NOTIFY (whose echo this node's listener skips).
+    /// Announces committed changes: at once to this process's subscribers, and, through the
+    /// relay when one runs, to every other process (whose echo the relay skips).
     fn notify(&self, notices: impl IntoIterator<Item = Notice>) {
+        let outbound = self.outbound.get();
         for notice in notices {
             let _ = self.notices.send(notice);
-            // The sender lives as long as the store.
-            let _ = self.notifier.send(notice);
+            if let Some(out) = outbound {
+                // A stopped relay drops what comes after it: the process is stopping.
+                let _ = out.send(notice);
+            }
         }
+    }
+
+    /// The relay of this store's notices; `None` once it was taken.
+    fn take_relay(&self) -> Option<Box<dyn crate::store::NoticeRelay>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.outbound.set(tx).ok()?;
+        Some(Box::new(notices::PgRelay {
+            pool: self.pool.clone(),
+            hot: self.hot.clone(),
+            channel: self.channel.clone(),
+            origin: notice_codec::origin(),
+            outbound: rx,
+            forward: self.notices.clone(),
+            listener: None,
+        }))
     }
 
     /// Brings the next sweep of the queue forward to `at` at the latest.

@@ -27,6 +27,10 @@ impl JobStore for SqliteStore {
         self.notices.subscribe()
     }
 
+    fn relay(&self) -> Option<Box<dyn crate::store::NoticeRelay>> {
+        None
+    }
+
     async fn insert_jobs(&self, jobs: Vec<NewJob>, now: i64) -> Result<Vec<(Job, bool)>> {
         let (out, notices) = self.write(|tx| insert_jobs_tx(tx, jobs, now)).await?;
         self.notify(notices);
