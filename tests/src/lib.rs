@@ -53,9 +53,9 @@ pub fn wasmjobs_bin() -> std::path::PathBuf {
     .clone()
 }
 
-/// The store backends the conformance suite runs against: SQLite always (a fresh file), and
-/// Postgres in a fresh schema when `WASMJOBS_TEST_POSTGRES` names a database. When it does not,
-/// says so loudly on stderr.
+/// The store backends a test runs against: SQLite always (a fresh file), and Postgres in a
+/// fresh schema when `WASMJOBS_TEST_POSTGRES` names a database. When it does not, says so
+/// loudly on stderr.
 pub async fn test_stores(
     tag: &str,
 ) -> Vec<(
@@ -63,25 +63,50 @@ pub async fn test_stores(
     std::sync::Arc<dyn wasmjobs::store::Backend>,
     TempDb,
 )> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sqlite = wasmjobs::store::open(dir.path().join("test.db").to_str().expect("utf-8 path"))
-        .await
-        .expect("open sqlite");
-    let mut stores = vec![("sqlite", sqlite, TempDb { _dir: Some(dir) })];
-    match std::env::var("WASMJOBS_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => {
-            drop_stale_schemas(&url, tag).await;
-            let schema = format!("t_{}_{}_{}", tag, std::process::id(), fastrand_suffix());
-            let pg = wasmjobs::store::open_postgres_schema(&url, &schema)
-                .await
-                .expect("open postgres");
-            stores.push(("postgres", pg, TempDb { _dir: None }));
-        }
-        _ => {
-            eprintln!("SKIPPED: the Postgres half of {tag} (set WASMJOBS_TEST_POSTGRES to run it)")
-        }
+    let (sqlite, db) = fresh_store("sqlite", tag).await;
+    let mut stores = vec![("sqlite", sqlite, db)];
+    if postgres_url().is_some() {
+        let (pg, db) = fresh_store("postgres", tag).await;
+        stores.push(("postgres", pg, db));
+    } else {
+        eprintln!("SKIPPED: the Postgres half of {tag} (set WASMJOBS_TEST_POSTGRES to run it)")
     }
     stores
+}
+
+/// The Postgres server of the tests, from `WASMJOBS_TEST_POSTGRES`, if it names one.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("WASMJOBS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A new, empty store of `backend` (`sqlite`: a fresh file; `postgres`: a fresh schema
+/// `t_<tag>_<pid>_<suffix>` on [`postgres_url`]'s server, which must be set).
+pub async fn fresh_store(
+    backend: &str,
+    tag: &str,
+) -> (std::sync::Arc<dyn wasmjobs::store::Backend>, TempDb) {
+    match backend {
+        "sqlite" => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store =
+                wasmjobs::store::open(dir.path().join("test.db").to_str().expect("utf-8 path"))
+                    .await
+                    .expect("open sqlite");
+            (store, TempDb { _dir: Some(dir) })
+        }
+        "postgres" => {
+            let url = postgres_url().expect("WASMJOBS_TEST_POSTGRES");
+            drop_stale_schemas(&url, tag).await;
+            let schema = format!("t_{}_{}_{}", tag, std::process::id(), fastrand_suffix());
+            let store = wasmjobs::store::open_postgres_schema(&url, &schema)
+                .await
+                .expect("open postgres");
+            (store, TempDb { _dir: None })
+        }
+        other => panic!("no backend {other:?}"),
+    }
 }
 
 /// Drops the schemas (`t_<tag>_<pid>…`) that earlier test processes, no longer running, made

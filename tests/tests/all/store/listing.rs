@@ -2,268 +2,265 @@
 
 use super::*;
 
-#[tokio::test]
-async fn list_with_filters_and_cursor_then_prune() {
-    for (backend, store, _db) in test_stores("list").await {
-        let digest = module(&*store).await;
-        let mut ids = Vec::new();
-        for i in 0..5 {
-            ids.push(
-                store
-                    .insert_job(new_job(&digest), i)
-                    .await
-                    .expect("insert")
-                    .0
-                    .id,
-            );
-        }
-        store.cancel(ids[0], 10).await.expect("cancel");
-        let page = store
-            .list_jobs(&JobFilter {
-                limit: 2,
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        assert_eq!(
-            page.iter().map(|j| j.id).collect::<Vec<_>>(),
-            [ids[4], ids[3]],
-            "{backend}"
-        );
-        let next = store
-            .list_jobs(&JobFilter {
-                limit: 2,
-                cursor: Some(ids[3]),
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        assert_eq!(
-            next.iter().map(|j| j.id).collect::<Vec<_>>(),
-            [ids[2], ids[1]],
-            "{backend}"
-        );
-        let cancelled = store
-            .list_jobs(&JobFilter {
-                limit: 10,
-                state: Some(JobState::Cancelled),
-                ..JobFilter::default()
-            })
-            .await
-            .expect("list");
-        assert_eq!(cancelled.len(), 1);
-        assert_eq!(store.prune(11).await.expect("prune"), 1, "{backend}");
-        assert!(store.get_job(ids[0]).await.expect("get").is_none());
-        assert!(
+pub(super) async fn list_with_filters_and_cursor_then_prune(
+    backend: &'static str,
+    store: Arc<dyn Backend>,
+) {
+    let digest = module(&*store).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
             store
-                .events(ids[0], 0, 10)
+                .insert_job(new_job(&digest), i)
                 .await
-                .expect("events")
-                .is_empty()
+                .expect("insert")
+                .0
+                .id,
         );
     }
+    store.cancel(ids[0], 10).await.expect("cancel");
+    let page = store
+        .list_jobs(&JobFilter {
+            limit: 2,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        page.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]],
+        "{backend}"
+    );
+    let next = store
+        .list_jobs(&JobFilter {
+            limit: 2,
+            cursor: Some(ids[3]),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        next.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[1]],
+        "{backend}"
+    );
+    let cancelled = store
+        .list_jobs(&JobFilter {
+            limit: 10,
+            state: Some(JobState::Cancelled),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(store.prune(11).await.expect("prune"), 1, "{backend}");
+    assert!(store.get_job(ids[0]).await.expect("get").is_none());
+    assert!(
+        store
+            .events(ids[0], 0, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
 }
 
 /// Listing by each state and pruning past more than one page of jobs (Postgres lists waiting and
 /// running jobs through the queue tables, and prunes by walking `jobs` a page at a time).
-#[tokio::test]
-async fn list_by_every_state_and_prune_thousands() {
-    for (backend, store, _db) in test_stores("list_states").await {
-        let digest = module(&*store).await;
-        let jobs = (0..2300).map(|_| new_job(&digest)).collect();
-        store.insert_jobs(jobs, 1).await.expect("insert");
-        let mut claimed = Vec::new();
-        loop {
-            let batch = store.claim("w1", 256, 2, 60_000).await.expect("claim");
-            if batch.is_empty() {
-                break;
-            }
-            claimed.extend(batch);
+pub(super) async fn list_by_every_state_and_prune_thousands(
+    backend: &'static str,
+    store: Arc<dyn Backend>,
+) {
+    let digest = module(&*store).await;
+    let jobs = (0..2300).map(|_| new_job(&digest)).collect();
+    store.insert_jobs(jobs, 1).await.expect("insert");
+    let mut claimed = Vec::new();
+    loop {
+        let batch = store.claim("w1", 256, 2, 60_000).await.expect("claim");
+        if batch.is_empty() {
+            break;
         }
-        assert_eq!(claimed.len(), 2300, "{backend}");
-        // All but the last 50 succeed; those stay running.
-        for chunk in claimed[..2250].chunks(500) {
-            let done: Vec<Completion> = chunk
-                .iter()
-                .map(|c| done(c, "w1", Outcome::Succeeded))
-                .collect();
-            store.complete(&done, 3).await.expect("complete");
-        }
-        let queued: Vec<JobId> = store
-            .insert_jobs((0..3).map(|_| new_job(&digest)).collect(), 4)
-            .await
-            .expect("insert")
-            .into_iter()
-            .map(|(j, _)| j.id)
-            .collect();
-        let later = store
-            .insert_job(
-                NewJob {
-                    run_at: Some(1_000_000),
-                    ..new_job(&digest)
-                },
-                4,
-            )
-            .await
-            .expect("insert")
-            .0;
-        assert_eq!(later.state, JobState::Scheduled, "{backend}");
-        let list = |state, limit| {
-            let store = store.clone();
-            async move {
-                store
-                    .list_jobs(&JobFilter {
-                        state: Some(state),
-                        limit,
-                        ..JobFilter::default()
-                    })
-                    .await
-                    .expect("list")
-                    .into_iter()
-                    .map(|j| (j.id, j.state))
-                    .collect::<Vec<_>>()
-            }
-        };
-        let running = list(JobState::Running, 100).await;
-        let newest_running: Vec<JobId> = claimed[2250..].iter().rev().map(|c| c.id).collect();
-        assert_eq!(
-            running.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            newest_running,
-            "{backend}: running jobs, newest first"
-        );
-        assert_eq!(
-            list(JobState::Queued, 100).await,
-            queued
-                .iter()
-                .rev()
-                .map(|id| (*id, JobState::Queued))
-                .collect::<Vec<_>>(),
-            "{backend}"
-        );
-        assert_eq!(
-            list(JobState::Scheduled, 100).await,
-            [(later.id, JobState::Scheduled)],
-            "{backend}"
-        );
-        let succeeded = list(JobState::Succeeded, 3).await;
-        let mut newest_succeeded: Vec<JobId> = claimed[..2250].iter().map(|c| c.id).collect();
-        newest_succeeded.sort_unstable();
-        assert_eq!(
-            succeeded.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            newest_succeeded
-                .iter()
-                .rev()
-                .take(3)
-                .copied()
-                .collect::<Vec<_>>(),
-            "{backend}"
-        );
-        assert!(list(JobState::Failed, 10).await.is_empty(), "{backend}");
-
-        // Retention takes the 2,250 finished jobs and their histories, and nothing else.
-        assert_eq!(store.prune(5).await.expect("prune"), 2250, "{backend}");
-        assert!(
-            store.get_job(claimed[0].id).await.expect("get").is_none(),
-            "{backend}"
-        );
-        assert!(
-            store
-                .get_job(claimed[2299].id)
-                .await
-                .expect("get")
-                .is_some(),
-            "{backend}"
-        );
-        assert!(
-            store
-                .events(claimed[0].id, 0, 10)
-                .await
-                .expect("events")
-                .is_empty(),
-            "{backend}"
-        );
-        let mut counts = store.count_by_state().await.expect("count");
-        counts.sort_by_key(|(s, _)| s.as_str());
-        assert_eq!(
-            counts,
-            [
-                (JobState::Queued, 3),
-                (JobState::Running, 50),
-                (JobState::Scheduled, 1)
-            ],
-            "{backend}"
-        );
-        // The running jobs still end normally.
-        let ends: Vec<Completion> = claimed[2250..]
+        claimed.extend(batch);
+    }
+    assert_eq!(claimed.len(), 2300, "{backend}");
+    // All but the last 50 succeed; those stay running.
+    for chunk in claimed[..2250].chunks(500) {
+        let done: Vec<Completion> = chunk
             .iter()
             .map(|c| done(c, "w1", Outcome::Succeeded))
             .collect();
-        let results = store.complete(&ends, 6).await.expect("complete");
-        assert!(
-            results
-                .iter()
-                .all(|r| *r == Completed::Applied(JobState::Succeeded)),
-            "{backend}: {results:?}"
-        );
+        store.complete(&done, 3).await.expect("complete");
     }
+    let queued: Vec<JobId> = store
+        .insert_jobs((0..3).map(|_| new_job(&digest)).collect(), 4)
+        .await
+        .expect("insert")
+        .into_iter()
+        .map(|(j, _)| j.id)
+        .collect();
+    let later = store
+        .insert_job(
+            NewJob {
+                run_at: Some(1_000_000),
+                ..new_job(&digest)
+            },
+            4,
+        )
+        .await
+        .expect("insert")
+        .0;
+    assert_eq!(later.state, JobState::Scheduled, "{backend}");
+    let list = |state, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .list_jobs(&JobFilter {
+                    state: Some(state),
+                    limit,
+                    ..JobFilter::default()
+                })
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|j| (j.id, j.state))
+                .collect::<Vec<_>>()
+        }
+    };
+    let running = list(JobState::Running, 100).await;
+    let newest_running: Vec<JobId> = claimed[2250..].iter().rev().map(|c| c.id).collect();
+    assert_eq!(
+        running.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        newest_running,
+        "{backend}: running jobs, newest first"
+    );
+    assert_eq!(
+        list(JobState::Queued, 100).await,
+        queued
+            .iter()
+            .rev()
+            .map(|id| (*id, JobState::Queued))
+            .collect::<Vec<_>>(),
+        "{backend}"
+    );
+    assert_eq!(
+        list(JobState::Scheduled, 100).await,
+        [(later.id, JobState::Scheduled)],
+        "{backend}"
+    );
+    let succeeded = list(JobState::Succeeded, 3).await;
+    let mut newest_succeeded: Vec<JobId> = claimed[..2250].iter().map(|c| c.id).collect();
+    newest_succeeded.sort_unstable();
+    assert_eq!(
+        succeeded.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        newest_succeeded
+            .iter()
+            .rev()
+            .take(3)
+            .copied()
+            .collect::<Vec<_>>(),
+        "{backend}"
+    );
+    assert!(list(JobState::Failed, 10).await.is_empty(), "{backend}");
+
+    // Retention takes the 2,250 finished jobs and their histories, and nothing else.
+    assert_eq!(store.prune(5).await.expect("prune"), 2250, "{backend}");
+    assert!(
+        store.get_job(claimed[0].id).await.expect("get").is_none(),
+        "{backend}"
+    );
+    assert!(
+        store
+            .get_job(claimed[2299].id)
+            .await
+            .expect("get")
+            .is_some(),
+        "{backend}"
+    );
+    assert!(
+        store
+            .events(claimed[0].id, 0, 10)
+            .await
+            .expect("events")
+            .is_empty(),
+        "{backend}"
+    );
+    let mut counts = store.count_by_state().await.expect("count");
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        [
+            (JobState::Queued, 3),
+            (JobState::Running, 50),
+            (JobState::Scheduled, 1)
+        ],
+        "{backend}"
+    );
+    // The running jobs still end normally.
+    let ends: Vec<Completion> = claimed[2250..]
+        .iter()
+        .map(|c| done(c, "w1", Outcome::Succeeded))
+        .collect();
+    let results = store.complete(&ends, 6).await.expect("complete");
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == Completed::Applied(JobState::Succeeded)),
+        "{backend}: {results:?}"
+    );
 }
 
-#[tokio::test]
-async fn schedules_fire_once_per_tick() {
-    for (backend, store, _db) in test_stores("sched").await {
-        let s = store
-            .add_schedule(
-                Some("nightly".into()),
-                "0 0 * * *",
-                json!({"module": "demo"}),
-                100,
-                1,
-            )
-            .await
-            .expect("add");
-        assert!(matches!(
-            store
-                .add_schedule(Some("nightly".into()), "* * * * *", json!({}), 1, 1)
-                .await,
-            Err(StoreError::Conflict(_))
-        ));
-        fn next(_: &str, now: i64) -> Option<i64> {
-            Some(now + 1000)
-        }
-        assert!(
-            store
-                .take_due_schedules(50, next)
-                .await
-                .expect("take")
-                .is_empty(),
-            "{backend}"
-        );
-        assert_eq!(
-            store
-                .take_due_schedules(100, next)
-                .await
-                .expect("take")
-                .len(),
-            1
-        );
-        assert!(
-            store
-                .take_due_schedules(101, next)
-                .await
-                .expect("take")
-                .is_empty(),
-            "{backend}: fired twice"
-        );
-        assert_eq!(
-            store.list_schedules().await.expect("list")[0].next_run_at,
-            1100
-        );
-        assert!(store.delete_schedule("nightly").await.expect("delete"));
-        assert!(
-            !store
-                .delete_schedule(&s.id.to_string())
-                .await
-                .expect("delete")
-        );
+pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: Arc<dyn Backend>) {
+    let s = store
+        .add_schedule(
+            Some("nightly".into()),
+            "0 0 * * *",
+            json!({"module": "demo"}),
+            100,
+            1,
+        )
+        .await
+        .expect("add");
+    assert!(matches!(
+        store
+            .add_schedule(Some("nightly".into()), "* * * * *", json!({}), 1, 1)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    fn next(_: &str, now: i64) -> Option<i64> {
+        Some(now + 1000)
     }
+    assert!(
+        store
+            .take_due_schedules(50, next)
+            .await
+            .expect("take")
+            .is_empty(),
+        "{backend}"
+    );
+    assert_eq!(
+        store
+            .take_due_schedules(100, next)
+            .await
+            .expect("take")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .take_due_schedules(101, next)
+            .await
+            .expect("take")
+            .is_empty(),
+        "{backend}: fired twice"
+    );
+    assert_eq!(
+        store.list_schedules().await.expect("list")[0].next_run_at,
+        1100
+    );
+    assert!(store.delete_schedule("nightly").await.expect("delete"));
+    assert!(
+        !store
+            .delete_schedule(&s.id.to_string())
+            .await
+            .expect("delete")
+    );
 }

@@ -1,16 +1,85 @@
-//! The store conformance suite: the same checks against SQLite and (when
-//! `WASMJOBS_TEST_POSTGRES` is set) Postgres, a file per area; the helpers they share.
+//! The store conformance suite: one [`exercise`] runs every case against a backend, each case
+//! on a fresh store of its own; it is called for SQLite and (when `WASMJOBS_TEST_POSTGRES` is
+//! set) Postgres. The cases are in a file per area; what only one backend has is tested
+//! beside them on its own.
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use serde_json::json;
 use wasmjobs::store::*;
 use wasmjobs_host::{Grants, Limits, Outcome};
-use wasmjobs_tests::test_stores;
 
 mod backends;
 mod jobs;
 mod listing;
 mod queue;
 mod rescue;
+
+/// A conformance case: checks one backend's store, given fresh.
+type Case = fn(&'static str, Arc<dyn Backend>) -> BoxFuture<'static, ()>;
+
+macro_rules! cases {
+    ($($case:path),+ $(,)?) => {
+        &[$((stringify!($case), |backend, store| -> BoxFuture<'static, ()> {
+            Box::pin($case(backend, store))
+        })),+]
+    };
+}
+
+/// Every conformance case, by name.
+const CASES: &[(&str, Case)] = cases![
+    jobs::modules_are_content_addressed_and_named,
+    jobs::lifecycle_with_retry_and_complete_history,
+    jobs::an_attempt_never_starts_before_its_job_was_stored_nor_ends_before_it_started,
+    jobs::awkward_worker_names_and_errors_come_back_exactly,
+    jobs::jobs_read_back_their_own_settings_when_others_share_them,
+    jobs::idempotency_key_returns_the_first_job,
+    jobs::a_job_naming_an_unstored_module_is_refused_and_stores_nothing,
+    jobs::an_insert_checked_against_moved_names_stores_nothing,
+    listing::list_with_filters_and_cursor_then_prune,
+    listing::list_by_every_state_and_prune_thousands,
+    listing::schedules_fire_once_per_tick,
+    queue::cancels_retries_and_deadline_sweeps_never_go_back_before_the_jobs_last_transition,
+    queue::claims_follow_priority_then_run_at_then_age,
+    queue::a_claim_fails_jobs_past_their_deadline_and_queues_due_ones,
+    queue::cancel_queued_at_once_and_running_by_request,
+    rescue::expired_leases_are_lost_attempts_and_requeued,
+    rescue::a_job_whose_nodes_keep_dying_fails_after_max_lost,
+    rescue::gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_not_charged,
+    rescue::a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claims_jobs,
+    backends::concurrent_submitters_claimers_and_readers_lose_nothing,
+];
+
+/// Runs every case against `backend`, each on a fresh store (a new SQLite file, a new Postgres
+/// schema), all of them even when one fails; then fails naming the cases that did (their
+/// panics are printed above).
+async fn exercise(backend: &'static str) {
+    let mut failed = Vec::new();
+    for (k, (name, case)) in CASES.iter().enumerate() {
+        let (store, _db) = wasmjobs_tests::fresh_store(backend, &format!("c{k}")).await;
+        // A task of its own, so that a case's panic is its failure, not the suite's.
+        if let Err(e) = tokio::spawn(case(backend, store)).await {
+            eprintln!("FAILED on {backend}: {name}: {e}");
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "{backend}: cases failed: {failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_conforms() {
+    exercise("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_conforms() {
+    if wasmjobs_tests::postgres_url().is_none() {
+        eprintln!("SKIPPED: postgres_store_conforms (set WASMJOBS_TEST_POSTGRES to run it)");
+        return;
+    }
+    exercise("postgres").await;
+}
 
 pub(super) fn new_job(digest: &str) -> NewJob {
     NewJob {
