@@ -17,6 +17,10 @@ use crate::http::Token;
 pub struct FileConfig {
     pub db: Option<String>,
     pub addr: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     pub workers: Option<usize>,
     pub cache_dir: Option<PathBuf>,
     /// How long finished jobs are kept, e.g. "7d"; "0" or "forever" keeps them.

@@ -233,7 +233,7 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let st = state.clone();
         let server = tokio::spawn(async move {
-            let _ = wasmjobs::http::serve(listener, st, limits, std::future::pending()).await;
+            let _ = wasmjobs::http::serve(listener, st, limits, None, std::future::pending()).await;
         });
         TestServer {
             url,

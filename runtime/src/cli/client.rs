@@ -19,6 +19,10 @@ pub struct ClientArgs {
     /// API token (sent as a bearer token).
     #[arg(long, env = "WASMJOBS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Also trust the CA certificates in this PEM file for an https:// server (beside the
+    /// system's roots).
+    #[arg(long, env = "WASMJOBS_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -35,12 +39,29 @@ impl Client {
         let base = args.server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!(
-                "invalid --server {:?}: expected http://host:port",
+                "invalid --server {:?}: expected http://host:port or https://host:port",
                 args.server
             );
         }
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--ca-cert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        path.display()
+                    )
+                })?;
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
         Ok(Client {
-            http: reqwest::Client::new(),
+            http: http.build().context("cannot set up the HTTP client")?,
             base,
             token: args.token.clone(),
         })
@@ -55,16 +76,7 @@ impl Client {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = r.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(
-                    "cannot reach the wasmjobs server at {}: is it running? (wasmjobs serve)",
-                    self.base
-                )
-            } else {
-                anyhow!("request to {} failed: {e}", self.base)
-            }
-        })?;
+        let resp = r.send().await.map_err(|e| self.unreachable(&e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -72,6 +84,31 @@ impl Client {
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let message = body["error"]["message"].as_str().unwrap_or("no message");
         bail!("{message} (HTTP {})", status.as_u16())
+    }
+
+    /// What a request that got no answer says: a TLS failure with its reason (and what to do
+    /// about a server whose certificate the system does not trust), else that the server
+    /// cannot be reached.
+    fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+        let tls = tls_error(e).map(ToString::to_string);
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        if let Some(reason) = tls {
+            return anyhow!(
+                "TLS with the wasmjobs server at {} failed: {reason} (for a certificate signed by your own CA, pass --ca-cert FILE or set WASMJOBS_CA_CERT)",
+                self.base
+            );
+        }
+        if e.is_connect() {
+            anyhow!(
+                "cannot reach the wasmjobs server at {} ({cause}): is it running? (wasmjobs serve)",
+                self.base
+            )
+        } else {
+            anyhow!("request to {} failed: {cause}", self.base)
+        }
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -179,4 +216,19 @@ impl Client {
             tokio::time::sleep(std::time::Duration::from_millis(200 * retries)).await;
         }
     }
+}
+
+/// The TLS error somewhere in `e`'s chain, looking inside the I/O errors that wrap it (an
+/// `io::Error` gives its inner error's source, not the inner error, as its own source).
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        return tls_error(inner);
+    }
+    e.source().and_then(tls_error)
 }

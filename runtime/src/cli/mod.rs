@@ -53,12 +53,16 @@ enum Command {
 /// Parses arguments, runs the command, and turns errors into one readable line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The TLS verifier logs each certificate it refuses as an error of its own; the client's
+    // error says it, with what to do.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+            }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

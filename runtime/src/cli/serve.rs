@@ -14,6 +14,7 @@ use crate::config::{FileConfig, default_cache_dir};
 use crate::http::{ApiConfig, AppState, ConnectionLimits};
 use crate::scheduler::{ModuleCache, Node, NodeConfig};
 use crate::service::JobService;
+use crate::store::redacted_url;
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -47,6 +48,12 @@ pub struct ServeArgs {
     /// Address to listen on. Without API tokens only loopback addresses are allowed.
     #[arg(long, env = "WASMJOBS_ADDR")]
     addr: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain, leaf first (needs --tls-key).
+    #[arg(long, env = "WASMJOBS_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "WASMJOBS_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Serve the API without running jobs on this node.
     #[arg(long)]
     no_workers: bool,
@@ -87,7 +94,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
         .unwrap_or_else(|| "wasmjobs.db".to_string());
     let store = crate::store::open(&db)
         .await
-        .with_context(|| format!("cannot open the store at {}", redacted(&db)))?;
+        .with_context(|| format!("cannot open the store at {}", redacted_url(&db)))?;
     let mut node = NodeConfig::default();
     if let Some(w) = args.workers.or(file.workers) {
         if w == 0 {
@@ -136,7 +143,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     tracing::info!(
         "store: {} ({}); node {}; {} workers",
         service.store.backend(),
-        redacted(&db),
+        redacted_url(&db),
         node.node_id,
         node.concurrency
     );
@@ -156,12 +163,12 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     {
         bail!(
             "the store at {} does not take writes ({e}): check that the disk has space and that the database (file or server) is writable by this user, then start again",
-            redacted(&db)
+            redacted_url(&db)
         );
     }
     let relay = crate::notices::Relay::start(&*store)
         .await
-        .with_context(|| format!("cannot listen for changes on {}", redacted(&db)))?;
+        .with_context(|| format!("cannot listen for changes on {}", redacted_url(&db)))?;
     Ok(Setup {
         file,
         grace,
@@ -183,6 +190,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     if s.file.tokens.is_empty() && !addr.ip().is_loopback() {
         bail!(
             "refusing to listen on {addr} without API tokens: configure tokens in wasmjobs.toml, or listen on a loopback address"
+        );
+    }
+    let tls = match (
+        args.tls_cert.as_ref().or(s.file.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(s.file.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        (Some(_), None) => {
+            bail!("--tls-cert (tls_cert) needs --tls-key (tls_key): the certificate's private key")
+        }
+        (None, Some(_)) => {
+            bail!("--tls-key (tls_key) needs --tls-cert (tls_cert): the certificate it goes with")
+        }
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP on {addr}: tokens and job data cross the network in clear text unless a proxy in front terminates TLS (--tls-cert, --tls-key)"
         );
     }
     let (config, limits) = api_config(&s.file)?;
@@ -208,7 +233,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     )
     .with_node(s.node.node_id.clone(), node.as_ref().map(Node::health));
     eprintln!(
-        "wasmjobs listening on http://{} (store: {})",
+        "wasmjobs listening on {}://{} (store: {})",
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
         s.service.store.backend()
     );
@@ -220,7 +246,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         shutdown_signal().await;
         signal.cancel();
     });
-    let server = crate::http::serve(listener, state, limits, stop.clone().cancelled_owned());
+    let server = crate::http::serve(listener, state, limits, tls, stop.clone().cancelled_owned());
     let drain = async {
         stop.cancelled().await;
         engine.shutdown().await;
@@ -300,21 +326,6 @@ fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)
     Ok((config, limits))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redacted;
-
-    #[test]
-    fn passwords_in_database_urls_are_masked() {
-        assert_eq!(
-            redacted("postgres://app:hunter2@db:5432/jobs"),
-            "postgres://app:***@db:5432/jobs"
-        );
-        assert_eq!(redacted("postgres://app@db/jobs"), "postgres://app@db/jobs");
-        assert_eq!(redacted("wasmjobs.db"), "wasmjobs.db");
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
@@ -344,20 +355,6 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
 /// How long a node stopping on Ctrl-C or SIGTERM lets running attempts finish before it
 /// stops them and gives their jobs back (`Node::drain`), unless configured.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// A database URL with its password masked, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

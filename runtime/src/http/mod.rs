@@ -12,6 +12,7 @@ pub(crate) mod openapi;
 mod runs;
 mod schedules;
 mod server;
+mod tls;
 mod workflows;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use wasmjobs_host::Sandbox;
 pub use auth::{Scope, Token};
 pub use error::ApiError;
 pub use server::{ConnectionLimits, serve};
+pub use tls::acceptor as tls_acceptor;
 
 use crate::caller::Caller;
 use crate::scheduler::ModuleCache;

@@ -13,15 +13,18 @@
 //!   [`ConnectionLimits::request_body_timeout`] (`408` otherwise).
 //!
 //! A response that streams (SSE) is not cut short: these timeouts are about what the client
-//! sends.
+//! sends. With TLS, the handshake must end within the header-read timeout too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use super::{AppState, app};
 
@@ -49,13 +52,15 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight end
-/// (a connection's graceful shutdown) before returning. Sets TCP_NODELAY on every connection:
-/// without it, small responses on kept-alive connections wait out delayed ACKs (~40 ms each).
+/// Serves the API on `listener` (HTTPS when given `tls`, see [`super::tls_acceptor`]) until
+/// `shutdown` completes, then lets requests in flight end (a connection's graceful shutdown)
+/// before returning. Sets TCP_NODELAY on every connection: without it, small responses on
+/// kept-alive connections wait out delayed ACKs (~40 ms each).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(state).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
@@ -89,21 +94,19 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             crate::throttle::warn(format!("cannot set TCP_NODELAY: {e}"));
         }
-        let service = TowerToHyperService::new(router.clone());
-        let mut stop = stop_rx.clone();
+        let (router, stop, tls) = (router.clone(), stop_rx.clone(), tls.clone());
         connections.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_connection(tcp, router, limits, stop).await,
+                Some(tls) => {
+                    // A client that fails or stalls its handshake holds its slot no longer
+                    // than one header-read timeout.
+                    let handshake =
+                        tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        serve_connection(stream, router, limits, stop).await;
+                    }
                 }
             }
         });
@@ -118,4 +121,29 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection's requests until it closes or the server stops (then gracefully).
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }

@@ -305,3 +305,48 @@ pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Arc<dyn Bac
         postgres::PgStore::connect_schema(url, Some(schema)).await?,
     ))
 }
+
+/// A database URL with its password masked, for messages and logs: the password of its
+/// user part and the value of a `password=` parameter.
+pub fn redacted_url(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    };
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |n| start + n);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_in_database_urls_are_masked() {
+        assert_eq!(
+            redacted_url("postgres://app:hunter2@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(
+            redacted_url("postgres://app@db/jobs?sslmode=require&password=hunter2&x=1"),
+            "postgres://app@db/jobs?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redacted_url("postgres://app@db/jobs"),
+            "postgres://app@db/jobs"
+        );
+        assert_eq!(redacted_url("wasmjobs.db"), "wasmjobs.db");
+    }
+}

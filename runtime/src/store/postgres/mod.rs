@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Transaction};
 use tokio::sync::broadcast;
 
@@ -75,10 +75,15 @@ impl PgStore {
             && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             return Err(StoreError::BadUrl {
-                url: url.to_string(),
+                url: super::redacted_url(url),
                 reason: format!("invalid schema name {s:?}"),
             });
         }
+        let target: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
+            url: super::redacted_url(url),
+            reason: format!("{e}"),
+        })?;
+        first_connection(&target).await?;
         let search_path = schema.map(|s| format!("SET search_path TO {s}"));
         if let Some(s) = schema {
             let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
@@ -160,5 +165,42 @@ impl PgStore {
     /// Brings the next sweep of the queue forward to `at` at the latest.
     fn sweep_by(&self, at: i64) {
         self.next_sweep.fetch_min(at, Ordering::Relaxed);
+    }
+}
+
+/// How long the first connection to the server may take before the store gives up on it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens one connection to `target` and closes it, so that a server that cannot be reached,
+/// refuses the login or fails TLS is said at once and plainly ("cannot connect to host:port
+/// (connection refused)"), not after the pool's acquire timeout. The reasons name no
+/// statement, and the URL's password is never part of them.
+async fn first_connection(target: &PgConnectOptions) -> Result<()> {
+    use sqlx::Connection;
+    let place = format!("{}:{}", target.get_host(), target.get_port());
+    let unavailable =
+        |reason: String| StoreError::Unavailable(format!("cannot connect to {place} ({reason})"));
+    match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(target)).await {
+        Err(_) => Err(unavailable(format!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(sqlx::Error::Io(e))) => match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => Err(unavailable(format!("TLS: {tls}"))),
+            None => Err(unavailable(e.to_string())),
+        },
+        Ok(Err(sqlx::Error::Protocol(e))) => Err(unavailable(format!(
+            "what answers there does not speak Postgres: {e}"
+        ))),
+        Ok(Err(sqlx::Error::Tls(e))) => Err(unavailable(format!("TLS: {e}"))),
+        Ok(Err(sqlx::Error::Database(e))) => Err(unavailable(e.message().to_string())),
+        Ok(Err(e)) => Err(e.into()),
     }
 }
