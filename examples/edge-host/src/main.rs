@@ -23,6 +23,8 @@ use wasmjobs_host::{
     AttemptReport, JobModule, Limits, Outcome, RunRequest, Sandbox, SandboxConfig,
 };
 
+mod tls;
+
 /// Serve job components over HTTP, one fresh sandbox per request.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -33,6 +35,13 @@ struct Args {
     /// Address to listen on, overriding `listen` in the config (`127.0.0.1:0` picks a port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain, leaf first (overrides `tls_cert`; needs a
+    /// key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of the certificate (overrides `tls_key`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file.
@@ -41,6 +50,11 @@ struct Args {
 struct ConfigFile {
     #[serde(default = "default_listen")]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (relative to the config file); needs
+    /// `tls_key`.
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert` (relative to the config file).
+    tls_key: Option<PathBuf>,
     /// Engine settings. They must match those the artifacts were compiled with (the defaults
     /// match `wasmjobs compile`); `max_instances` is free and caps concurrent requests.
     #[serde(default)]
@@ -107,18 +121,35 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let base = args.config.parent().unwrap_or(Path::new("."));
     let (app, count) = build_app(&config, base)?;
     let addr = args.listen.unwrap_or(config.listen);
+    let tls = match (
+        args.tls_cert
+            .or_else(|| config.tls_cert.map(|p| base.join(p))),
+        args.tls_key
+            .or_else(|| config.tls_key.map(|p| base.join(p))),
+    ) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(&cert, &key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both a certificate and its key (tls_cert and tls_key)"),
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     // Tests and the benchmark read this line to learn the port.
     println!(
-        "listening on http://{} ({count} routes)",
+        "listening on {}://{} ({count} routes)",
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("server error"),
+        Some(tls) => {
+            tls::serve(listener, tls, app, shutdown_signal()).await;
+            Ok(())
+        }
+    }
 }
 
 /// Loads every route's artifact and builds the router.

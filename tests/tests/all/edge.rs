@@ -302,3 +302,37 @@ fn edge_host_refuses_bad_configs_with_the_reason() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `tls_cert` and `tls_key` in the config (relative to it): the host serves HTTPS, which a
+/// client trusting the CA reaches and one that does not is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_host_serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    wasmjobs_tests::make_certificates(dir.path());
+    let config = prepare(
+        dir.path(),
+        &format!("tls_cert = \"server.pem\"\ntls_key = \"server.key\"\n{CONFIG}"),
+    );
+    let host = EdgeHost::start(&edge_host_bin(), &config);
+    assert!(host.url.starts_with("https://"), "{}", host.url);
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).expect("ca.pem"))
+            .expect("CA");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let r = trusting
+        .post(format!("{}/render", host.url))
+        .body("# Over TLS")
+        .send()
+        .await
+        .expect("request over TLS");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("body").contains("<h1>Over TLS</h1>"));
+    let refused = reqwest::Client::new()
+        .get(format!("{}/healthz", host.url))
+        .send()
+        .await;
+    assert!(refused.is_err(), "a client without the CA was served");
+}

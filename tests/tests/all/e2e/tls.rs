@@ -5,27 +5,6 @@ use std::process::{Command, Output};
 
 use super::*;
 
-/// A CA and a certificate it signed for `localhost` and `127.0.0.1`, written as PEM files
-/// `ca.pem`, `server.pem` and `server.key` in `dir`.
-fn make_certificates(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "wasmjobs test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("server key");
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca.pem");
-    std::fs::write(dir.join("server.pem"), cert.pem()).expect("write server.pem");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write server.key");
-}
-
 fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(wasmjobs_tests::wasmjobs_bin())
         .args(args)
@@ -48,7 +27,7 @@ fn stderr(o: &Output) -> String {
 async fn https_serving_and_clients_that_trust_a_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    make_certificates(d);
+    wasmjobs_tests::make_certificates(d);
     std::fs::write(
         d.join("wasmjobs.toml"),
         "[http]\nheader_read_timeout = \"1s\"\n",
