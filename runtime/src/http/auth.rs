@@ -95,30 +95,28 @@ pub(super) async fn require(
     if matches!(req.uri().path(), "/healthz" | "/readyz" | "/openapi.json") {
         return next.run(req).await;
     }
+    // RFC 6750: the scheme is case-insensitive; the token follows one or more spaces.
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| hash(t.trim()));
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| hash(token.trim()));
     let Some(presented) = presented else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        return unauthorized(
             "missing bearer token: send Authorization: Bearer <token>",
-        )
-        .into_response();
+            r#"Bearer realm="wasmjobs""#,
+        );
     };
     let Some(token) = tokens
         .iter()
         .find(|t| t.sha256.eq_ignore_ascii_case(&presented))
     else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        return unauthorized(
             "unknown bearer token",
-        )
-        .into_response();
+            r#"Bearer realm="wasmjobs", error="invalid_token""#,
+        );
     };
     let needed = needed(req.method(), req.uri().path());
     if token.scope < needed {
@@ -137,4 +135,15 @@ pub(super) async fn require(
         scope: token.scope,
     });
     next.run(req).await
+}
+
+/// A 401 with the `WWW-Authenticate` challenge that says how to authenticate (RFC 9110, 6750).
+fn unauthorized(message: &str, challenge: &'static str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(challenge),
+    );
+    response
 }

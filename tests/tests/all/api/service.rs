@@ -59,6 +59,44 @@ async fn bearer_tokens_and_scopes() {
         assert_eq!(status, StatusCode::CREATED);
         let (status, _) = call(server.app(), "GET", "/healthz", Body::empty(), None).await;
         assert_eq!(status, StatusCode::OK);
+        // A 401 says how to authenticate; the scheme is case-insensitive.
+        for (authorization, status, challenge) in [
+            (
+                None,
+                StatusCode::UNAUTHORIZED,
+                Some(r#"Bearer realm="wasmjobs""#),
+            ),
+            (
+                Some("Bearer wrong"),
+                StatusCode::UNAUTHORIZED,
+                Some(r#"Bearer realm="wasmjobs", error="invalid_token""#),
+            ),
+            (
+                Some("Basic cmVhZC1zZWNyZXQ="),
+                StatusCode::UNAUTHORIZED,
+                Some(r#"Bearer realm="wasmjobs""#),
+            ),
+            (Some("bearer read-secret"), StatusCode::OK, None),
+            (Some("BEARER  read-secret"), StatusCode::OK, None),
+        ] {
+            let mut req = Request::get("/v1/jobs");
+            if let Some(a) = authorization {
+                req = req.header("authorization", a);
+            }
+            let resp = server
+                .app()
+                .oneshot(req.body(Body::empty()).expect("req"))
+                .await
+                .expect("resp");
+            assert_eq!(resp.status(), status, "{authorization:?}");
+            assert_eq!(
+                resp.headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok()),
+                challenge,
+                "{authorization:?}"
+            );
+        }
         let resp = server
             .app()
             .oneshot(
