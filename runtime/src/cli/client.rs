@@ -28,6 +28,27 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// A request to the server that did not succeed; its exit code tells scripts which way.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No answer: see [`Client::unreachable`].
+    #[error("{0}")]
+    Unreachable(String),
+    /// An answer that is not a success.
+    #[error("{message} (HTTP {status})")]
+    Answered { status: u16, message: String },
+}
+
+impl RemoteError {
+    /// The process's exit code for this failure (docs/cli.md).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RemoteError::Unreachable(_) => crate::exit::UNREACHABLE,
+            RemoteError::Answered { status, .. } => crate::exit::for_http_status(*status),
+        }
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -80,35 +101,37 @@ impl Client {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        bail!("{message} (HTTP {})", status.as_u16())
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        Err(RemoteError::Answered { status, message }.into())
     }
 
     /// What a request that got no answer says: a TLS failure with its reason (and what to do
     /// about a server whose certificate the system does not trust), else that the server
     /// cannot be reached.
-    fn unreachable(&self, e: &reqwest::Error) -> anyhow::Error {
+    fn unreachable(&self, e: &reqwest::Error) -> RemoteError {
         let tls = tls_error(e).map(ToString::to_string);
         let mut cause: &dyn std::error::Error = e;
         while let Some(next) = cause.source() {
             cause = next;
         }
-        if let Some(reason) = tls {
-            return anyhow!(
+        RemoteError::Unreachable(if let Some(reason) = tls {
+            format!(
                 "TLS with the wasmjobs server at {} failed: {reason} (for a certificate signed by your own CA, pass --ca-cert FILE or set WASMJOBS_CA_CERT)",
                 self.base
-            );
-        }
-        if e.is_connect() {
-            anyhow!(
+            )
+        } else if e.is_connect() {
+            format!(
                 "cannot reach the wasmjobs server at {} ({cause}): is it running? (wasmjobs serve)",
                 self.base
             )
         } else {
-            anyhow!("request to {} failed: {cause}", self.base)
-        }
+            format!("request to {} failed: {cause}", self.base)
+        })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {

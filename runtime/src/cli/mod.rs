@@ -15,6 +15,7 @@ mod remote;
 mod run;
 mod schedule;
 mod serve;
+mod values;
 mod workflow;
 
 /// wasmjobs — run WebAssembly jobs in a sandbox under fuel, memory and time limits.
@@ -46,13 +47,21 @@ enum Command {
     Job(remote::JobCmd),
     /// Cron schedules on a server.
     Schedule(schedule::ScheduleCmd),
-    /// Workflow definitions on a server: create, list, show, graph.
+    /// Workflow definitions on a server: create, list, show, graph, run, status, cancel.
     Workflow(workflow::WorkflowCmd),
+    /// Print a shell completion script: `wasmjobs completions bash > ~/.local/share/bash-completion/completions/wasmjobs`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Parses arguments, runs the command, and turns errors into one readable line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        die_quietly_on_closed_pipe();
+    }
     // The TLS verifier logs each certificate it refuses as an error of its own; the client's
     // error says it, with what to do.
     tracing_subscriber::fmt()
@@ -86,14 +95,41 @@ pub fn main() -> ExitCode {
             Command::Job(cmd) => remote::job(cmd).await,
             Command::Schedule(cmd) => schedule::schedule(cmd).await,
             Command::Workflow(cmd) => workflow::workflow(cmd).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "wasmjobs",
+                    &mut std::io::stdout(),
+                );
+                Ok(exit::OK)
+            }
         }
     });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::ERROR)
+            ExitCode::from(
+                e.downcast_ref::<client::RemoteError>()
+                    .map_or(exit::ERROR, client::RemoteError::exit_code),
+            )
         }
+    }
+}
+
+/// Lets a closed stdout end the process quietly, as `cargo … | head` and `ls | head` do: Rust
+/// starts with SIGPIPE ignored, so a write to a closed pipe fails and `println!` panics. Not for
+/// `serve` and `worker`, which must outlive any peer that goes away.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets the disposition of one signal to its default, before this process starts
+    // any thread or handler of its own; no Rust code relies on SIGPIPE being ignored but the
+    // writes to a closed pipe, which now end the process as in any Unix tool.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -141,5 +177,28 @@ mod tests {
         // is used; this checks them all.
         use clap::CommandFactory as _;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_a_help_line() {
+        use clap::CommandFactory as _;
+        fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_name() != "help" {
+                out.push(format!("{path}: the command"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    out.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                missing(sub, &path, out);
+            }
+        }
+        let mut out = Vec::new();
+        missing(&super::Cli::command(), "", &mut out);
+        assert!(out.is_empty(), "no help line: {out:#?}");
     }
 }

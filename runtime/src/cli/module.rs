@@ -21,6 +21,7 @@ pub struct ModuleCmd {
 enum ModuleVerb {
     /// Upload a component; prints its digest.
     Upload {
+        /// The component (`.wasm`); the server compiles it.
         file: PathBuf,
         /// Name to point at this module (moves the name if it pointed elsewhere).
         #[arg(long)]

@@ -26,49 +26,74 @@ enum JobVerb {
     /// Submit a job.
     Submit(SubmitArgs),
     /// Show a job: state, attempts, output.
-    Status { id: String },
+    Status {
+        /// The job's id.
+        id: String,
+    },
     /// Show a job's events (logs, progress, state changes); --follow streams them live.
     Logs {
+        /// The job's id.
         id: String,
+        /// Stream the events until the job ends.
         #[arg(long, short)]
         follow: bool,
     },
     /// Cancel a job (a running attempt stops within a second).
-    Cancel { id: String },
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
     /// Put a failed or cancelled job back in the queue.
-    Retry { id: String },
+    Retry {
+        /// The job's id.
+        id: String,
+    },
     /// List jobs, newest first.
     List {
+        /// Only jobs in this state (scheduled, queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this module (its sha256 digest).
         #[arg(long)]
         module: Option<String>,
+        /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Where the previous page ended (the cursor it printed).
         #[arg(long)]
         cursor: Option<String>,
     },
     /// Fetch a job's module, input, limits and grants and run it again here, in a local sandbox.
-    Replay { id: String },
+    Replay {
+        /// The job's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
 struct SubmitArgs {
     /// Module name or sha256 digest.
     module: String,
-    /// Input: JSON text, or @file (sent as raw bytes).
+    /// The job's input: literal text (usually JSON), `@path` to read a file, `@-` for stdin.
     #[arg(long, short)]
     input: Option<String>,
-    #[arg(long)]
+    /// Fuel (instruction budget) of each attempt, e.g. 1000000000 or 1e9 (default: the
+    /// server's).
+    #[arg(long, value_parser = super::values::fuel)]
     fuel: Option<u64>,
-    #[arg(long)]
-    memory: Option<String>,
-    #[arg(long)]
-    timeout: Option<String>,
+    /// Memory limit of each attempt, e.g. 64MiB (default: the server's).
+    #[arg(long, value_parser = super::values::size)]
+    memory: Option<u64>,
+    /// Wall-clock timeout of each attempt, e.g. 5s or 250ms (default: the server's).
+    #[arg(long, value_parser = super::values::duration)]
+    timeout: Option<Duration>,
+    /// Attempts at most before the job fails (default: the server's retry policy).
     #[arg(long)]
     max_attempts: Option<u32>,
-    #[arg(long, default_value_t = 0)]
+    /// Higher runs first among queued jobs.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
+    /// A key that makes resubmitting safe: the same key and request return the first job.
     #[arg(long)]
     idempotency_key: Option<String>,
     /// Wait for the job to end and print its output.
@@ -185,21 +210,7 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
 
 async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8> {
     let mut body = json!({ "module": a.module, "priority": a.priority });
-    match a.input.as_deref() {
-        Some(text) if text.starts_with('@') => {
-            let path = &text[1..];
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read the input file {path}"))?;
-            body["input_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
-        }
-        Some(text) => {
-            let v: Value = serde_json::from_str(text).with_context(|| {
-                format!("--input is not JSON: {text:?} (use @file for raw bytes)")
-            })?;
-            body["input"] = v;
-        }
-        None => {}
-    }
+    super::values::put_input(&mut body, &super::values::read_input(a.input.as_deref())?);
     let mut limits = json!({});
     if let Some(f) = a.fuel {
         limits["fuel"] = json!(f);
@@ -208,7 +219,7 @@ async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8>
         limits["memory_bytes"] = json!(m);
     }
     if let Some(t) = a.timeout {
-        limits["timeout_ms"] = json!(t);
+        limits["timeout_ms"] = json!(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     }
     if limits.as_object().is_some_and(|o| !o.is_empty()) {
         body["limits"] = limits;

@@ -1,14 +1,13 @@
 //! `wasmjobs run FILE.wasm`: one attempt in a local sandbox. Output to stdout, logs to stderr
 //! as they happen, the report as JSON with `--report`, the outcome in the exit code.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use wasmjobs_host::units::{parse_duration, parse_size};
 use wasmjobs_host::{CancelHandle, DirGrant, Event, Grants, Limits, RunRequest};
 
 use crate::exit;
@@ -21,19 +20,19 @@ pub struct RunArgs {
     #[arg(long, short)]
     input: Option<String>,
     /// Fuel (instruction budget), e.g. 1000000000 or 1e9.
-    #[arg(long, value_parser = parse_fuel)]
+    #[arg(long, value_parser = super::values::fuel)]
     fuel: Option<u64>,
     /// Memory limit for all memories and tables together, e.g. 64MiB.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = super::values::size)]
     memory: Option<u64>,
     /// Wall-clock timeout, e.g. 5s or 250ms.
-    #[arg(long, value_parser = parse_duration_arg)]
+    #[arg(long, value_parser = super::values::duration)]
     timeout: Option<Duration>,
     /// Largest output the job may produce, e.g. 1MiB.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = super::values::size)]
     max_output: Option<u64>,
     /// Log bytes kept before logs are truncated, e.g. 256KiB.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = super::values::size)]
     max_log: Option<u64>,
     /// Grant a host directory: HOST:GUEST, read-only, or HOST:GUEST:rw. Repeatable.
     #[arg(long = "dir", value_parser = parse_dir)]
@@ -51,7 +50,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let input = read_input(args.input.as_deref())?;
+    let input = super::values::read_input(args.input.as_deref())?;
     let defaults = Limits::default();
     let limits = Limits {
         fuel: args.fuel.unwrap_or(defaults.fuel),
@@ -121,46 +120,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     Ok(exit::for_outcome(report.outcome))
 }
 
-pub(super) fn read_input(arg: Option<&str>) -> anyhow::Result<Vec<u8>> {
-    match arg {
-        None => Ok(Vec::new()),
-        Some("@-") => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read the input from stdin")?;
-            Ok(buf)
-        }
-        Some(text) => match text.strip_prefix('@') {
-            Some(path) => {
-                std::fs::read(path).with_context(|| format!("cannot read the input file {path}"))
-            }
-            None => Ok(text.as_bytes().to_vec()),
-        },
-    }
-}
-
-fn parse_fuel(text: &str) -> Result<u64, String> {
-    let cleaned = text.replace('_', "");
-    if let Ok(n) = cleaned.parse::<u64>() {
-        return Ok(n);
-    }
-    match cleaned.parse::<f64>() {
-        Ok(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f as u64),
-        _ => Err(format!(
-            "invalid fuel {text:?}: expected a whole number of instructions, e.g. 1000000 or 1e9"
-        )),
-    }
-}
-
-fn parse_size_arg(text: &str) -> Result<u64, String> {
-    parse_size(text).map_err(|e| e.to_string())
-}
-
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|e| e.to_string())
-}
-
 fn parse_dir(text: &str) -> Result<DirGrant, String> {
     let parts: Vec<&str> = text.split(':').collect();
     let (host, guest, writable) = match parts.as_slice() {
@@ -200,9 +159,6 @@ mod tests {
 
     #[test]
     fn flags_parse_and_bad_values_are_named() {
-        assert_eq!(parse_fuel("1e9"), Ok(1_000_000_000));
-        assert_eq!(parse_fuel("1_000"), Ok(1000));
-        assert!(parse_fuel("lots").unwrap_err().contains("lots"));
         let d = parse_dir("/tmp:/data:rw").expect("valid");
         assert!(d.writable && d.guest == "/data");
         assert!(!parse_dir("/tmp:/data").expect("valid").writable);

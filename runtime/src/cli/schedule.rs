@@ -1,6 +1,5 @@
 //! `wasmjobs schedule …`: add, list and delete cron schedules on a running server.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -19,16 +18,23 @@ pub struct ScheduleCmd {
 enum ScheduleVerb {
     /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *", UTC).
     Add {
+        /// When to submit: a cron expression of five fields (minute hour day month weekday),
+        /// in UTC.
         cron: String,
+        /// The module name or sha256 digest each tick submits.
         module: String,
+        /// Each job's input: JSON text, `@FILE`, or `@-` for stdin.
         #[arg(long, short)]
         input: Option<String>,
+        /// A name to refer to the schedule by (besides its id).
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the schedules, with their next tick.
     List,
     /// Delete a schedule by id or name.
     Rm {
+        /// The schedule's id or name.
         key: String,
     },
 }
@@ -43,10 +49,7 @@ pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
             name,
         } => {
             let mut job = json!({ "module": module });
-            if let Some(text) = input {
-                job["input"] = serde_json::from_str(&text)
-                    .with_context(|| format!("--input is not JSON: {text:?}"))?;
-            }
+            super::values::put_input(&mut job, &super::values::read_input(input.as_deref())?);
             let v = c
                 .post_json(
                     "/v1/schedules",

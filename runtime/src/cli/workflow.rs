@@ -21,20 +21,29 @@ pub struct WorkflowCmd {
 #[derive(Debug, Subcommand)]
 enum WorkflowVerb {
     /// Create a workflow, or a new version of it, from a JSON or YAML definition file.
-    Create { file: PathBuf },
+    Create {
+        /// The definition: a `.json`, `.yaml` or `.yml` file.
+        file: PathBuf,
+    },
     /// The latest version of every workflow.
     List,
     /// One workflow's definition: NAME (the latest version) or NAME@VERSION.
-    Show { name: String },
+    Show {
+        /// NAME or NAME@VERSION.
+        name: String,
+    },
     /// The workflow's graph as Mermaid (or DOT with `--dot`): NAME or NAME@VERSION.
     Graph {
+        /// NAME or NAME@VERSION.
         name: String,
+        /// Graphviz DOT instead of Mermaid.
         #[arg(long)]
         dot: bool,
     },
     /// Start a run of NAME (its latest version) or NAME@VERSION; prints the run id, or with
     /// `--follow` a live tree of its nodes, then the run's output.
     Run {
+        /// NAME or NAME@VERSION.
         name: String,
         /// The run's input: JSON text, `@FILE`, or `@-` for stdin.
         #[arg(long)]
@@ -45,13 +54,17 @@ enum WorkflowVerb {
     },
     /// A run's state and every node's.
     Status {
+        /// The run's id.
         id: String,
         /// Follow the run until it ends (as `run --follow`).
         #[arg(long, short)]
         follow: bool,
     },
     /// Cancel a run: its pending nodes are cancelled and its running jobs stopped.
-    Cancel { id: String },
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
 }
 
 pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
@@ -134,18 +147,9 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
                 ),
                 None => (name, None),
             };
-            let input = super::run::read_input(input.as_deref())?;
+            let input = super::values::read_input(input.as_deref())?;
             let mut body = json!({});
-            if !input.is_empty() {
-                match serde_json::from_slice::<Value>(&input) {
-                    Ok(v) => body["input"] = v,
-                    Err(_) => {
-                        use base64::Engine as _;
-                        body["input_base64"] =
-                            json!(base64::engine::general_purpose::STANDARD.encode(&input));
-                    }
-                }
-            }
+            super::values::put_input(&mut body, &input);
             if let Some(v) = version {
                 body["version"] = json!(v);
             }

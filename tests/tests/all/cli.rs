@@ -295,3 +295,76 @@ fn build_compiles_a_job_crate_and_prints_the_component() {
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).contains("no Cargo.toml"), "{}", stderr(&o));
 }
+
+/// `completions` prints a script for each shell, and a verb whose reader goes away ends as
+/// `cargo … | head` does: quietly, no panic, no backtrace.
+#[test]
+fn completions_for_each_shell_and_a_closed_pipe_ends_quietly() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef wasmjobs"),
+        ("fish", "complete -c wasmjobs"),
+    ] {
+        let o = wasmjobs(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains(marker), "{shell}");
+        assert!(
+            stdout(&o).contains("submit"),
+            "{shell}: the verbs are in it"
+        );
+    }
+    // The bash script is larger than a pipe's buffer: the writer meets the closed pipe.
+    let mut child = Command::new(wasmjobs_bin())
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut head = [0u8; 100];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut head).expect("read");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        o.status.success() || o.status.signal() == Some(13),
+        "{:?}: {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+/// The client verbs take the values `run` takes, and refuse a bad one before sending anything
+/// (here, to a server that is not there): a usage error naming the value.
+#[test]
+fn client_verbs_check_values_before_sending() {
+    for (flag, value) in [
+        ("--memory", "64potatoes"),
+        ("--fuel", "lots"),
+        ("--timeout", "soon"),
+    ] {
+        let o = wasmjobs(&[
+            "job",
+            "submit",
+            "m",
+            flag,
+            value,
+            "--server",
+            "http://127.0.0.1:9",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(value), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+    }
+    let o = wasmjobs(&[
+        "job",
+        "submit",
+        "m",
+        "--input",
+        "@/no/such/file",
+        "--server",
+        "http://127.0.0.1:9",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("/no/such/file"), "{}", stderr(&o));
+}

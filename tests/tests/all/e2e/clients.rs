@@ -65,7 +65,7 @@ async fn cli_client_against_a_live_server() {
     )
     .expect("write workflow");
     let o = cli(&["workflow", "create", wf.to_str().expect("utf-8")]);
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(7), "refused has its own code");
     assert!(err(&o).contains("cycle: a → a"), "{}", err(&o));
     assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
 
@@ -153,6 +153,42 @@ async fn cli_client_against_a_live_server() {
     let v: Value = serde_json::from_str(out(&o).trim()).expect("output is JSON");
     assert_eq!(v["words"], 3);
 
+    // The input from stdin (`@-`), and limits in the grammar `run` takes.
+    let mut child = Command::new(wasmjobs_tests::wasmjobs_bin())
+        .args(["job", "submit", "wordfreq", "--input", "@-", "--wait"])
+        .env("WASMJOBS_SERVER", &server.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        br#"{"text": "p q p q r"}"#,
+    )
+    .expect("write stdin");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let v: Value = serde_json::from_str(out(&o).trim()).expect("output is JSON");
+    assert_eq!(v["words"], 5);
+    let o = cli(&[
+        "job",
+        "submit",
+        "testjob",
+        "--input",
+        r#"{"mode":"spin"}"#,
+        "--fuel",
+        "1e7",
+        "--timeout",
+        "20s",
+        "--memory",
+        "64MiB",
+        "--max-attempts",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(o.status.code(), Some(11), "out of fuel: {}", err(&o));
+
     let o = cli(&[
         "job",
         "submit",
@@ -218,7 +254,7 @@ async fn cli_client_against_a_live_server() {
     assert_eq!(o.status.code(), Some(15), "cancelled: {}", err(&o));
 
     let o = cli(&["job", "status", "987654"]);
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(6), "not found has its own code");
     assert_eq!(err(&o).trim(), "error: job 987654 not found (HTTP 404)");
     let o = cli(&["job", "status", "abc"]);
     assert_eq!(
@@ -229,7 +265,7 @@ async fn cli_client_against_a_live_server() {
         .args(["job", "list", "--server", "http://127.0.0.1:9"])
         .output()
         .expect("run");
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(4), "unreachable has its own code");
     assert!(
         err(&o).starts_with("error: cannot reach the wasmjobs server at http://127.0.0.1:9"),
         "{}",
@@ -265,7 +301,7 @@ async fn tokens_on_the_wire_and_no_public_bind_without_them() {
             .expect("run")
     };
     let o = run("wrong");
-    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(o.status.code(), Some(5), "unauthorised has its own code");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         "error: unknown bearer token (HTTP 401)"
