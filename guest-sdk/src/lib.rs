@@ -58,7 +58,7 @@ use serde::de::DeserializeOwned;
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "job",
         pub_export_macro: true,
         export_macro_name: "__export_job_world",

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wasmjobs_host::SandboxConfig;
 
 use crate::admission::AdmissionPolicy;
 use crate::http::Token;
 
-/// The contents of `wasmjobs.toml`. Every field is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The contents of `wasmjobs.toml`. Every field is optional. `docs/serving.md` lists every key
+/// in one table, which a test checks against this type.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub db: Option<String>,
@@ -45,7 +46,7 @@ pub struct FileConfig {
 }
 
 /// `[http]` in `wasmjobs.toml` (docs/security.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     /// Open connections at most (default 1024); more wait to be accepted.
@@ -60,7 +61,7 @@ pub struct HttpSection {
 }
 
 /// `[modules]` in `wasmjobs.toml` (docs/security.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModulesSection {
     /// Most modules stored (default 1000).
@@ -107,4 +108,138 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from(h).join(".cache/wasmjobs/artifacts");
     }
     PathBuf::from(".wasmjobs-cache")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every key `wasmjobs.toml` takes, dotted (`http.max_connections`, `tokens[].name`): from
+    /// a configuration with every field set, written out in full below so that a new field
+    /// does not compile until it is added here, and so to the reference.
+    fn config_keys() -> BTreeSet<String> {
+        let full = FileConfig {
+            db: Some(String::new()),
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tls_cert: Some(PathBuf::new()),
+            tls_key: Some(PathBuf::new()),
+            workers: Some(1),
+            cache_dir: Some(PathBuf::new()),
+            retention: Some(String::new()),
+            tokens: vec![Token::from_secret("t", "s", crate::http::Scope::Read)],
+            policy: Some(AdmissionPolicy::default()),
+            sandbox: Some(SandboxConfig::default()),
+            max_module_bytes: Some(String::new()),
+            lease: Some(String::new()),
+            claim_ahead: Some(1),
+            shutdown_grace: Some(String::new()),
+            http: HttpSection {
+                max_connections: Some(1),
+                header_read_timeout: Some(String::new()),
+                request_body_timeout: Some(String::new()),
+                max_definition_bytes: Some(String::new()),
+            },
+            modules: ModulesSection {
+                max_count: Some(1),
+                max_stored_bytes: Some(String::new()),
+                compile_timeout: Some(String::new()),
+                max_concurrent_compiles: Some(1),
+                max_loaded: Some(1),
+            },
+        };
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+            match v {
+                serde_json::Value::Object(fields) => {
+                    for (k, v) in fields {
+                        walk(&format!("{prefix}{k}."), v, out);
+                    }
+                }
+                serde_json::Value::Array(items)
+                    if items.first().is_some_and(serde_json::Value::is_object) =>
+                {
+                    walk(
+                        &format!("{}[].", prefix.trim_end_matches('.')),
+                        &items[0],
+                        out,
+                    );
+                }
+                _ => {
+                    out.insert(prefix.trim_end_matches('.').to_string());
+                }
+            }
+        }
+        let mut keys = BTreeSet::new();
+        walk(
+            "",
+            &serde_json::to_value(&full).expect("serialize"),
+            &mut keys,
+        );
+        // `sandbox.target` is `None` by default and so not written: it is a key all the same.
+        keys.insert("sandbox.target".to_string());
+        keys
+    }
+
+    /// The reference table of `docs/serving.md`: its rows' first cells (`` `key` ``) and every
+    /// `WASMJOBS_*` name in it.
+    fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
+        let doc = include_str!("../../docs/serving.md");
+        let start = doc
+            .find("<!-- reference -->")
+            .expect("the reference table's start marker");
+        let end = doc
+            .find("<!-- /reference -->")
+            .expect("the reference table's end marker");
+        let mut keys = BTreeSet::new();
+        let mut vars = BTreeSet::new();
+        for line in doc[start..end].lines().filter(|l| l.starts_with("| `")) {
+            let cell = line
+                .split('|')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .trim_matches('`');
+            if !cell.starts_with("WASMJOBS_") {
+                keys.insert(cell.to_string());
+            }
+            for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("WASMJOBS_") {
+                    vars.insert(word.to_string());
+                }
+            }
+        }
+        (keys, vars)
+    }
+
+    #[test]
+    fn the_reference_in_serving_md_lists_every_key_and_variable() {
+        let (keys, vars) = documented();
+        let want = config_keys();
+        let missing: Vec<_> = want.difference(&keys).collect();
+        let unknown: Vec<_> = keys.difference(&want).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "docs/serving.md's reference: missing {missing:?}, not keys of wasmjobs.toml {unknown:?}"
+        );
+        // The variables are those of `serve` and `worker` (the node) and the client verbs.
+        use clap::CommandFactory as _;
+        let cli = crate::cli::Cli::command();
+        let mut env = BTreeSet::new();
+        for verb in ["serve", "worker", "job"] {
+            let cmd = cli.find_subcommand(verb).expect(verb);
+            for arg in cmd.get_arguments() {
+                if let Some(var) = arg.get_env() {
+                    env.insert(var.to_string_lossy().into_owned());
+                }
+            }
+        }
+        env.insert("WASMJOBS_LOG".to_string());
+        let missing: Vec<_> = env.difference(&vars).collect();
+        let unknown: Vec<_> = vars.difference(&env).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "docs/serving.md's reference: variables missing {missing:?}, unknown {unknown:?}"
+        );
+    }
 }

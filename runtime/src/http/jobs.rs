@@ -246,12 +246,17 @@ pub(crate) struct StateReply {
     message: Option<&'static str>,
 }
 
-/// Submit a job. A repeated `idempotency_key` answers 200 with the first job.
+/// Submit a job. A repeated idempotency key (the `Idempotency-Key` header or the
+/// `idempotency_key` field) answers 200 with the first job when the request is the same, and
+/// 422 when it differs.
 #[utoipa::path(
     post,
     path = "/jobs",
     tag = "jobs",
-    params(("wait" = Option<String>, Query, description = "Hold the request until the job ends or this long passes, e.g. `5s` (at most 5m)")),
+    params(
+        ("wait" = Option<String>, Query, description = "Hold the request until the job ends or this long passes, e.g. `5s` (at most 5m)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The submission's idempotency key, as the `idempotency_key` field (the two must agree when both are sent)"),
+    ),
     request_body = crate::service::SubmitJob,
     responses(
         (status = 201, description = "Accepted; `Location` names the job", body = crate::http::openapi::JobView),
@@ -261,13 +266,14 @@ pub(crate) struct StateReply {
         (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
         (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
         (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Unknown module, a field of the wrong type, or over a cap of the admission policy", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Unknown module, a field of the wrong type, over a cap of the admission policy, or an idempotency key used before for a different request", body = crate::http::openapi::ErrorBody),
     )
 )]
 pub(super) async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<SubmitQuery>,
+    request_headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, HeaderMap, Json<JobView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
@@ -280,7 +286,24 @@ pub(super) async fn submit(
         })
         .transpose()?
         .map(|w| w.min(MAX_WAIT));
-    let req: SubmitJob = super::error::parse_json_body(body).await?;
+    let mut req: SubmitJob = super::error::parse_json_body(body).await?;
+    if let Some(header) = request_headers.get("idempotency-key") {
+        let key = header.to_str().map_err(|_| {
+            ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
+        })?;
+        match &req.idempotency_key {
+            Some(field) if field != key => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!(
+                        "the Idempotency-Key header ({key:?}) and the idempotency_key field ({field:?}) differ: send one, or the same in both"
+                    ),
+                ));
+            }
+            _ => req.idempotency_key = Some(key.to_string()),
+        }
+    }
     let (mut job, created) = state.service.submit(req, &caller).await?;
     if let Some(wait) = wait
         && !job.state.is_final()

@@ -368,3 +368,76 @@ fn client_verbs_check_values_before_sending() {
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("/no/such/file"), "{}", stderr(&o));
 }
+
+/// The guest SDK as a published crate: `cargo package` succeeds, and a job crate outside this
+/// repository that depends on the packaged SDK (the WIT travels inside it) builds to a
+/// component that `wasmjobs run` runs.
+#[test]
+fn the_packaged_guest_sdk_builds_a_job_outside_the_repository() {
+    let root = std::path::Path::new(guests::ROOT);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A target directory of its own, kept between runs, so that the packaging does not wait
+    // on the lock of the build running this test.
+    let target = root.join("target").join("guest-package");
+    let o = Command::new(&cargo)
+        .args([
+            "package",
+            "-p",
+            "wasmjobs-guest",
+            "--allow-dirty",
+            "--no-verify",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(root)
+        .output()
+        .expect("run cargo package");
+    assert!(o.status.success(), "cargo package: {}", stderr(&o));
+    let version = env!("CARGO_PKG_VERSION");
+    let packaged = target
+        .join("package")
+        .join(format!("wasmjobs-guest-{version}.crate"));
+    let outside = tempfile::tempdir().expect("tempdir");
+    let o = Command::new("tar")
+        .arg("xzf")
+        .arg(&packaged)
+        .current_dir(outside.path())
+        .output()
+        .expect("untar");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sdk = outside.path().join(format!("wasmjobs-guest-{version}"));
+    assert!(
+        sdk.join("wit/job.wit").is_file(),
+        "the WIT travels in the crate"
+    );
+    let job = outside.path().join("shout");
+    std::fs::create_dir_all(job.join("src")).expect("mkdir");
+    std::fs::write(
+        job.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"shout\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nwasmjobs-guest = {{ path = {:?} }}\n\n[workspace]\n",
+            sdk.display().to_string()
+        ),
+    )
+    .expect("Cargo.toml");
+    std::fs::write(
+        job.join("src/lib.rs"),
+        "fn shout(text: String) -> Result<String, String> {\n    Ok(text.to_uppercase())\n}\n\nwasmjobs_guest::export_job!(shout);\n",
+    )
+    .expect("lib.rs");
+    let o = Command::new(&cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .env("CARGO_TARGET_DIR", target.join("job"))
+        .current_dir(&job)
+        .output()
+        .expect("cargo build");
+    assert!(o.status.success(), "building the job: {}", stderr(&o));
+    let wasm = target.join("job/wasm32-wasip2/release/shout.wasm");
+    let o = wasmjobs(&[
+        "run",
+        wasm.to_str().expect("utf-8"),
+        "--input",
+        r#""quiet""#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), r#""QUIET""#);
+}

@@ -48,6 +48,56 @@ async fn submit_wait_idempotency_retries_and_listing() {
         assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK), "{backend}");
         assert_eq!(a["id"], b["id"]);
 
+        // The key as the Idempotency-Key header: the same request answers the first job, a
+        // different one under the key is refused, and a header and a field that differ too.
+        let keyed = |key: &'static str, body: Value| {
+            let app = server.app();
+            async move {
+                let resp = app
+                    .oneshot(
+                        Request::post("/v1/jobs")
+                            .header("content-type", "application/json")
+                            .header("idempotency-key", key)
+                            .body(Body::from(body.to_string()))
+                            .expect("request"),
+                    )
+                    .await
+                    .expect("response");
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let greet = json!({"module": "testjob", "input": {"mode": "greet", "name": "h"}});
+        let (s1, first) = keyed("by-header", greet.clone()).await;
+        let (s2, again) = keyed("by-header", greet.clone()).await;
+        assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK), "{backend}");
+        assert_eq!(first["id"], again["id"]);
+        assert_eq!(first["idempotency_key"], "by-header");
+        let (s, v) = keyed(
+            "by-header",
+            json!({"module": "testjob", "input": {"mode": "greet", "name": "other"}}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
+        assert_eq!(v["error"]["code"], "idempotency_key_reused");
+        let mut both = greet.clone();
+        both["idempotency_key"] = json!("by-field");
+        let (s, v) = keyed("by-header", both).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("differ"),
+            "{v}"
+        );
+
         let (_, failing) = submit(
             &server,
             json!({"module": "testjob", "input": {"mode": "fail"}, "retry": {"max_attempts": 3, "initial_backoff_ms": "10ms"}}),
@@ -120,7 +170,7 @@ async fn submit_wait_idempotency_retries_and_listing() {
             None,
         )
         .await;
-        assert_eq!(rest["jobs"].as_array().map(Vec::len), Some(2), "{backend}");
+        assert_eq!(rest["jobs"].as_array().map(Vec::len), Some(3), "{backend}");
         let (_, failed) = call(
             server.app(),
             "GET",
