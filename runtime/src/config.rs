@@ -58,6 +58,9 @@ pub struct HttpSection {
     pub request_body_timeout: Option<String>,
     /// Largest workflow definition, as sent and as stored (default "1MiB").
     pub max_definition_bytes: Option<String>,
+    /// Origins whose pages may call the API from a browser (CORS), e.g.
+    /// `["https://app.example.com"]`; `["*"]` for any. Default: none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// `[modules]` in `wasmjobs.toml` (docs/security.md).
@@ -140,6 +143,7 @@ mod tests {
                 header_read_timeout: Some(String::new()),
                 request_body_timeout: Some(String::new()),
                 max_definition_bytes: Some(String::new()),
+                cors_allowed_origins: vec![String::new()],
             },
             modules: ModulesSection {
                 max_count: Some(1),

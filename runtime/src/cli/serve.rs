@@ -304,6 +304,12 @@ fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)
             .modules
             .max_concurrent_compiles
             .unwrap_or(d.max_concurrent_compiles),
+        cors_allowed_origins: file
+            .http
+            .cors_allowed_origins
+            .iter()
+            .map(|origin| cors_origin(origin))
+            .collect::<anyhow::Result<_>>()?,
         ..d
     };
     let c = ConnectionLimits::default();
@@ -352,6 +358,22 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// One of `http.cors_allowed_origins`: `*`, or an origin (`scheme://host[:port]`, no path).
+fn cors_origin(origin: &str) -> anyhow::Result<axum::http::HeaderValue> {
+    let valid = origin == "*"
+        || ((origin.starts_with("https://") || origin.starts_with("http://"))
+            && !origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/')));
+    if !valid {
+        bail!(
+            "http.cors_allowed_origins: {origin:?} is not an origin: expected scheme://host[:port] (no path, no trailing slash) or \"*\""
+        );
+    }
+    axum::http::HeaderValue::from_str(origin)
+        .with_context(|| format!("http.cors_allowed_origins: {origin:?}"))
+}
+
 /// How long a node stopping on Ctrl-C or SIGTERM lets running attempts finish before it
 /// stops them and gives their jobs back (`Node::drain`), unless configured.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -374,5 +396,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cors_origins_are_origins() {
+        for good in ["*", "https://app.example.com", "http://localhost:3000"] {
+            assert!(super::cors_origin(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://x/y",
+            "https://",
+            "ftp://x",
+        ] {
+            let e = super::cors_origin(bad).expect_err(bad).to_string();
+            assert!(e.contains("cors_allowed_origins") && e.contains(bad), "{e}");
+        }
     }
 }

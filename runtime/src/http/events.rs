@@ -50,6 +50,7 @@ pub(super) async fn job_events(
     // Follow before the first read: a change between the two is not lost.
     let watch = state.service.watchers.watch(id);
     let (tx, rx) = mpsc::channel(256);
+    let _ = tx.try_send(Ok(reconnect_hint()));
     tokio::spawn(async move {
         if let Err(e) = pump(&state, id, after, watch, &tx).await {
             let _ = tx
@@ -61,6 +62,15 @@ pub(super) async fn job_events(
     });
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// How long a client whose stream dropped waits before it reconnects (with `Last-Event-ID`).
+const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// The first message of every stream: only the `retry:` field, which tells a client (an
+/// `EventSource`) how long to wait before reconnecting; it dispatches no event.
+pub(super) fn reconnect_hint() -> SseEvent {
+    SseEvent::default().retry(RECONNECT_AFTER)
 }
 
 /// The `Last-Event-ID` a reconnecting client sends: where to resume (0 without one).

@@ -103,6 +103,9 @@ pub struct ApiConfig {
     pub compile_timeout: std::time::Duration,
     /// Uploads compiled at once; more wait their turn (each holds its body in memory).
     pub max_concurrent_compiles: usize,
+    /// Origins whose pages may call the API from a browser (CORS); `*` for any. Empty: none
+    /// (no CORS headers are sent).
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
 }
 
 impl Default for ApiConfig {
@@ -116,6 +119,7 @@ impl Default for ApiConfig {
             max_stored_module_bytes: 4 << 30,
             compile_timeout: std::time::Duration::from_secs(60),
             max_concurrent_compiles: 2,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -123,14 +127,48 @@ impl Default for ApiConfig {
 /// The whole API as one router.
 pub fn app(state: AppState) -> Router {
     let (router, _doc) = routes(&state.config).split_for_parts();
-    router
+    let cors = cors(&state.config.cors_allowed_origins);
+    let router = router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
         ))
         .layer(axum::middleware::from_fn(refuse_nul))
-        .with_state(state)
+        .with_state(state);
+    // Outermost: a browser's preflight is answered before authentication, which it cannot
+    // pass (it carries no Authorization header).
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS layer for `origins` (`*`: any), or none when there are none.
+fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::LOCATION])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// The OpenAPI 3.1 document of [`app`], as `GET /openapi.json` serves it.

@@ -304,6 +304,7 @@ pub(super) async fn events(
         return Err(ApiError::not_found(format!("workflow run {id} not found")));
     }
     let (tx, rx) = mpsc::channel(256);
+    let _ = tx.try_send(Ok(super::events::reconnect_hint()));
     tokio::spawn(async move {
         if let Err(e) = pump(&state, id, after, notices, &tx).await {
             let _ = tx

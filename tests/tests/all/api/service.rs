@@ -375,3 +375,61 @@ async fn workflow_definitions_are_validated_versioned_and_drawn() {
         server.stop().await;
     }
 }
+
+/// CORS is off unless origins are configured; then a browser's preflight from one of them is
+/// answered before authentication, and its requests carry the allow-origin header; other
+/// origins get none.
+#[tokio::test]
+async fn cors_is_off_by_default_and_answers_configured_origins() {
+    let (_backend, store, _db) = test_stores("api_cors").await.remove(0);
+    let origin = axum::http::HeaderValue::from_static("https://app.example");
+    let ask = |app: axum::Router, method: &'static str, from: &'static str, token: bool| async move {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("/v1/jobs")
+            .header("origin", from);
+        if method == "OPTIONS" {
+            req = req.header("access-control-request-method", "POST").header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            );
+        }
+        if token {
+            req = req.header("authorization", "Bearer s");
+        }
+        let resp = app
+            .oneshot(req.body(Body::empty()).expect("req"))
+            .await
+            .expect("resp");
+        let allowed = resp
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (resp.status(), allowed)
+    };
+    let plain = TestServer::start(store.clone(), ApiConfig::default(), 0).await;
+    let (_, allowed) = ask(plain.app(), "GET", "https://app.example", false).await;
+    assert_eq!(allowed, None, "no CORS headers by default");
+    plain.stop().await;
+
+    let server = TestServer::start(
+        store,
+        ApiConfig {
+            tokens: vec![Token::from_secret("t", "s", Scope::Read)],
+            cors_allowed_origins: vec![origin],
+            ..ApiConfig::default()
+        },
+        0,
+    )
+    .await;
+    let (status, allowed) = ask(server.app(), "OPTIONS", "https://app.example", false).await;
+    assert!(status.is_success(), "preflight: {status}");
+    assert_eq!(allowed.as_deref(), Some("https://app.example"));
+    let (status, allowed) = ask(server.app(), "GET", "https://app.example", true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(allowed.as_deref(), Some("https://app.example"));
+    let (_, allowed) = ask(server.app(), "GET", "https://evil.example", true).await;
+    assert_eq!(allowed, None, "another origin is not allowed");
+    server.stop().await;
+}

@@ -53,6 +53,14 @@ async fn events_stream_live_and_resume_without_loss_or_duplicates() {
         .await;
         let url = format!("{}/v1/jobs/{}/events", server.url, job["id"]);
 
+        // The stream opens with the reconnect delay for EventSource clients.
+        let raw = reqwest::get(&url)
+            .await
+            .expect("connect")
+            .text()
+            .await
+            .expect("stream");
+        assert!(raw.starts_with("retry: 2000\n\n"), "{backend}: {raw:.80}");
         let full = read_sse(&url, None, None).await;
         let kinds: Vec<&str> = full.iter().map(|(_, e, _)| e.as_str()).collect();
         assert_eq!(kinds.first(), Some(&"state"), "{backend}");
