@@ -103,10 +103,7 @@ impl Client {
         }
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_string();
+        let message = body["detail"].as_str().unwrap_or("no message").to_string();
         Err(RemoteError::Answered { status, message }.into())
     }
 

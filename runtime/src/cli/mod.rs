@@ -15,6 +15,7 @@ mod remote;
 mod run;
 mod schedule;
 mod serve;
+mod token;
 mod values;
 mod workflow;
 
@@ -49,6 +50,8 @@ enum Command {
     Schedule(schedule::ScheduleCmd),
     /// Workflow definitions on a server: create, list, show, graph, run, status, cancel.
     Workflow(workflow::WorkflowCmd),
+    /// API tokens in wasmjobs.toml: create (prints the secret once), list, revoke.
+    Token(token::TokenCmd),
     /// Print a shell completion script: `wasmjobs completions bash > ~/.local/share/bash-completion/completions/wasmjobs`.
     Completions {
         /// The shell to complete for.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Job(cmd) => remote::job(cmd).await,
             Command::Schedule(cmd) => schedule::schedule(cmd).await,
             Command::Workflow(cmd) => workflow::workflow(cmd).await,
+            Command::Token(cmd) => token::token(cmd),
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;
                 clap_complete::generate(

@@ -1,8 +1,11 @@
-//! One error shape for every route: `{"error": {"code": "...", "message": "..."}}` with the
-//! matching status. Every error the API returns goes through [`ApiError`].
+//! One error shape for every route: RFC 9457 problem details, `application/problem+json`:
+//! `{"type", "title", "status", "detail", "code", "field"?}` with the matching status. Every
+//! error a handler returns goes through [`ApiError`]; [`problems`] gives the same shape to the
+//! bare errors the router itself answers (no route, a method not allowed, a path or query that
+//! does not parse, a body sent too slowly).
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,11 +14,16 @@ use crate::admission::Refusal;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
+/// The media type of every error body (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault (`limits.fuel`), when one is.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -24,7 +32,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn at(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -36,25 +51,34 @@ impl ApiError {
     }
 }
 
-/// Every error: `{"error": {"code", "message"}}`.
-#[derive(Serialize, ToSchema)]
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub(crate) struct ErrorDetail {
-    /// Machine-readable, e.g. `invalid_json`, `not_found`, `over_cap`.
+/// Every error (RFC 9457 problem details).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Problem {
+    /// A URI naming the kind of problem, one per `code`: `urn:wasmjobs:problem:<code>`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The status's reason phrase, e.g. `Not Found`.
+    title: String,
+    /// The HTTP status.
+    status: u16,
+    /// For people: says what is wrong, naming the field and value at fault.
+    detail: String,
+    /// Machine-readable, e.g. `malformed_json`, `not_found`, `over_policy_cap`.
     code: String,
-    /// For people: names the field and value at fault.
-    message: String,
+    /// The request field at fault, when one is (`limits.fuel`, `jobs[2].module`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
-impl From<ApiError> for ErrorDetail {
-    fn from(e: ApiError) -> ErrorDetail {
-        ErrorDetail {
+impl From<ApiError> for Problem {
+    fn from(e: ApiError) -> Problem {
+        Problem {
+            kind: format!("urn:wasmjobs:problem:{}", e.code),
+            title: e.status.canonical_reason().unwrap_or("Error").to_string(),
+            status: e.status.as_u16(),
+            detail: e.message,
             code: e.code.to_string(),
-            message: e.message,
+            field: e.field,
         }
     }
 }
@@ -62,13 +86,82 @@ impl From<ApiError> for ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let body = Json(ErrorBody { error: self.into() });
+        let mut response = (status, Json(Problem::from(self))).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // The store is briefly out of reach: clients may come back in a moment.
-            return (status, [(axum::http::header::RETRY_AFTER, "1")], body).into_response();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        (status, body).into_response()
+        response
     }
+}
+
+/// Gives the errors the router answers by itself (a `405` with an empty body, a path, query or
+/// body rejection as plain text) the one error shape, keeping their status and headers
+/// (`Allow`). Successes and JSON answers pass untouched.
+pub(super) async fn problems(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    // A JSON body is the handler's own answer (a problem, or `/readyz` saying why it is not
+    // ready); the router's errors are empty or plain text.
+    let is_json = |t: &HeaderValue| {
+        let t = t.to_str().unwrap_or("");
+        t.starts_with("application/json") || t.starts_with(PROBLEM_JSON)
+    };
+    if !(status.is_client_error() || status.is_server_error())
+        || response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_json)
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or("")
+                .replace(',', ", ");
+            (
+                "method_not_allowed",
+                format!("{method} is not allowed here; allowed: {allowed}"),
+            )
+        }
+        StatusCode::NOT_FOUND => ("not_found", text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", text),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            "the request's body did not arrive in time".to_string(),
+        ),
+        _ if status.is_server_error() => ("internal", text),
+        _ => ("bad_request", text),
+    };
+    let detail = if detail.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        detail
+    };
+    let mut problem = ApiError::new(status, code, detail).into_response();
+    // Keep what the router said besides its body (`Allow` on a 405).
+    for (name, value) in parts.headers.drain().filter_map(|(n, v)| Some((n?, v))) {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name, value);
+        }
+    }
+    problem
 }
 
 impl ApiError {
@@ -135,11 +228,17 @@ impl From<ServiceError> for ApiError {
 /// thread, so that a client sending many large bodies delays no other request.
 const PARSE_INLINE_BYTES: usize = 256 << 10;
 
-/// [`parse_json`], on a blocking thread when the body is large.
-pub async fn parse_json_body<T>(body: axum::body::Bytes) -> Result<T, ApiError>
+/// A JSON route's body: refused with `415` when its `Content-Type` says it is something else
+/// (a missing one is taken as JSON), then parsed as [`parse_json`], on a blocking thread when
+/// it is large.
+pub async fn parse_json_body<T>(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<T, ApiError>
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
+    require_json(headers)?;
     if body.len() <= PARSE_INLINE_BYTES {
         return parse_json(&body);
     }
@@ -148,7 +247,34 @@ where
         .map_err(ApiError::internal)?
 }
 
-/// Parses a JSON body with serde's message (which names the field and position) on failure.
+/// Refuses a body whose `Content-Type` is not JSON (`application/json` or `…+json`) with `415`.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "this route takes JSON: send Content-Type: application/json (got {:?})",
+            value.to_str().unwrap_or("?")
+        ),
+    ))
+}
+
+/// Parses a JSON body with serde's message (which names the field and position) on failure;
+/// the error names the field at fault.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
@@ -165,16 +291,22 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         } else {
             StatusCode::UNPROCESSABLE_ENTITY
         };
-        let message = if path.is_empty() || path == "." {
+        let at_root = path.is_empty() || path == ".";
+        let message = if at_root {
             format!("invalid request body: {inner}")
         } else {
             format!("invalid request body: {path}: {inner}")
         };
-        ApiError::new(
+        let error = ApiError::new(
             status,
             if syntax { "malformed_json" } else { "invalid" },
             message,
-        )
+        );
+        if at_root || syntax {
+            error
+        } else {
+            error.at(path)
+        }
     })?;
     de.end().map_err(|e| {
         ApiError::new(

@@ -187,7 +187,7 @@ pub(crate) struct BatchAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     job: Option<JobView>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<super::error::ErrorDetail>,
+    error: Option<super::error::Problem>,
 }
 
 /// A job's output as the API shows it: `{"output": …}` when it is JSON — passed through as
@@ -261,12 +261,12 @@ pub(crate) struct StateReply {
     responses(
         (status = 201, description = "Accepted; `Location` names the job", body = crate::http::openapi::JobView),
         (status = 200, description = "The job first submitted with this idempotency key", body = crate::http::openapi::JobView),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Unknown module, a field of the wrong type, over a cap of the admission policy, or an idempotency key used before for a different request", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown module, a field of the wrong type, over a cap of the admission policy, or an idempotency key used before for a different request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn submit(
@@ -286,7 +286,7 @@ pub(super) async fn submit(
         })
         .transpose()?
         .map(|w| w.min(MAX_WAIT));
-    let mut req: SubmitJob = super::error::parse_json_body(body).await?;
+    let mut req: SubmitJob = super::error::parse_json_body(&request_headers, body).await?;
     if let Some(header) = request_headers.get("idempotency-key") {
         let key = header.to_str().map_err(|_| {
             ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
@@ -372,20 +372,22 @@ pub(super) struct SubmitBatch {
     request_body = SubmitBatch,
     responses(
         (status = 200, description = "One answer per submission, in order", body = crate::http::openapi::BatchView),
-        (status = 400, description = "Malformed JSON, or no submissions, or more than 1,000", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "A field of the wrong type (the whole batch is refused; nothing is stored)", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed JSON, or no submissions, or more than 1,000", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field of the wrong type (the whole batch is refused; nothing is stored)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn submit_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<BatchView>, ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
+    super::error::require_json(&headers)?;
     if body.trim_ascii_start().starts_with(b"[") {
         // A bare array is the likeliest mistake; serde would call it a malformed struct.
         return Err(ApiError::new(
@@ -394,7 +396,7 @@ pub(super) async fn submit_batch(
             "invalid request body: expected an object {\"jobs\": [submission, …]}, not an array",
         ));
     }
-    let batch: SubmitBatch = super::error::parse_json_body(body).await?;
+    let batch: SubmitBatch = super::error::parse_json_body(&headers, body).await?;
     if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
             "jobs holds {} submissions: a batch takes 1 to {MAX_BATCH}",
@@ -441,10 +443,10 @@ pub(super) struct GetQuery {
     ),
     responses(
         (status = 200, description = "The job", body = crate::http::openapi::JobView),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get(
@@ -506,9 +508,9 @@ pub(super) struct ListQuery {
     ),
     responses(
         (status = 200, description = "A page of jobs", body = crate::http::openapi::JobList),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list(
@@ -590,11 +592,11 @@ pub(super) async fn list(
     params(("id" = i64, Path, minimum = 1, description = "The job id")),
     responses(
         (status = 200, description = "Cancelled, or cancel requested", body = crate::http::openapi::StateReply),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The job already ended", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job already ended", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn cancel(
@@ -623,11 +625,11 @@ pub(super) async fn cancel(
     params(("id" = i64, Path, minimum = 1, description = "The job id")),
     responses(
         (status = 200, description = "Queued again", body = crate::http::openapi::StateReply),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such job", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The job is not failed or cancelled", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not failed or cancelled", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn retry(

@@ -135,6 +135,7 @@ pub fn app(state: AppState) -> Router {
             auth::require,
         ))
         .layer(axum::middleware::from_fn(refuse_nul))
+        .layer(axum::middleware::from_fn(error::problems))
         .with_state(state);
     // Outermost: a browser's preflight is answered before authentication, which it cannot
     // pass (it carries no Authorization header).
@@ -316,8 +317,8 @@ async fn readyz(
     tag = "service",
     responses(
         (status = 200, description = "Metrics", content_type = "text/plain", body = String),
-        (status = 401, description = "No or unknown bearer token", body = openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn metrics(

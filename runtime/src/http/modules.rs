@@ -65,12 +65,12 @@ pub(crate) struct ModuleList {
     responses(
         (status = 201, description = "Stored", body = crate::http::openapi::ModuleView),
         (status = 200, description = "Already stored", body = crate::http::openapi::ModuleView),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this, or the name was set by another token", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Over the module size limit", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Not wasm, a core module, another world, imports the policy never grants, or compiling took too long", body = crate::http::openapi::ErrorBody),
-        (status = 507, description = "The module quota is reached", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this, or the name was set by another token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the module size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not wasm, a core module, another world, imports the policy never grants, or compiling took too long", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The module quota is reached", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn upload(
@@ -203,9 +203,9 @@ async fn compile(
     tag = "modules",
     responses(
         (status = 200, description = "The modules", body = crate::http::openapi::ModuleList),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ModuleList>, ApiError> {
@@ -226,10 +226,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ModuleLis
     params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
     responses(
         (status = 200, description = "The module", body = crate::http::openapi::ModuleView),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such module", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such module", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get(
@@ -254,10 +254,10 @@ pub(super) async fn get(
     params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
     responses(
         (status = 200, description = "The wasm bytes", content_type = "application/wasm", body = crate::http::openapi::WasmBytes),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such module", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such module", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn wasm(

@@ -13,7 +13,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-pub(crate) use super::error::ErrorBody;
+pub(crate) use super::error::Problem;
 pub(crate) use super::jobs::{BatchView, JobList, JobView, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};

@@ -193,21 +193,22 @@ pub(crate) struct StartRun {
     request_body(content = StartRun, description = "The run's input"),
     responses(
         (status = 201, description = "The run, started", body = RunView),
-        (status = 400, description = "Malformed JSON or input", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such workflow or version", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "A field is invalid, over the policy's caps, or a module is gone", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Malformed JSON or input", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow or version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid, over the policy's caps, or a module is gone", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
-    let req: StartRun = super::error::parse_json_body(body).await?;
+    let req: StartRun = super::error::parse_json_body(&headers, body).await?;
     if req.version.is_some_and(|v| v < 1) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -232,9 +233,9 @@ pub(super) async fn start(
     params(("id" = i64, Path, minimum = 1, description = "The run id")),
     responses(
         (status = 200, description = "The run", body = RunView),
-        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get(
@@ -254,11 +255,11 @@ pub(super) async fn get(
     params(("id" = i64, Path, minimum = 1, description = "The run id")),
     responses(
         (status = 202, description = "Cancel requested; the run as it stands", body = RunView),
-        (status = 400, description = "Bad run id", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The run already finished", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run already finished", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn cancel(
@@ -286,9 +287,9 @@ pub(super) async fn cancel(
     ),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::http::openapi::SseEventDoc),
-        (status = 400, description = "Bad run id or Last-Event-ID", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such run", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad run id or Last-Event-ID", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn events(

@@ -61,19 +61,21 @@ pub(crate) struct ScheduleList {
     request_body = crate::http::openapi::ScheduleRequest,
     responses(
         (status = 201, description = "Added", body = crate::http::openapi::ScheduleView),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Not JSON", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "A bad cron expression, an unknown module, or a bad job", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad cron expression, an unknown module, or a bad job", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn add(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let body = body.map_err(super::error::body_rejection)?;
+    super::error::require_json(&headers)?;
     let req: ScheduleRequest = super::error::parse_json(&body)?;
     crate::service::storable("cron", &req.cron)?;
     if let Some(name) = &req.name {
@@ -129,9 +131,9 @@ pub(super) async fn add(
     tag = "schedules",
     responses(
         (status = 200, description = "The schedules", body = crate::http::openapi::ScheduleList),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list(
@@ -160,10 +162,10 @@ pub(super) async fn list(
     params(("key" = String, Path, description = "The schedule's id or name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Bad request", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such schedule", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such schedule", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn delete(

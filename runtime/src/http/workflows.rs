@@ -74,11 +74,11 @@ fn parse_definition(body: &[u8]) -> Result<Definition, ApiError> {
     responses(
         (status = 201, description = "Stored as a new version", body = crate::http::openapi::WorkflowView),
         (status = 200, description = "Same as the latest version", body = crate::http::openapi::WorkflowView),
-        (status = 400, description = "Not JSON or YAML, or not a definition", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::http::openapi::ErrorBody),
-        (status = 422, description = "Cycles, unknown needs or modules, bad conditions, duplicate names: each named", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Not JSON or YAML, or not a definition", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Cycles, unknown needs or modules, bad conditions, duplicate names: each named", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn create(
@@ -149,7 +149,7 @@ pub(super) async fn create(
     tag = "workflows",
     responses(
         (status = 200, description = "The workflows", body = crate::http::openapi::WorkflowList),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<WorkflowList>, ApiError> {
@@ -200,9 +200,9 @@ async fn find(
     ),
     responses(
         (status = 200, description = "The workflow", body = crate::http::openapi::WorkflowView),
-        (status = 400, description = "Bad version", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such workflow or version", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow or version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get(
@@ -233,9 +233,9 @@ pub(super) struct GraphQuery {
     ),
     responses(
         (status = 200, description = "The graph", content_type = "text/plain", body = String),
-        (status = 400, description = "Bad version or format", body = crate::http::openapi::ErrorBody),
-        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "No such workflow or version", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "Bad version or format", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow or version", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn graph(

@@ -262,7 +262,7 @@ async fn a_full_disk_refuses_loudly_and_drops_nothing() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.expect("json");
     assert!(
-        body["error"]["message"]
+        body["detail"]
             .as_str()
             .is_some_and(|m| m.contains("disk is full")),
         "{body}"

@@ -85,18 +85,12 @@ async fn submit_wait_idempotency_retries_and_listing() {
         )
         .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
-        assert_eq!(v["error"]["code"], "idempotency_key_reused");
+        assert_eq!(v["code"], "idempotency_key_reused");
         let mut both = greet.clone();
         both["idempotency_key"] = json!("by-field");
         let (s, v) = keyed("by-header", both).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("differ"),
-            "{v}"
-        );
+        assert!(v["detail"].as_str().unwrap_or("").contains("differ"), "{v}");
 
         let (_, failing) = submit(
             &server,
@@ -217,7 +211,7 @@ async fn batch_submit_answers_each_submission_in_order() {
         );
         assert_eq!(answers[1]["error"]["code"], "unknown_module", "{answers:?}");
         assert!(
-            answers[1]["error"]["message"]
+            answers[1]["error"]["detail"]
                 .as_str()
                 .is_some_and(|m| m.contains("nope")),
             "{answers:?}"
@@ -276,7 +270,7 @@ async fn batch_submit_answers_each_submission_in_order() {
         ] {
             let (status, err) = submit_batch(&server, &bad).await;
             assert_eq!(status, want, "{backend}: {err}");
-            let message = err["error"]["message"].as_str().unwrap_or_default();
+            let message = err["detail"].as_str().unwrap_or_default();
             assert!(
                 message.contains(says),
                 "{backend}: {message:?} should say {says:?}"

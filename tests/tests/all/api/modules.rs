@@ -91,9 +91,7 @@ async fn modules_upload_validation_and_lookup() {
             .await;
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
             assert!(
-                v["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(says)),
+                v["detail"].as_str().is_some_and(|m| m.contains(says)),
                 "{v}"
             );
         }
@@ -106,7 +104,7 @@ async fn modules_upload_validation_and_lookup() {
         )
         .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{backend}: {v}");
-        assert_eq!(v["error"]["code"], "too_large");
+        assert_eq!(v["code"], "too_large");
         let (status, _) = call(
             server.app(),
             "POST",
@@ -204,9 +202,7 @@ async fn bad_requests_are_clear_4xx_and_store_nothing() {
             let (got, v) = submit(&server, body.clone()).await;
             assert_eq!(got, status, "{backend}: {body} -> {v}");
             assert!(
-                v["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(says)),
+                v["detail"].as_str().is_some_and(|m| m.contains(says)),
                 "{body}: {v}"
             );
         }

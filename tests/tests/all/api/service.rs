@@ -20,7 +20,7 @@ async fn bearer_tokens_and_scopes() {
         .await;
         let (status, v) = call(server.app(), "GET", "/v1/jobs", Body::empty(), None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(v["error"]["code"], "unauthorized");
+        assert_eq!(v["code"], "unauthorized");
         let (status, _) = call(
             server.app(),
             "GET",
@@ -205,7 +205,7 @@ async fn openapi_document_lists_every_route_and_nothing_else() {
         )
         .await;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
+        let message = body["detail"].as_str().unwrap_or_default();
         assert!(
             !message.starts_with("no route for"),
             "{method} {uri} is documented but not served"
@@ -224,7 +224,7 @@ async fn openapi_document_lists_every_route_and_nothing_else() {
     let (status, body) = call(server.app(), "GET", "/v1/nothing", Body::empty(), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
-        body["error"]["message"]
+        body["detail"]
             .as_str()
             .unwrap_or_default()
             .starts_with("no route for")
@@ -348,7 +348,7 @@ async fn workflow_definitions_are_validated_versioned_and_drawn() {
         ] {
             let (got, v) = post(body).await;
             assert_eq!(got, status, "{backend}: {body}: {v}");
-            let message = v["error"]["message"].as_str().unwrap_or_default();
+            let message = v["detail"].as_str().unwrap_or_default();
             assert!(
                 message.contains(needle),
                 "{backend}: expected {needle:?} in {message:?}"
@@ -431,5 +431,87 @@ async fn cors_is_off_by_default_and_answers_configured_origins() {
     assert_eq!(allowed.as_deref(), Some("https://app.example"));
     let (_, allowed) = ask(server.app(), "GET", "https://evil.example", true).await;
     assert_eq!(allowed, None, "another origin is not allowed");
+    server.stop().await;
+}
+
+/// Every error is RFC 9457 problem details (`application/problem+json`), the router's own
+/// too: no route, a method not allowed (with `Allow`), a query that does not parse, a body that
+/// is not JSON (`415`), and a field of the wrong type (named in `field`).
+#[tokio::test]
+async fn every_error_is_problem_details() {
+    let (_backend, store, _db) = test_stores("api_problems").await.remove(0);
+    let server = TestServer::start(store, ApiConfig::default(), 0).await;
+    let ask = |method: &'static str,
+               uri: &'static str,
+               content_type: Option<&'static str>,
+               body: &'static str| {
+        let app = server.app();
+        async move {
+            let mut req = Request::builder().method(method).uri(uri);
+            if let Some(t) = content_type {
+                req = req.header("content-type", t);
+            }
+            let resp = app
+                .oneshot(req.body(Body::from(body)).expect("req"))
+                .await
+                .expect("resp");
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            assert_eq!(
+                headers.get("content-type").and_then(|t| t.to_str().ok()),
+                Some("application/problem+json"),
+                "{method} {uri}: {v}"
+            );
+            assert_eq!(v["status"], status.as_u16(), "{v}");
+            assert_eq!(v["title"], status.canonical_reason().unwrap_or(""), "{v}");
+            let code = v["code"].as_str().unwrap_or("").to_string();
+            assert_eq!(v["type"], format!("urn:wasmjobs:problem:{code}"), "{v}");
+            assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+            (status, headers, v)
+        }
+    };
+    let (status, _, v) = ask("GET", "/v1/nothing", None, "").await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, headers, v) = ask("DELETE", "/v1/jobs", None, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(v["code"], "method_not_allowed");
+    let allow = headers
+        .get("allow")
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        allow.contains("GET") && allow.contains("POST"),
+        "Allow: {allow:?}"
+    );
+    let (status, _, v) = ask("GET", "/v1/jobs?limit=lots", None, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _, v) = ask("POST", "/v1/jobs", Some("text/plain"), r#"{"module":"m"}"#).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    let (status, _, v) = ask(
+        "POST",
+        "/v1/jobs",
+        Some("application/json"),
+        r#"{"module": 5}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["field"], "module", "{v}");
+    let (status, _, v) = ask("POST", "/v1/jobs", Some("application/json"), "{").await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("malformed_json"))
+    );
     server.stop().await;
 }

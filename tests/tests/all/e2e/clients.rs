@@ -326,3 +326,88 @@ async fn tokens_on_the_wire_and_no_public_bind_without_them() {
             .contains("refusing to listen on 0.0.0.0:0 without API tokens")
     );
 }
+
+/// Tokens made by command: `token create` prints the secret once and writes only its hash
+/// (keeping the file's comments); `list` shows them; a server started on the file takes each
+/// with its scope's limits — read may only read, submit may not manage schedules, admin may —
+/// and `revoke` removes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_by_command_and_the_limits_of_each_scope() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wasmjobs.toml");
+    std::fs::write(&config, "# my settings\nretention = \"1d\"\n").expect("config");
+    let wj = |args: &[&str]| {
+        Command::new(wasmjobs_tests::wasmjobs_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("WASMJOBS_CONFIG")
+            .output()
+            .expect("run")
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let mut secrets = HashMap::new();
+    for (name, scope) in [("reader", "read"), ("ci", "submit"), ("ops", "admin")] {
+        let o = wj(&["token", "create", name, "--scope", scope]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let secret = text(&o.stdout);
+        assert!(secret.starts_with("wj_") && secret.len() == 67, "{secret}");
+        secrets.insert(name, secret);
+    }
+    let file = std::fs::read_to_string(&config).expect("read config");
+    assert!(
+        file.starts_with("# my settings\nretention = \"1d\""),
+        "{file}"
+    );
+    for secret in secrets.values() {
+        assert!(
+            !file.contains(secret.as_str()),
+            "a secret was written: {file}"
+        );
+    }
+    let o = wj(&["token", "create", "ci", "--scope", "read"]);
+    assert_ne!(o.status.code(), Some(0), "a second token named ci");
+    assert!(
+        text(&o.stderr).contains("already has a token named \"ci\""),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = wj(&["token", "create", "x", "--scope", "root"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let listed = text(&wj(&["token", "list"]).stdout);
+    assert!(
+        listed.contains("reader") && listed.contains("ci") && listed.contains("admin"),
+        "{listed}"
+    );
+
+    let db = dir.path().join("t.db").display().to_string();
+    let server = Process::serve(dir.path(), &db, &["--workers", "1"]);
+    let as_token = |name: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &server.url, "--token", &secrets[name]]);
+        let o = wj(&all);
+        (o.status.code(), text(&o.stderr))
+    };
+    let upload = ["module", "upload", guests::NOOP, "--name", "noop"];
+    let schedule = ["schedule", "add", "0 0 * * *", "noop", "--name", "nightly"];
+    assert_eq!(as_token("reader", &["job", "list"]).0, Some(0));
+    let (code, err) = as_token("reader", &upload);
+    assert_eq!(code, Some(5), "read may not upload: {err}");
+    assert!(err.contains("scope submit"), "{err}");
+    assert_eq!(as_token("ci", &upload).0, Some(0));
+    let (code, err) = as_token("ci", &schedule);
+    assert_eq!(code, Some(5), "submit may not manage schedules: {err}");
+    assert!(err.contains("scope admin"), "{err}");
+    assert_eq!(as_token("ops", &schedule).0, Some(0));
+    assert_eq!(as_token("ops", &["schedule", "rm", "nightly"]).0, Some(0));
+    drop(server);
+
+    let o = wj(&["token", "revoke", "ci"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let listed = text(&wj(&["token", "list"]).stdout);
+    assert!(
+        !listed.contains("ci ") && listed.contains("reader"),
+        "{listed}"
+    );
+    assert_ne!(wj(&["token", "revoke", "ci"]).status.code(), Some(0));
+}

@@ -53,7 +53,7 @@ pub(super) async fn submit_as(
 }
 
 pub(super) fn message(v: &Value) -> &str {
-    v["error"]["message"].as_str().unwrap_or("")
+    v["detail"].as_str().unwrap_or("")
 }
 
 /// A directory tree for grants: `allowed/` (the policy's one allowed directory) holding

@@ -45,10 +45,7 @@ async fn idempotency_keys_are_scoped_and_checked() {
         other["input"] = json!({"n": 2});
         let (status, v) = submit_as(&server, &other, Some("alice-secret")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
-        assert_eq!(
-            v["error"]["code"], "idempotency_key_reused",
-            "{backend}: {v}"
-        );
+        assert_eq!(v["code"], "idempotency_key_reused", "{backend}: {v}");
         assert!(message(&v).contains("input"), "{backend}: {v}");
 
         // A client that submits a schedule's tick key first does not take the tick.
@@ -274,7 +271,7 @@ async fn uploads_have_a_quota_and_a_compile_deadline() {
         )
         .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
-        assert_eq!(v["error"]["code"], "compile_timeout", "{backend}: {v}");
+        assert_eq!(v["code"], "compile_timeout", "{backend}: {v}");
         server.stop().await;
     }
 }

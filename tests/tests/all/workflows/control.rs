@@ -210,7 +210,7 @@ async fn bad_run_requests_are_named() {
         ] {
             let (got, v) = post(path, body).await;
             assert_eq!(got, status, "{backend} {path} {body}: {v}");
-            let message = v["error"]["message"].as_str().unwrap_or_default();
+            let message = v["detail"].as_str().unwrap_or_default();
             assert!(message.contains(needle), "{backend} {path}: {message}");
         }
         let (status, v) = api
