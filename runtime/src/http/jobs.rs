@@ -18,7 +18,7 @@ use super::{ApiError, AppState};
 use crate::caller::Caller;
 use crate::schema::{JobStateDoc, OutcomeDoc};
 use crate::service::SubmitJob;
-use crate::store::{Attempt, Job, JobFilter, JobId, JobState, now_ms};
+use crate::store::{Attempt, Job, JobFilter, JobState, now_ms};
 
 /// How long `?wait=` may hold a request.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -504,7 +504,7 @@ pub(super) struct ListQuery {
         ("state" = Option<JobStateDoc>, Query, description = "Only jobs in this state"),
         ("module" = Option<String>, Query, description = "Only jobs of this module (name or digest)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
-        ("cursor" = Option<i64>, Query, minimum = 1, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of jobs", body = crate::http::openapi::JobList),
@@ -523,26 +523,8 @@ pub(super) async fn list(
         .map(str::parse::<JobState>)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("invalid limit {l:?}: expected 1 to 1000"))
-            })?,
-    };
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<JobId>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {c:?}")))
-        })
-        .transpose()?;
+    let limit = super::page_limit(q.limit.as_deref())?;
+    let cursor = super::page_cursor(q.cursor.as_deref())?;
     let module_digest = match &q.module {
         None => None,
         Some(m) => Some(

@@ -213,6 +213,7 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(workflows::get))
         .routes(routes!(workflows::graph))
         .routes(routes!(runs::start))
+        .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(runs::events))
         .routes(routes!(runs::cancel))
@@ -395,6 +396,34 @@ async fn refuse_nul(
         .into_response();
     }
     next.run(req).await
+}
+
+/// A list's page size from `?limit=`: 1 to 1000, 50 when not given.
+fn page_limit(limit: Option<&str>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("invalid limit {l:?}: expected 1 to 1000"))
+            }),
+    }
+}
+
+/// Where a list's page starts, from `?cursor=` (the `next_cursor` of the page before): the id
+/// the next page's items are older than.
+fn page_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid cursor {c:?}: pass the next_cursor of the previous page"
+                ))
+            })
+        })
+        .transpose()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::jobs::parse_id;
 use super::{ApiError, AppState};
-use crate::store::{JobId, NodeRecord, NodeState, Notice, RunId, RunState};
+use crate::store::{JobId, NodeRecord, NodeState, Notice, RunFilter, RunId, RunState};
 use crate::workflow::WorkflowService;
 
 // Ids are `i64` in these views rather than their aliases (`RunId`, `JobId`), which the
@@ -181,6 +181,97 @@ pub(crate) struct StartRun {
     #[serde(default)]
     #[schema(minimum = 1)]
     version: Option<i64>,
+}
+
+/// A page of runs (`GET /v1/workflow-runs`), newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RunList {
+    runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+/// A run in a list: its state, without its nodes (`GET /v1/workflow-runs/{id}` has them).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RunSummary {
+    id: i64,
+    workflow: String,
+    version: i64,
+    state: RunState,
+    error: Option<String>,
+    cancel_requested: bool,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    workflow: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Runs, newest first, a page at a time: of one workflow, in one state.
+#[utoipa::path(
+    get,
+    path = "/workflow-runs",
+    tag = "workflow-runs",
+    params(
+        ("workflow" = Option<String>, Query, description = "Only runs of this workflow"),
+        ("state" = Option<RunState>, Query, description = "Only runs in this state"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, description = "Bad state, limit or cursor", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<RunList>, ApiError> {
+    let run_state = q
+        .state
+        .as_deref()
+        .map(|s| {
+            serde_json::from_value::<RunState>(json!(s)).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid state {s:?}: expected running, cancelling, succeeded, failed or cancelled"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = super::page_limit(q.limit.as_deref())?;
+    let filter = RunFilter {
+        workflow: q.workflow,
+        state: run_state,
+        limit,
+        cursor: super::page_cursor(q.cursor.as_deref())?,
+    };
+    let runs = state.workflows.runs().list_runs(&filter).await?;
+    let next_cursor = (runs.len() == limit as usize)
+        .then(|| runs.last().map(|r| r.id.to_string()))
+        .flatten();
+    let runs = runs
+        .into_iter()
+        .map(|r| RunSummary {
+            id: r.id,
+            workflow: r.workflow,
+            version: r.version,
+            state: r.state,
+            error: r.error,
+            cancel_requested: r.cancel_requested,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        })
+        .collect();
+    Ok(Json(RunList { runs, next_cursor }))
 }
 
 /// Start a run of a workflow on an input. The run pins the workflow's version and its

@@ -285,6 +285,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState>;
     /// Run events with `seq > after`, in order, at most `limit`.
     async fn run_events(&self, id: RunId, after: i64, limit: u32) -> Result<Vec<RunEvent>>;
+    /// Runs newest first, as `filter` says (without their nodes).
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
 }
 
 /// Opens the store a URL names: `postgres://…` or `postgresql://…` for Postgres, anything

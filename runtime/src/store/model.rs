@@ -307,6 +307,16 @@ pub struct JobFilter {
     pub cursor: Option<JobId>,
 }
 
+/// Which workflow runs to list, newest first: of one workflow, in one state, older than the
+/// run `cursor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub state: Option<RunState>,
+    pub limit: u32,
+    pub cursor: Option<RunId>,
+}
+
 /// One version of a workflow definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowRecord {

@@ -302,4 +302,15 @@ impl WorkflowStore for PgStore {
             .await?;
         rows.into_iter().map(RunEventRow::into_event).collect()
     }
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRecord>> {
+        let rows: Vec<RunRow> = sqlx::query_as(include_str!("workflows/list_runs.sql"))
+            .bind(f.workflow.as_deref())
+            .bind(f.state.map(RunState::as_str))
+            .bind(f.cursor)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
 }

@@ -221,4 +221,21 @@ impl WorkflowStore for SqliteStore {
             self.read(|tx| rows(tx, sql, params![id, after, i64::from(limit)]))?;
         rows.into_iter().map(RunEventRow::into_event).collect()
     }
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRecord>> {
+        let sql = include_str!("workflows/list_runs.sql");
+        let rows: Vec<RunRow> = self.read(|tx| {
+            rows(
+                tx,
+                sql,
+                params![
+                    f.workflow,
+                    f.state.map(RunState::as_str),
+                    f.cursor,
+                    i64::from(f.limit)
+                ],
+            )
+        })?;
+        rows.into_iter().map(RunRow::into_record).collect()
+    }
 }

@@ -120,7 +120,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 26] = [
+const ROUTES: [(&str, &str); 27] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -140,6 +140,7 @@ const ROUTES: [(&str, &str); 26] = [
     ("get", "/v1/workflows/{name}"),
     ("get", "/v1/workflows/{name}/graph"),
     ("post", "/v1/workflows/{name}/runs"),
+    ("get", "/v1/workflow-runs"),
     ("get", "/v1/workflow-runs/{id}"),
     ("get", "/v1/workflow-runs/{id}/events"),
     ("post", "/v1/workflow-runs/{id}/cancel"),

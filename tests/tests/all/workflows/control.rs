@@ -275,3 +275,98 @@ async fn retention_prunes_finished_runs_and_keeps_running_ones() {
         server.stop().await;
     }
 }
+
+/// `GET /v1/workflow-runs` lists runs newest first, by workflow and by state, a page at a time
+/// with string cursors; a bad filter is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_by_workflow_and_state_a_page_at_a_time() {
+    for (backend, store, _db) in test_stores("wf_list").await {
+        let server = TestServer::start(store, ApiConfig::default(), 2).await;
+        let api = Api::new(&server).await;
+        api.define(chain("one", 1)).await;
+        api.define(chain("two", 1)).await;
+        let mut ones = Vec::new();
+        for n in 0..3 {
+            ones.push(api.start("one", json!({ "n": n })).await);
+        }
+        let two = api.start("two", json!({ "n": 0 })).await;
+        for &id in ones.iter().chain([&two]) {
+            assert_eq!(api.wait(id).await["state"], "succeeded", "{backend}");
+        }
+        let ids = |v: &Value| -> Vec<i64> {
+            v["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["id"].as_i64())
+                .collect()
+        };
+        let (status, all) = api
+            .send(reqwest::Method::GET, "/v1/workflow-runs", None)
+            .await;
+        assert_eq!(status, 200, "{all}");
+        assert_eq!(
+            ids(&all),
+            [two, ones[2], ones[1], ones[0]],
+            "{backend}: newest first"
+        );
+        assert_eq!(all["runs"][0]["workflow"], "two");
+        assert!(all["runs"][0]["nodes"].is_null(), "a list has no nodes");
+        let (_, page) = api
+            .send(
+                reqwest::Method::GET,
+                "/v1/workflow-runs?workflow=one&limit=2",
+                None,
+            )
+            .await;
+        assert_eq!(ids(&page), [ones[2], ones[1]], "{backend}");
+        let cursor = page["next_cursor"]
+            .as_str()
+            .expect("a string cursor")
+            .to_string();
+        let (_, rest) = api
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/workflow-runs?workflow=one&limit=2&cursor={cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(ids(&rest), [ones[0]], "{backend}");
+        assert!(rest["next_cursor"].is_null(), "{rest}");
+        let (_, running) = api
+            .send(
+                reqwest::Method::GET,
+                "/v1/workflow-runs?state=running",
+                None,
+            )
+            .await;
+        assert_eq!(ids(&running), Vec::<i64>::new(), "{backend}");
+        let (_, done) = api
+            .send(
+                reqwest::Method::GET,
+                "/v1/workflow-runs?state=succeeded&workflow=two",
+                None,
+            )
+            .await;
+        assert_eq!(ids(&done), [two], "{backend}");
+        for (query, says) in [
+            ("state=finished", "invalid state"),
+            ("limit=0", "invalid limit"),
+            ("cursor=abc", "invalid cursor"),
+        ] {
+            let (status, v) = api
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/workflow-runs?{query}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 400, "{query}: {v}");
+            assert!(
+                v["detail"].as_str().unwrap_or("").contains(says),
+                "{query}: {v}"
+            );
+        }
+        server.stop().await;
+    }
+}
