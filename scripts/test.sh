@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every test (SQLite always; Postgres when
 # WASMJOBS_TEST_POSTGRES is set), and the edge (no-compiler) build of the example edge host.
-# Then fuzzes the live HTTP API from its OpenAPI document (scripts/fuzz-api.sh).
+# Then fuzzes the live HTTP API from its OpenAPI document (scripts/fuzz-api.sh) and drives it
+# with a client generated from that document (scripts/client-from-openapi.sh).
 # Installs what it needs. This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,6 @@ cargo test --workspace
 
 echo "== API fuzzing from the OpenAPI document (schemathesis)"
 ./scripts/fuzz-api.sh
+
+echo "== a client generated from the OpenAPI document (openapi-python-client)"
+./scripts/client-from-openapi.sh

@@ -24,6 +24,7 @@ use crate::store::{Event, JobId, JobState};
 #[utoipa::path(
     get,
     path = "/jobs/{id}/events",
+    operation_id = "followJob",
     tag = "jobs",
     params(
         ("id" = i64, Path, minimum = 1, description = "The job id"),

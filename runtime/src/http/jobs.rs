@@ -252,12 +252,17 @@ pub(crate) struct StateReply {
 #[utoipa::path(
     post,
     path = "/jobs",
+    operation_id = "submitJob",
     tag = "jobs",
     params(
         ("wait" = Option<String>, Query, description = "Hold the request until the job ends or this long passes, e.g. `5s` (at most 5m)"),
         ("Idempotency-Key" = Option<String>, Header, description = "The submission's idempotency key, as the `idempotency_key` field (the two must agree when both are sent)"),
     ),
-    request_body = crate::service::SubmitJob,
+    request_body(
+        content = crate::service::SubmitJob,
+        description = "The submission",
+        example = json!({"module": "wordfreq", "input": {"text": "the cat and the hat"}, "limits": {"fuel": 1_000_000_000_u64, "timeout_ms": "5s"}, "retry": {"max_attempts": 3}, "idempotency_key": "order-1234"})
+    ),
     responses(
         (status = 201, description = "Accepted; `Location` names the job", body = crate::http::openapi::JobView),
         (status = 200, description = "The job first submitted with this idempotency key", body = crate::http::openapi::JobView),
@@ -368,8 +373,13 @@ pub(super) struct SubmitBatch {
 #[utoipa::path(
     post,
     path = "/jobs/batch",
+    operation_id = "submitJobs",
     tag = "jobs",
-    request_body = SubmitBatch,
+    request_body(
+        content = SubmitBatch,
+        description = "1 to 1,000 submissions",
+        example = json!({"jobs": [{"module": "wordfreq", "input": {"text": "a b"}}, {"module": "wordfreq", "input": {"text": "c"}}]})
+    ),
     responses(
         (status = 200, description = "One answer per submission, in order", body = crate::http::openapi::BatchView),
         (status = 400, description = "Malformed JSON, or no submissions, or more than 1,000", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
@@ -436,6 +446,7 @@ pub(super) struct GetQuery {
 #[utoipa::path(
     get,
     path = "/jobs/{id}",
+    operation_id = "getJob",
     tag = "jobs",
     params(
         ("id" = i64, Path, minimum = 1, description = "The job id"),
@@ -499,6 +510,7 @@ pub(super) struct ListQuery {
 #[utoipa::path(
     get,
     path = "/jobs",
+    operation_id = "listJobs",
     tag = "jobs",
     params(
         ("state" = Option<JobStateDoc>, Query, description = "Only jobs in this state"),
@@ -570,6 +582,7 @@ pub(super) async fn list(
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",
+    operation_id = "cancelJob",
     tag = "jobs",
     params(("id" = i64, Path, minimum = 1, description = "The job id")),
     responses(
@@ -603,6 +616,7 @@ pub(super) async fn cancel(
 #[utoipa::path(
     post,
     path = "/jobs/{id}/retry",
+    operation_id = "retryJob",
     tag = "jobs",
     params(("id" = i64, Path, minimum = 1, description = "The job id")),
     responses(

@@ -230,6 +230,7 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "health",
     tag = "service",
     security(()),
     responses((status = 200, description = "Up", body = openapi::Health))
@@ -268,6 +269,7 @@ const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readiness",
     tag = "service",
     security(()),
     responses(
@@ -315,6 +317,7 @@ async fn readyz(
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "service",
     responses(
         (status = 200, description = "Metrics", content_type = "text/plain", body = String),
@@ -349,6 +352,7 @@ async fn metrics(
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapiDocument",
     tag = "service",
     security(()),
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))

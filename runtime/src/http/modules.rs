@@ -59,6 +59,7 @@ pub(crate) struct ModuleList {
 #[utoipa::path(
     post,
     path = "/modules",
+    operation_id = "uploadModule",
     tag = "modules",
     params(("name" = Option<String>, Query, description = "A name to point at this digest (moves it if it pointed elsewhere; a name set by another token only an admin may move)")),
     request_body(content = crate::http::openapi::WasmBytes, content_type = "application/wasm", description = "The component's wasm bytes"),
@@ -200,6 +201,7 @@ async fn compile(
 #[utoipa::path(
     get,
     path = "/modules",
+    operation_id = "listModules",
     tag = "modules",
     responses(
         (status = 200, description = "The modules", body = crate::http::openapi::ModuleList),
@@ -222,6 +224,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ModuleLis
 #[utoipa::path(
     get,
     path = "/modules/{key}",
+    operation_id = "getModule",
     tag = "modules",
     params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
     responses(
@@ -250,6 +253,7 @@ pub(super) async fn get(
 #[utoipa::path(
     get,
     path = "/modules/{key}/wasm",
+    operation_id = "getModuleWasm",
     tag = "modules",
     params(("key" = String, Path, description = "A module name or `sha256:…` digest")),
     responses(

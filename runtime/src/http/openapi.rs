@@ -28,6 +28,7 @@ pub(crate) use super::{Health, Readiness};
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    servers((url = "/", description = "The server that serves this document")),
     security(("bearer" = [])),
     tags(
         (name = "modules", description = "Job components, content-addressed by sha256"),

@@ -217,6 +217,7 @@ pub(super) struct ListQuery {
 #[utoipa::path(
     get,
     path = "/workflow-runs",
+    operation_id = "listRuns",
     tag = "workflow-runs",
     params(
         ("workflow" = Option<String>, Query, description = "Only runs of this workflow"),
@@ -279,9 +280,10 @@ pub(super) async fn list(
 #[utoipa::path(
     post,
     path = "/workflows/{name}/runs",
+    operation_id = "startRun",
     tag = "workflow-runs",
     params(("name" = String, Path, description = "The workflow's name")),
-    request_body(content = StartRun, description = "The run's input"),
+    request_body(content = StartRun, description = "The run's input", example = json!({"input": {"text": "the quick brown fox"}})),
     responses(
         (status = 201, description = "The run, started", body = RunView),
         (status = 400, description = "Malformed JSON or input", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
@@ -320,6 +322,7 @@ pub(super) async fn start(
 #[utoipa::path(
     get,
     path = "/workflow-runs/{id}",
+    operation_id = "getRun",
     tag = "workflow-runs",
     params(("id" = i64, Path, minimum = 1, description = "The run id")),
     responses(
@@ -342,6 +345,7 @@ pub(super) async fn get(
 #[utoipa::path(
     post,
     path = "/workflow-runs/{id}/cancel",
+    operation_id = "cancelRun",
     tag = "workflow-runs",
     params(("id" = i64, Path, minimum = 1, description = "The run id")),
     responses(
@@ -371,6 +375,7 @@ pub(super) async fn cancel(
 #[utoipa::path(
     get,
     path = "/workflow-runs/{id}/events",
+    operation_id = "followRun",
     tag = "workflow-runs",
     params(
         ("id" = i64, Path, minimum = 1, description = "The run id"),

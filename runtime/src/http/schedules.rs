@@ -57,8 +57,13 @@ pub(crate) struct ScheduleList {
 #[utoipa::path(
     post,
     path = "/schedules",
+    operation_id = "addSchedule",
     tag = "schedules",
-    request_body = crate::http::openapi::ScheduleRequest,
+    request_body(
+        content = crate::http::openapi::ScheduleRequest,
+        description = "The schedule",
+        example = json!({"cron": "*/5 * * * *", "name": "every-five", "job": {"module": "wordfreq", "input": {"text": "tick"}}})
+    ),
     responses(
         (status = 201, description = "Added", body = crate::http::openapi::ScheduleView),
         (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
@@ -128,6 +133,7 @@ pub(super) async fn add(
 #[utoipa::path(
     get,
     path = "/schedules",
+    operation_id = "listSchedules",
     tag = "schedules",
     responses(
         (status = 200, description = "The schedules", body = crate::http::openapi::ScheduleList),
@@ -158,6 +164,7 @@ pub(super) async fn list(
 #[utoipa::path(
     delete,
     path = "/schedules/{key}",
+    operation_id = "deleteSchedule",
     tag = "schedules",
     params(("key" = String, Path, description = "The schedule's id or name")),
     responses(

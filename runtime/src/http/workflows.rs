@@ -69,8 +69,13 @@ fn parse_definition(body: &[u8]) -> Result<Definition, ApiError> {
 #[utoipa::path(
     post,
     path = "/workflows",
+    operation_id = "createWorkflow",
     tag = "workflows",
-    request_body(content = crate::workflow::Definition, description = "The definition, as JSON or YAML (`application/yaml`)"),
+    request_body(
+        content = crate::workflow::Definition,
+        description = "The definition, as JSON or YAML (`application/yaml`)",
+        example = json!({"name": "wordcount", "nodes": [{"name": "split", "module": "splitter"}, {"name": "count", "module": "wordfreq", "needs": ["split"], "for_each": {"items": "/chunks", "concurrency": 4}}]})
+    ),
     responses(
         (status = 201, description = "Stored as a new version", body = crate::http::openapi::WorkflowView),
         (status = 200, description = "Same as the latest version", body = crate::http::openapi::WorkflowView),
@@ -146,6 +151,7 @@ pub(super) async fn create(
 #[utoipa::path(
     get,
     path = "/workflows",
+    operation_id = "listWorkflows",
     tag = "workflows",
     responses(
         (status = 200, description = "The workflows", body = crate::http::openapi::WorkflowList),
@@ -193,6 +199,7 @@ async fn find(
 #[utoipa::path(
     get,
     path = "/workflows/{name}",
+    operation_id = "getWorkflow",
     tag = "workflows",
     params(
         ("name" = String, Path, description = "The workflow's name"),
@@ -225,6 +232,7 @@ pub(super) struct GraphQuery {
 #[utoipa::path(
     get,
     path = "/workflows/{name}/graph",
+    operation_id = "getWorkflowGraph",
     tag = "workflows",
     params(
         ("name" = String, Path, description = "The workflow's name"),

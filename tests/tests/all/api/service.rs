@@ -172,6 +172,24 @@ async fn openapi_document_lists_every_route_and_nothing_else() {
         serde_json::to_value(wasmjobs::http::openapi_document()).expect("json")
     );
 
+    // What client generators need: a server, a unique operationId for every operation, and
+    // an example for every JSON request body.
+    assert_eq!(doc["servers"][0]["url"], "/", "{}", doc["servers"]);
+    let mut operation_ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "{method} {path}: no operationId");
+            assert!(
+                operation_ids.insert(id.to_string()),
+                "{method} {path}: operationId {id} twice"
+            );
+            if let Some(json) = op["requestBody"]["content"].get("application/json") {
+                assert!(json["example"].is_object(), "{method} {path}: no example");
+            }
+        }
+    }
+
     let mut documented: Vec<(String, String)> = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("path item").keys() {
