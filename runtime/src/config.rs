@@ -226,12 +226,13 @@ mod tests {
             missing.is_empty() && unknown.is_empty(),
             "docs/serving.md's reference: missing {missing:?}, not keys of wasmjobs.toml {unknown:?}"
         );
-        // The variables are those of `serve` and `worker` (the node) and the client verbs.
+        // The variables are those of `serve` and `worker` (the node) and the client verbs
+        // (global: on the root command).
         use clap::CommandFactory as _;
         let cli = crate::cli::Cli::command();
         let mut env = BTreeSet::new();
-        for verb in ["serve", "worker", "job"] {
-            let cmd = cli.find_subcommand(verb).expect(verb);
+        let verbs = ["serve", "worker", "job"].map(|v| cli.find_subcommand(v).expect(v));
+        for cmd in std::iter::once(&cli).chain(verbs) {
             for arg in cmd.get_arguments() {
                 if let Some(var) = arg.get_env() {
                     env.insert(var.to_string_lossy().into_owned());

@@ -6,9 +6,9 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::Value;
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The wasmjobs server.
+    /// The wasmjobs server (client verbs).
     #[arg(
         long,
         env = "WASMJOBS_SERVER",
@@ -16,16 +16,39 @@ pub struct ClientArgs {
         global = true
     )]
     pub server: String,
-    /// API token (sent as a bearer token).
+    /// API token, sent as a bearer token (client verbs).
     #[arg(long, env = "WASMJOBS_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// Also trust the CA certificates in this PEM file for an https:// server (beside the
-    /// system's roots).
+    /// Also trust the CA certificates in this PEM file for an https:// server, beside the
+    /// system's roots (client verbs).
     #[arg(long, env = "WASMJOBS_CA_CERT", global = true, value_name = "FILE")]
     pub ca_cert: Option<std::path::PathBuf>,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
+}
+
+/// How a verb prints: `--output table|json` (`-o`), global within the verb, so accepted
+/// anywhere after it.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output: `table` for people, `json` for scripts (its fields are stable).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The same as `--output json`.
+    #[arg(long, global = true, hide = true)]
     pub json: bool,
+}
+
+/// What the verbs print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+impl OutputArgs {
+    /// Whether to print JSON (`--output json` or `--json`).
+    pub fn json(&self) -> bool {
+        self.json || self.output == Output::Json
+    }
 }
 
 /// A request to the server that did not succeed; its exit code tells scripts which way.

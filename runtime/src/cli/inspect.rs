@@ -10,16 +10,16 @@ use wasmjobs_host::units::format_size;
 pub struct InspectArgs {
     /// A `.wasm` component or a `.cwasm` artifact.
     file: PathBuf,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: super::client::OutputArgs,
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<u8> {
+    let json = args.out.json();
     let sandbox = super::local_sandbox()?;
     let module = super::load_file(&sandbox, &args.file)?;
     let info = module.info();
-    if args.json {
+    if json {
         let mut value = serde_json::to_value(info)?;
         value["world"] = serde_json::Value::String(info.world.as_str().to_string());
         value["capabilities"] = serde_json::to_value(info.capabilities())?;

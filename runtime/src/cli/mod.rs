@@ -11,6 +11,7 @@ mod client;
 mod compile;
 mod inspect;
 mod module;
+mod output;
 mod remote;
 mod run;
 mod schedule;
@@ -23,6 +24,9 @@ mod workflow;
 #[derive(Debug, Parser)]
 #[command(name = "wasmjobs", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
+    /// The client verbs' server, token and CA: accepted anywhere on the line.
+    #[command(flatten)]
+    client: client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,18 +90,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
+    let Cli { client, command } = cli;
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run(args) => run::run(args).await,
             Command::Build(args) => build::build(args),
             Command::Inspect(args) => inspect::inspect(args),
             Command::Compile(args) => compile::compile(args),
             Command::Serve(args) => serve::serve(args).await,
             Command::Worker(args) => serve::worker(args).await,
-            Command::Module(cmd) => module::module(cmd).await,
-            Command::Job(cmd) => remote::job(cmd).await,
-            Command::Schedule(cmd) => schedule::schedule(cmd).await,
-            Command::Workflow(cmd) => workflow::workflow(cmd).await,
+            Command::Module(cmd) => module::module(cmd, &client).await,
+            Command::Job(cmd) => remote::job(cmd, &client).await,
+            Command::Schedule(cmd) => schedule::schedule(cmd, &client).await,
+            Command::Workflow(cmd) => workflow::workflow(cmd, &client).await,
             Command::Token(cmd) => token::token(cmd),
             Command::Completions { shell } => {
                 use clap::CommandFactory as _;

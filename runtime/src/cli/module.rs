@@ -6,13 +6,14 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::client::{Client, ClientArgs};
+use super::client::{Client, ClientArgs, OutputArgs};
+use super::output;
 use super::remote::urlencode;
 
 #[derive(Debug, Args)]
 pub struct ModuleCmd {
     #[command(flatten)]
-    client: ClientArgs,
+    out: OutputArgs,
     #[command(subcommand)]
     verb: ModuleVerb,
 }
@@ -31,8 +32,9 @@ enum ModuleVerb {
     List,
 }
 
-pub async fn module(cmd: ModuleCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
+pub async fn module(cmd: ModuleCmd, client: &ClientArgs) -> anyhow::Result<u8> {
+    let c = Client::new(client)?;
+    let json = cmd.out.json();
     match cmd.verb {
         ModuleVerb::Upload { file, name } => {
             let bytes =
@@ -42,7 +44,7 @@ pub async fn module(cmd: ModuleCmd) -> anyhow::Result<u8> {
                 None => "/v1/modules".to_string(),
             };
             let m = c.post_bytes(&path, bytes).await?;
-            if cmd.client.json {
+            if json {
                 println!("{m}");
             } else {
                 println!("{}", m["digest"].as_str().unwrap_or(""));
@@ -50,24 +52,33 @@ pub async fn module(cmd: ModuleCmd) -> anyhow::Result<u8> {
         }
         ModuleVerb::List => {
             let v = c.get("/v1/modules").await?;
-            if cmd.client.json {
+            if json {
                 println!("{v}");
             } else {
-                for m in v["modules"].as_array().into_iter().flatten() {
+                let rows = v["modules"].as_array().into_iter().flatten().map(|m| {
                     let names: Vec<&str> = m["names"]
                         .as_array()
                         .into_iter()
                         .flatten()
                         .filter_map(Value::as_str)
                         .collect();
-                    println!(
-                        "{}  {:>9}  {}  {}",
-                        m["digest"].as_str().unwrap_or(""),
-                        m["size"],
-                        m["world"].as_str().unwrap_or(""),
-                        names.join(",")
-                    );
-                }
+                    [
+                        if names.is_empty() {
+                            "-".to_string()
+                        } else {
+                            names.join(", ")
+                        },
+                        output::short_digest(m["digest"].as_str().unwrap_or("")),
+                        m["size"]
+                            .as_u64()
+                            .map_or_else(|| "-".into(), wasmjobs_host::units::format_size),
+                        output::time(&m["created_at"]),
+                    ]
+                });
+                print!(
+                    "{}",
+                    output::table(["NAME", "DIGEST", "SIZE", "CREATED (UTC)"], rows)
+                );
             }
         }
     }

@@ -10,13 +10,14 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use wasmjobs_host::Outcome;
 
-use super::client::{Client, ClientArgs};
+use super::client::{Client, ClientArgs, OutputArgs};
+use super::output;
 use crate::exit;
 
 #[derive(Debug, Args)]
 pub struct JobCmd {
     #[command(flatten)]
-    client: ClientArgs,
+    out: OutputArgs,
     #[command(subcommand)]
     verb: JobVerb,
 }
@@ -104,9 +105,10 @@ struct SubmitArgs {
     follow: bool,
 }
 
-pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
-    let json_out = cmd.client.json;
+pub async fn job(cmd: JobCmd, client: &ClientArgs) -> anyhow::Result<u8> {
+    let c = Client::new(client)?;
+    let json = cmd.out.json();
+    let json_out = json;
     match cmd.verb {
         JobVerb::Submit(a) => submit(&c, a, json_out).await,
         JobVerb::Status { id } => {
@@ -189,15 +191,38 @@ pub async fn job(cmd: JobCmd) -> anyhow::Result<u8> {
             if json_out {
                 println!("{v}");
             } else {
-                for j in v["jobs"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:>8}  {:<10} {:<16} {}",
-                        j["id"],
-                        j["state"].as_str().unwrap_or(""),
-                        j["outcome"].as_str().unwrap_or("-"),
-                        j["module"].as_str().unwrap_or("")
-                    );
-                }
+                // Names rather than digests: the modules' names, from one more request.
+                let names = module_names(&c).await;
+                let rows = v["jobs"].as_array().into_iter().flatten().map(|j| {
+                    let digest = j["module"].as_str().unwrap_or("");
+                    [
+                        j["id"].to_string(),
+                        output::text(&j["state"]),
+                        output::text(&j["outcome"]),
+                        names
+                            .get(digest)
+                            .cloned()
+                            .unwrap_or_else(|| output::short_digest(digest)),
+                        j["attempt_count"].to_string(),
+                        output::time(&j["created_at"]),
+                        output::time(&j["finished_at"]),
+                    ]
+                });
+                print!(
+                    "{}",
+                    output::table(
+                        [
+                            "ID",
+                            "STATE",
+                            "OUTCOME",
+                            "MODULE",
+                            "ATTEMPTS",
+                            "CREATED (UTC)",
+                            "FINISHED (UTC)"
+                        ],
+                        rows
+                    )
+                );
                 if let Some(next) = v["next_cursor"].as_str() {
                     eprintln!("more: --cursor {next}");
                 }
@@ -389,6 +414,28 @@ async fn replay(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
         );
     }
     Ok(exit::for_outcome(report.outcome))
+}
+
+/// Each module digest's names (`wordfreq, wf`), for lists that show jobs by module; empty
+/// when the modules cannot be read (the list then shows digests).
+async fn module_names(c: &Client) -> std::collections::HashMap<String, String> {
+    let Ok(v) = c.get("/v1/modules").await else {
+        return Default::default();
+    };
+    v["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let names: Vec<&str> = m["names"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let digest = m["digest"].as_str()?;
+            (!names.is_empty()).then(|| (digest.to_string(), names.join(", ")))
+        })
+        .collect()
 }
 
 /// An id given on the command line: a positive integer, or an error naming `what`.

@@ -3,13 +3,14 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::client::{Client, ClientArgs};
+use super::client::{Client, ClientArgs, OutputArgs};
+use super::output;
 use super::remote::urlencode;
 
 #[derive(Debug, Args)]
 pub struct ScheduleCmd {
     #[command(flatten)]
-    client: ClientArgs,
+    out: OutputArgs,
     #[command(subcommand)]
     verb: ScheduleVerb,
 }
@@ -39,8 +40,9 @@ enum ScheduleVerb {
     },
 }
 
-pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
+pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u8> {
+    let c = Client::new(client)?;
+    let json = cmd.out.json();
     match cmd.verb {
         ScheduleVerb::Add {
             cron,
@@ -58,7 +60,7 @@ pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
                 .await?;
             println!(
                 "{}",
-                if cmd.client.json {
+                if json {
                     v.to_string()
                 } else {
                     v["id"].to_string()
@@ -67,18 +69,22 @@ pub async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<u8> {
         }
         ScheduleVerb::List => {
             let v = c.get("/v1/schedules").await?;
-            if cmd.client.json {
+            if json {
                 println!("{v}");
             } else {
-                for s in v["schedules"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:>5}  {:<16} {:<20} {}",
-                        s["id"],
-                        s["name"].as_str().unwrap_or("-"),
-                        s["cron"].as_str().unwrap_or(""),
-                        s["target"]["module"].as_str().unwrap_or("")
-                    );
-                }
+                let rows = v["schedules"].as_array().into_iter().flatten().map(|s| {
+                    [
+                        s["id"].to_string(),
+                        output::text(&s["name"]),
+                        output::text(&s["cron"]),
+                        output::text(&s["target"]["module"]),
+                        output::time(&s["next_run_at"]),
+                    ]
+                });
+                print!(
+                    "{}",
+                    output::table(["ID", "NAME", "CRON (UTC)", "MODULE", "NEXT (UTC)"], rows)
+                );
             }
         }
         ScheduleVerb::Rm { key } => {

@@ -15,9 +15,8 @@ pub struct TokenCmd {
     /// The configuration file to read and change (default: ./wasmjobs.toml).
     #[arg(long, env = "WASMJOBS_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    out: super::client::OutputArgs,
     #[command(subcommand)]
     verb: TokenVerb,
 }
@@ -57,6 +56,7 @@ fn parse_scope(text: &str) -> Result<Scope, String> {
 }
 
 pub fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
+    let json = cmd.out.json();
     let path = cmd
         .config
         .clone()
@@ -102,7 +102,7 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
                     path.display()
                 );
             }
-            if cmd.json {
+            if json {
                 println!(
                     "{}",
                     json!({ "name": name, "scope": scope, "secret": secret })
@@ -115,7 +115,7 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
         TokenVerb::List => {
             let doc = read(&path)?;
             let tokens = entries(&doc);
-            if cmd.json {
+            if json {
                 let list: Vec<_> = tokens
                     .iter()
                     .map(|t| json!({ "name": t.name, "scope": t.scope, "sha256": t.sha256 }))
@@ -124,15 +124,17 @@ pub fn token(cmd: TokenCmd) -> anyhow::Result<u8> {
             } else if tokens.is_empty() {
                 eprintln!("no tokens in {}", path.display());
             } else {
-                println!("{:<24} {:<8} SHA256", "NAME", "SCOPE");
-                for t in tokens {
-                    println!(
-                        "{:<24} {:<8} {}…",
-                        t.name,
-                        t.scope.as_str(),
-                        t.sha256.get(..12).unwrap_or(&t.sha256)
-                    );
-                }
+                let rows = tokens.iter().map(|t| {
+                    [
+                        t.name.clone(),
+                        t.scope.to_string(),
+                        format!("{}…", t.sha256.get(..12).unwrap_or(&t.sha256)),
+                    ]
+                });
+                print!(
+                    "{}",
+                    super::output::table(["NAME", "SCOPE", "SHA256"], rows)
+                );
             }
             Ok(crate::exit::OK)
         }

@@ -8,12 +8,13 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{Client, ClientArgs};
+use super::client::{Client, ClientArgs, OutputArgs};
+use super::output;
 
 #[derive(Debug, Args)]
 pub struct WorkflowCmd {
     #[command(flatten)]
-    client: ClientArgs,
+    out: OutputArgs,
     #[command(subcommand)]
     verb: WorkflowVerb,
 }
@@ -67,8 +68,9 @@ enum WorkflowVerb {
     },
 }
 
-pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
-    let c = Client::new(&cmd.client)?;
+pub async fn workflow(cmd: WorkflowCmd, client: &ClientArgs) -> anyhow::Result<u8> {
+    let c = Client::new(client)?;
+    let json = cmd.out.json();
     // NAME@VERSION: the path segment and the `version=` query, if any.
     let split = |name: &str| -> (String, Option<String>) {
         match name.split_once('@') {
@@ -89,7 +91,7 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
                 "application/yaml"
             };
             let w = c.post_body("/v1/workflows", text, content_type).await?;
-            if cmd.client.json {
+            if json {
                 println!("{w}");
             } else {
                 println!(
@@ -101,24 +103,29 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
         }
         WorkflowVerb::List => {
             let v = c.get("/v1/workflows").await?;
-            if cmd.client.json {
+            if json {
                 println!("{v}");
             } else {
-                for w in v["workflows"].as_array().into_iter().flatten() {
+                let rows = v["workflows"].as_array().into_iter().flatten().map(|w| {
                     let nodes = w["definition"]["nodes"].as_array().map_or(0, Vec::len);
-                    println!(
-                        "{:<24} v{:<4} {nodes} nodes",
-                        w["name"].as_str().unwrap_or(""),
-                        w["version"]
-                    );
-                }
+                    [
+                        output::text(&w["name"]),
+                        w["version"].to_string(),
+                        format!("{nodes} nodes"),
+                        output::time(&w["created_at"]),
+                    ]
+                });
+                print!(
+                    "{}",
+                    output::table(["NAME", "VERSION", "NODES", "CREATED (UTC)"], rows)
+                );
             }
         }
         WorkflowVerb::Show { name } => {
             let (name, version) = split(&name);
             let query = version.map(|q| format!("?{q}")).unwrap_or_default();
             let w = c.get(&format!("/v1/workflows/{name}{query}")).await?;
-            if cmd.client.json {
+            if json {
                 println!("{w}");
             } else {
                 println!("{}", serde_json::to_string_pretty(&w["definition"])?);
@@ -163,9 +170,9 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
                 .as_i64()
                 .context("the server returned no run id")?;
             if follow {
-                return follow_run(&c, id, cmd.client.json).await;
+                return follow_run(&c, id, json).await;
             }
-            if cmd.client.json {
+            if json {
                 println!("{run}");
             } else {
                 println!("{id}");
@@ -174,10 +181,10 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
         WorkflowVerb::Status { id, follow } => {
             let id = super::remote::check_id("workflow run", &id)?;
             if follow {
-                return follow_run(&c, id, cmd.client.json).await;
+                return follow_run(&c, id, json).await;
             }
             let run = c.get(&format!("/v1/workflow-runs/{id}")).await?;
-            if cmd.client.json {
+            if json {
                 println!("{run}");
             } else {
                 for line in render(&run, &HashMap::new()) {
@@ -194,7 +201,7 @@ pub async fn workflow(cmd: WorkflowCmd) -> anyhow::Result<u8> {
             let run = c
                 .post_json(&format!("/v1/workflow-runs/{id}/cancel"), &json!({}))
                 .await?;
-            if cmd.client.json {
+            if json {
                 println!("{run}");
             } else {
                 println!("run {id}: {}", run["state"].as_str().unwrap_or("?"));

@@ -34,6 +34,39 @@ async fn cli_client_against_a_live_server() {
         "{}",
         out(&o)
     );
+    // A table for people, with a header; JSON for scripts, with the output flag anywhere
+    // after the verb (short or long); --server anywhere on the line.
+    assert!(out(&o).starts_with("NAME"), "{}", out(&o));
+    for args in [
+        &["module", "-o", "json", "list"][..],
+        &["module", "list", "--output", "json"],
+        &["module", "--output=json", "list"],
+        &["module", "list", "--json"],
+    ] {
+        let o = cli(args);
+        let v: Value = serde_json::from_str(out(&o).trim())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out(&o)));
+        assert!(
+            v["modules"].as_array().is_some_and(|m| m.len() == 2),
+            "{args:?}: {v}"
+        );
+    }
+    let o = cli(&[
+        "--server",
+        "http://127.0.0.1:9",
+        "module",
+        "list",
+        "--server",
+        &server.url,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the last --server wins: {}",
+        err(&o)
+    );
+    let o = cli(&["module", "list", "-o", "yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
 
     // Workflow definitions: create from YAML, list, draw; a bad one is one line naming it.
     let wf = dir.path().join("wf.yaml");
