@@ -288,7 +288,24 @@ async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8>
 
 /// Streams a job's events; prints logs and progress on stderr, the output on stdout.
 async fn follow_job(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
-    let tty = std::io::stderr().is_terminal();
+    // On a terminal, progress is a bar that log lines print above (drawn from the first
+    // progress event on); elsewhere, a line each.
+    let bar = (!json_out && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let say = |line: String| match &bar {
+        Some(bar) if !bar.is_hidden() => bar.println(line),
+        _ => eprintln!("{line}"),
+    };
     let mut end = Value::Null;
     let mut output = Value::Null;
     c.follow(&format!("/v1/jobs/{id}/events"), |_, event, data| {
@@ -299,51 +316,43 @@ async fn follow_job(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
             "end" => end = data.clone(),
             "output" => output = data.clone(),
             _ if json_out => {}
-            "log" => {
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
-                eprintln!(
-                    "[{} {}] {}",
-                    data["level"].as_str().unwrap_or("info"),
-                    data["source"].as_str().unwrap_or(""),
-                    data["message"].as_str().unwrap_or("")
-                );
-            }
+            "log" => say(format!(
+                "[{} {}] {}",
+                data["level"].as_str().unwrap_or("info"),
+                data["source"].as_str().unwrap_or(""),
+                data["message"].as_str().unwrap_or("")
+            )),
             "progress" => {
                 let (done, total) = (
                     data["done"].as_u64().unwrap_or(0),
                     data["total"].as_u64().unwrap_or(0),
                 );
-                if tty && total > 0 {
-                    let width = 30;
-                    let filled = (done.min(total) * width / total) as usize;
-                    eprint!(
-                        "\r[{}{}] {done}/{total}",
-                        "=".repeat(filled),
-                        " ".repeat(width as usize - filled)
-                    );
-                } else {
-                    eprintln!("[progress] {done}/{total}");
+                match &bar {
+                    Some(bar) if total > 0 => {
+                        if bar.is_hidden() {
+                            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                        }
+                        bar.set_length(total);
+                        bar.set_position(done.min(total));
+                    }
+                    _ => eprintln!("[progress] {done}/{total}"),
                 }
             }
-            "state" => {
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
-                eprintln!(
-                    "-- {}{}",
-                    data["state"].as_str().unwrap_or("?"),
-                    data["error"]
-                        .as_str()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                );
-            }
-            other => eprintln!("-- {other}"),
+            "state" => say(format!(
+                "-- {}{}",
+                data["state"].as_str().unwrap_or("?"),
+                data["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+            other => say(format!("-- {other}")),
         }
     })
     .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if !json_out {
         print_output(&output);
     }

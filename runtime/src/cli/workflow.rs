@@ -1,7 +1,7 @@
 //! `wasmjobs workflow …`: workflow definitions and runs on a server.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -234,22 +234,22 @@ async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
     }
     let tty = std::io::stderr().is_terminal() && !json_out;
     let mut progress: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut drawn = 0usize;
-    let mut err = std::io::stderr();
-    let mut redraw = |run: &Value, progress: &HashMap<String, (u64, u64)>, drawn: &mut usize| {
-        if !tty {
-            return;
+    // On a terminal, the tree is redrawn in place (an indicatif bar whose message is the tree)
+    // and log lines print above it.
+    let tree = tty.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
+    let redraw = |run: &Value, progress: &HashMap<String, (u64, u64)>| {
+        if let Some(tree) = &tree {
+            tree.set_message(render(run, progress).join("\n"));
         }
-        if *drawn > 0 {
-            let _ = write!(err, "\x1b[{}A\x1b[J", *drawn);
-        }
-        let lines = render(run, progress);
-        for l in &lines {
-            let _ = writeln!(err, "{l}");
-        }
-        *drawn = lines.len();
     };
-    redraw(&run, &progress, &mut drawn);
+    redraw(&run, &progress);
     c.follow(
         &format!("/v1/workflow-runs/{id}/events"),
         |_, event, data| {
@@ -300,23 +300,23 @@ async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
                     );
                 }
                 "log" => {
-                    if tty && drawn > 0 {
-                        eprint!("\x1b[{drawn}A\x1b[J");
-                        drawn = 0;
-                    }
                     let index = data["index"]
                         .as_i64()
                         .map(|i| format!("[{i}]"))
                         .unwrap_or_default();
-                    eprintln!(
+                    let line = format!(
                         "[{node}{index} {}] {}",
                         data["level"].as_str().unwrap_or("info"),
                         data["message"].as_str().unwrap_or("")
                     );
+                    match &tree {
+                        Some(tree) => tree.println(line),
+                        None => eprintln!("{line}"),
+                    }
                 }
                 _ => {}
             }
-            redraw(&run, &progress, &mut drawn);
+            redraw(&run, &progress);
         },
     )
     .await?;
@@ -325,8 +325,8 @@ async fn follow_run(c: &Client, id: i64, json_out: bool) -> anyhow::Result<u8> {
         println!("{run}");
         return Ok(run_exit_code(&run));
     }
-    if tty && drawn > 0 {
-        eprint!("\x1b[{drawn}A\x1b[J");
+    if let Some(tree) = &tree {
+        tree.finish_and_clear();
     }
     for line in render(&run, &HashMap::new()) {
         eprintln!("{line}");
