@@ -54,7 +54,7 @@ enum JobVerb {
         /// Only jobs in this state (scheduled, queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
-        /// Only jobs of this module (its sha256 digest).
+        /// Only jobs of this module (name or sha256 digest).
         #[arg(long)]
         module: Option<String>,
         /// At most this many jobs.
