@@ -240,7 +240,7 @@ pub(super) async fn list(
         .state
         .as_deref()
         .map(|s| {
-            serde_json::from_value::<RunState>(json!(s)).map_err(|_| {
+            s.parse::<RunState>().map_err(|_| {
                 ApiError::bad_request(format!(
                     "invalid state {s:?}: expected running, cancelling, succeeded, failed or cancelled"
                 ))
