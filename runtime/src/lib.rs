@@ -13,6 +13,7 @@ pub mod scheduler;
 mod schema;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod throttle;
 pub mod watch;
 pub mod workflow;

@@ -74,6 +74,8 @@ struct Setup {
 }
 
 async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
+    // The metrics recorder first, so that nothing the node counts from its start is lost.
+    crate::telemetry::handle();
     let file = FileConfig::load(args.config.as_deref())?;
     let mut names = std::collections::HashSet::new();
     for token in &file.tokens {

@@ -57,6 +57,8 @@ impl AppState {
         modules: ModuleCache,
         config: ApiConfig,
     ) -> AppState {
+        // The metrics recorder, installed before the first request is counted.
+        crate::telemetry::handle();
         let compiles = Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_compiles.max(1),
         ));
@@ -136,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn(error::problems))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state);
     // Outermost: a browser's preflight is answered before authentication, which it cannot
     // pass (it carries no Authorization header).
@@ -331,9 +334,11 @@ async fn metrics(
     use axum::response::IntoResponse;
     use std::fmt::Write;
     let counts = state.service.store.count_by_state().await?;
-    let mut out = String::from(
-        "# HELP wasmjobs_jobs Jobs in the store by state.\n# TYPE wasmjobs_jobs gauge\n",
-    );
+    // This process's counters and histograms, then the store's jobs by state.
+    let mut out = crate::telemetry::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    out.push_str("# HELP wasmjobs_jobs Jobs in the store by state.\n# TYPE wasmjobs_jobs gauge\n");
     for st in crate::store::JobState::ALL {
         let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "wasmjobs_jobs{{state=\"{st}\"}} {n}");
@@ -400,6 +405,38 @@ async fn refuse_nul(
         .into_response();
     }
     next.run(req).await
+}
+
+/// Counts and times each request by method, route template (`/v1/jobs/{id}`, never the id)
+/// and status.
+async fn count_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    crate::telemetry::http_request(
+        method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// A list's page size from `?limit=`: 1 to 1000, 50 when not given.

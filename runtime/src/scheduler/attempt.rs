@@ -8,6 +8,7 @@ const EVENT_FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs one claimed attempt (on the guest runtime) and hands its completion to the completer.
 pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
+    let _busy = BusySlot::take();
     let started = now_ms();
     let buffered: Arc<Mutex<live::LiveEvents>> = Arc::default();
     // Rung when the buffer gets its first event: most attempts log nothing, and wait on no
@@ -105,6 +106,13 @@ pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHan
         // (`Node::drain`), not `cancelled`.
         return;
     }
+    crate::telemetry::attempt_finished(
+        outcome,
+        report.trap.map(|t| t.as_str()),
+        report.wall_time,
+        report.fuel_consumed,
+        report.peak_memory_bytes,
+    );
     lock(&s.pending).insert(job.id);
     s.uncommitted.fetch_add(1, Ordering::Relaxed);
     let _ = s.completions.send(Completion {
@@ -122,6 +130,22 @@ pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHan
         ended_at: now_ms(),
         events,
     });
+}
+
+/// A slot running an attempt, counted in the busy-slots gauge while it lives.
+struct BusySlot;
+
+impl BusySlot {
+    fn take() -> BusySlot {
+        crate::telemetry::slot_busy(1.0);
+        BusySlot
+    }
+}
+
+impl Drop for BusySlot {
+    fn drop(&mut self) {
+        crate::telemetry::slot_busy(-1.0);
+    }
 }
 
 /// Writes a running attempt's live events, on the node's runtime; stops the attempt if its

@@ -46,6 +46,7 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
                 .await
             {
                 Ok(jobs) => {
+                    crate::telemetry::claimed(jobs.len());
                     claimed_any = !jobs.is_empty() && jobs.len() as u32 == want;
                     hold(&s, jobs);
                 }

@@ -193,6 +193,7 @@ impl Node {
         let (guests, guest_handle) = guest_runtime(config.concurrency);
         let (tx, rx) = mpsc::unbounded_channel();
         let slots = config.concurrency.max(1);
+        crate::telemetry::slots(slots);
         let shared = Arc::new(Shared {
             store: service.store.clone(),
             policy: service.policy.clone(),

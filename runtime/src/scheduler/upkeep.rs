@@ -43,7 +43,22 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
     let mut tries = 0u32;
     loop {
         match s.store.complete(batch, at(batch)).await {
-            Ok(_) => {
+            Ok(results) => {
+                let retried = results
+                    .iter()
+                    .zip(batch)
+                    .filter(|(r, c)| {
+                        c.outcome != wasmjobs_host::Outcome::Succeeded
+                            && matches!(
+                                r,
+                                crate::store::Completed::Applied(
+                                    crate::store::JobState::Queued
+                                        | crate::store::JobState::Scheduled
+                                )
+                            )
+                    })
+                    .count();
+                crate::telemetry::retries(retried as u64);
                 if s.health.unblock() {
                     tracing::info!("the store takes writes again: claiming again");
                 }
@@ -152,6 +167,7 @@ pub(super) async fn rescue(s: Arc<Shared>) {
             .await
         {
             Ok(ids) if !ids.is_empty() => {
+                crate::telemetry::rescued(ids.len() as u64);
                 tracing::warn!("rescued {} jobs with expired leases: {ids:?}", ids.len())
             }
             Ok(_) => {}
@@ -177,11 +193,14 @@ pub(super) async fn rescue_predecessors(s: &Shared) {
         return;
     }
     match s.store.rescue(Rescue::Workers(&gone), now_ms()).await {
-        Ok(ids) if !ids.is_empty() => tracing::warn!(
-            "took back {} jobs of nodes that are gone ({}): they run again",
-            ids.len(),
-            gone.join(", ")
-        ),
+        Ok(ids) if !ids.is_empty() => {
+            crate::telemetry::rescued(ids.len() as u64);
+            tracing::warn!(
+                "took back {} jobs of nodes that are gone ({}): they run again",
+                ids.len(),
+                gone.join(", ")
+            )
+        }
         Ok(_) => {}
         Err(e) => crate::throttle::warn(format!("rescuing the jobs of gone nodes: {e}")),
     }

@@ -9,6 +9,7 @@ use wasmjobs_tests::{Process, guest_bytes, guests};
 
 mod clients;
 mod crashes;
+mod metrics;
 mod tls;
 
 pub(super) async fn upload(http: &reqwest::Client, url: &str, wasm: &str, name: &str) {
