@@ -279,15 +279,26 @@ pub struct Process {
 }
 
 impl Process {
-    /// `wasmjobs serve` on a free loopback port, in `dir` (which holds its config).
+    /// `wasmjobs serve` on a free loopback port, in `dir` (which holds its config). Its
+    /// stderr goes to `dir/serve-<test process id>.log`.
     pub fn serve(dir: &std::path::Path, db: &str, extra: &[&str]) -> Process {
+        Process::serve_env(dir, db, extra, &[])
+    }
+
+    /// [`Process::serve`] with these environment variables besides.
+    pub fn serve_env(
+        dir: &std::path::Path,
+        db: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let mut args = vec!["serve", "--db", db, "--addr"];
         let addr = format!("127.0.0.1:{port}");
         args.push(&addr);
         args.extend_from_slice(extra);
-        let child = spawn(dir, &args);
+        let child = spawn(dir, &args, env);
         let p = Process { child, url };
         p.wait_healthy();
         p
@@ -302,7 +313,7 @@ impl Process {
     pub fn worker_with(dir: &std::path::Path, db: &str, node_id: &str, extra: &[&str]) -> Process {
         let mut args = vec!["worker", "--db", db, "--node-id", node_id, "--workers", "2"];
         args.extend_from_slice(extra);
-        let child = spawn(dir, &args);
+        let child = spawn(dir, &args, &[]);
         Process {
             child,
             url: String::new(),
@@ -351,9 +362,10 @@ impl Drop for Process {
     }
 }
 
-fn spawn(dir: &std::path::Path, args: &[&str]) -> std::process::Child {
+fn spawn(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     std::process::Command::new(wasmjobs_bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("WASMJOBS_CACHE_DIR", dir.join("cache"))
         .stdout(std::process::Stdio::null())

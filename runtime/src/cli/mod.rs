@@ -27,8 +27,19 @@ pub struct Cli {
     /// The client verbs' server, token and CA: accepted anywhere on the line.
     #[command(flatten)]
     client: client::ClientArgs,
+    /// How log lines are written: `text` for people, `json` (one object a line) for log
+    /// collectors.
+    #[arg(long, env = "WASMJOBS_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,21 +80,7 @@ pub fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         die_quietly_on_closed_pipe();
     }
-    // The TLS verifier logs each certificate it refuses as an error of its own; the client's
-    // error says it, with what to do.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour on a terminal only, and not when NO_COLOR is set (no-color.org).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
+    init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,7 +91,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::ERROR);
         }
     };
-    let Cli { client, command } = cli;
+    let Cli {
+        client, command, ..
+    } = cli;
     let result = runtime.block_on(async move {
         match command {
             Command::Run(args) => run::run(args).await,
@@ -129,6 +128,32 @@ pub fn main() -> ExitCode {
                     .map_or(exit::ERROR, client::RemoteError::exit_code),
             )
         }
+    }
+}
+
+/// Logs to stderr, filtered by `WASMJOBS_LOG` (default `warn`): text, coloured only on a
+/// terminal and without `NO_COLOR`, or JSON. Spans (HTTP requests, attempts, workflow steps)
+/// are written when they close, with their fields and how long they took.
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    // The TLS verifier logs each certificate it refuses as an error of its own; the client's
+    // error says it, with what to do.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::CLOSE);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            // Colour on a terminal only, and not when NO_COLOR is set (no-color.org).
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
     }
 }
 

@@ -408,7 +408,7 @@ async fn refuse_nul(
 }
 
 /// Counts and times each request by method, route template (`/v1/jobs/{id}`, never the id)
-/// and status.
+/// and status, in a span with the same fields.
 async fn count_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -428,14 +428,19 @@ async fn count_request(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    crate::telemetry::http_request(
+    let span = tracing::debug_span!(
+        "http_request",
         method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
+        route = %route,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let took = started.elapsed();
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", took.as_secs_f64() * 1000.0);
+    crate::telemetry::http_request(method, &route, response.status().as_u16(), took);
     response
 }
 

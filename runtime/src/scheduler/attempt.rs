@@ -6,8 +6,21 @@ use super::*;
 /// How often a running attempt's live events (logs, progress) are written, at most.
 const EVENT_FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Runs one claimed attempt (on the guest runtime) and hands its completion to the completer.
+/// Runs one claimed attempt (on the guest runtime) and hands its completion to the completer,
+/// in a span with the job, attempt and module, and, once it ended, its outcome and fuel.
 pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
+    let span = tracing::debug_span!(
+        "attempt",
+        job = job.id,
+        attempt = job.attempt,
+        module = %job.module_digest,
+        outcome = tracing::field::Empty,
+        fuel = tracing::field::Empty,
+    );
+    tracing::Instrument::instrument(attempt(s, job, cancel), span).await;
+}
+
+async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     let _busy = BusySlot::take();
     let started = now_ms();
     let buffered: Arc<Mutex<live::LiveEvents>> = Arc::default();
@@ -106,6 +119,9 @@ pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHan
         // (`Node::drain`), not `cancelled`.
         return;
     }
+    let span = tracing::Span::current();
+    span.record("outcome", outcome.as_str());
+    span.record("fuel", report.fuel_consumed);
     crate::telemetry::attempt_finished(
         outcome,
         report.trap.map(|t| t.as_str()),

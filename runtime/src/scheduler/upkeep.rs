@@ -59,6 +59,7 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
                     })
                     .count();
                 crate::telemetry::retries(retried as u64);
+                log_endings(batch, &results);
                 if s.health.unblock() {
                     tracing::info!("the store takes writes again: claiming again");
                 }
@@ -94,6 +95,37 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
                 }
                 return;
             }
+        }
+    }
+}
+
+/// Says how each attempt left its job: at info for a job that ended other than `succeeded`
+/// (with its outcome and error), at debug for every other change of state.
+fn log_endings(batch: &[Completion], results: &[crate::store::Completed]) {
+    use crate::store::{Completed, JobState};
+    for (c, result) in batch.iter().zip(results) {
+        match result {
+            Completed::Applied(state @ (JobState::Failed | JobState::Cancelled)) => tracing::info!(
+                job = c.job_id,
+                attempt = c.attempt,
+                outcome = c.outcome.as_str(),
+                error = c.error.as_deref().unwrap_or(""),
+                "job {} ended {state}",
+                c.job_id
+            ),
+            Completed::Applied(state) => tracing::debug!(
+                job = c.job_id,
+                attempt = c.attempt,
+                outcome = c.outcome.as_str(),
+                "job {} is {state}",
+                c.job_id
+            ),
+            Completed::Refused => tracing::debug!(
+                job = c.job_id,
+                attempt = c.attempt,
+                "job {}: the attempt's completion was refused (its lease had moved on)",
+                c.job_id
+            ),
         }
     }
 }

@@ -124,7 +124,10 @@ async fn run_engine(
             if shutdown.is_cancelled() {
                 return;
             }
-            if let Err(e) = advance(&service, run, &mut following).await {
+            let step = tracing::debug_span!("workflow_step", run);
+            if let Err(e) =
+                tracing::Instrument::instrument(advance(&service, run, &mut following), step).await
+            {
                 tracing::warn!("workflow run {run}: step failed (retried on the next scan): {e}");
             }
         }

@@ -102,3 +102,76 @@ async fn metrics_count_a_known_workload() {
     assert_eq!(get(r#"wasmjobs_jobs{state="succeeded"}"#), 3.0);
     assert_eq!(get(r#"wasmjobs_jobs{state="failed"}"#), 4.0);
 }
+
+/// With `--log-format json`, every log line is a JSON object: the span of each HTTP request
+/// (method, route template, status, latency) and of each attempt (job, attempt, module,
+/// outcome, fuel) at debug, and an info line for a job that ended other than `succeeded`
+/// (job, outcome, error). In text, a log written to a file carries no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_with_request_and_attempt_spans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("l.db").display().to_string();
+    let server = Process::serve_env(
+        dir.path(),
+        &db,
+        &["--workers", "1", "--log-format", "json"],
+        &[("WASMJOBS_LOG", "info,wasmjobs=debug,sqlx=warn")],
+    );
+    let http = reqwest::Client::new();
+    upload(&http, &server.url, guests::TESTJOB, "testjob").await;
+    let ids = submit_all(
+        &http,
+        &server.url,
+        vec![json!({"module": "testjob", "input": {"mode": "fail"}, "retry": {"max_attempts": 1}})],
+    )
+    .await;
+    wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
+    drop(server);
+    let log = std::fs::read_to_string(dir.path().join(format!("serve-{}.log", std::process::id())))
+        .expect("the server's log");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let job = ids[0];
+    assert!(
+        lines.iter().any(|l| l["span"]["name"] == "http_request"
+            && l["span"]["route"] == "/v1/jobs"
+            && l["span"]["method"] == "POST"
+            && l["span"]["status"] == 201
+            && l["span"]["latency_ms"].as_f64().is_some()),
+        "no request span:\n{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["span"]["name"] == "attempt"
+            && l["span"]["job"] == job
+            && l["span"]["outcome"] == "failed"
+            && l["span"]["fuel"].as_u64().is_some_and(|f| f > 0)
+            && l["span"]["module"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("sha256:"))),
+        "no attempt span:\n{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["job"] == job
+            && l["fields"]["outcome"] == "failed"
+            && l["fields"]["error"] == "this job fails on purpose"),
+        "no line for the failed job:\n{log}"
+    );
+
+    let text_dir = tempfile::tempdir().expect("tempdir");
+    let db = text_dir.path().join("t.db").display().to_string();
+    let server = Process::serve_env(text_dir.path(), &db, &[], &[("WASMJOBS_LOG", "info")]);
+    upload(&http, &server.url, guests::NOOP, "noop").await;
+    drop(server);
+    let log = std::fs::read_to_string(
+        text_dir
+            .path()
+            .join(format!("serve-{}.log", std::process::id())),
+    )
+    .expect("the server's log");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
