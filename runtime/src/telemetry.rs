@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Attempts finished, by `outcome` and `trap` (`none` unless trapped).
@@ -71,6 +71,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 }
             };
             describe();
+            let _ = HANDLES.set(Handles::new());
             // Histogram samples wait in the recorder until drained: drain them even when
             // nobody scrapes.
             let upkeep = handle.clone();
@@ -85,6 +86,43 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// The metrics recorded for every job, registered once: looking a metric up by name and labels
+/// at each record costs a hash and a lock, several times per attempt. Set when the exporter is
+/// installed; without it, nothing is recorded.
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+struct Handles {
+    /// By `Outcome::ALL`'s order, with `trap="none"`.
+    attempts: Vec<Counter>,
+    attempt_seconds: Histogram,
+    attempt_fuel: Histogram,
+    attempt_memory: Histogram,
+    claimed: Counter,
+    rescued: Counter,
+    retries: Counter,
+    slots: Gauge,
+    slots_busy: Gauge,
+}
+
+impl Handles {
+    fn new() -> Handles {
+        Handles {
+            attempts: wasmjobs_host::Outcome::ALL
+                .iter()
+                .map(|o| counter!(ATTEMPTS, "outcome" => o.as_str(), "trap" => "none"))
+                .collect(),
+            attempt_seconds: histogram!(ATTEMPT_SECONDS),
+            attempt_fuel: histogram!(ATTEMPT_FUEL),
+            attempt_memory: histogram!(ATTEMPT_MEMORY),
+            claimed: counter!(CLAIMED),
+            rescued: counter!(RESCUED),
+            retries: counter!(RETRIES),
+            slots: gauge!(SLOTS),
+            slots_busy: gauge!(SLOTS_BUSY),
+        }
+    }
 }
 
 fn describe() {
@@ -123,36 +161,57 @@ pub fn attempt_finished(
     fuel: u64,
     peak_memory: u64,
 ) {
-    counter!(ATTEMPTS, "outcome" => outcome.as_str(), "trap" => trap.unwrap_or("none").to_string())
-        .increment(1);
-    histogram!(ATTEMPT_SECONDS).record(wall.as_secs_f64());
-    histogram!(ATTEMPT_FUEL).record(fuel as f64);
-    histogram!(ATTEMPT_MEMORY).record(peak_memory as f64);
+    let Some(h) = HANDLES.get() else { return };
+    let known = wasmjobs_host::Outcome::ALL
+        .iter()
+        .position(|o| *o == outcome)
+        .and_then(|i| h.attempts.get(i));
+    match (trap, known) {
+        (None, Some(attempts)) => attempts.increment(1),
+        // Traps are few: their counters are looked up by label.
+        (trap, _) => counter!(ATTEMPTS, "outcome" => outcome.as_str(), "trap" => trap.unwrap_or("none").to_string())
+            .increment(1),
+    }
+    h.attempt_seconds.record(wall.as_secs_f64());
+    h.attempt_fuel.record(fuel as f64);
+    h.attempt_memory.record(peak_memory as f64);
 }
 
 /// A node's slots, at its start.
 pub fn slots(total: usize) {
-    gauge!(SLOTS).set(total as f64);
+    if let Some(h) = HANDLES.get() {
+        h.slots.set(total as f64);
+    }
 }
 
 /// An attempt took (`+1`) or gave back (`-1`) a slot.
 pub fn slot_busy(delta: f64) {
-    gauge!(SLOTS_BUSY).increment(delta);
+    if let Some(h) = HANDLES.get() {
+        h.slots_busy.increment(delta);
+    }
 }
 
 /// Jobs claimed by this node.
 pub fn claimed(n: usize) {
-    counter!(CLAIMED).increment(n as u64);
+    if let Some(h) = HANDLES.get() {
+        h.claimed.increment(n as u64);
+    }
 }
 
 /// Attempts of dead nodes rescued by this node.
 pub fn rescued(n: u64) {
-    counter!(RESCUED).increment(n);
+    if let Some(h) = HANDLES.get() {
+        h.rescued.increment(n);
+    }
 }
 
 /// Retries scheduled after failed attempts.
 pub fn retries(n: u64) {
-    counter!(RETRIES).increment(n);
+    if n > 0
+        && let Some(h) = HANDLES.get()
+    {
+        h.retries.increment(n);
+    }
 }
 
 /// An HTTP request answered.

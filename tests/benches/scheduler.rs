@@ -127,7 +127,9 @@ async fn main() {
             (cpu_after.1 - cpu_before.1) * 1e6 / n as f64,
         );
         let store = open(backend, &url).await;
-        // The notices go out as they do from `wasmjobs serve` (NOTIFY on Postgres).
+        // The metrics are recorded, and the notices go out, as they do in `wasmjobs serve`
+        // (NOTIFY on Postgres).
+        wasmjobs::telemetry::handle();
         let relay = wasmjobs::notices::Relay::start(&*store)
             .await
             .expect("notice relay");

@@ -79,14 +79,23 @@ impl PgStore {
                 reason: format!("invalid schema name {s:?}"),
             });
         }
-        let target: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
+        let mut target: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
             url: super::redacted_url(url),
             reason: format!("{e}"),
         })?;
+        // Without an `sslmode`, TLS is used when the server offers it (libpq's `prefer`), but
+        // not to this machine: over loopback or a Unix socket it protects nothing, and every
+        // statement of every job would pay for sealing and opening its records on both sides.
+        if !url.contains("sslmode=") && is_local(&target) {
+            target = target.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+        }
         first_connection(&target).await?;
         let search_path = schema.map(|s| format!("SET search_path TO {s}"));
         if let Some(s) = schema {
-            let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(target.clone())
+                .await?;
             admin
                 .execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {s}")))
                 .await?;
@@ -109,7 +118,11 @@ impl PgStore {
                     Ok(())
                 })
             });
-        let pool = options.clone().max_connections(16).connect(url).await?;
+        let pool = options
+            .clone()
+            .max_connections(16)
+            .connect_with(target.clone())
+            .await?;
         // The statements every job goes through (the submission groups' inserts, the claims,
         // the endings, the notices) have a pool of their own, one connection for each of the
         // four tasks that write them: through the one pool, which hands out the idle
@@ -117,7 +130,7 @@ impl PgStore {
         // had to warm up (its caches, its mapping of the shared buffers).
         let hot = options
             .max_connections(HOT_CONNECTIONS)
-            .connect(url)
+            .connect_with(target)
             .await?;
         MIGRATOR.run(&pool).await?;
         let (notices, _) = broadcast::channel(4096);
@@ -166,6 +179,18 @@ impl PgStore {
     fn sweep_by(&self, at: i64) {
         self.next_sweep.fetch_min(at, Ordering::Relaxed);
     }
+}
+
+/// Whether `target` is this machine: a loopback address, `localhost`, or a Unix socket.
+fn is_local(target: &PgConnectOptions) -> bool {
+    let host = target.get_host();
+    host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How long the first connection to the server may take before the store gives up on it.

@@ -199,6 +199,25 @@ async fn postgres_over_tls_and_an_unreachable_database_said_plainly() {
         "the store's connections are not all TLS"
     );
     drop(store);
+    // Without an sslmode, a loopback server is reached without TLS (it would protect nothing).
+    let plain_app = format!("wasmjobs_plain_{}", std::process::id());
+    let plain = wasmjobs::store::open(&with(&format!("application_name={plain_app}")))
+        .await
+        .expect("open without sslmode");
+    let any_tls: Option<bool> = sqlx::query_scalar(
+        "SELECT bool_or(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+         WHERE a.application_name = $1",
+    )
+    .bind(&plain_app)
+    .fetch_one(&admin)
+    .await
+    .expect("pg_stat_ssl");
+    assert_eq!(
+        any_tls,
+        Some(false),
+        "TLS to a loopback server without sslmode"
+    );
+    drop(plain);
 
     // verify-full against the server's own certificate, under the name it carries.
     let cert_file: String = sqlx::query_scalar("SHOW ssl_cert_file")
