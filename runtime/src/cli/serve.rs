@@ -338,6 +338,10 @@ fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)
 pub struct WorkerArgs {
     #[command(flatten)]
     node: NodeArgs,
+    /// Serve this node's metrics (GET /metrics, Prometheus text) on this address; a worker
+    /// has no API, so without it its counters are not exposed.
+    #[arg(long, env = "WASMJOBS_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
@@ -347,9 +351,24 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             "note: a worker on a SQLite file shares it only with processes on this machine; use Postgres for many nodes"
         );
     }
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, crate::http::metrics_app()).await;
+            }))
+        }
+        None => None,
+    };
     let node = Node::start(s.service, s.sandbox, s.modules, s.node);
     eprintln!("wasmjobs worker running");
     shutdown_signal().await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // The drain itself is bounded by the grace; this bounds a store that hangs besides.
     tokio::time::timeout(s.grace + Duration::from_secs(20), async {
         node.drain(s.grace).await;

@@ -175,6 +175,26 @@ fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLay
     )
 }
 
+/// `GET /metrics` alone, with this process's counters and histograms: for a `worker`, which
+/// serves no API (`--metrics-addr`).
+pub fn metrics_app() -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            let text = crate::telemetry::handle()
+                .map(|h| h.render())
+                .unwrap_or_default();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                text,
+            )
+        }),
+    )
+}
+
 /// The OpenAPI 3.1 document of [`app`], as `GET /openapi.json` serves it.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     routes(&ApiConfig::default()).split_for_parts().1

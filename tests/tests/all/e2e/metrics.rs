@@ -175,3 +175,44 @@ async fn logs_are_json_lines_with_request_and_attempt_spans() {
     assert!(log.contains("INFO"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
+
+/// A `worker` has no API: `--metrics-addr` serves its own `GET /metrics`, which counts the
+/// attempts it ran and its slots (here every job runs on the worker: the server runs none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_own_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("w.db").display().to_string();
+    let server = Process::serve(dir.path(), &db, &["--no-workers"]);
+    let addr = format!("127.0.0.1:{}", wasmjobs_tests::free_port());
+    let worker = Process::worker_with(dir.path(), &db, "w1", &["--metrics-addr", &addr]);
+    let http = reqwest::Client::new();
+    upload(&http, &server.url, guests::TESTJOB, "testjob").await;
+    let bodies = (0..3)
+        .map(|i| json!({"module": "testjob", "input": {"mode": "greet", "name": format!("w{i}")}}))
+        .collect();
+    let ids = submit_all(&http, &server.url, bodies).await;
+    wait_all_final(&http, &server.url, &ids, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let scraped = http.get(format!("http://{addr}/metrics")).send().await;
+        if let Ok(r) = scraped {
+            let text = r.text().await.expect("text");
+            if text.contains("wasmjobs_attempts_total") {
+                break text;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the worker's metrics never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let m = parse(&text);
+    assert_eq!(
+        m.get(r#"wasmjobs_attempts_total{outcome="succeeded",trap="none"}"#),
+        Some(&3.0),
+        "{text}"
+    );
+    assert_eq!(m.get("wasmjobs_slots"), Some(&2.0), "{text}");
+    drop((worker, server));
+}
