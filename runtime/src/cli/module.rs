@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 use super::client::{Client, ClientArgs, OutputArgs};
 use super::output;
@@ -56,18 +55,8 @@ pub async fn module(cmd: ModuleCmd, client: &ClientArgs) -> anyhow::Result<u8> {
                 println!("{v}");
             } else {
                 let rows = v["modules"].as_array().into_iter().flatten().map(|m| {
-                    let names: Vec<&str> = m["names"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
                     [
-                        if names.is_empty() {
-                            "-".to_string()
-                        } else {
-                            names.join(", ")
-                        },
+                        output::module_names(m).unwrap_or_else(|| "-".to_string()),
                         output::short_digest(m["digest"].as_str().unwrap_or("")),
                         m["size"]
                             .as_u64()

@@ -41,6 +41,16 @@ pub(super) fn short_digest(digest: &str) -> String {
     }
 }
 
+/// A module's names (from `GET /v1/modules`), joined: `wordfreq, wf`; `None` when it has none.
+pub(super) fn module_names(module: &Value) -> Option<String> {
+    let names: Vec<&str> = module["names"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
 /// A JSON string field, or `-`.
 pub(super) fn text(v: &Value) -> String {
     match v {

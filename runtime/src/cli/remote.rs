@@ -435,15 +435,7 @@ async fn module_names(c: &Client) -> std::collections::HashMap<String, String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|m| {
-            let names: Vec<&str> = m["names"]
-                .as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
-            let digest = m["digest"].as_str()?;
-            (!names.is_empty()).then(|| (digest.to_string(), names.join(", ")))
-        })
+        .filter_map(|m| Some((m["digest"].as_str()?.to_string(), output::module_names(m)?)))
         .collect()
 }
 

@@ -239,6 +239,15 @@ where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
     require_json(headers)?;
+    parse_json_off_thread(body).await
+}
+
+/// [`parse_json`], on a blocking thread when the body is large (for a route that checked the
+/// media type itself).
+pub async fn parse_json_off_thread<T>(body: axum::body::Bytes) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
     if body.len() <= PARSE_INLINE_BYTES {
         return parse_json(&body);
     }

@@ -406,7 +406,7 @@ pub(super) async fn submit_batch(
             "invalid request body: expected an object {\"jobs\": [submission, …]}, not an array",
         ));
     }
-    let batch: SubmitBatch = super::error::parse_json_body(&headers, body).await?;
+    let batch: SubmitBatch = super::error::parse_json_off_thread(body).await?;
     if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
             "jobs holds {} submissions: a batch takes 1 to {MAX_BATCH}",

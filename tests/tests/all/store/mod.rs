@@ -162,10 +162,7 @@ pub(super) async fn attempt_view(store: &dyn Store, id: JobId) -> Vec<AttemptVie
 /// server. `None`, said loudly, without `WASMJOBS_TEST_POSTGRES`.
 pub(crate) async fn postgres_only(test: &str, tag: &str) -> Option<(String, String, sqlx::PgPool)> {
     use sqlx::Executor;
-    let Some(url) = std::env::var("WASMJOBS_TEST_POSTGRES")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
+    let Some(url) = wasmjobs_tests::postgres_url() else {
         eprintln!("SKIPPED: {test} (set WASMJOBS_TEST_POSTGRES to run it)");
         return None;
     };
