@@ -22,6 +22,8 @@ pub(crate) struct HostState {
     pub(crate) logs: Logs,
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
+    /// How long instantiating the component took, once it was instantiated.
+    pub(crate) instantiate_time: Option<std::time::Duration>,
 }
 
 impl WasiView for HostState {

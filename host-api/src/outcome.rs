@@ -174,6 +174,10 @@ pub struct AttemptReport {
     pub peak_memory_bytes: u64,
     #[serde(rename = "wall_time_us", with = "micros")]
     pub wall_time: Duration,
+    /// How long instantiating the component took (part of `wall_time`); zero when no
+    /// instance was made.
+    #[serde(rename = "instantiate_us", with = "micros", default)]
+    pub instantiate_time: Duration,
 }
 
 impl AttemptReport {
@@ -193,6 +197,7 @@ impl AttemptReport {
             fuel_consumed: 0,
             peak_memory_bytes: 0,
             wall_time: Duration::ZERO,
+            instantiate_time: Duration::ZERO,
         }
     }
 }

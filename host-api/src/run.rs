@@ -135,6 +135,7 @@ impl Sandbox {
                 logs: logs.clone(),
                 deadline,
                 cancel: req.cancel.0.clone(),
+                instantiate_time: None,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -180,6 +181,7 @@ impl Sandbox {
             .fuel
             .saturating_sub(store.get_fuel().unwrap_or(0));
         let peak_memory_bytes = store.data().limiter.peak;
+        let instantiate_time = store.data().instantiate_time.unwrap_or_default();
         let refused = store.data_mut().limiter.refused.take();
         drop(store);
 
@@ -203,6 +205,7 @@ impl Sandbox {
             fuel_consumed,
             peak_memory_bytes,
             wall_time,
+            instantiate_time,
         }
     }
 }
@@ -216,11 +219,13 @@ async fn call(sandbox: &Sandbox, module: &JobModule, store: &mut Store<HostState
     // The instantiation futures are boxed: a future is as large as its largest state, and
     // inline they would make every attempt's task ~0.9 KB larger for as long as it lives
     // (a guest asleep in a WASI call keeps it), though instantiation is over in microseconds.
+    let started = Instant::now();
     if let Some(pre) = module.job_pre() {
         let job = match Box::pin(pre.instantiate_async(&mut *store)).await {
             Ok(job) => job,
             Err(e) => return Ended::Error(e),
         };
+        store.data_mut().instantiate_time = Some(started.elapsed());
         match job.call_run(&mut *store).await {
             Ok(result) => Ended::Returned(result),
             Err(e) => Ended::Error(e),
@@ -230,6 +235,7 @@ async fn call(sandbox: &Sandbox, module: &JobModule, store: &mut Store<HostState
             Ok(c) => c,
             Err(e) => return Ended::Error(e),
         };
+        store.data_mut().instantiate_time = Some(started.elapsed());
         match command.wasi_cli_run().call_run(&mut *store).await {
             Ok(result) => Ended::CommandExit(result),
             Err(e) => Ended::Error(e),

@@ -43,6 +43,17 @@ pub struct FileConfig {
     pub http: HttpSection,
     /// `[modules]`: the module store's quota, and compiling uploads.
     pub modules: ModulesSection,
+    /// `[metrics]`: what `GET /metrics` labels.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]` in `wasmjobs.toml` (docs/observability.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Label the attempt metrics with the module's digest (default false: each module then
+    /// makes series of its own).
+    pub module_labels: bool,
 }
 
 /// `[http]` in `wasmjobs.toml` (docs/security.md).
@@ -151,6 +162,9 @@ mod tests {
                 compile_timeout: Some(String::new()),
                 max_concurrent_compiles: Some(1),
                 max_loaded: Some(1),
+            },
+            metrics: MetricsSection {
+                module_labels: true,
             },
         };
         fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {

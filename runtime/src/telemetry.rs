@@ -1,12 +1,14 @@
 //! Metrics: what the node and the API count and time, through the `metrics` facade where it
 //! happens, rendered in Prometheus's text format at `GET /metrics` by the exporter installed
 //! here (once per process). Label values stay few: outcomes, trap kinds, route templates,
-//! methods and statuses, never an id or a module.
+//! methods and statuses, never an id, and a module (its digest) only when the operator opts
+//! in ([`set_module_labels`]).
 //!
 //! Every metric's name and help is in [`describe`], so the list in `docs/observability.md`
 //! has one source.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -29,6 +31,19 @@ pub const RETRIES: &str = "wasmjobs_retries_scheduled_total";
 /// This node's slots: how many there are, and how many run an attempt now.
 pub const SLOTS: &str = "wasmjobs_slots";
 pub const SLOTS_BUSY: &str = "wasmjobs_slots_busy";
+/// Jobs this node ended, by final `state`: by an attempt, a cancel while waiting, or a
+/// deadline passed in the queue.
+pub const JOBS_ENDED: &str = "wasmjobs_jobs_ended_total";
+/// Time from a job becoming ready (submitted, due, or its backoff over) to its attempt's start.
+pub const QUEUE_WAIT: &str = "wasmjobs_queue_wait_seconds";
+/// Time from a job's submission to its end, for jobs an attempt of this node ended.
+pub const END_TO_END: &str = "wasmjobs_job_end_to_end_seconds";
+/// Time to instantiate a component for an attempt.
+pub const INSTANTIATE: &str = "wasmjobs_instantiate_duration_seconds";
+/// Workflow runs this node's engine ended, by final `state`.
+pub const RUNS_ENDED: &str = "wasmjobs_workflow_runs_ended_total";
+/// Time from a workflow node's start to its end, by final `state`.
+pub const NODE_SECONDS: &str = "wasmjobs_workflow_node_duration_seconds";
 /// HTTP requests, by `method`, `route` (its template, e.g. `/v1/jobs/{id}`) and `status`.
 pub const HTTP_REQUESTS: &str = "wasmjobs_http_requests_total";
 /// Time to answer an HTTP request (to its first byte), by `method` and `route`, in seconds.
@@ -100,6 +115,11 @@ struct Handles {
     attempt_fuel: Histogram,
     attempt_memory: Histogram,
     claimed: Counter,
+    /// By `JobState::ALL`'s order (the final states are counted).
+    ended: Vec<Counter>,
+    queue_wait: Histogram,
+    end_to_end: Histogram,
+    instantiate: Histogram,
     rescued: Counter,
     retries: Counter,
     slots: Gauge,
@@ -117,6 +137,13 @@ impl Handles {
             attempt_fuel: histogram!(ATTEMPT_FUEL),
             attempt_memory: histogram!(ATTEMPT_MEMORY),
             claimed: counter!(CLAIMED),
+            ended: crate::store::JobState::ALL
+                .iter()
+                .map(|s| counter!(JOBS_ENDED, "state" => s.as_str()))
+                .collect(),
+            queue_wait: histogram!(QUEUE_WAIT),
+            end_to_end: histogram!(END_TO_END),
+            instantiate: histogram!(INSTANTIATE),
             rescued: counter!(RESCUED),
             retries: counter!(RETRIES),
             slots: gauge!(SLOTS),
@@ -140,6 +167,34 @@ fn describe() {
         RETRIES,
         "Jobs whose attempt failed and that will be tried again."
     );
+    describe_counter!(
+        JOBS_ENDED,
+        "Jobs this node ended, by final state (by an attempt, a cancel while waiting, or a deadline passed in the queue)."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from a job becoming ready to its attempt's start."
+    );
+    describe_histogram!(
+        END_TO_END,
+        Unit::Seconds,
+        "Time from a job's submission to its end, for jobs an attempt of this node ended."
+    );
+    describe_histogram!(
+        INSTANTIATE,
+        Unit::Seconds,
+        "Time to instantiate a component for an attempt."
+    );
+    describe_counter!(
+        RUNS_ENDED,
+        "Workflow runs this node's engine ended, by final state."
+    );
+    describe_histogram!(
+        NODE_SECONDS,
+        Unit::Seconds,
+        "Time from a workflow node's start to its end, by final state."
+    );
     describe_gauge!(SLOTS, "Attempts this node runs at once at most.");
     describe_gauge!(SLOTS_BUSY, "Attempts this node runs now.");
     describe_counter!(
@@ -153,15 +208,38 @@ fn describe() {
     );
 }
 
-/// An attempt ended.
-pub fn attempt_finished(
-    outcome: wasmjobs_host::Outcome,
-    trap: Option<&str>,
-    wall: Duration,
-    fuel: u64,
-    peak_memory: u64,
-) {
+/// Whether the attempt metrics carry a `module` label (the digest): off unless the operator
+/// opts in (`metrics_module_labels`), since every module then makes series of its own.
+static MODULE_LABELS: AtomicBool = AtomicBool::new(false);
+
+/// Turns the attempt metrics' `module` label on or off (once, at start).
+pub fn set_module_labels(on: bool) {
+    MODULE_LABELS.store(on, Ordering::Relaxed);
+}
+
+/// An attempt of a module (its digest) ended; `instantiate` is zero when no instance was
+/// made.
+pub fn attempt_finished(module: &str, report: &wasmjobs_host::AttemptReport) {
     let Some(h) = HANDLES.get() else { return };
+    let outcome = report.outcome;
+    let trap = report.trap.map(|t| t.as_str());
+    let (wall, fuel, memory) = (
+        report.wall_time.as_secs_f64(),
+        report.fuel_consumed as f64,
+        report.peak_memory_bytes as f64,
+    );
+    if !report.instantiate_time.is_zero() {
+        h.instantiate.record(report.instantiate_time.as_secs_f64());
+    }
+    if MODULE_LABELS.load(Ordering::Relaxed) {
+        let module = module.to_string();
+        counter!(ATTEMPTS, "outcome" => outcome.as_str(), "trap" => trap.unwrap_or("none"), "module" => module.clone())
+            .increment(1);
+        histogram!(ATTEMPT_SECONDS, "module" => module.clone()).record(wall);
+        histogram!(ATTEMPT_FUEL, "module" => module.clone()).record(fuel);
+        histogram!(ATTEMPT_MEMORY, "module" => module).record(memory);
+        return;
+    }
     let known = wasmjobs_host::Outcome::ALL
         .iter()
         .position(|o| *o == outcome)
@@ -169,12 +247,62 @@ pub fn attempt_finished(
     match (trap, known) {
         (None, Some(attempts)) => attempts.increment(1),
         // Traps are few: their counters are looked up by label.
-        (trap, _) => counter!(ATTEMPTS, "outcome" => outcome.as_str(), "trap" => trap.unwrap_or("none").to_string())
-            .increment(1),
+        (trap, _) => {
+            counter!(ATTEMPTS, "outcome" => outcome.as_str(), "trap" => trap.unwrap_or("none"))
+                .increment(1)
+        }
     }
-    h.attempt_seconds.record(wall.as_secs_f64());
-    h.attempt_fuel.record(fuel as f64);
-    h.attempt_memory.record(peak_memory as f64);
+    h.attempt_seconds.record(wall);
+    h.attempt_fuel.record(fuel);
+    h.attempt_memory.record(memory);
+}
+
+/// An attempt started `waited_ms` after its job became ready.
+pub fn queue_wait(waited_ms: i64) {
+    if let Some(h) = HANDLES.get() {
+        h.queue_wait.record(seconds(waited_ms));
+    }
+}
+
+/// A job ended in `state`; `took_ms` (submission to end) when an attempt ended it.
+pub fn job_ended(state: crate::store::JobState, took_ms: Option<i64>) {
+    let Some(h) = HANDLES.get() else { return };
+    if let Some(c) = crate::store::JobState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .and_then(|i| h.ended.get(i))
+    {
+        c.increment(1);
+    }
+    if let Some(ms) = took_ms {
+        h.end_to_end.record(seconds(ms));
+    }
+}
+
+/// A job that was waiting ended without an attempt (cancelled while waiting, or its deadline
+/// passed in the queue): logged at info, as the ends of attempts are, and counted.
+pub fn job_ended_waiting(id: i64, state: crate::store::JobState, why: &str) {
+    tracing::info!(job = id, error = why, "job {id} ended {state}: {why}");
+    job_ended(state, None);
+}
+
+/// A workflow run this node's engine stepped ended.
+pub fn run_ended(state: crate::store::RunState) {
+    if HANDLES.get().is_some() {
+        counter!(RUNS_ENDED, "state" => state.as_str()).increment(1);
+    }
+}
+
+/// A workflow node ended in `state` after `took_ms`.
+pub fn node_ended(state: crate::store::NodeState, took_ms: i64) {
+    if HANDLES.get().is_some() {
+        histogram!(NODE_SECONDS, "state" => state.as_str()).record(seconds(took_ms));
+    }
+}
+
+/// Milliseconds as seconds, never negative (clocks of two nodes may disagree a little).
+fn seconds(ms: i64) -> f64 {
+    ms.max(0) as f64 / 1000.0
 }
 
 /// A node's slots, at its start.

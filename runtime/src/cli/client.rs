@@ -26,12 +26,13 @@ pub struct ClientArgs {
 }
 
 /// How a verb prints: `--output table|json` (`-o`), global within the verb, so accepted
-/// anywhere after it.
+/// anywhere after it. Given before the verb, it lands in [`Cli`](super::Cli)'s own `--output`,
+/// which [`OutputArgs::json`] falls back to.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Output: `table` for people, `json` for scripts (its fields are stable).
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    /// Output: `table` for people, `json` for scripts (its fields are stable) [default: table].
+    #[arg(long, short = 'o', global = true, value_enum)]
+    pub output: Option<Output>,
     /// The same as `--output json`.
     #[arg(long, global = true, hide = true)]
     pub json: bool,
@@ -44,10 +45,14 @@ pub enum Output {
     Json,
 }
 
+/// `--output` given before the verb (`wasmjobs -o json job list`), set once by `cli::main`.
+pub(super) static OUTPUT_BEFORE_VERB: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
 impl OutputArgs {
-    /// Whether to print JSON (`--output json` or `--json`).
+    /// Whether to print JSON: `--output json` or `--json` after the verb, else `--output json`
+    /// before it.
     pub fn json(&self) -> bool {
-        self.json || self.output == Output::Json
+        self.json || self.output.or(OUTPUT_BEFORE_VERB.get().copied()) == Some(Output::Json)
     }
 }
 

@@ -31,6 +31,10 @@ pub struct Cli {
     /// collectors.
     #[arg(long, env = "WASMJOBS_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Output of the client verbs, `inspect` and `token`: `table` or `json`. Also accepted
+    /// anywhere after the verb, where `-o` wins over this one.
+    #[arg(long, short = 'o', value_enum, value_name = "FORMAT")]
+    output: Option<client::Output>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,9 +78,36 @@ enum Command {
     },
 }
 
+impl Command {
+    /// Whether the verb prints `--output table|json`.
+    fn prints_tables(&self) -> bool {
+        matches!(
+            self,
+            Command::Module(_)
+                | Command::Job(_)
+                | Command::Schedule(_)
+                | Command::Workflow(_)
+                | Command::Token(_)
+                | Command::Inspect(_)
+        )
+    }
+}
+
 /// Parses arguments, runs the command, and turns errors into one readable line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(output) = cli.output {
+        if !cli.command.prints_tables() {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "`--output` applies to module, job, schedule, workflow, token and inspect only",
+                )
+                .exit();
+        }
+        let _ = client::OUTPUT_BEFORE_VERB.set(output);
+    }
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         die_quietly_on_closed_pipe();
     }

@@ -77,6 +77,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     // The metrics recorder first, so that nothing the node counts from its start is lost.
     crate::telemetry::handle();
     let file = FileConfig::load(args.config.as_deref())?;
+    crate::telemetry::set_module_labels(file.metrics.module_labels);
     let mut names = std::collections::HashSet::new();
     for token in &file.tokens {
         token

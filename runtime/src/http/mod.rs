@@ -353,15 +353,20 @@ async fn metrics(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     use std::fmt::Write;
-    let counts = state.service.store.count_by_state().await?;
-    // This process's counters and histograms, then the store's jobs by state.
+    let jobs = state.service.store.count_unfinished().await?;
+    let runs = state.workflows.runs().count_active_runs().await?;
+    // This process's counters and histograms, then the store's unfinished jobs and runs (for
+    // the whole installation; what ended is counted by `wasmjobs_jobs_ended_total`).
     let mut out = crate::telemetry::handle()
         .map(|h| h.render())
         .unwrap_or_default();
-    out.push_str("# HELP wasmjobs_jobs Jobs in the store by state.\n# TYPE wasmjobs_jobs gauge\n");
-    for st in crate::store::JobState::ALL {
-        let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+    out.push_str("# HELP wasmjobs_jobs Jobs scheduled, queued and running, in the store.\n# TYPE wasmjobs_jobs gauge\n");
+    for (st, n) in jobs {
         let _ = writeln!(out, "wasmjobs_jobs{{state=\"{st}\"}} {n}");
+    }
+    out.push_str("# HELP wasmjobs_workflow_runs Workflow runs running and cancelling, in the store.\n# TYPE wasmjobs_workflow_runs gauge\n");
+    for (st, n) in runs {
+        let _ = writeln!(out, "wasmjobs_workflow_runs{{state=\"{st}\"}} {n}");
     }
     Ok((
         [(

@@ -23,6 +23,7 @@ pub(super) async fn run_attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHan
 async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     let _busy = BusySlot::take();
     let started = now_ms();
+    crate::telemetry::queue_wait(job.started_at - job.ready_at);
     let buffered: Arc<Mutex<live::LiveEvents>> = Arc::default();
     // Rung when the buffer gets its first event: most attempts log nothing, and wait on no
     // timer.
@@ -122,13 +123,7 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
     let span = tracing::Span::current();
     span.record("outcome", outcome.as_str());
     span.record("fuel", report.fuel_consumed);
-    crate::telemetry::attempt_finished(
-        outcome,
-        report.trap.map(|t| t.as_str()),
-        report.wall_time,
-        report.fuel_consumed,
-        report.peak_memory_bytes,
-    );
+    crate::telemetry::attempt_finished(&job.module_digest, &report);
     lock(&s.pending).insert(job.id);
     s.uncommitted.fetch_add(1, Ordering::Relaxed);
     let _ = s.completions.send(Completion {
@@ -144,6 +139,7 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         peak_memory_bytes: report.peak_memory_bytes,
         wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
         ended_at: now_ms(),
+        submitted_at: Some(job.created_at),
         events,
     });
 }

@@ -124,6 +124,12 @@ pub(super) fn hold(s: &Shared, jobs: Vec<Claimed>) {
         let mut running = lock(&s.running);
         let mut to_run = lock(&s.to_run);
         for job in jobs {
+            tracing::debug!(
+                job = job.id,
+                attempt = job.attempt,
+                "job {} is running",
+                job.id
+            );
             let cancel = CancelHandle::new();
             running.insert(
                 job.id,

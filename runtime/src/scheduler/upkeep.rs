@@ -100,10 +100,16 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
 }
 
 /// Says how each attempt left its job: at info for a job that ended other than `succeeded`
-/// (with its outcome and error), at debug for every other change of state.
+/// (with its outcome and error), at debug for every other change of state; counts the jobs
+/// that ended.
 fn log_endings(batch: &[Completion], results: &[crate::store::Completed]) {
     use crate::store::{Completed, JobState};
     for (c, result) in batch.iter().zip(results) {
+        if let Completed::Applied(state) = result
+            && state.is_final()
+        {
+            crate::telemetry::job_ended(*state, c.submitted_at.map(|at| c.ended_at - at));
+        }
         match result {
             Completed::Applied(state @ (JobState::Failed | JobState::Cancelled)) => tracing::info!(
                 job = c.job_id,

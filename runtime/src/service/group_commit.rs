@@ -135,6 +135,9 @@ pub(super) async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<V
                 // is that job's answer and not its neighbours'.
                 for (job, (_, reply)) in jobs.into_iter().zip(replies) {
                     let stored = store.insert_job(job.clone(), now_ms()).await;
+                    if let Ok(stored) = &stored {
+                        log_submitted(stored);
+                    }
                     reply.send(
                         stored
                             .map_err(Into::into)
@@ -149,6 +152,7 @@ pub(super) async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<V
             {
                 Ok(Some(results)) => {
                     for ((result, (_, reply)), job) in results.into_iter().zip(replies).zip(&jobs) {
+                        log_submitted(&result);
                         reply.send(same_request(job, result));
                     }
                     break;
@@ -163,6 +167,13 @@ pub(super) async fn group_commit(store: Arc<dyn Store>, mut rx: mpsc::Receiver<V
                 .map(|(job, (module, reply))| (module, job, reply))
                 .collect();
         }
+    }
+}
+
+/// A job stored (at debug): its first state.
+fn log_submitted((job, created): &(crate::store::Job, bool)) {
+    if *created {
+        tracing::debug!(job = job.id, "job {} is {}", job.id, job.state);
     }
 }
 

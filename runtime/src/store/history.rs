@@ -172,6 +172,7 @@ mod tests {
             peak_memory_bytes: u64::MAX,
             wall_time_us: 5,
             ended_at: 0,
+            submitted_at: None,
             events: Vec::new(),
         };
         let text = attempt_line(&c, 100, 200);

@@ -132,8 +132,11 @@ pub trait JobStore: Send + Sync + 'static {
     async fn job_output(&self, id: JobId) -> Result<Option<Vec<u8>>>;
     async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>>;
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
-    /// How many jobs are in each state (for metrics and benchmarks).
+    /// How many jobs are in each state (for tests and benchmarks: it reads the whole table).
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>>;
+    /// How many jobs are scheduled, queued and running, in that order (for metrics: it reads
+    /// only the live part of the store, which does not grow with the jobs that ended).
+    async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]>;
     /// Events of a job with `seq > after`, in order, at most `limit`.
     async fn events(&self, id: JobId, after: i64, limit: u32) -> Result<Vec<Event>>;
     /// Cancels a job: at once when scheduled or queued; a running job gets a cancel request
@@ -269,6 +272,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn runs_to_advance(&self, now: i64) -> Result<Vec<RunId>>;
     /// Every run not yet finished (an engine steps each once when it starts).
     async fn active_runs(&self) -> Result<Vec<RunId>>;
+    /// How many runs are `running` and `cancelling` (for metrics).
+    async fn count_active_runs(&self) -> Result<[(RunState, u64); 2]>;
     /// Up to `limit` pending elements of a `for_each` node from index `from`: index, input.
     async fn pending_items(
         &self,

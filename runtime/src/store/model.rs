@@ -244,6 +244,11 @@ pub struct Claimed {
     pub deadline_at: Option<i64>,
     /// The job whose output is `input` (see [`NewJob::input_from`]).
     pub input_from: Option<JobId>,
+    /// When the job became ready to run (its `run_at`: submission, schedule or backoff), when
+    /// this attempt started, and when the job was submitted (ms since the epoch).
+    pub ready_at: i64,
+    pub started_at: i64,
+    pub created_at: i64,
 }
 
 /// How an attempt ended, reported by the worker that ran it.
@@ -262,6 +267,9 @@ pub struct Completion {
     /// When the attempt ended: the completer writes a batch at its last attempt's end, not at
     /// the time the store accepted it (which may be much later after an outage).
     pub ended_at: i64,
+    /// When the job was submitted, for the end-to-end time of a job this attempt ends (not
+    /// stored; `None` when unknown, as for a lost attempt).
+    pub submitted_at: Option<i64>,
     /// Log and progress events not yet written.
     pub events: Vec<NewEvent>,
 }
@@ -284,6 +292,7 @@ impl Completion {
             peak_memory_bytes: 0,
             wall_time_us: 0,
             ended_at: now_ms(),
+            submitted_at: None,
             events: Vec::new(),
         }
     }

@@ -159,7 +159,8 @@ row! {
     input_from: Option<i64>,
     event_seq: i64,
     updated_at: i64,
-    upstream_output: Option<Vec<u8>>,}
+    upstream_output: Option<Vec<u8>>,
+    created_at: i64,}
 }
 
 /// The claimed attempts a claim returned, in claim order.
@@ -274,6 +275,9 @@ impl ClaimRow {
             attempt: u32::try_from(self.attempts).unwrap_or(0),
             deadline_at: self.deadline_at,
             input_from: self.input_from,
+            ready_at: self.run_at,
+            started_at: self.updated_at,
+            created_at: self.created_at,
         })
     }
 }

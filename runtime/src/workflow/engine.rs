@@ -26,7 +26,8 @@ use super::plan::{Admission, Plan, RunData, Step, Wanted, plan};
 use super::service::WorkflowService;
 use crate::service::ServiceError;
 use crate::store::{
-    JobId, NewEvent, Notice, RunChanges, RunId, RunSnapshot, RunState, StoreError, now_ms,
+    JobId, NewEvent, NodeState, Notice, RunChanges, RunId, RunSnapshot, RunState, StoreError,
+    now_ms,
 };
 
 /// How often the engine scans for runs to step even without a notice.
@@ -185,6 +186,7 @@ async fn advance(
                 };
                 match runs.apply_run(run, snap.run.rev, changes, now_ms()).await? {
                     Some(_) => {
+                        report_end(run, RunState::Failed, Some(&error));
                         for job in snap.outstanding_jobs() {
                             let _ = store.cancel(job, now_ms()).await;
                         }
@@ -200,10 +202,34 @@ async fn advance(
         let Plan { changes, cancel } = decide(service, &def, &snap, now).await?;
         let mut jobs: Vec<JobId> = snap.outstanding_jobs();
         if !changes.is_empty() {
-            let finishing = changes.state.as_ref().is_some_and(|(s, _)| s.is_final());
+            let finishing = changes.state.clone().filter(|(s, _)| s.is_final());
+            let nodes_ended: Vec<(NodeState, i64)> = changes
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.state.is_final()
+                        && !snap
+                            .nodes
+                            .iter()
+                            .any(|old| old.name == n.name && old.state.is_final())
+                })
+                .map(|n| {
+                    (
+                        n.state,
+                        n.finished_at.unwrap_or(now) - n.started_at.unwrap_or(now),
+                    )
+                })
+                .collect();
             match runs.apply_run(run, snap.run.rev, changes, now).await? {
                 None => continue, // stepped by someone else: read it again
                 Some(ids) => {
+                    for (state, took) in nodes_ended {
+                        crate::telemetry::node_ended(state, took);
+                    }
+                    if let Some((state, error)) = &finishing {
+                        report_end(run, *state, error.as_deref());
+                    }
+                    let finishing = finishing.is_some();
                     jobs.extend(ids);
                     if finishing {
                         jobs.clear();
@@ -223,6 +249,20 @@ async fn advance(
     Err(ServiceError::Invalid(format!(
         "workflow run {run}: gave up stepping after 20 conflicting steps"
     )))
+}
+
+/// A run this engine stepped ended: counted, and logged at info unless it succeeded.
+fn report_end(run: RunId, state: RunState, error: Option<&str>) {
+    crate::telemetry::run_ended(state);
+    if state == RunState::Succeeded {
+        tracing::debug!(run, "workflow run {run} succeeded");
+    } else {
+        tracing::info!(
+            run,
+            error = error.unwrap_or(""),
+            "workflow run {run} ended {state}"
+        );
+    }
 }
 
 /// Decides the run's next step ([`plan`]), reading what it needs for it: a few passes at most,

@@ -146,6 +146,19 @@ impl JobStore for PgStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
+        let (scheduled, queued, running): (i64, i64, i64) =
+            sqlx::query_as(include_str!("jobs/count_unfinished.sql"))
+                .fetch_one(&self.pool)
+                .await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok([
+            (JobState::Scheduled, n(scheduled)),
+            (JobState::Queued, n(queued)),
+            (JobState::Running, n(running)),
+        ])
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(include_str!("jobs/count_by_state.sql"))
             .fetch_all(&self.pool)
@@ -226,6 +239,7 @@ impl JobStore for PgStore {
         };
         tx.commit().await?;
         if state == JobState::Cancelled && job.state != JobState::Cancelled {
+            crate::telemetry::job_ended_waiting(id, state, "cancelled while waiting");
             self.notify([Notice::Events(id), Notice::Ended(id)]);
         } else {
             self.notify([Notice::Events(id)]);

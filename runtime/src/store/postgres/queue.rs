@@ -346,6 +346,7 @@ impl PgStore {
         for (id, ended) in swept {
             notices.push(Notice::Events(id));
             if ended {
+                crate::telemetry::job_ended_waiting(id, JobState::Failed, DEADLINE_PASSED);
                 notices.push(Notice::Ended(id));
             }
         }
@@ -381,6 +382,9 @@ mod tests {
                 attempt: 1,
                 deadline_at: None,
                 input_from: None,
+                ready_at: 0,
+                started_at: 0,
+                created_at: 0,
             })
             .collect()
     }

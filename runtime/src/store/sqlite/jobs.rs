@@ -103,6 +103,22 @@ impl JobStore for SqliteStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
+        let (scheduled, queued, running): (i64, i64, i64) = self
+            .read_blocking(|tx| {
+                Ok(tx
+                    .prepare_cached(include_str!("jobs/count_unfinished.sql"))?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
+            })
+            .await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok([
+            (JobState::Scheduled, n(scheduled)),
+            (JobState::Queued, n(queued)),
+            (JobState::Running, n(running)),
+        ])
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
         let rows: Vec<(String, i64)> = self
             .read_blocking(|tx| {
@@ -176,6 +192,7 @@ impl JobStore for SqliteStore {
             })
             .await?;
         if after == JobState::Cancelled && before != JobState::Cancelled {
+            crate::telemetry::job_ended_waiting(id, after, "cancelled while waiting");
             self.notify([Notice::Events(id), Notice::Ended(id)]);
         } else {
             self.notify([Notice::Events(id)]);

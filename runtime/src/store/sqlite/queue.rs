@@ -26,7 +26,7 @@ impl QueueStore for SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
-        let (claimed, notices) = self
+        let (claimed, notices, expired) = self
             .write(|tx| {
                 let mut notices = Vec::new();
                 // Jobs past their overall deadline never start, and scheduled jobs whose time
@@ -37,7 +37,7 @@ impl QueueStore for SqliteStore {
                     params![DEADLINE_PASSED, now],
                 )?;
                 let queued: Vec<(i64, i64)> = rows(tx, include_str!("queue/queue_due.sql"), [now])?;
-                for (id, at) in failed {
+                for &(id, at) in &failed {
                     let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
                     push_events(tx, id, &[e], at)?;
                     notices.extend([Notice::Events(id), Notice::Ended(id)]);
@@ -54,9 +54,12 @@ impl QueueStore for SqliteStore {
                 let (claimed, events, claim_notices) = claimed(rows, worker)?;
                 notices.extend(claim_notices);
                 write_events(tx, &events)?;
-                Ok((claimed, notices))
+                Ok((claimed, notices, failed))
             })
             .await?;
+        for (id, _) in expired {
+            crate::telemetry::job_ended_waiting(id, JobState::Failed, DEADLINE_PASSED);
+        }
         self.notify(notices);
         Ok(claimed)
     }

@@ -158,6 +158,19 @@ impl WorkflowStore for SqliteStore {
         self.read(|tx| column(tx, include_str!("workflows/active_runs.sql"), []))
     }
 
+    async fn count_active_runs(&self) -> Result<[(RunState, u64); 2]> {
+        let (running, cancelling): (i64, i64) = self.read(|tx| {
+            Ok(tx
+                .prepare_cached(include_str!("workflows/count_active_runs.sql"))?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok([
+            (RunState::Running, n(running)),
+            (RunState::Cancelling, n(cancelling)),
+        ])
+    }
+
     async fn pending_items(
         &self,
         run: RunId,

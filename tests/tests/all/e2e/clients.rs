@@ -34,11 +34,14 @@ async fn cli_client_against_a_live_server() {
         "{}",
         out(&o)
     );
-    // A table for people, with a header; JSON for scripts, with the output flag anywhere
-    // after the verb (short or long); --server anywhere on the line.
+    // A table for people, with a header; JSON for scripts, with the output flag anywhere on
+    // the line (short or long); --server anywhere on the line.
     assert!(out(&o).starts_with("NAME"), "{}", out(&o));
     for args in [
-        &["module", "-o", "json", "list"][..],
+        &["-o", "json", "module", "list"][..],
+        &["--output", "json", "module", "list"],
+        &["--output", "table", "module", "list", "-o", "json"],
+        &["module", "-o", "json", "list"],
         &["module", "list", "--output", "json"],
         &["module", "--output=json", "list"],
         &["module", "list", "--json"],
@@ -67,6 +70,13 @@ async fn cli_client_against_a_live_server() {
     );
     let o = cli(&["module", "list", "-o", "yaml"]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    // Before a verb that prints no table, `-o` is refused by name (`compile -o` is a file).
+    let o = cli(&["-o", "json", "compile", guests::TESTJOB]);
+    assert!(
+        o.status.code() == Some(2) && err(&o).contains("`--output` applies to"),
+        "{}",
+        err(&o)
+    );
 
     // Workflow definitions: create from YAML, list, draw; a bad one is one line naming it.
     let wf = dir.path().join("wf.yaml");

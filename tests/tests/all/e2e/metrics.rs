@@ -14,9 +14,11 @@ fn parse(text: &str) -> HashMap<String, f64> {
 }
 
 /// Three jobs that succeed, two that fail twice each (one retry each), one that runs out of
-/// fuel and one that panics: the attempts by outcome and trap, the histograms' counts, the
-/// claims, the retries, the slots, the HTTP requests by route template, and the jobs by state
-/// all come out as counted.
+/// fuel and one that panics; two jobs scheduled far ahead, one of them then cancelled; a
+/// workflow run of two nodes side by side: the attempts by outcome and trap, the histograms' counts
+/// (attempts, queue waits, instantiations, ends, nodes), the claims, the retries, the slots,
+/// the HTTP requests by route template, the unfinished jobs by state, the jobs and runs ended
+/// by state all come out as counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_workload() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -37,6 +39,51 @@ async fn metrics_count_a_known_workload() {
     bodies.push(json!({"module": "testjob", "input": {"mode": "panic"}, "retry": once}));
     let ids = submit_all(&http, &server.url, bodies).await;
     wait_all_final(&http, &server.url, &ids, Duration::from_secs(60)).await;
+    let later =
+        json!({"module": "testjob", "input": {"mode": "greet"}, "run_at": 4_000_000_000_000i64});
+    let waiting = submit_all(&http, &server.url, vec![later.clone(), later]).await;
+    let cancel = http
+        .post(format!("{}/v1/jobs/{}/cancel", server.url, waiting[0]))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    let definition = json!({"name": "pair", "nodes": [
+        {"name": "first", "module": "testjob"},
+        {"name": "second", "module": "testjob"}]});
+    let created = http
+        .post(format!("{}/v1/workflows", server.url))
+        .json(&definition)
+        .send()
+        .await
+        .expect("create workflow");
+    assert!(created.status().is_success(), "{}", created.status());
+    let run: Value = http
+        .post(format!("{}/v1/workflows/pair/runs", server.url))
+        .json(&json!({"input": {"mode": "greet", "name": "flow"}}))
+        .send()
+        .await
+        .expect("start run")
+        .json()
+        .await
+        .expect("run json");
+    let run_url = format!("{}/v1/workflow-runs/{}", server.url, run["id"]);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r: Value = http
+            .get(&run_url)
+            .send()
+            .await
+            .expect("run")
+            .json()
+            .await
+            .expect("json");
+        if r["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < until, "the run never succeeded: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The last attempts' completions are written before their jobs read final; give the
     // slots a moment to be handed back.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -64,43 +111,70 @@ async fn metrics_count_a_known_workload() {
             .map(|(_, v)| v)
             .sum()
     };
-    assert_eq!(by_outcome("succeeded"), 3.0, "{text}");
+    assert_eq!(by_outcome("succeeded"), 5.0, "{text}");
     assert_eq!(by_outcome("failed"), 4.0, "{text}");
     assert_eq!(by_outcome("out_of_fuel"), 1.0, "{text}");
     assert_eq!(
         get(r#"wasmjobs_attempts_total{outcome="trapped",trap="unreachable"}"#),
         1.0
     );
+    // 11 attempts: the 7 jobs' 9 and the run's 2.
     for histogram in [
         "wasmjobs_attempt_duration_seconds",
         "wasmjobs_attempt_fuel",
         "wasmjobs_attempt_peak_memory_bytes",
+        "wasmjobs_queue_wait_seconds",
+        "wasmjobs_instantiate_duration_seconds",
     ] {
-        assert_eq!(get(&format!("{histogram}_count")), 9.0, "{histogram}");
+        assert_eq!(get(&format!("{histogram}_count")), 11.0, "{histogram}");
         assert_eq!(
             get(&format!("{histogram}_bucket{{le=\"+Inf\"}}")),
-            9.0,
+            11.0,
             "{histogram}"
         );
     }
+    // Every attempt instantiated its component in well under its wall time.
+    assert!(
+        get("wasmjobs_instantiate_duration_seconds_sum")
+            < get("wasmjobs_attempt_duration_seconds_sum")
+    );
+    // 9 jobs ended by their attempts (the run's 2 among them); the two retries waited at
+    // least their 10 ms backoff in all, from submission to end.
+    assert_eq!(get("wasmjobs_job_end_to_end_seconds_count"), 9.0);
+    assert!(get("wasmjobs_job_end_to_end_seconds_sum") >= 0.02);
     assert!(
         get("wasmjobs_attempt_fuel_sum") >= 1_000_000.0,
         "the spin burned its fuel"
     );
-    assert_eq!(get("wasmjobs_jobs_claimed_total"), 9.0);
+    assert_eq!(get("wasmjobs_jobs_claimed_total"), 11.0);
     assert_eq!(get("wasmjobs_retries_scheduled_total"), 2.0);
     assert_eq!(get("wasmjobs_slots"), 2.0);
     assert_eq!(get("wasmjobs_slots_busy"), 0.0);
     assert_eq!(
         get(r#"wasmjobs_http_requests_total{method="POST",route="/v1/jobs",status="201"}"#),
-        7.0
+        9.0
     );
     assert!(
         !text.contains(&format!("/v1/jobs/{}", ids[0])),
         "routes are templates, never ids"
     );
-    assert_eq!(get(r#"wasmjobs_jobs{state="succeeded"}"#), 3.0);
-    assert_eq!(get(r#"wasmjobs_jobs{state="failed"}"#), 4.0);
+    // What waits or runs, from the store; what ended, counted as it ended.
+    assert_eq!(get(r#"wasmjobs_jobs{state="scheduled"}"#), 1.0);
+    assert_eq!(get(r#"wasmjobs_jobs{state="queued"}"#), 0.0);
+    assert_eq!(get(r#"wasmjobs_jobs{state="running"}"#), 0.0);
+    assert!(!text.contains(r#"wasmjobs_jobs{state="succeeded"}"#));
+    assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="succeeded"}"#), 5.0);
+    assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="failed"}"#), 4.0);
+    assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="cancelled"}"#), 1.0);
+    assert_eq!(
+        get(r#"wasmjobs_workflow_runs_ended_total{state="succeeded"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"wasmjobs_workflow_runs{state="running"}"#), 0.0);
+    assert_eq!(
+        get(r#"wasmjobs_workflow_node_duration_seconds_count{state="succeeded"}"#),
+        2.0
+    );
 }
 
 /// With `--log-format json`, every log line is a JSON object: the span of each HTTP request
@@ -126,6 +200,15 @@ async fn logs_are_json_lines_with_request_and_attempt_spans() {
     )
     .await;
     wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
+    let later =
+        json!({"module": "testjob", "input": {"mode": "greet"}, "run_at": 4_000_000_000_000i64});
+    let cancelled = submit_all(&http, &server.url, vec![later]).await[0];
+    let r = http
+        .post(format!("{}/v1/jobs/{cancelled}/cancel", server.url))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(r.status().is_success(), "{}", r.status());
     drop(server);
     let log = std::fs::read_to_string(dir.path().join(format!("serve-{}.log", std::process::id())))
         .expect("the server's log");
@@ -160,6 +243,12 @@ async fn logs_are_json_lines_with_request_and_attempt_spans() {
             && l["fields"]["error"] == "this job fails on purpose"),
         "no line for the failed job:\n{log}"
     );
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["job"] == cancelled
+            && l["fields"]["error"] == "cancelled while waiting"),
+        "no line for the job cancelled while waiting:\n{log}"
+    );
 
     let text_dir = tempfile::tempdir().expect("tempdir");
     let db = text_dir.path().join("t.db").display().to_string();
@@ -177,14 +266,23 @@ async fn logs_are_json_lines_with_request_and_attempt_spans() {
 }
 
 /// A `worker` has no API: `--metrics-addr` serves its own `GET /metrics`, which counts the
-/// attempts it ran and its slots (here every job runs on the worker: the server runs none).
+/// attempts it ran and its slots (here every job runs on the worker: the server runs none),
+/// here with the module labels the worker's configuration opts in to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_its_own_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("w.db").display().to_string();
     let server = Process::serve(dir.path(), &db, &["--no-workers"]);
     let addr = format!("127.0.0.1:{}", wasmjobs_tests::free_port());
-    let worker = Process::worker_with(dir.path(), &db, "w1", &["--metrics-addr", &addr]);
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, "[metrics]\nmodule_labels = true\n").expect("write config");
+    let config = config.display().to_string();
+    let worker = Process::worker_with(
+        dir.path(),
+        &db,
+        "w1",
+        &["--metrics-addr", &addr, "--config", &config],
+    );
     let http = reqwest::Client::new();
     upload(&http, &server.url, guests::TESTJOB, "testjob").await;
     let bodies = (0..3)
@@ -208,8 +306,16 @@ async fn a_worker_serves_its_own_metrics() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let m = parse(&text);
+    let digest = text
+        .split("module=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no module label in:\n{text}"));
+    assert!(digest.starts_with("sha256:"), "{digest}");
     assert_eq!(
-        m.get(r#"wasmjobs_attempts_total{outcome="succeeded",trap="none"}"#),
+        m.get(&format!(
+            r#"wasmjobs_attempts_total{{outcome="succeeded",trap="none",module="{digest}"}}"#
+        )),
         Some(&3.0),
         "{text}"
     );

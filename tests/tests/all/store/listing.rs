@@ -194,6 +194,16 @@ pub(super) async fn list_by_every_state_and_prune_thousands(
         ],
         "{backend}"
     );
+    // The metrics' count of what waits and runs reads the live part only, and agrees.
+    assert_eq!(
+        store.count_unfinished().await.expect("count unfinished"),
+        [
+            (JobState::Scheduled, 1),
+            (JobState::Queued, 3),
+            (JobState::Running, 50)
+        ],
+        "{backend}"
+    );
     // The running jobs still end normally.
     let ends: Vec<Completion> = claimed[2250..]
         .iter()

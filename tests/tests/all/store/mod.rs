@@ -138,6 +138,7 @@ pub(super) fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
         peak_memory_bytes: 65536,
         wall_time_us: 5,
         ended_at: 0,
+        submitted_at: None,
         events: vec![NewEvent {
             kind: "log",
             data: json!({"message": "hi"}),

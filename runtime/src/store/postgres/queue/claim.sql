@@ -28,7 +28,8 @@ WITH q AS (
     FROM q WHERE jobs.id = q.job_id AND jobs.state = 'queued'
     RETURNING id, module_digest, priority, run_at, input, settings, NULL::text AS limits,
               NULL::text AS grants, attempts, deadline_at, input_from, event_seq, updated_at,
-              (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
+              (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output,
+              created_at
 ), k AS (
     INSERT INTO claims (worker, job_ids, at) SELECT $1, array_agg(id), $3 FROM c HAVING count(*) > 0
     RETURNING id

@@ -12,4 +12,5 @@ RETURNING id, module_digest, priority, run_at, input, settings,
           (SELECT s.limits FROM job_settings s WHERE s.key = jobs.settings) AS limits,
           (SELECT s.grants FROM job_settings s WHERE s.key = jobs.settings) AS grants,
           attempts, deadline_at, input_from, event_seq, updated_at,
-          (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output
+          (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output,
+          created_at
