@@ -349,3 +349,56 @@ pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
     histogram!(HTTP_SECONDS, "method" => method.to_string(), "route" => route.to_string())
         .record(took.as_secs_f64());
 }
+
+/// OpenTelemetry export of the spans (`http_request`, `attempt`, `workflow_step`, with their
+/// fields as attributes) over OTLP/HTTP (protobuf), configured by the standard variables:
+/// on when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set
+/// (`OTEL_SERVICE_NAME` defaults to `wasmjobs`; `OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_BSP_SCHEDULE_DELAY` and the rest as the SDK reads them).
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+
+    /// Whether the environment asks for export.
+    pub fn wanted() -> bool {
+        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+    }
+
+    /// The exporter (its batch processor runs on a thread of its own, so this must be called
+    /// outside any async runtime) and the layer that feeds it wasmjobs's spans, at debug and
+    /// above whatever `WASMJOBS_LOG` says. Shut the provider down before exiting: it sends
+    /// what it still holds.
+    pub fn layer<S>() -> anyhow::Result<(
+        SdkTracerProvider,
+        Box<dyn Layer<S> + Send + Sync + 'static>,
+    )>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+    {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build()?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("wasmjobs");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("wasmjobs");
+        let only_ours = tracing_subscriber::filter::Targets::new()
+            .with_target("wasmjobs", tracing::Level::DEBUG);
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(only_ours)
+            .boxed();
+        Ok((provider, layer))
+    }
+}

@@ -111,7 +111,7 @@ pub fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
         die_quietly_on_closed_pipe();
     }
-    init_logs(cli.log_format);
+    let _logs = init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -164,27 +164,64 @@ pub fn main() -> ExitCode {
 
 /// Logs to stderr, filtered by `WASMJOBS_LOG` (default `warn`): text, coloured only on a
 /// terminal and without `NO_COLOR`, or JSON. Spans (HTTP requests, attempts, workflow steps)
-/// are written when they close, with their fields and how long they took.
-fn init_logs(format: LogFormat) {
+/// are written when they close, with their fields and how long they took. With the `otlp`
+/// feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans also go to that collector
+/// ([`crate::telemetry::otlp`]); the returned guard sends what is left when dropped.
+fn init_logs(format: LogFormat) -> LogGuard {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // The TLS verifier logs each certificate it refuses as an error of its own; the client's
     // error says it, with what to do.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMJOBS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::CLOSE);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-        LogFormat::Text => builder
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_current_span(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt
             // Colour on a terminal only, and not when NO_COLOR is set (no-color.org).
             .with_ansi(
                 std::io::IsTerminal::is_terminal(&std::io::stderr())
                     && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             )
-            .init(),
+            .with_filter(filter)
+            .boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "otlp")]
+    if crate::telemetry::otlp::wanted() {
+        match crate::telemetry::otlp::layer() {
+            Ok((provider, otlp)) => {
+                registry.with(otlp).init();
+                return LogGuard(Some(provider));
+            }
+            Err(e) => {
+                registry.init();
+                tracing::error!("OpenTelemetry export is off: {e}");
+                return LogGuard(None);
+            }
+        }
+    }
+    registry.init();
+    LogGuard::default()
+}
+
+/// Sends the spans not yet exported, when dropped (outside the async runtime).
+#[derive(Default)]
+struct LogGuard(#[cfg(feature = "otlp")] Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.0.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: OpenTelemetry export: {e}");
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use wasmjobs_tests::{Process, guest_bytes, guests};
 mod clients;
 mod crashes;
 mod metrics;
+mod otlp;
 mod tls;
 
 pub(super) async fn upload(http: &reqwest::Client, url: &str, wasm: &str, name: &str) {
