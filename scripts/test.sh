@@ -12,6 +12,20 @@ rustup target add wasm32-wasip2 >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo --version
 
+echo "== headless Chromium for the dashboard's browser test"
+# Debian's own packages (the security archive replaces old Chromium builds, so the version is
+# the distribution's, not a fixed number); without root, the test says it was skipped.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: cannot install chromium and chromium-driver (not root): the dashboard's browser test will say it was skipped"
+  fi
+fi
+command -v chromium >/dev/null && chromium --version || true
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

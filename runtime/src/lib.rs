@@ -2,6 +2,7 @@
 //! store, scheduler, job and workflow services and HTTP API. Touches wasm only through
 //! `wasmjobs-host`.
 
+pub mod activity;
 pub mod admission;
 pub mod caller;
 pub mod cli;

@@ -264,8 +264,10 @@ pub fn queue_wait(waited_ms: i64) {
     }
 }
 
-/// A job ended in `state`; `took_ms` (submission to end) when an attempt ended it.
+/// A job ended in `state`; `took_ms` (submission to end) when an attempt ended it. Also
+/// tallied for the node's activity report ([`crate::activity`]).
 pub fn job_ended(state: crate::store::JobState, took_ms: Option<i64>) {
+    crate::activity::job_ended(state);
     let Some(h) = HANDLES.get() else { return };
     if let Some(c) = crate::store::JobState::ALL
         .iter()
@@ -307,15 +309,17 @@ fn seconds(ms: i64) -> f64 {
 
 /// A node's slots, at its start.
 pub fn slots(total: usize) {
+    crate::activity::slots(total);
     if let Some(h) = HANDLES.get() {
         h.slots.set(total as f64);
     }
 }
 
 /// An attempt took (`+1`) or gave back (`-1`) a slot.
-pub fn slot_busy(delta: f64) {
+pub fn slot_busy(delta: i64) {
+    crate::activity::slot_busy(delta);
     if let Some(h) = HANDLES.get() {
-        h.slots_busy.increment(delta);
+        h.slots_busy.increment(delta as f64);
     }
 }
 
@@ -363,19 +367,20 @@ pub mod otlp {
 
     /// Whether the environment asks for export.
     pub fn wanted() -> bool {
-        ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+        [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
     }
 
     /// The exporter (its batch processor runs on a thread of its own, so this must be called
     /// outside any async runtime) and the layer that feeds it wasmjobs's spans, at debug and
     /// above whatever `WASMJOBS_LOG` says. Shut the provider down before exiting: it sends
     /// what it still holds.
-    pub fn layer<S>() -> anyhow::Result<(
-        SdkTracerProvider,
-        Box<dyn Layer<S> + Send + Sync + 'static>,
-    )>
+    pub fn layer<S>()
+    -> anyhow::Result<(SdkTracerProvider, Box<dyn Layer<S> + Send + Sync + 'static>)>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {

@@ -181,7 +181,11 @@ fn init_logs(format: LogFormat) -> LogGuard {
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::CLOSE);
     let fmt = match format {
-        LogFormat::Json => fmt.json().with_current_span(true).with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Text => fmt
             // Colour on a terminal only, and not when NO_COLOR is set (no-color.org).
             .with_ansi(

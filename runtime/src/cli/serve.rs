@@ -67,6 +67,8 @@ struct Setup {
     backend: Arc<dyn crate::store::Backend>,
     /// Carries notices to and from the other processes on the store; stopped last.
     relay: crate::notices::Relay,
+    /// Reports this process's slots and ends to the store (the dashboard's overview).
+    reporter: crate::activity::Reporter,
     service: JobService,
     sandbox: Sandbox,
     modules: ModuleCache,
@@ -172,11 +174,13 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     let relay = crate::notices::Relay::start(&*store)
         .await
         .with_context(|| format!("cannot listen for changes on {}", redacted_url(&db)))?;
+    let reporter = crate::activity::Reporter::start(store.clone(), node.node_id.clone());
     Ok(Setup {
         file,
         grace,
         backend: store,
         relay,
+        reporter,
         service,
         sandbox,
         modules,
@@ -258,6 +262,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         }
     };
     let (served, ()) = tokio::join!(server, drain);
+    s.reporter.shutdown().await;
     s.relay.shutdown().await;
     served.context("server")?;
     Ok(0)
@@ -373,6 +378,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     // The drain itself is bounded by the grace; this bounds a store that hangs besides.
     tokio::time::timeout(s.grace + Duration::from_secs(20), async {
         node.drain(s.grace).await;
+        s.reporter.shutdown().await;
         s.relay.shutdown().await;
     })
     .await

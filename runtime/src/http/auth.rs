@@ -91,8 +91,10 @@ pub(super) async fn require(
         req.extensions_mut().insert(Caller::local_admin());
         return next.run(req).await;
     }
-    // Liveness, readiness and the API's description are public.
-    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/openapi.json") {
+    // Liveness, readiness, the API's description and the dashboard's page (which holds no
+    // data: it asks for a token and reads the API with it) are public.
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/") || path.starts_with("/ui/") {
         return next.run(req).await;
     }
     // RFC 6750: the scheme is case-insensitive; the token follows one or more spaces.

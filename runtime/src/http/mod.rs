@@ -4,6 +4,7 @@
 //! [`openapi`]).
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod jobs;
@@ -12,6 +13,7 @@ pub(crate) mod openapi;
 mod runs;
 mod schedules;
 mod server;
+mod stats;
 mod tls;
 mod workflows;
 
@@ -130,7 +132,10 @@ impl Default for ApiConfig {
 pub fn app(state: AppState) -> Router {
     let (router, _doc) = routes(&state.config).split_for_parts();
     let cors = cors(&state.config.cors_allowed_origins);
+    // The dashboard is a page, not part of the API's document.
     let router = router
+        .route("/", axum::routing::get(dashboard::index))
+        .route("/ui/{file}", axum::routing::get(dashboard::asset))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -240,6 +245,7 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(runs::get))
         .routes(routes!(runs::events))
         .routes(routes!(runs::cancel))
+        .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/v1", v1)

@@ -149,14 +149,14 @@ struct BusySlot;
 
 impl BusySlot {
     fn take() -> BusySlot {
-        crate::telemetry::slot_busy(1.0);
+        crate::telemetry::slot_busy(1);
         BusySlot
     }
 }
 
 impl Drop for BusySlot {
     fn drop(&mut self) {
-        crate::telemetry::slot_busy(-1.0);
+        crate::telemetry::slot_busy(-1);
     }
 }
 

@@ -34,6 +34,9 @@ pub use retry::{RetryPolicy, decide};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How long the processes' activity reports are kept (ms): a day.
+pub const ACTIVITY_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// Which attempts [`Store::rescue`] ends `lost`.
 #[derive(Debug, Clone, Copy)]
 pub enum Rescue<'a> {
@@ -134,6 +137,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
     /// How many jobs are in each state (for tests and benchmarks: it reads the whole table).
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>>;
+    /// The jobs ended per minute since `since`, and the processes that reported since
+    /// `seen_since` (for the dashboard).
+    async fn activity(&self, since: i64, seen_since: i64) -> Result<Activity>;
     /// How many jobs are scheduled, queued and running, in that order (for metrics: it reads
     /// only the live part of the store, which does not grow with the jobs that ended).
     async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]>;
@@ -195,6 +201,9 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Records that node `node` could write at `now`: a write that proves the store takes
     /// writes (the readiness check and the start-up check).
     async fn probe_write(&self, node: &str, now: i64) -> Result<()>;
+    /// Records a process's report of itself at `now`: its slots, and adds the jobs it ended to
+    /// its minutes; drops the reports older than a day.
+    async fn report_activity(&self, report: &ActivityReport, now: i64) -> Result<()>;
     /// The earliest `run_at` of a scheduled job, to know when to look again.
     async fn next_scheduled_at(&self) -> Result<Option<i64>>;
     /// Tidies the queue's storage if enough changed since the last time (Postgres: vacuums

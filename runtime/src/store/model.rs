@@ -566,3 +566,44 @@ pub struct RunEvent {
     pub data: Value,
     pub at: i64,
 }
+
+/// What a process reports of itself every few seconds ([`QueueStore::report_activity`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivityReport {
+    pub node: String,
+    /// Its slots, and how many run an attempt now (0 and 0 for an API without workers).
+    pub slots: u64,
+    pub busy: u64,
+    /// The jobs it ended since its last report, by minute.
+    pub minutes: Vec<MinuteEnds>,
+}
+
+/// Jobs ended in one minute, by final state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MinuteEnds {
+    /// The minute's start (ms since the epoch).
+    pub minute: i64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// A process as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct NodeActivity {
+    pub node: String,
+    pub slots: u64,
+    pub busy: u64,
+    /// When it last reported (ms since the epoch).
+    pub seen_at: i64,
+}
+
+/// The installation's recent activity ([`JobStore::activity`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Jobs ended per minute, summed over the nodes, oldest first; minutes without an end
+    /// are left out.
+    pub minutes: Vec<MinuteEnds>,
+    /// The processes that reported recently, by name.
+    pub nodes: Vec<NodeActivity>,
+}

@@ -507,3 +507,32 @@ impl RunEventRow {
         })
     }
 }
+
+/// [`Activity`] from its rows: (minute, succeeded, failed, cancelled) and (node, slots, busy,
+/// seen_at).
+pub(super) fn activity(
+    minutes: Vec<(i64, i64, i64, i64)>,
+    nodes: Vec<(String, i64, i64, i64)>,
+) -> Activity {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Activity {
+        minutes: minutes
+            .into_iter()
+            .map(|(minute, s, f, c)| MinuteEnds {
+                minute,
+                succeeded: n(s),
+                failed: n(f),
+                cancelled: n(c),
+            })
+            .collect(),
+        nodes: nodes
+            .into_iter()
+            .map(|(node, slots, busy, seen_at)| NodeActivity {
+                node,
+                slots: n(slots),
+                busy: n(busy),
+                seen_at,
+            })
+            .collect(),
+    }
+}

@@ -146,6 +146,20 @@ impl JobStore for PgStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn activity(&self, since: i64, seen_since: i64) -> Result<Activity> {
+        let minutes: Vec<(i64, i64, i64, i64)> =
+            sqlx::query_as(include_str!("jobs/activity_minutes.sql"))
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+        let nodes: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as(include_str!("jobs/activity_nodes.sql"))
+                .bind(seen_since)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(crate::store::rows::activity(minutes, nodes))
+    }
+
     async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
         let (scheduled, queued, running): (i64, i64, i64) =
             sqlx::query_as(include_str!("jobs/count_unfinished.sql"))

@@ -300,6 +300,32 @@ impl QueueStore for PgStore {
         Ok(())
     }
 
+    async fn report_activity(&self, report: &ActivityReport, now: i64) -> Result<()> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let column = |f: fn(&MinuteEnds) -> u64| -> Vec<i64> {
+            report.minutes.iter().map(|m| n(f(m))).collect()
+        };
+        sqlx::query(include_str!("queue/report_activity.sql"))
+            .bind(&report.node)
+            .bind(now)
+            .bind(n(report.slots))
+            .bind(n(report.busy))
+            .bind(
+                report
+                    .minutes
+                    .iter()
+                    .map(|m| m.minute)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(column(|m| m.succeeded))
+            .bind(column(|m| m.failed))
+            .bind(column(|m| m.cancelled))
+            .bind(now - crate::store::ACTIVITY_KEPT_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
         let next: Option<i64> = sqlx::query_scalar(include_str!("queue/next_scheduled_at.sql"))
             .fetch_one(&self.pool)

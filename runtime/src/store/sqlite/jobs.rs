@@ -103,6 +103,27 @@ impl JobStore for SqliteStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn activity(&self, since: i64, seen_since: i64) -> Result<Activity> {
+        let (minutes, nodes): (Vec<(i64, i64, i64, i64)>, Vec<(String, i64, i64, i64)>) = self
+            .read_blocking(move |tx| {
+                let minutes = query(
+                    tx,
+                    include_str!("jobs/activity_minutes.sql"),
+                    [since],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                let nodes = query(
+                    tx,
+                    include_str!("jobs/activity_nodes.sql"),
+                    [seen_since],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                Ok((minutes, nodes))
+            })
+            .await?;
+        Ok(crate::store::rows::activity(minutes, nodes))
+    }
+
     async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
         let (scheduled, queued, running): (i64, i64, i64) = self
             .read_blocking(|tx| {

@@ -224,6 +224,28 @@ impl QueueStore for SqliteStore {
         .await
     }
 
+    async fn report_activity(&self, report: &ActivityReport, now: i64) -> Result<()> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            tx.prepare_cached(include_str!("queue/report_node.sql"))?
+                .execute(params![report.node, now, n(report.slots), n(report.busy)])?;
+            let mut add = tx.prepare_cached(include_str!("queue/add_minute.sql"))?;
+            for m in &report.minutes {
+                add.execute(params![
+                    report.node,
+                    m.minute,
+                    n(m.succeeded),
+                    n(m.failed),
+                    n(m.cancelled)
+                ])?;
+            }
+            tx.prepare_cached(include_str!("queue/forget_minutes.sql"))?
+                .execute([now - crate::store::ACTIVITY_KEPT_MS])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
         self.read(|tx| {
             Ok(

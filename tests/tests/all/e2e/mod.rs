@@ -9,6 +9,7 @@ use wasmjobs_tests::{Process, guest_bytes, guests};
 
 mod clients;
 mod crashes;
+mod dashboard;
 mod metrics;
 mod otlp;
 mod tls;

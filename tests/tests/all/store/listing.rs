@@ -274,3 +274,95 @@ pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: A
             .expect("delete")
     );
 }
+
+/// The nodes' activity reports add up by minute across nodes and reports, a node's slots are
+/// its last report's, nodes not seen lately are left out, and minutes older than a day go.
+pub(super) async fn activity_reports_add_up_across_nodes(
+    backend: &'static str,
+    store: Arc<dyn Backend>,
+) {
+    use wasmjobs::store::{ActivityReport, MinuteEnds};
+    let minute = |m: i64, s: u64, f: u64, c: u64| MinuteEnds {
+        minute: m,
+        succeeded: s,
+        failed: f,
+        cancelled: c,
+    };
+    let day = wasmjobs::store::ACTIVITY_KEPT_MS;
+    let now = 10 * day;
+    let report = |node: &str, slots: u64, busy: u64, minutes: Vec<MinuteEnds>| ActivityReport {
+        node: node.into(),
+        slots,
+        busy,
+        minutes,
+    };
+    store
+        .report_activity(
+            &report(
+                "a",
+                4,
+                1,
+                vec![
+                    minute(now - 120_000, 3, 1, 0),
+                    minute(now - 60_000, 2, 0, 0),
+                ],
+            ),
+            now - 50_000,
+        )
+        .await
+        .expect("report a");
+    store
+        .report_activity(
+            &report("a", 4, 3, vec![minute(now - 60_000, 1, 0, 1)]),
+            now - 1_000,
+        )
+        .await
+        .expect("report a again");
+    store
+        .report_activity(
+            &report(
+                "b",
+                2,
+                2,
+                vec![
+                    minute(now - 60_000, 5, 5, 0),
+                    minute(now - 2 * day, 9, 9, 9),
+                ],
+            ),
+            now,
+        )
+        .await
+        .expect("report b");
+    store
+        .report_activity(&report("gone", 8, 0, vec![]), now - 60_000)
+        .await
+        .expect("report gone");
+    let a = store
+        .activity(now - 3_600_000, now - 10_000)
+        .await
+        .expect("activity");
+    assert_eq!(
+        a.minutes,
+        vec![
+            minute(now - 120_000, 3, 1, 0),
+            minute(now - 60_000, 8, 5, 1)
+        ],
+        "{backend}"
+    );
+    let nodes: Vec<(String, u64, u64)> = a
+        .nodes
+        .iter()
+        .map(|n| (n.node.clone(), n.slots, n.busy))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![("a".to_string(), 4, 3), ("b".to_string(), 2, 2)],
+        "{backend}"
+    );
+    let all = store.activity(0, 0).await.expect("activity");
+    assert!(
+        all.minutes.iter().all(|m| m.minute > now - day),
+        "{backend}: minutes older than a day are dropped: {:?}",
+        all.minutes
+    );
+}

@@ -40,6 +40,7 @@ const CASES: &[(&str, Case)] = cases![
     listing::list_with_filters_and_cursor_then_prune,
     listing::list_by_every_state_and_prune_thousands,
     listing::schedules_fire_once_per_tick,
+    listing::activity_reports_add_up_across_nodes,
     queue::cancels_retries_and_deadline_sweeps_never_go_back_before_the_jobs_last_transition,
     queue::claims_follow_priority_then_run_at_then_age,
     queue::a_claim_fails_jobs_past_their_deadline_and_queues_due_ones,
