@@ -23,7 +23,9 @@
 //! `WASMJOBS_BENCH_JOB=noop` runs the Rust SDK job `tests/guests/noop` instead of the sandbox
 //! benchmark's trivial component, which imports nothing and returns `ok` (decision 011); with
 //! the trivial component a full run, or `WASMJOBS_BENCH_RUNS=sdk`, also runs the Rust SDK job
-//! batched, for reference).
+//! batched, for reference; `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
+//! without and three times with a Prometheus scraper and the dashboard's overview watching the
+//! API, alternately, and prints the medians).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ use sqlx::Executor;
 use wasmjobs::admission::AdmissionPolicy;
 use wasmjobs::scheduler::{Node, NodeConfig};
 use wasmjobs::service::{JobService, SubmitJob};
-use wasmjobs::store::{JobFilter, JobState, Notice, Store};
+use wasmjobs::store::{Backend, JobFilter, JobState, Notice, Store};
 use wasmjobs_tests::guests;
 
 mod common;
@@ -126,7 +128,8 @@ async fn main() {
             (cpu_after.0 - cpu_before.0) * 1e6 / n as f64,
             (cpu_after.1 - cpu_before.1) * 1e6 / n as f64,
         );
-        let store = open(backend, &url).await;
+        let whole = open(backend, &url).await;
+        let store: Arc<dyn Store> = whole.clone();
         // The metrics are recorded, and the notices go out, as they do in `wasmjobs serve`
         // (NOTIFY on Postgres).
         wasmjobs::telemetry::handle();
@@ -155,7 +158,8 @@ async fn main() {
         // WASMJOBS_BENCH_RUNS=batched (or single) runs one of the two throughput runs.
         let runs = std::env::var("WASMJOBS_BENCH_RUNS").unwrap_or_default();
         if runs.is_empty() || runs.contains("single") {
-            let (throughput, latency) = wasmjobs_run(store.clone(), job, n, single, true).await;
+            let (throughput, latency) =
+                wasmjobs_run(store.clone(), job, n, single, true, None).await;
             println!(
                 "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
                 100.0 * throughput / ceiling,
@@ -172,7 +176,7 @@ async fn main() {
             slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", cores),
         };
         if runs.is_empty() || runs.contains("batched") {
-            let (throughput, _) = wasmjobs_run(store.clone(), job, n, batched, false).await;
+            let (throughput, _) = wasmjobs_run(store.clone(), job, n, batched, false, None).await;
             println!(
                 "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
                 100.0 * throughput / ceiling,
@@ -184,11 +188,43 @@ async fn main() {
         // input and writes it back: two host calls, and three core modules to instantiate where
         // the trivial component has one; decision 011).
         if matches!(job, BenchJob::Trivial) && (runs.is_empty() || runs.contains("sdk")) {
-            let (throughput, _) = wasmjobs_run(store, BenchJob::Noop, n, batched, false).await;
+            let (throughput, _) =
+                wasmjobs_run(store.clone(), BenchJob::Noop, n, batched, false, None).await;
             println!(
                 "   the Rust SDK job (tests/guests/noop), batch submit → succeeded: {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)",
                 100.0 * throughput / ceiling,
             );
+        }
+        // WASMJOBS_BENCH_WATCH=1: the cost of being watched. The same runs, alternately
+        // without and with the API serving on a socket beside the node, a scraper reading
+        // GET /metrics every second and the dashboard's overview open (its GET /v1/stats every
+        // 2 s, and the node's activity reports every 2 s that feed it); the median of each.
+        if std::env::var_os("WASMJOBS_BENCH_WATCH").is_some() {
+            for (shape, what) in [(single, "one job per submit"), (batched, "batch submit")] {
+                let (mut plain, mut watched) = (Vec::new(), Vec::new());
+                for _ in 0..3 {
+                    plain.push(
+                        wasmjobs_run(store.clone(), job, n, shape, false, None)
+                            .await
+                            .0,
+                    );
+                    watched.push(
+                        wasmjobs_run(store.clone(), job, n, shape, false, Some(whole.clone()))
+                            .await
+                            .0,
+                    );
+                }
+                let median = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let (p, w) = (median(&mut plain), median(&mut watched));
+                println!(
+                    "   watched ({what}, {} slots): {w:>9.0} jobs/s against {p:>9.0} unwatched ({:+.1} %; medians of 3 alternate runs)",
+                    shape.slots,
+                    100.0 * (w - p) / p
+                );
+            }
         }
         relay.shutdown().await;
         if backend == "postgres" {
@@ -230,7 +266,7 @@ async fn main() {
     );
 }
 
-async fn open(backend: &str, url: &str) -> Arc<dyn Store> {
+async fn open(backend: &str, url: &str) -> Arc<dyn Backend> {
     match backend {
         "sqlite" => {
             let path = format!("{url}.wasmjobs");
@@ -368,6 +404,7 @@ async fn wasmjobs_run(
     n: usize,
     shape: Shape,
     latency: bool,
+    watch: Option<Arc<dyn Backend>>,
 ) -> (f64, Option<(f64, f64, f64)>) {
     let (sandbox, modules) = wasmjobs_tests::install_component(
         store.as_ref(),
@@ -377,6 +414,10 @@ async fn wasmjobs_run(
     )
     .await;
     let service = JobService::new(store.clone(), AdmissionPolicy::default());
+    let watcher = match watch {
+        Some(backend) => Some(Watcher::start(&service, backend, &sandbox, &modules).await),
+        None => None,
+    };
     let defaults = NodeConfig::default();
     let node = Node::start(
         service.clone(),
@@ -488,6 +529,9 @@ async fn wasmjobs_run(
     );
     if !latency {
         node.shutdown().await;
+        if let Some(w) = watcher {
+            w.stop().await;
+        }
         return (throughput, None);
     }
 
@@ -556,6 +600,9 @@ async fn wasmjobs_run(
         percentile(&stored, 0.99)
     );
     node.shutdown().await;
+    if let Some(w) = watcher {
+        w.stop().await;
+    }
     (
         throughput,
         Some((
@@ -564,6 +611,79 @@ async fn wasmjobs_run(
             percentile(&lat, 1.0),
         )),
     )
+}
+
+/// What watching a server costs it: its API on a loopback socket, a Prometheus scraper on
+/// `GET /metrics` every second, the dashboard's overview polling `GET /v1/stats` every 2 s (what
+/// the open page asks), and the activity reports that `serve` sends every 2 s.
+struct Watcher {
+    server: tokio::task::JoinHandle<()>,
+    scraper: tokio::task::JoinHandle<()>,
+    reporter: wasmjobs::activity::Reporter,
+    scrapes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watcher {
+    async fn start(
+        service: &JobService,
+        backend: Arc<dyn Backend>,
+        sandbox: &wasmjobs_host::Sandbox,
+        modules: &wasmjobs::scheduler::ModuleCache,
+    ) -> Watcher {
+        let workflows = wasmjobs::workflow::WorkflowService::new(service.clone(), backend.clone());
+        let state = wasmjobs::http::AppState::new(
+            service.clone(),
+            workflows,
+            sandbox.clone(),
+            modules.clone(),
+            wasmjobs::http::ApiConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, wasmjobs::http::app(state)).await;
+        });
+        let reporter = wasmjobs::activity::Reporter::start(backend, "bench".into());
+        let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = scrapes.clone();
+        let scraper = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for k in 0u64.. {
+                tick.tick().await;
+                let mut paths = vec!["/metrics"];
+                if k % 2 == 0 {
+                    paths.push("/v1/stats");
+                }
+                for path in paths {
+                    if let Ok(r) = http.get(format!("{url}{path}")).send().await
+                        && r.status().is_success()
+                        && r.bytes().await.is_ok()
+                    {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Watcher {
+            server,
+            scraper,
+            reporter,
+            scrapes,
+        }
+    }
+
+    async fn stop(self) {
+        self.scraper.abort();
+        self.server.abort();
+        self.reporter.shutdown().await;
+        assert!(
+            self.scrapes.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the watcher never read the API"
+        );
+    }
 }
 
 /// The `p` quantile (0.0–1.0) of `sorted`, which is sorted and not empty.
