@@ -120,7 +120,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 27] = [
+const ROUTES: [(&str, &str); 28] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -144,6 +144,7 @@ const ROUTES: [(&str, &str); 27] = [
     ("get", "/v1/workflow-runs/{id}"),
     ("get", "/v1/workflow-runs/{id}/events"),
     ("post", "/v1/workflow-runs/{id}/cancel"),
+    ("get", "/v1/stats"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

@@ -388,7 +388,7 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
             wait_for(
                 &c,
                 "the overview's counts of ended jobs",
-                "return document.querySelector('[data-count=\"ended (1 h)\"] .n').textContent === '6' && document.getElementById('rates').textContent.includes('failure rate 16.7 %') && document.querySelector('[data-count=\"running\"] .n').textContent === '0'",
+                "const n = (l) => (document.querySelector(`[data-count=\"${l}\"] .n`) || {}).textContent; return n('ended (1 h)') === '6' && n('running') === '0' && document.getElementById('rates').textContent.includes('failure rate 16.7 %')",
                 long,
             )
             .await;
