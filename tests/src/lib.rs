@@ -311,9 +311,20 @@ impl Process {
 
     /// `wasmjobs worker` on `db` with `extra` arguments.
     pub fn worker_with(dir: &std::path::Path, db: &str, node_id: &str, extra: &[&str]) -> Process {
+        Self::worker_env(dir, db, node_id, extra, &[])
+    }
+
+    /// [`Process::worker_with`] with these environment variables besides.
+    pub fn worker_env(
+        dir: &std::path::Path,
+        db: &str,
+        node_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut args = vec!["worker", "--db", db, "--node-id", node_id, "--workers", "2"];
         args.extend_from_slice(extra);
-        let child = spawn(dir, &args, &[]);
+        let child = spawn(dir, &args, env);
         Process {
             child,
             url: String::new(),

@@ -206,10 +206,31 @@ pub(super) async fn rescue(s: Arc<Shared>) {
         {
             Ok(ids) if !ids.is_empty() => {
                 crate::telemetry::rescued(ids.len() as u64);
-                tracing::warn!("rescued {} jobs with expired leases: {ids:?}", ids.len())
+                tracing::warn!("rescued {} jobs with expired leases: {ids:?}", ids.len());
+                report_rescued(&s, &ids).await;
             }
             Ok(_) => {}
             Err(e) => crate::throttle::warn(format!("rescuer: {e}")),
+        }
+    }
+}
+
+/// The rescued jobs whose lost attempt was their last (`max_lost`): logged at info and
+/// counted as ended, as every job that ends is. Read back once after the rescue, which says
+/// only which jobs it took.
+async fn report_rescued(s: &Shared, ids: &[JobId]) {
+    for &id in ids {
+        if let Ok(Some(job)) = s.store.get_job(id).await
+            && job.state == crate::store::JobState::Failed
+            && job.outcome == Some(wasmjobs_host::Outcome::Lost)
+        {
+            tracing::info!(
+                job = id,
+                outcome = "lost",
+                error = job.error.as_deref().unwrap_or(""),
+                "job {id} ended failed"
+            );
+            crate::telemetry::job_ended(job.state, None);
         }
     }
 }
@@ -237,7 +258,8 @@ pub(super) async fn rescue_predecessors(s: &Shared) {
                 "took back {} jobs of nodes that are gone ({}): they run again",
                 ids.len(),
                 gone.join(", ")
-            )
+            );
+            report_rescued(s, &ids).await;
         }
         Ok(_) => {}
         Err(e) => crate::throttle::warn(format!("rescuing the jobs of gone nodes: {e}")),

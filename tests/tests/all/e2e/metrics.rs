@@ -322,3 +322,81 @@ async fn a_worker_serves_its_own_metrics() {
     assert_eq!(m.get("wasmjobs_slots"), Some(&2.0), "{text}");
     drop((worker, server));
 }
+
+/// A job whose last allowed attempt was lost (its worker killed, its lease run out) ends
+/// `failed`: the node that rescued it says so at info, with the outcome `lost`, and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_ended_by_a_lost_attempt_is_logged_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("wasmjobs.toml"), "lease = \"2s\"\n").expect("config");
+    let db = dir.path().join("lost.db").display().to_string();
+    let server = Process::serve(dir.path(), &db, &["--no-workers"]);
+    let http = reqwest::Client::new();
+    upload(&http, &server.url, guests::TESTJOB, "testjob").await;
+    let mut first = Process::worker(dir.path(), &db, "w1");
+    let id = submit_all(
+        &http,
+        &server.url,
+        vec![
+            json!({"module": "testjob", "input": {"mode": "sleep", "ms": 60000},
+            "retry": {"max_lost": 1}}),
+        ],
+    )
+    .await[0];
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job: Value = http
+            .get(format!("{}/v1/jobs/{id}", server.url))
+            .send()
+            .await
+            .expect("job")
+            .json()
+            .await
+            .expect("json");
+        if job["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < until, "the job never ran: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill9();
+    let addr = format!("127.0.0.1:{}", wasmjobs_tests::free_port());
+    let second = Process::worker_env(
+        dir.path(),
+        &db,
+        "w2",
+        &["--metrics-addr", &addr, "--log-format", "json"],
+        &[("WASMJOBS_LOG", "info")],
+    );
+    wait_all_final(&http, &server.url, &[id], Duration::from_secs(30)).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(r) = http.get(format!("http://{addr}/metrics")).send().await {
+            let text = r.text().await.expect("text");
+            if text.contains("wasmjobs_jobs_ended_total") {
+                break text;
+            }
+        }
+        assert!(Instant::now() < until, "no end counted by the rescuer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        parse(&text).get(r#"wasmjobs_jobs_ended_total{state="failed"}"#),
+        Some(&1.0),
+        "{text}"
+    );
+    drop(second);
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join(format!("worker-{}.log", std::process::id())),
+    )
+    .expect("the worker's log");
+    assert!(
+        log.lines().any(|l| l.contains("\"level\":\"INFO\"")
+            && l.contains(&format!("\"job\":{id}"))
+            && l.contains("\"outcome\":\"lost\"")
+            && l.contains("stopped renewing its lease")),
+        "no info line for the job its lost attempt ended:\n{log}"
+    );
+    drop(server);
+}
