@@ -30,21 +30,31 @@ fn ended() -> std::sync::MutexGuard<'static, BTreeMap<i64, MinuteEnds>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Adds `ends` to the tally of its minute.
+fn add(ended: &mut BTreeMap<i64, MinuteEnds>, ends: MinuteEnds) {
+    let m = ended.entry(ends.minute).or_insert(MinuteEnds {
+        minute: ends.minute,
+        ..MinuteEnds::default()
+    });
+    m.succeeded += ends.succeeded;
+    m.failed += ends.failed;
+    m.cancelled += ends.cancelled;
+}
+
 /// A job ended now in `state` (a final state).
 pub fn job_ended(state: JobState) {
     let now = now_ms();
-    let minute = now - now.rem_euclid(60_000);
-    let mut ended = ended();
-    let m = ended.entry(minute).or_insert(MinuteEnds {
-        minute,
+    let mut one = MinuteEnds {
+        minute: now - now.rem_euclid(60_000),
         ..MinuteEnds::default()
-    });
+    };
     match state {
-        JobState::Succeeded => m.succeeded += 1,
-        JobState::Failed => m.failed += 1,
-        JobState::Cancelled => m.cancelled += 1,
-        JobState::Scheduled | JobState::Queued | JobState::Running => {}
+        JobState::Succeeded => one.succeeded = 1,
+        JobState::Failed => one.failed = 1,
+        JobState::Cancelled => one.cancelled = 1,
+        JobState::Scheduled | JobState::Queued | JobState::Running => return,
     }
+    add(&mut ended(), one);
 }
 
 /// This process's slots.
@@ -71,13 +81,7 @@ fn take(node: &str) -> ActivityReport {
 fn put_back(report: ActivityReport) {
     let mut ended = ended();
     for m in report.minutes {
-        let e = ended.entry(m.minute).or_insert(MinuteEnds {
-            minute: m.minute,
-            ..MinuteEnds::default()
-        });
-        e.succeeded += m.succeeded;
-        e.failed += m.failed;
-        e.cancelled += m.cancelled;
+        add(&mut ended, m);
     }
 }
 

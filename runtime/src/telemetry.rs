@@ -103,6 +103,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// This process's counters and histograms in Prometheus's text format (nothing when another
+/// recorder was installed first).
+pub fn render() -> String {
+    handle().map(|h| h.render()).unwrap_or_default()
+}
+
 /// The metrics recorded for every job, registered once: looking a metric up by name and labels
 /// at each record costs a hash and a lock, several times per attempt. Set when the exporter is
 /// installed; without it, nothing is recorded.
@@ -209,7 +215,7 @@ fn describe() {
 }
 
 /// Whether the attempt metrics carry a `module` label (the digest): off unless the operator
-/// opts in (`metrics_module_labels`), since every module then makes series of its own.
+/// opts in (`[metrics] module_labels`), since every module then makes series of its own.
 static MODULE_LABELS: AtomicBool = AtomicBool::new(false);
 
 /// Turns the attempt metrics' `module` label on or off (once, at start).
@@ -217,8 +223,8 @@ pub fn set_module_labels(on: bool) {
     MODULE_LABELS.store(on, Ordering::Relaxed);
 }
 
-/// An attempt of a module (its digest) ended; `instantiate` is zero when no instance was
-/// made.
+/// An attempt of a module (its digest) ended; its instantiation time is recorded only when an
+/// instance was made.
 pub fn attempt_finished(module: &str, report: &wasmjobs_host::AttemptReport) {
     let Some(h) = HANDLES.get() else { return };
     let outcome = report.outcome;

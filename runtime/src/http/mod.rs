@@ -180,21 +180,18 @@ fn cors(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLay
     )
 }
 
+/// The media type of Prometheus's text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+
 /// `GET /metrics` alone, with this process's counters and histograms: for a `worker`, which
 /// serves no API (`--metrics-addr`).
 pub fn metrics_app() -> Router {
     Router::new().route(
         "/metrics",
         axum::routing::get(|| async {
-            let text = crate::telemetry::handle()
-                .map(|h| h.render())
-                .unwrap_or_default();
             (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                text,
+                [(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                crate::telemetry::render(),
             )
         }),
     )
@@ -363,9 +360,7 @@ async fn metrics(
     let runs = state.workflows.runs().count_active_runs().await?;
     // This process's counters and histograms, then the store's unfinished jobs and runs (for
     // the whole installation; what ended is counted by `wasmjobs_jobs_ended_total`).
-    let mut out = crate::telemetry::handle()
-        .map(|h| h.render())
-        .unwrap_or_default();
+    let mut out = crate::telemetry::render();
     out.push_str("# HELP wasmjobs_jobs Jobs scheduled, queued and running, in the store.\n# TYPE wasmjobs_jobs gauge\n");
     for (st, n) in jobs {
         let _ = writeln!(out, "wasmjobs_jobs{{state=\"{st}\"}} {n}");
@@ -374,14 +369,7 @@ async fn metrics(
     for (st, n) in runs {
         let _ = writeln!(out, "wasmjobs_workflow_runs{{state=\"{st}\"}} {n}");
     }
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, PROMETHEUS_TEXT)], out).into_response())
 }
 
 /// This document (OpenAPI 3.1), built once.

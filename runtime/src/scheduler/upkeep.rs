@@ -44,22 +44,7 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
     loop {
         match s.store.complete(batch, at(batch)).await {
             Ok(results) => {
-                let retried = results
-                    .iter()
-                    .zip(batch)
-                    .filter(|(r, c)| {
-                        c.outcome != wasmjobs_host::Outcome::Succeeded
-                            && matches!(
-                                r,
-                                crate::store::Completed::Applied(
-                                    crate::store::JobState::Queued
-                                        | crate::store::JobState::Scheduled
-                                )
-                            )
-                    })
-                    .count();
-                crate::telemetry::retries(retried as u64);
-                log_endings(batch, &results);
+                report_endings(batch, &results);
                 if s.health.unblock() {
                     tracing::info!("the store takes writes again: claiming again");
                 }
@@ -101,14 +86,21 @@ async fn write_completions(s: &Shared, batch: &[Completion]) {
 
 /// Says how each attempt left its job: at info for a job that ended other than `succeeded`
 /// (with its outcome and error), at debug for every other change of state; counts the jobs
-/// that ended.
-fn log_endings(batch: &[Completion], results: &[crate::store::Completed]) {
+/// that ended and the failed attempts whose job will be tried again.
+fn report_endings(batch: &[Completion], results: &[crate::store::Completed]) {
     use crate::store::{Completed, JobState};
+    let mut retried = 0;
     for (c, result) in batch.iter().zip(results) {
-        if let Completed::Applied(state) = result
-            && state.is_final()
-        {
-            crate::telemetry::job_ended(*state, c.submitted_at.map(|at| c.ended_at - at));
+        match result {
+            Completed::Applied(state) if state.is_final() => {
+                crate::telemetry::job_ended(*state, c.submitted_at.map(|at| c.ended_at - at));
+            }
+            Completed::Applied(JobState::Queued | JobState::Scheduled)
+                if c.outcome != wasmjobs_host::Outcome::Succeeded =>
+            {
+                retried += 1;
+            }
+            _ => {}
         }
         match result {
             Completed::Applied(state @ (JobState::Failed | JobState::Cancelled)) => tracing::info!(
@@ -134,6 +126,7 @@ fn log_endings(batch: &[Completion], results: &[crate::store::Completed]) {
             ),
         }
     }
+    crate::telemetry::retries(retried);
 }
 
 /// Renews leases; cancels local attempts whose job asked to be cancelled or was taken away.

@@ -508,13 +508,39 @@ impl RunEventRow {
     }
 }
 
+/// A `COUNT` or a sum read back from the database (never negative).
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// [`JobStore::count_unfinished`](super::JobStore::count_unfinished) from its row: scheduled,
+/// queued, running.
+pub(super) fn unfinished_counts(
+    (scheduled, queued, running): (i64, i64, i64),
+) -> [(JobState, u64); 3] {
+    [
+        (JobState::Scheduled, count(scheduled)),
+        (JobState::Queued, count(queued)),
+        (JobState::Running, count(running)),
+    ]
+}
+
+/// [`WorkflowStore::count_active_runs`](super::WorkflowStore::count_active_runs) from its row:
+/// running, cancelling.
+pub(super) fn active_run_counts((running, cancelling): (i64, i64)) -> [(RunState, u64); 2] {
+    [
+        (RunState::Running, count(running)),
+        (RunState::Cancelling, count(cancelling)),
+    ]
+}
+
 /// [`Activity`] from its rows: (minute, succeeded, failed, cancelled) and (node, slots, busy,
 /// seen_at).
 pub(super) fn activity(
     minutes: Vec<(i64, i64, i64, i64)>,
     nodes: Vec<(String, i64, i64, i64)>,
 ) -> Activity {
-    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let n = count;
     Activity {
         minutes: minutes
             .into_iter()

@@ -3,8 +3,8 @@
 // leave a `stop` function that ends its live updates when another view replaces it.
 
 const TOKEN_KEY = "wasmjobs.token";
-const FINAL_JOB = new Set(["succeeded", "failed", "cancelled"]);
-const FINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
+// The final states, of a job and of a run alike.
+const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 const view = document.getElementById("view");
 let stopView = () => {};
@@ -179,7 +179,7 @@ function outputOf(job) {
   if (job.output !== undefined) return h("pre", {}, JSON.stringify(job.output, null, 2));
   if (job.output_text !== undefined) return h("pre", {}, job.output_text);
   if (job.output_base64 !== undefined) return showBytes(job.output_base64);
-  return h("p", { class: "muted" }, FINAL_JOB.has(job.state) ? "none" : "not yet");
+  return h("p", { class: "muted" }, FINAL.has(job.state) ? "none" : "not yet");
 }
 
 function notice(message) {
@@ -349,7 +349,7 @@ function job(id) {
     // one being replaced.
     const offer = `${j.state}/${j.cancel_requested}`;
     if (actions.dataset.offer !== offer) actions.dataset.offer = offer, actions.replaceChildren(
-      !FINAL_JOB.has(j.state) ? h("button", { class: "danger", id: "cancel", disabled: j.cancel_requested, onclick: () => act("cancel") }, j.cancel_requested ? "Cancelling…" : "Cancel") : "",
+      !FINAL.has(j.state) ? h("button", { class: "danger", id: "cancel", disabled: j.cancel_requested, onclick: () => act("cancel") }, j.cancel_requested ? "Cancelling…" : "Cancel") : "",
       j.state === "failed" || j.state === "cancelled" ? h("button", { class: "primary", id: "retry", onclick: () => act("retry") }, "Retry") : "");
     return j;
   };
@@ -372,7 +372,7 @@ function job(id) {
     }, ctl.signal).catch(() => {});
   };
   refresh().then(follow).catch((e) => { if (!(e instanceof ApiError && e.status === 401)) view.replaceChildren(h("h1", {}, `Job #${id}`), h("p", { class: "error" }, e.message)); });
-  const poll = every(3000, async () => { if (last && !FINAL_JOB.has(last.state)) await refresh(); });
+  const poll = every(3000, async () => { if (last && !FINAL.has(last.state)) await refresh(); });
   return () => { ctl.abort(); poll(); };
 }
 
@@ -423,7 +423,7 @@ function run(id) {
   return every(1000, async () => {
     if (final) return;
     const r = await api(`/v1/workflow-runs/${id}`);
-    final = FINAL_RUN.has(r.state);
+    final = FINAL.has(r.state);
     head.replaceChildren(`Run #${id}`, badge(r.state));
     facts.replaceChildren(h("dt", {}, "workflow"), h("dd", {}, h("a", { href: `#/runs?workflow=${encodeURIComponent(r.workflow)}` }, `${r.workflow} v${r.version}`)),
       h("dt", {}, "created"), h("dd", {}, when(r.created_at)), h("dt", {}, "finished"), h("dd", {}, when(r.finished_at)),

@@ -161,16 +161,10 @@ impl JobStore for PgStore {
     }
 
     async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
-        let (scheduled, queued, running): (i64, i64, i64) =
-            sqlx::query_as(include_str!("jobs/count_unfinished.sql"))
-                .fetch_one(&self.pool)
-                .await?;
-        let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok([
-            (JobState::Scheduled, n(scheduled)),
-            (JobState::Queued, n(queued)),
-            (JobState::Running, n(running)),
-        ])
+        let row = sqlx::query_as(include_str!("jobs/count_unfinished.sql"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(crate::store::rows::unfinished_counts(row))
     }
 
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {

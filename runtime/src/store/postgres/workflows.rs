@@ -224,15 +224,10 @@ impl WorkflowStore for PgStore {
     }
 
     async fn count_active_runs(&self) -> Result<[(RunState, u64); 2]> {
-        let (running, cancelling): (i64, i64) =
-            sqlx::query_as(include_str!("workflows/count_active_runs.sql"))
-                .fetch_one(&self.pool)
-                .await?;
-        let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok([
-            (RunState::Running, n(running)),
-            (RunState::Cancelling, n(cancelling)),
-        ])
+        let row = sqlx::query_as(include_str!("workflows/count_active_runs.sql"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(crate::store::rows::active_run_counts(row))
     }
 
     async fn active_runs(&self) -> Result<Vec<RunId>> {

@@ -125,19 +125,14 @@ impl JobStore for SqliteStore {
     }
 
     async fn count_unfinished(&self) -> Result<[(JobState, u64); 3]> {
-        let (scheduled, queued, running): (i64, i64, i64) = self
+        let row = self
             .read_blocking(|tx| {
                 Ok(tx
                     .prepare_cached(include_str!("jobs/count_unfinished.sql"))?
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
             })
             .await?;
-        let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok([
-            (JobState::Scheduled, n(scheduled)),
-            (JobState::Queued, n(queued)),
-            (JobState::Running, n(running)),
-        ])
+        Ok(crate::store::rows::unfinished_counts(row))
     }
 
     async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {

@@ -159,16 +159,12 @@ impl WorkflowStore for SqliteStore {
     }
 
     async fn count_active_runs(&self) -> Result<[(RunState, u64); 2]> {
-        let (running, cancelling): (i64, i64) = self.read(|tx| {
+        let row = self.read(|tx| {
             Ok(tx
                 .prepare_cached(include_str!("workflows/count_active_runs.sql"))?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
         })?;
-        let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok([
-            (RunState::Running, n(running)),
-            (RunState::Cancelling, n(cancelling)),
-        ])
+        Ok(crate::store::rows::active_run_counts(row))
     }
 
     async fn pending_items(

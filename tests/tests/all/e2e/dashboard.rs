@@ -120,6 +120,17 @@ async fn click(c: &Client, css: &str) {
     panic!("{css} kept being redrawn");
 }
 
+/// Types `token` into the token dialog and signs in.
+async fn enter_token(c: &Client, token: &str) {
+    c.find(Locator::Id("token-input"))
+        .await
+        .expect("token input")
+        .send_keys(token)
+        .await
+        .expect("type");
+    click(c, "#token-save").await;
+}
+
 async fn screenshot(c: &Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
@@ -176,17 +187,7 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
     )
     .await;
     screenshot(&c, "token").await;
-    let input = c
-        .find(Locator::Id("token-input"))
-        .await
-        .expect("token input");
-    input.send_keys("not-the-token").await.expect("type");
-    c.find(Locator::Id("token-save"))
-        .await
-        .expect("save")
-        .click()
-        .await
-        .expect("click");
+    enter_token(&c, "not-the-token").await;
     wait_for(
         &c,
         "the wrong token's message",
@@ -194,17 +195,7 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         long,
     )
     .await;
-    let input = c
-        .find(Locator::Id("token-input"))
-        .await
-        .expect("token input");
-    input.send_keys(secret).await.expect("type");
-    c.find(Locator::Id("token-save"))
-        .await
-        .expect("save")
-        .click()
-        .await
-        .expect("click");
+    enter_token(&c, secret).await;
     wait_for(
         &c,
         "the overview's counts",

@@ -68,22 +68,7 @@ async fn metrics_count_a_known_workload() {
         .await
         .expect("run json");
     let run_url = format!("{}/v1/workflow-runs/{}", server.url, run["id"]);
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r: Value = http
-            .get(&run_url)
-            .send()
-            .await
-            .expect("run")
-            .json()
-            .await
-            .expect("json");
-        if r["state"] == "succeeded" {
-            break;
-        }
-        assert!(Instant::now() < until, "the run never succeeded: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_state(&http, &run_url, "succeeded", Duration::from_secs(60)).await;
     // The last attempts' completions are written before their jobs read final; give the
     // slots a moment to be handed back.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -343,22 +328,8 @@ async fn a_job_ended_by_a_lost_attempt_is_logged_and_counted() {
         ],
     )
     .await[0];
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job: Value = http
-            .get(format!("{}/v1/jobs/{id}", server.url))
-            .send()
-            .await
-            .expect("job")
-            .json()
-            .await
-            .expect("json");
-        if job["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < until, "the job never ran: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let job_url = format!("{}/v1/jobs/{id}", server.url);
+    wait_for_state(&http, &job_url, "running", Duration::from_secs(30)).await;
     first.kill9();
     let addr = format!("127.0.0.1:{}", wasmjobs_tests::free_port());
     let second = Process::worker_env(

@@ -227,6 +227,35 @@ pub(super) async fn wait_all_final(
     }
 }
 
+/// Waits until the job or run at `url` (its `GET`) is in `state`; panics with what it last
+/// was after `within`.
+pub(super) async fn wait_for_state(
+    http: &reqwest::Client,
+    url: &str,
+    state: &str,
+    within: Duration,
+) {
+    let until = Instant::now() + within;
+    loop {
+        let v: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if v["state"] == state {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{url} not {state} within {within:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until some job is running (a kill then finds attempts in flight; on a loaded
 /// machine a fixed delay could find the node between jobs, and the round would prove nothing).
 pub(super) async fn wait_some_running(http: &reqwest::Client, url: &str) {
