@@ -10,6 +10,7 @@ use wasmjobs_host::SandboxConfig;
 
 use crate::admission::AdmissionPolicy;
 use crate::http::Token;
+use crate::store::queues::{QueueSettings, Rate, check_queue_name};
 
 /// The contents of `wasmjobs.toml`. Every field is optional. `docs/serving.md` lists every key
 /// in one table, which a test checks against this type.
@@ -45,6 +46,50 @@ pub struct FileConfig {
     pub modules: ModulesSection,
     /// `[metrics]`: what `GET /metrics` labels.
     pub metrics: MetricsSection,
+    /// `[queues.NAME]`: a queue's weight, limits and pause (docs/scheduler.md, "Queues").
+    pub queues: std::collections::BTreeMap<String, QueueSection>,
+}
+
+/// `[queues.NAME]` in `wasmjobs.toml`: a queue's settings, written to the store when a server
+/// or worker starts (for every node sharing it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// Its share of a node's slots among the queues with work (default 1).
+    pub weight: Option<u32>,
+    /// At most this many of its jobs run at once, across every node (default: no limit).
+    pub max_running: Option<u32>,
+    /// At most this many starts per unit of time across every node, e.g. "100/s", "5000/min".
+    pub rate: Option<Rate>,
+    /// Pause it when this process starts (resume through the API or CLI).
+    pub paused: bool,
+}
+
+impl FileConfig {
+    /// The queues this file declares, checked: names, a weight and a `max_running` of at
+    /// least 1.
+    pub fn queue_settings(&self) -> anyhow::Result<Vec<QueueSettings>> {
+        let mut out = Vec::with_capacity(self.queues.len());
+        for (name, q) in &self.queues {
+            check_queue_name(name).map_err(|e| anyhow::anyhow!("[queues.{name}]: {e}"))?;
+            if q.weight == Some(0) {
+                anyhow::bail!("[queues.{name}]: weight must be at least 1");
+            }
+            if q.max_running == Some(0) {
+                anyhow::bail!(
+                    "[queues.{name}]: max_running must be at least 1 (to stop the queue, set paused = true)"
+                );
+            }
+            out.push(QueueSettings {
+                name: name.clone(),
+                weight: q.weight.unwrap_or(1),
+                max_running: q.max_running,
+                rate: q.rate,
+                paused: q.paused,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// `[metrics]` in `wasmjobs.toml` (docs/observability.md).
@@ -166,6 +211,19 @@ mod tests {
             metrics: MetricsSection {
                 module_labels: true,
             },
+            queues: [(
+                "NAME".to_string(),
+                QueueSection {
+                    weight: Some(1),
+                    max_running: Some(1),
+                    rate: Some(Rate {
+                        count: 1,
+                        per_ms: 1000,
+                    }),
+                    paused: true,
+                },
+            )]
+            .into(),
         };
         fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
             match v {

@@ -13,7 +13,8 @@ use wasmjobs_host::{Grants, Limits};
 
 use crate::admission::{AdmissionPolicy, Refusal};
 use crate::caller::Caller;
-use crate::store::{Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
+use crate::store::queues::check_queue_name;
+use crate::store::{DEFAULT_QUEUE, Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
 use wasmjobs_host::AllowedDirs;
 
 mod group_commit;
@@ -38,6 +39,11 @@ pub struct SubmitJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::schema::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
+    /// The queue the job waits in (`default` if none): its name, 1 to 64 ASCII letters,
+    /// digits, `_`, `-` and `.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Orders the jobs of a queue: higher first.
     #[serde(default)]
     pub priority: i64,
     /// Not before this time (milliseconds since the Unix epoch).
@@ -227,12 +233,15 @@ impl JobService {
             storable("workflow_ref", r)?;
         }
         let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
+        let queue = req.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
+        check_queue_name(&queue).map_err(ServiceError::Invalid)?;
         let job = NewJob {
             module_digest: String::new(),
             input,
             limits,
             retry,
             grants,
+            queue,
             priority: req.priority,
             run_at: req.run_at,
             idempotency_key: key,

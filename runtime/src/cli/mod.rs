@@ -12,6 +12,7 @@ mod compile;
 mod inspect;
 mod module;
 mod output;
+mod queue;
 mod remote;
 mod run;
 mod schedule;
@@ -65,6 +66,8 @@ enum Command {
     Module(module::ModuleCmd),
     /// Submit, follow, cancel, retry, list and replay jobs on a server.
     Job(remote::JobCmd),
+    /// Queues on a server: list, pause, resume.
+    Queue(queue::QueueCmd),
     /// Cron schedules on a server.
     Schedule(schedule::ScheduleCmd),
     /// Workflow definitions on a server: create, list, show, graph, run, status, cancel.
@@ -85,6 +88,7 @@ impl Command {
             self,
             Command::Module(_)
                 | Command::Job(_)
+                | Command::Queue(_)
                 | Command::Schedule(_)
                 | Command::Workflow(_)
                 | Command::Token(_)
@@ -102,7 +106,7 @@ pub fn main() -> ExitCode {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,
-                    "`--output` applies to module, job, schedule, workflow, token and inspect only",
+                    "`--output` applies to module, job, queue, schedule, workflow, token and inspect only",
                 )
                 .exit();
         }
@@ -135,6 +139,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => serve::worker(args).await,
             Command::Module(cmd) => module::module(cmd, &client).await,
             Command::Job(cmd) => remote::job(cmd, &client).await,
+            Command::Queue(cmd) => queue::queue(cmd, &client).await,
             Command::Schedule(cmd) => schedule::schedule(cmd, &client).await,
             Command::Workflow(cmd) => workflow::workflow(cmd, &client).await,
             Command::Token(cmd) => token::token(cmd),

@@ -91,7 +91,10 @@ struct SubmitArgs {
     /// Attempts at most before the job fails (default: the server's retry policy).
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Higher runs first among queued jobs.
+    /// The queue it waits in (default: `default`).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Higher runs first among its queue's jobs.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
     /// A key that makes resubmitting safe: the same key and request return the first job.
@@ -254,6 +257,9 @@ async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8>
     }
     if let Some(k) = a.idempotency_key {
         body["idempotency_key"] = json!(k);
+    }
+    if let Some(q) = a.queue {
+        body["queue"] = json!(q);
     }
     let path = if a.wait && !a.follow {
         "/v1/jobs?wait=300s"

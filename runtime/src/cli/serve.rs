@@ -80,6 +80,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     crate::telemetry::handle();
     let file = FileConfig::load(args.config.as_deref())?;
     crate::telemetry::set_module_labels(file.metrics.module_labels);
+    let queues = file.queue_settings().context("invalid config")?;
     let mut names = std::collections::HashSet::new();
     for token in &file.tokens {
         token
@@ -170,6 +171,14 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
             "the store at {} does not take writes ({e}): check that the disk has space and that the database (file or server) is writable by this user, then start again",
             redacted_url(&db)
         );
+    }
+    if !queues.is_empty() {
+        store
+            .configure_queues(&queues, crate::store::now_ms())
+            .await
+            .with_context(|| {
+                format!("cannot write the queues' settings to {}", redacted_url(&db))
+            })?;
     }
     let relay = crate::notices::Relay::start(&*store)
         .await

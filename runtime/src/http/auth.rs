@@ -69,11 +69,15 @@ pub fn hash(secret: &str) -> String {
 }
 
 /// The scope a request needs: reading needs `read`; schedules (which run on their own, as the
-/// server, for as long as they exist) need `admin`; every other change needs `submit`.
+/// server, for as long as they exist) and pausing or resuming queues (which steer everyone's
+/// jobs) need `admin`; every other change needs `submit`.
 fn needed(method: &Method, path: &str) -> Scope {
     if matches!(*method, Method::GET | Method::HEAD) {
         Scope::Read
-    } else if path == "/v1/schedules" || path.starts_with("/v1/schedules/") {
+    } else if path == "/v1/schedules"
+        || path.starts_with("/v1/schedules/")
+        || path.starts_with("/v1/queues/")
+    {
         Scope::Admin
     } else {
         Scope::Submit

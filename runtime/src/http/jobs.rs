@@ -66,6 +66,7 @@ pub(super) async fn job_json(
         id: job.id,
         module: job.module.clone(),
         state: job.state,
+        queue: job.queue.clone(),
         priority: job.priority,
         run_at: job.run_at,
         limits: value(&job.limits)?,
@@ -104,6 +105,8 @@ pub(crate) struct JobView {
     module: String,
     #[schema(value_type = JobStateDoc)]
     state: JobState,
+    /// The queue it waits in.
+    queue: String,
     priority: i64,
     run_at: i64,
     limits: Value,

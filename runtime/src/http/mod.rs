@@ -10,6 +10,7 @@ mod events;
 mod jobs;
 mod modules;
 pub(crate) mod openapi;
+mod queues;
 mod runs;
 mod schedules;
 mod server;
@@ -225,6 +226,9 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(events::job_events))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
         .routes(routes!(schedules::add, schedules::list))
         .routes(routes!(schedules::delete))
         .routes({

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 pub(crate) use super::error::Problem;
 pub(crate) use super::jobs::{BatchView, JobList, JobView, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
+pub(crate) use super::queues::{QueueList, QueueView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
 pub(crate) use super::workflows::{WorkflowList, WorkflowView};
 pub(crate) use super::{Health, Readiness};
@@ -33,6 +34,7 @@ pub(crate) use super::{Health, Readiness};
     tags(
         (name = "modules", description = "Job components, content-addressed by sha256"),
         (name = "jobs", description = "Submit, inspect, follow, cancel and retry jobs"),
+        (name = "queues", description = "Named queues: depth, limits, pause and resume"),
         (name = "schedules", description = "Cron schedules that submit jobs"),
         (name = "workflows", description = "Workflow definitions, versioned by name"),
         (name = "workflow-runs", description = "Runs of workflows: start, follow, cancel"),

@@ -21,7 +21,7 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
             return;
         }
         let limit = s.hold_limit();
-        let held = lock(&s.running).len();
+        let (held, by_queue) = held_by_queue(&s);
         let slots = s.config.concurrency.max(1);
         let room = limit.saturating_sub(held);
         let want = if may_claim(held, slots, limit) {
@@ -42,7 +42,7 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
             let lease_ms = i64::try_from(s.config.lease.as_millis()).unwrap_or(i64::MAX);
             match s
                 .store
-                .claim(&s.config.node_id, want, now_ms(), lease_ms)
+                .claim(&s.config.node_id, want, &by_queue, now_ms(), lease_ms)
                 .await
             {
                 Ok(jobs) => {
@@ -82,6 +82,20 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
             // does not add work, so it is no reason to wake.
         }
     }
+}
+
+/// How many jobs this node holds, in all and of each queue (what its claims' fair shares
+/// count).
+fn held_by_queue(s: &Shared) -> (usize, Vec<(String, u32)>) {
+    let running = lock(&s.running);
+    let mut by_queue: Vec<(String, u32)> = Vec::new();
+    for job in running.values() {
+        match by_queue.iter_mut().find(|(q, _)| *q == job.queue) {
+            Some((_, n)) => *n += 1,
+            None => by_queue.push((job.queue.clone(), 1)),
+        }
+    }
+    (running.len(), by_queue)
 }
 
 /// How long the dispatcher trusts its last look at the next scheduled job
@@ -137,6 +151,7 @@ pub(super) fn hold(s: &Shared, jobs: Vec<Claimed>) {
                     cancel: cancel.clone(),
                     since,
                     attempt: job.attempt,
+                    queue: job.queue.clone(),
                 },
             );
             to_run.push_back(Held { job, cancel });

@@ -147,6 +147,8 @@ struct HeldJob {
     since: std::time::Instant,
     /// The attempt it was claimed for.
     attempt: u32,
+    /// The queue it was claimed from.
+    queue: String,
 }
 
 /// What the readiness check sees of a node: whether it claims, and why not when it does not.

@@ -4,7 +4,8 @@
 //! each with its own SQL (`.sql` files beside each area's Rust) and its own baseline migration
 //! (`runtime/migrations/{sqlite,postgres}`) of one schema. What both share is Rust: the rows
 //! and their conversion (`rows.rs`), a job's history format (`history.rs`), its settings
-//! (`settings.rs`), the retry decision (`retry.rs`) and a workflow step's writes
+//! (`settings.rs`), the retry decision (`retry.rs`), queues' settings, rates and fair shares
+//! (`queues.rs`) and a workflow step's writes
 //! (`workflow_step.rs`). The backend is chosen once, at start-up, from the database URL;
 //! errors are [`StoreError`], which says what kind of failure it was and keeps the driver's
 //! detail to the log.
@@ -17,6 +18,7 @@ mod history;
 mod lifecycle;
 pub mod model;
 mod postgres;
+pub mod queues;
 pub mod retry;
 mod rows;
 mod settings;
@@ -30,6 +32,7 @@ use tokio::sync::broadcast;
 
 pub use error::StoreError;
 pub use model::*;
+pub use queues::{DEFAULT_QUEUE, QueueInfo, QueueSettings, Rate};
 pub use retry::{RetryPolicy, decide};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -159,14 +162,31 @@ pub trait JobStore: Send + Sync + 'static {
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
     /// Moves due `scheduled` jobs to `queued`, then claims up to `limit` queued jobs for
-    /// `worker` (priority, then run_at, then age), starting an attempt of each.
+    /// `worker`, starting an attempt of each: from the queues that have work, not paused and
+    /// within their limits (`max_running`, `rate`: across every node), shared by weight
+    /// ([`queues::fair_pick`], counting the jobs `held` of each queue that `worker` holds
+    /// already); within a queue by priority, then run_at, then age.
     async fn claim(
         &self,
         worker: &str,
         limit: u32,
+        held: &[(String, u32)],
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>>;
+    /// Writes the settings of the queues a process declares (`[queues.NAME]`): weight and
+    /// limits as given; `paused` only when it says so (a queue resumed through the API stays
+    /// resumed until a process that declares it paused starts).
+    async fn configure_queues(&self, queues: &[QueueSettings], now: i64) -> Result<()>;
+    /// Every queue that has settings or jobs that have not ended, by name.
+    async fn queues(&self) -> Result<Vec<QueueInfo>>;
+    /// Pauses or resumes queue `name`. `None` if no such queue is known ([`Self::queues`]).
+    async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: i64,
+    ) -> Result<Option<QueueSettings>>;
     /// Appends log/progress events of a running attempt. `false` if the worker no longer holds it.
     async fn append_events(
         &self,

@@ -107,6 +107,8 @@ pub struct NewJob {
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub grants: Grants,
+    /// The queue the job waits in (a valid [`queue name`](valid_queue_name)).
+    pub queue: String,
     pub priority: i64,
     /// Not before this time; `None` is now.
     pub run_at: Option<i64>,
@@ -126,6 +128,7 @@ pub struct Job {
     pub id: JobId,
     pub module: String,
     pub state: JobState,
+    pub queue: String,
     pub priority: i64,
     pub run_at: i64,
     #[serde(skip)]
@@ -160,6 +163,7 @@ impl Job {
             id,
             module: new.module_digest,
             state,
+            queue: new.queue,
             priority: new.priority,
             run_at,
             input: new.input,
@@ -235,6 +239,8 @@ impl NewEvent {
 pub struct Claimed {
     pub id: JobId,
     pub module_digest: String,
+    /// The queue it was claimed from.
+    pub queue: String,
     /// What the attempt reads: the job's own input or, for a job with `input_from`, that
     /// job's output, read by the claim's transaction (empty if it has none).
     pub input: Vec<u8>,

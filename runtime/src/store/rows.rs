@@ -3,6 +3,7 @@
 
 use super::lifecycle::{PendingEvent, pending};
 use super::model::*;
+use super::queues::{QueueInfo, QueueSettings, Rate};
 use super::{Result, StoreError};
 
 /// Reads a row from a rusqlite statement, by column name (the SQLite store).
@@ -87,7 +88,8 @@ row! {
     input_from: Option<i64>,
     created_at: i64,
     updated_at: i64,
-    finished_at: Option<i64>,}
+    finished_at: Option<i64>,
+    queue: String,}
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -112,6 +114,7 @@ impl JobRow {
             id: self.id,
             module: self.module_digest,
             state: self.state.parse().map_err(|e| corrupt("job state", e))?,
+            queue: self.queue,
             priority: self.priority,
             run_at: self.run_at,
             input: self.input,
@@ -160,7 +163,8 @@ row! {
     event_seq: i64,
     updated_at: i64,
     upstream_output: Option<Vec<u8>>,
-    created_at: i64,}
+    created_at: i64,
+    queue: String,}
 }
 
 /// The claimed attempts a claim returned, in claim order.
@@ -259,6 +263,7 @@ impl ClaimRow {
         Ok(Claimed {
             id: self.id,
             module_digest: self.module_digest,
+            queue: self.queue,
             // A job whose input is another job's output reads that output.
             input: match self.input_from {
                 Some(_) => self.upstream_output.unwrap_or_default(),
@@ -280,6 +285,74 @@ impl ClaimRow {
             created_at: self.created_at,
         })
     }
+}
+
+row! {
+    pub(super) struct QueueRow {
+    name: String,
+    weight: i64,
+    max_running: Option<i64>,
+    rate: Option<String>,
+    paused: bool,
+    tokens: f64,
+    tokens_at: i64,}
+}
+
+impl QueueRow {
+    /// The queue's settings, and its token bucket refilled to `now` when it has a rate.
+    pub(super) fn into_settings(self, now: i64) -> Result<(QueueSettings, Option<f64>)> {
+        let rate = self
+            .rate
+            .map(|r| r.parse::<Rate>().map_err(|e| corrupt("queue rate", e)))
+            .transpose()?;
+        let tokens = rate.map(|r| r.refill(self.tokens, self.tokens_at, now));
+        let settings = QueueSettings {
+            name: self.name,
+            weight: u32::try_from(self.weight).unwrap_or(1).max(1),
+            max_running: self
+                .max_running
+                .map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
+            rate,
+            paused: self.paused,
+        };
+        Ok((settings, tokens))
+    }
+}
+
+/// [`QueueStore::queues`](super::QueueStore::queues) from the stored settings and each queue's
+/// unfinished jobs by state (`(queue, state, count)`): every queue that has either.
+pub(super) fn queue_listing(
+    settings: Vec<QueueSettings>,
+    counts: Vec<(String, String, i64)>,
+) -> Result<Vec<QueueInfo>> {
+    let mut by_name: std::collections::BTreeMap<String, QueueInfo> = settings
+        .into_iter()
+        .map(|s| {
+            let info = QueueInfo {
+                settings: s,
+                queued: 0,
+                scheduled: 0,
+                running: 0,
+            };
+            (info.settings.name.clone(), info)
+        })
+        .collect();
+    for (queue, state, n) in counts {
+        let info = by_name.entry(queue.clone()).or_insert_with(|| QueueInfo {
+            settings: QueueSettings::defaults(&queue),
+            queued: 0,
+            scheduled: 0,
+            running: 0,
+        });
+        let slot = match state.as_str() {
+            "queued" => &mut info.queued,
+            "scheduled" => &mut info.scheduled,
+            "running" => &mut info.running,
+            other => return Err(corrupt("queue count", format!("state {other:?}"))),
+        };
+        *slot += count(n);
+    }
+    Ok(by_name.into_values().collect())
 }
 
 row! {

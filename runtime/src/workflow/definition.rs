@@ -61,6 +61,9 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<crate::schema::RetryDoc>)]
     pub retry: Option<RetryPolicy>,
+    /// The queue its jobs wait in; `default` if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
 }
@@ -352,6 +355,11 @@ impl Definition {
             }
             if n.module.trim().is_empty() {
                 problems.push(format!("node {:?} has no module", n.name));
+            }
+            if let Some(q) = &n.queue
+                && let Err(e) = crate::store::queues::check_queue_name(q)
+            {
+                problems.push(format!("node {:?}: {e}", n.name));
             }
             if let Some(fe) = &n.for_each {
                 if fe.concurrency == 0 {

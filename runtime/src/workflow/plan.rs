@@ -592,6 +592,9 @@ fn node_job(
             .unwrap_or(admission.policy.defaults),
         retry: spec.and_then(|s| s.retry.clone()).unwrap_or_default(),
         grants: Default::default(),
+        queue: spec
+            .and_then(|s| s.queue.clone())
+            .unwrap_or_else(|| crate::store::DEFAULT_QUEUE.to_owned()),
         priority: 0,
         run_at: None,
         idempotency_key: None,

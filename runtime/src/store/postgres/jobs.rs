@@ -459,7 +459,8 @@ where
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut workflow_ref, mut input_from, mut event) = (
+    let (mut workflow_ref, mut input_from, mut event, mut queue) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -475,6 +476,7 @@ where
         workflow_ref.push(j.workflow_ref.as_deref());
         input_from.push(j.input_from);
         event.push(texts.events[e].as_str());
+        queue.push(j.queue.as_str());
     }
     let (name, digest): (Vec<&str>, Vec<&str>) =
         names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
@@ -500,6 +502,7 @@ where
         .bind(&limits)
         .bind(&retry)
         .bind(&grants)
+        .bind(&queue)
         .fetch_all(exec)
         .await?;
     if ids.is_empty() && !jobs.is_empty() && !names.is_empty() {
@@ -566,6 +569,7 @@ pub(super) async fn insert_jobs_tx(
             .bind(now)
             .bind(j.input_from)
             .bind(history::line(1, now, &created_event(state, run_at)))
+            .bind(&j.queue)
             .fetch_one(&mut **tx)
             .await?;
         any_queued |= state == JobState::Queued;

@@ -56,6 +56,8 @@ pub struct PgStore {
     open_claims: std::sync::Mutex<queue::OpenClaims>,
     /// What this store knows of `job_settings`.
     settings: std::sync::Mutex<settings::KnownSettings>,
+    /// The queues with limits, as last read (see `queue::LimitedQueues`).
+    limited: std::sync::Mutex<queue::LimitedQueues>,
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
@@ -143,6 +145,7 @@ impl PgStore {
             channel: format!("wasmjobs_{}", schema.unwrap_or("public")),
             outbound: std::sync::OnceLock::new(),
             open_claims: std::sync::Mutex::default(),
+            limited: std::sync::Mutex::default(),
             settings: std::sync::Mutex::default(),
         })
     }

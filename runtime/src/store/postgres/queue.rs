@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use serde_json::json;
+use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
 use super::jobs::push_events;
@@ -12,8 +13,8 @@ use super::{PgStore, lock};
 use crate::store::history;
 use crate::store::lifecycle::{ending_by_outcome, released_event};
 use crate::store::model::*;
-use crate::store::rows::{ClaimRow, claimed_in_order};
-use crate::store::{Notice, QueueStore, Rescue, Result};
+use crate::store::rows::{ClaimRow, QueueRow, claimed_in_order, queue_listing};
+use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result};
 
 /// The error of a job failed because its deadline passed before it could run.
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -85,12 +86,153 @@ impl OpenClaims {
     }
 }
 
+/// The queues with limits (`max_running` or `rate`), as this store last read them: a claim
+/// that finds none takes its jobs in one statement; otherwise it locks those queues' rows
+/// first ([`PgStore::claim_limited`]). Read again when older than
+/// [`LimitedQueues::FRESH`], or at once after this store configured queues; so a limit a
+/// process declares applies on every node within that time.
+#[derive(Default)]
+pub(super) struct LimitedQueues {
+    names: Vec<String>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl LimitedQueues {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+/// What a claim statement is given.
+struct ClaimArgs<'a> {
+    worker: &'a str,
+    limit: u32,
+    held: &'a [(String, u32)],
+    now: i64,
+    lease_ms: i64,
+    done: &'a [i64],
+}
+
+impl ClaimArgs<'_> {
+    /// Runs `queue/claim.sql`, with each limited queue's room in `rooms`.
+    async fn run<'c, E>(&self, exec: E, rooms: &[(String, u32)]) -> Result<Vec<PgRow>>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        let (held_names, held_counts): (Vec<&str>, Vec<i64>) = self
+            .held
+            .iter()
+            .map(|(q, n)| (q.as_str(), i64::from(*n)))
+            .unzip();
+        let (room_names, room_counts): (Vec<&str>, Vec<i64>) = rooms
+            .iter()
+            .map(|(q, n)| (q.as_str(), i64::from(*n)))
+            .unzip();
+        Ok(sqlx::query(include_str!("queue/claim.sql"))
+            .bind(self.worker)
+            .bind(self.now + self.lease_ms)
+            .bind(self.now)
+            .bind(i64::from(self.limit))
+            .bind(self.done)
+            .bind(serde_json::Value::from(self.worker).to_string())
+            .bind(&held_names)
+            .bind(&held_counts)
+            .bind(&room_names)
+            .bind(&room_counts)
+            .fetch_all(exec)
+            .await?)
+    }
+}
+
+impl PgStore {
+    /// The queues with limits ([`LimitedQueues`]).
+    async fn limited_queues(&self) -> Result<Vec<String>> {
+        {
+            let known = lock(&self.limited);
+            if known
+                .read_at
+                .is_some_and(|at| at.elapsed() < LimitedQueues::FRESH)
+            {
+                return Ok(known.names.clone());
+            }
+        }
+        let names: Vec<String> = sqlx::query_scalar(include_str!("queue/limited_queues.sql"))
+            .fetch_all(&self.hot)
+            .await?;
+        *lock(&self.limited) = LimitedQueues {
+            names: names.clone(),
+            read_at: Some(std::time::Instant::now()),
+        };
+        Ok(names)
+    }
+
+    /// A claim when queues have limits: in one transaction, locks their rows (claims that
+    /// may take from them go one at a time), counts their running jobs, gives each its room
+    /// ([`QueueSettings::room`]), claims, and draws from the token buckets what it took.
+    async fn claim_limited(&self, claim: &ClaimArgs<'_>, limited: &[String]) -> Result<Vec<PgRow>> {
+        let mut tx = self.hot.begin().await?;
+        let stored: Vec<QueueRow> = sqlx::query_as(include_str!("queue/lock_limited_queues.sql"))
+            .bind(limited)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut queues = Vec::with_capacity(stored.len());
+        for row in stored {
+            queues.push(row.into_settings(claim.now)?);
+        }
+        let counted: Vec<&str> = queues
+            .iter()
+            .filter(|(s, _)| s.max_running.is_some())
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        let running: std::collections::HashMap<String, i64> = if counted.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query_as(include_str!("queue/running_by_queue.sql"))
+                .bind(&counted)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let rooms: Vec<(String, u32)> = queues
+            .iter()
+            .map(|(s, tokens)| {
+                let running = running.get(&s.name).map_or(0, |n| (*n).max(0) as u64);
+                (s.name.clone(), s.room(claim.limit, running, *tokens))
+            })
+            .collect();
+        let rows = claim.run(&mut *tx, &rooms).await?;
+        let mut names = Vec::new();
+        let mut left = Vec::new();
+        for (s, tokens) in &queues {
+            let Some(tokens) = tokens else { continue };
+            let mut taken = 0usize;
+            for row in &rows {
+                if row.try_get::<&str, _>("queue")? == s.name {
+                    taken += 1;
+                }
+            }
+            names.push(s.name.as_str());
+            left.push(tokens - taken as f64);
+        }
+        if !names.is_empty() {
+            sqlx::query(include_str!("queue/take_tokens.sql"))
+                .bind(&names)
+                .bind(&left)
+                .bind(claim.now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+}
+
 #[async_trait]
 impl QueueStore for PgStore {
     async fn claim(
         &self,
         worker: &str,
         limit: u32,
+        held: &[(String, u32)],
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
@@ -100,24 +242,29 @@ impl QueueStore for PgStore {
             notices = self.sweep(now).await?;
         }
         // Then the claim, with its attempts and `running` events, in one statement (one round
-        // trip). It ends no job, so it need not wait for its WAL flush: were Postgres to lose
-        // it in a crash, its jobs would be queued again, and the completion of any of them (a
-        // synchronous commit, later in the WAL) flushes it first.
+        // trip) when no queue has limits. It ends no job, so it need not wait for its WAL
+        // flush: were Postgres to lose it in a crash, its jobs would be queued again, and the
+        // completion of any of them (a synchronous commit, later in the WAL) flushes it first.
+        let limited = self.limited_queues().await?;
         let done = std::mem::take(&mut lock(&self.open_claims).done);
-        let result = sqlx::query(include_str!("queue/claim.sql"))
-            .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(i64::from(limit))
-            .bind(&done)
-            .bind(serde_json::Value::from(worker).to_string())
-            .fetch_all(&self.hot)
-            .await;
+        let claim = ClaimArgs {
+            worker,
+            limit,
+            held,
+            now,
+            lease_ms,
+            done: &done,
+        };
+        let result = if limited.is_empty() {
+            claim.run(&self.hot, &[]).await
+        } else {
+            self.claim_limited(&claim, &limited).await
+        };
         let rows = match result {
             Ok(rows) => rows,
             Err(e) => {
                 lock(&self.open_claims).done.extend(done);
-                return Err(e.into());
+                return Err(e);
             }
         };
         // Each claimed job leaves a dead queue row, each claim done a dead claims row.
@@ -139,6 +286,67 @@ impl QueueStore for PgStore {
         notices.extend(claimed.iter().map(|c| Notice::Events(c.id)));
         self.notify(notices);
         Ok(claimed)
+    }
+
+    async fn configure_queues(&self, queues: &[QueueSettings], now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for q in queues {
+            sqlx::query(include_str!("queue/configure_queue.sql"))
+                .bind(&q.name)
+                .bind(i64::from(q.weight))
+                .bind(q.max_running.map(i64::from))
+                .bind(q.rate.map(|r| r.to_string()))
+                .bind(q.paused)
+                .bind(q.rate.map_or(0.0, |r| r.burst()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        lock(&self.limited).read_at = None;
+        Ok(())
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        let stored: Vec<QueueRow> = sqlx::query_as(include_str!("queue/queue_settings.sql"))
+            .fetch_all(&self.pool)
+            .await?;
+        let settings = stored
+            .into_iter()
+            .map(|r| Ok(r.into_settings(0)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let counts: Vec<(String, String, i64)> =
+            sqlx::query_as(include_str!("queue/queue_counts.sql"))
+                .fetch_all(&self.pool)
+                .await?;
+        queue_listing(settings, counts)
+    }
+
+    async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: i64,
+    ) -> Result<Option<QueueSettings>> {
+        if !self.queues().await?.iter().any(|q| q.settings.name == name) {
+            return Ok(None);
+        }
+        sqlx::query(include_str!("queue/pause_queue.sql"))
+            .bind(name)
+            .bind(paused)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        if !paused {
+            // Nodes that found nothing they could take look again.
+            self.notify([Notice::JobsAvailable]);
+        }
+        Ok(self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.settings.name == name)
+            .map(|q| q.settings))
     }
 
     async fn append_events(
@@ -402,6 +610,7 @@ mod tests {
             .map(|&id| Claimed {
                 id,
                 module_digest: String::new(),
+                queue: String::new(),
                 input: Vec::new(),
                 limits: Default::default(),
                 grants: Default::default(),

@@ -346,6 +346,7 @@ pub(super) fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result
                 j.input_from,
                 now,
                 history::line(1, now, &created_event(state, run_at)),
+                j.queue,
             ],
         )?
         .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;

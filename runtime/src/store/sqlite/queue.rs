@@ -11,8 +11,9 @@ use crate::store::lifecycle::{
     Ending, EndingSnapshot, PendingEvent, ending, pending, released_event,
 };
 use crate::store::model::*;
-use crate::store::rows::{ClaimRow, claimed};
-use crate::store::{Notice, QueueStore, Rescue, Result, StoreError};
+use crate::store::queues::{FairQueue, fair_pick};
+use crate::store::rows::{ClaimRow, QueueRow, claimed, queue_listing};
+use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result, StoreError};
 
 /// The error of a job failed because its deadline passed before it could run.
 pub(super) const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -23,6 +24,7 @@ impl QueueStore for SqliteStore {
         &self,
         worker: &str,
         limit: u32,
+        held: &[(String, u32)],
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
@@ -46,10 +48,15 @@ impl QueueStore for SqliteStore {
                     push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], at)?;
                     notices.push(Notice::Events(id));
                 }
+                let ids = choose(tx, limit, held, now)?;
+                if ids.is_empty() {
+                    return Ok((Vec::new(), notices, failed));
+                }
+                let ids = serde_json::Value::from(ids).to_string();
                 let rows: Vec<ClaimRow> = rows(
                     tx,
                     include_str!("queue/claim.sql"),
-                    params![worker, now + lease_ms, now, i64::from(limit)],
+                    params![worker, now + lease_ms, now, ids],
                 )?;
                 let (claimed, events, claim_notices) = claimed(rows, worker)?;
                 notices.extend(claim_notices);
@@ -246,6 +253,66 @@ impl QueueStore for SqliteStore {
         .await
     }
 
+    async fn configure_queues(&self, queues: &[QueueSettings], now: i64) -> Result<()> {
+        self.write(|tx| {
+            let mut upsert = tx.prepare_cached(include_str!("queue/configure_queue.sql"))?;
+            for q in queues {
+                upsert.execute(params![
+                    q.name,
+                    i64::from(q.weight),
+                    q.max_running.map(i64::from),
+                    q.rate.map(|r| r.to_string()),
+                    q.paused,
+                    q.rate.map_or(0.0, |r| r.burst()),
+                    now
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        self.read(|tx| {
+            let stored: Vec<QueueRow> = rows(tx, include_str!("queue/queue_settings.sql"), [])?;
+            let settings = stored
+                .into_iter()
+                .map(|r| Ok(r.into_settings(0)?.0))
+                .collect::<Result<Vec<_>>>()?;
+            let counts = query(tx, include_str!("queue/queue_counts.sql"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            queue_listing(settings, counts)
+        })
+    }
+
+    async fn set_queue_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        now: i64,
+    ) -> Result<Option<QueueSettings>> {
+        if !self.queues().await?.iter().any(|q| q.settings.name == name) {
+            return Ok(None);
+        }
+        self.write(|tx| {
+            tx.prepare_cached(include_str!("queue/pause_queue.sql"))?
+                .execute(params![name, paused, now])?;
+            Ok(())
+        })
+        .await?;
+        if !paused {
+            // Claims that found nothing they could take look again.
+            self.notify([Notice::JobsAvailable]);
+        }
+        Ok(self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.settings.name == name)
+            .map(|q| q.settings))
+    }
+
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
         self.read(|tx| {
             Ok(
@@ -254,6 +321,77 @@ impl QueueStore for SqliteStore {
             )
         })
     }
+}
+
+/// The jobs a claim of up to `limit` takes, in the order [`fair_pick`] picks them: from the
+/// queues with queued jobs, each within its room ([`QueueSettings::room`]), whose token
+/// buckets it draws from here (the transaction holds the one writer's lock, so no other claim
+/// sees the bucket in between).
+fn choose(tx: &Tx<'_>, limit: u32, held: &[(String, u32)], now: i64) -> Result<Vec<i64>> {
+    let ready: Vec<String> = query(tx, include_str!("queue/ready_queues.sql"), [], |r| r.get(0))?;
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stored: Vec<QueueRow> = rows(tx, include_str!("queue/queue_settings.sql"), [])?;
+    let mut settings = std::collections::HashMap::new();
+    for row in stored {
+        let (s, tokens) = row.into_settings(now)?;
+        settings.insert(s.name.clone(), (s, tokens));
+    }
+    let limited = ready.iter().any(|q| {
+        settings
+            .get(q)
+            .is_some_and(|(s, _)| s.max_running.is_some())
+    });
+    let running: std::collections::HashMap<String, u64> = if limited {
+        query(tx, include_str!("queue/running_by_queue.sql"), [], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .into_iter()
+        .collect()
+    } else {
+        Default::default()
+    };
+    let mut queues = Vec::with_capacity(ready.len());
+    for name in &ready {
+        let (weight, room) = match settings.get(name) {
+            Some((s, tokens)) => (
+                s.weight,
+                s.room(limit, running.get(name).copied().unwrap_or(0), *tokens),
+            ),
+            None => (1, limit),
+        };
+        if room == 0 {
+            continue;
+        }
+        let candidates: Vec<i64> = query(
+            tx,
+            include_str!("queue/candidates.sql"),
+            params![name, i64::from(room)],
+            |r| r.get(0),
+        )?;
+        let held = held
+            .iter()
+            .find(|(q, _)| q == name)
+            .map_or(0, |(_, n)| u64::from(*n));
+        queues.push(FairQueue {
+            name,
+            weight,
+            held,
+            candidates,
+        });
+    }
+    let picked = fair_pick(&queues, limit as usize);
+    // Draw the rate-limited queues' tokens for what was picked of them.
+    for (i, q) in queues.iter().enumerate() {
+        let Some((_, Some(tokens))) = settings.get(q.name) else {
+            continue;
+        };
+        let taken = picked.iter().filter(|(from, _)| *from == i).count();
+        tx.prepare_cached(include_str!("queue/take_tokens.sql"))?
+            .execute(params![q.name, tokens - taken as f64, now])?;
+    }
+    Ok(picked.into_iter().map(|(_, id)| id).collect())
 }
 
 /// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the

@@ -14,6 +14,7 @@ mod backends;
 mod jobs;
 mod listing;
 mod queue;
+mod queues;
 mod rescue;
 
 /// A conformance case: checks one backend's store, given fresh.
@@ -45,6 +46,10 @@ const CASES: &[(&str, Case)] = cases![
     queue::claims_follow_priority_then_run_at_then_age,
     queue::a_claim_fails_jobs_past_their_deadline_and_queues_due_ones,
     queue::cancel_queued_at_once_and_running_by_request,
+    queues::claims_share_a_nodes_slots_between_queues_by_weight,
+    queues::a_paused_queue_keeps_its_jobs_until_it_is_resumed,
+    queues::max_running_holds_across_claimers,
+    queues::a_rate_limits_starts_with_a_bucket_kept_in_the_store,
     rescue::expired_leases_are_lost_attempts_and_requeued,
     rescue::a_job_whose_nodes_keep_dying_fails_after_max_lost,
     rescue::gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_not_charged,
@@ -94,6 +99,7 @@ pub(super) fn new_job(digest: &str) -> NewJob {
             ..RetryPolicy::default()
         },
         grants: Grants::default(),
+        queue: "default".into(),
         priority: 0,
         run_at: None,
         idempotency_key: None,

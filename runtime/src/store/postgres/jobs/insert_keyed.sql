@@ -1,5 +1,5 @@
 -- A job with an idempotency key ($10), its settings if not stored yet, its first event ($15)
--- in its row and its queue row.
+-- in its row (in queue $16) and its queue row.
 WITH s AS (
     INSERT INTO job_settings (key, limits, retry, grants, used_at)
     VALUES ($6, $7, $8, $9, $13)
@@ -7,12 +7,12 @@ WITH s AS (
 ), j AS (
     INSERT INTO jobs (module_digest, state, priority, run_at, input, settings, idempotency_key,
                       deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
-                      history)
-    SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15
+                      history, queue)
+    SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15, $16
     WHERE wasmjobs_modules_exist(ARRAY[$1::text])
-    RETURNING id, priority, run_at, deadline_at, state
+    RETURNING id, priority, run_at, deadline_at, state, queue
 ), q AS (
-    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
-    SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j
+    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
+    SELECT id, priority, run_at, deadline_at, state = 'queued', queue FROM j
 )
 SELECT id FROM j

@@ -12,7 +12,7 @@ WITH s AS (
         event_seq = event_seq + 1,
         history = history || '[' || (event_seq + 1) || ',' || $2 || ',' || $3 || chr(10)
     WHERE id = $4
-    RETURNING id, priority, run_at
+    RETURNING id, priority, run_at, queue
 )
-INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
-SELECT id, priority, run_at, NULL, TRUE FROM j
+INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
+SELECT id, priority, run_at, NULL, TRUE, queue FROM j

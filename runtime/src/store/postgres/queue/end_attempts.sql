@@ -26,10 +26,11 @@ WITH v AS (
                          || GREATEST($12, jobs.updated_at) || ']' || chr(10)
     FROM v
     WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
-    RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at
+    RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at,
+              jobs.queue
 ), q AS (
-    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
-    SELECT id, priority, run_at, deadline_at, state = 'queued' FROM j WHERE state IN ('queued', 'scheduled')
+    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
+    SELECT id, priority, run_at, deadline_at, state = 'queued', queue FROM j WHERE state IN ('queued', 'scheduled')
 ), e AS (
     INSERT INTO events (job_id, seq, kind, data, at)
     SELECT u.job_id, j.event_seq - u.back, u.kind, u.data, $12

@@ -11,9 +11,9 @@ WITH v AS (
                   || ',' || $5 || chr(10)
     FROM v
     WHERE jobs.id = v.id AND jobs.state = 'running' AND jobs.worker = $4 AND jobs.attempts = v.attempt
-    RETURNING jobs.id, jobs.priority, jobs.run_at, jobs.deadline_at
+    RETURNING jobs.id, jobs.priority, jobs.run_at, jobs.deadline_at, jobs.queue
 ), q AS (
-    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready)
-    SELECT id, priority, run_at, deadline_at, TRUE FROM r
+    INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
+    SELECT id, priority, run_at, deadline_at, TRUE, queue FROM r
 )
 SELECT id FROM r

@@ -1,0 +1,2 @@
+-- What is left in queue ?1's token bucket (?2) at ?3, after a claim took from it.
+UPDATE queues SET tokens = ?2, tokens_at = ?3 WHERE name = ?1
