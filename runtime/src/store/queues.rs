@@ -51,6 +51,14 @@ impl Rate {
         (self.per_millisecond() * 1000.0).ceil().max(1.0)
     }
 
+    /// When a bucket that holds `left` tokens at `now` next holds a whole one.
+    pub fn next_token_at(self, left: f64, now: i64) -> i64 {
+        if left >= 1.0 {
+            return now;
+        }
+        now + ((1.0 - left) / self.per_millisecond()).ceil() as i64
+    }
+
     /// The tokens in a bucket that held `tokens` at `at`, refilled up to `now`.
     pub fn refill(self, tokens: f64, at: i64, now: i64) -> f64 {
         let elapsed = now.saturating_sub(at).max(0) as f64;
@@ -156,6 +164,52 @@ impl QueueSettings {
     }
 }
 
+/// When a claim should look again for the jobs a rate held back: the earliest time a
+/// rate-limited queue that used all its room (so more of its jobs may wait) has its next
+/// token. Each claim sets it; the dispatcher wakes by then ([`super::QueueStore::next_scheduled_at`]).
+#[derive(Debug, Default)]
+pub struct NextToken(std::sync::atomic::AtomicI64);
+
+impl NextToken {
+    pub fn set(&self, at: Option<i64>) {
+        self.0
+            .store(at.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The earlier of `next` and the next token.
+    pub fn earliest(&self, next: Option<i64>) -> Option<i64> {
+        let token = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        match (next, token) {
+            (next, 0) => next,
+            (Some(n), t) => Some(n.min(t)),
+            (None, t) => Some(t),
+        }
+    }
+}
+
+/// For [`NextToken`]: the time queue `settings` (its bucket held `tokens` before a claim took
+/// `taken` of its `room`) should be looked at again, if it should.
+pub fn look_again_at(
+    settings: &QueueSettings,
+    tokens: Option<f64>,
+    room: u32,
+    taken: usize,
+    now: i64,
+) -> Option<i64> {
+    let (rate, tokens) = (settings.rate?, tokens?);
+    let left = tokens - taken as f64;
+    (!settings.paused && taken >= room as usize && left < 1.0)
+        .then(|| rate.next_token_at(left, now))
+}
+
+/// The earlier of two times, either of which may be missing.
+pub fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A queue as `GET /v1/queues` shows it: its settings and its jobs that have not ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueInfo {
@@ -232,6 +286,13 @@ mod tests {
         assert_eq!(r.refill(0.0, 0, 500), 5.0);
         assert_eq!(r.refill(0.0, 0, 60_000), 10.0);
         assert_eq!(r.refill(3.0, 1000, 900), 3.0);
+        assert_eq!(r.next_token_at(0.5, 1000), 1050);
+        let mut s = QueueSettings::defaults("q");
+        s.rate = Some(r);
+        // Used all its room and has less than a token left: look again at the next one.
+        assert_eq!(look_again_at(&s, Some(2.5), 2, 2, 1000), Some(1050));
+        // Took less than its room: it has no more jobs waiting.
+        assert_eq!(look_again_at(&s, Some(2.5), 2, 1, 1000), None);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct PgStore {
     settings: std::sync::Mutex<settings::KnownSettings>,
     /// The queues with limits, as last read (see `queue::LimitedQueues`).
     limited: std::sync::Mutex<queue::LimitedQueues>,
+    /// When the last claim's rate-limited queues next have a token.
+    next_token: super::queues::NextToken,
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
@@ -146,6 +148,7 @@ impl PgStore {
             outbound: std::sync::OnceLock::new(),
             open_claims: std::sync::Mutex::default(),
             limited: std::sync::Mutex::default(),
+            next_token: Default::default(),
             settings: std::sync::Mutex::default(),
         })
     }

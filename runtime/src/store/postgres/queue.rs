@@ -13,6 +13,7 @@ use super::{PgStore, lock};
 use crate::store::history;
 use crate::store::lifecycle::{ending_by_outcome, released_event};
 use crate::store::model::*;
+use crate::store::queues::{earlier, look_again_at};
 use crate::store::rows::{ClaimRow, QueueRow, claimed_in_order, queue_listing};
 use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result};
 
@@ -202,7 +203,8 @@ impl PgStore {
         let rows = claim.run(&mut *tx, &rooms).await?;
         let mut names = Vec::new();
         let mut left = Vec::new();
-        for (s, tokens) in &queues {
+        let mut look_again = None;
+        for ((s, tokens), (_, room)) in queues.iter().zip(&rooms) {
             let Some(tokens) = tokens else { continue };
             let mut taken = 0usize;
             for row in &rows {
@@ -212,7 +214,12 @@ impl PgStore {
             }
             names.push(s.name.as_str());
             left.push(tokens - taken as f64);
+            look_again = earlier(
+                look_again,
+                look_again_at(s, Some(*tokens), *room, taken, claim.now),
+            );
         }
+        self.next_token.set(look_again);
         if !names.is_empty() {
             sqlx::query(include_str!("queue/take_tokens.sql"))
                 .bind(&names)
@@ -256,6 +263,7 @@ impl QueueStore for PgStore {
             done: &done,
         };
         let result = if limited.is_empty() {
+            self.next_token.set(None);
             claim.run(&self.hot, &[]).await
         } else {
             self.claim_limited(&claim, &limited).await
@@ -394,9 +402,15 @@ impl QueueStore for PgStore {
         if !read.is_empty() {
             self.complete_read(&read, now, &mut results, None).await?;
         }
-        let mut open = lock(&self.open_claims);
-        for c in completions {
-            open.ended(c.job_id);
+        {
+            let mut open = lock(&self.open_claims);
+            for c in completions {
+                open.ended(c.job_id);
+            }
+        }
+        // A job's end may leave room in a queue with `max_running`: idle nodes look again.
+        if !lock(&self.limited).names.is_empty() {
+            self.notify([Notice::JobsAvailable]);
         }
         Ok(results)
     }
@@ -543,7 +557,7 @@ impl QueueStore for PgStore {
         if let Some(at) = next {
             self.sweep_by(at);
         }
-        Ok(next)
+        Ok(self.next_token.earliest(next))
     }
 
     async fn tidy_queue(&self) -> Result<bool> {

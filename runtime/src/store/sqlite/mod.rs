@@ -46,6 +46,8 @@ pub struct SqliteStore {
     notices: broadcast::Sender<Notice>,
     /// The background checkpointer runs while this lives.
     _checkpointer: Arc<()>,
+    /// When the last claim's rate-limited queues next have a token.
+    next_token: crate::store::queues::NextToken,
 }
 
 type Tx<'a> = rusqlite::Transaction<'a>;
@@ -156,6 +158,7 @@ impl SqliteStore {
             path: file,
             notices,
             _checkpointer: alive,
+            next_token: Default::default(),
         })
     }
 

@@ -11,7 +11,7 @@ use crate::store::lifecycle::{
     Ending, EndingSnapshot, PendingEvent, ending, pending, released_event,
 };
 use crate::store::model::*;
-use crate::store::queues::{FairQueue, fair_pick};
+use crate::store::queues::{FairQueue, earlier, fair_pick, look_again_at};
 use crate::store::rows::{ClaimRow, QueueRow, claimed, queue_listing};
 use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result, StoreError};
 
@@ -48,7 +48,8 @@ impl QueueStore for SqliteStore {
                     push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], at)?;
                     notices.push(Notice::Events(id));
                 }
-                let ids = choose(tx, limit, held, now)?;
+                let (ids, look_again) = choose(tx, limit, held, now)?;
+                self.next_token.set(look_again);
                 if ids.is_empty() {
                     return Ok((Vec::new(), notices, failed));
                 }
@@ -315,10 +316,9 @@ impl QueueStore for SqliteStore {
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
         self.read(|tx| {
-            Ok(
-                scalar::<Option<i64>>(tx, include_str!("queue/next_scheduled_at.sql"), [])?
-                    .flatten(),
-            )
+            let next = scalar::<Option<i64>>(tx, include_str!("queue/next_scheduled_at.sql"), [])?
+                .flatten();
+            Ok(self.next_token.earliest(next))
         })
     }
 }
@@ -327,10 +327,16 @@ impl QueueStore for SqliteStore {
 /// queues with queued jobs, each within its room ([`QueueSettings::room`]), whose token
 /// buckets it draws from here (the transaction holds the one writer's lock, so no other claim
 /// sees the bucket in between).
-fn choose(tx: &Tx<'_>, limit: u32, held: &[(String, u32)], now: i64) -> Result<Vec<i64>> {
+/// Also returns when to look again for jobs a rate held back ([`NextToken`]).
+fn choose(
+    tx: &Tx<'_>,
+    limit: u32,
+    held: &[(String, u32)],
+    now: i64,
+) -> Result<(Vec<i64>, Option<i64>)> {
     let ready: Vec<String> = query(tx, include_str!("queue/ready_queues.sql"), [], |r| r.get(0))?;
     if ready.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let stored: Vec<QueueRow> = rows(tx, include_str!("queue/queue_settings.sql"), [])?;
     let mut settings = std::collections::HashMap::new();
@@ -353,6 +359,7 @@ fn choose(tx: &Tx<'_>, limit: u32, held: &[(String, u32)], now: i64) -> Result<V
         Default::default()
     };
     let mut queues = Vec::with_capacity(ready.len());
+    let mut rooms = Vec::with_capacity(ready.len());
     for name in &ready {
         let (weight, room) = match settings.get(name) {
             Some((s, tokens)) => (
@@ -380,18 +387,30 @@ fn choose(tx: &Tx<'_>, limit: u32, held: &[(String, u32)], now: i64) -> Result<V
             held,
             candidates,
         });
+        rooms.push(room);
     }
     let picked = fair_pick(&queues, limit as usize);
     // Draw the rate-limited queues' tokens for what was picked of them.
+    let mut look_again = None;
     for (i, q) in queues.iter().enumerate() {
-        let Some((_, Some(tokens))) = settings.get(q.name) else {
+        let Some((s, Some(tokens))) = settings.get(q.name) else {
             continue;
         };
         let taken = picked.iter().filter(|(from, _)| *from == i).count();
         tx.prepare_cached(include_str!("queue/take_tokens.sql"))?
             .execute(params![q.name, tokens - taken as f64, now])?;
+        look_again = earlier(
+            look_again,
+            look_again_at(s, Some(*tokens), rooms[i], taken, now),
+        );
     }
-    Ok(picked.into_iter().map(|(_, id)| id).collect())
+    // A queue the rate gave no room is looked at again when it has a token.
+    for (s, tokens) in settings.values() {
+        if ready.contains(&s.name) && !queues.iter().any(|q| q.name == s.name) {
+            look_again = earlier(look_again, look_again_at(s, *tokens, 0, 0, now));
+        }
+    }
+    Ok((picked.into_iter().map(|(_, id)| id).collect(), look_again))
 }
 
 /// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the

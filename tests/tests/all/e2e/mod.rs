@@ -12,6 +12,7 @@ mod crashes;
 mod dashboard;
 mod metrics;
 mod otlp;
+mod queues;
 mod tls;
 
 pub(super) async fn upload(http: &reqwest::Client, url: &str, wasm: &str, name: &str) {
