@@ -35,6 +35,7 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         }
     });
 
+    let queue = job.queue.clone();
     let mut limits: Limits = job.limits;
     if let Some(deadline) = job.deadline_at {
         let left = Duration::from_millis(u64::try_from(deadline - started).unwrap_or(0));
@@ -69,7 +70,9 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
             let run = std::panic::AssertUnwindSafe(async {
                 let started = std::time::Instant::now();
                 let report = s.sandbox.run(&module, req).await;
-                attempt_took(&s.attempt_us, started.elapsed());
+                let took = started.elapsed();
+                attempt_took(&s.attempt_us, took);
+                queue_attempt_took(s, &queue, took);
                 report
             })
             .catch_unwind();

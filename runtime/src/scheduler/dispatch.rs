@@ -2,6 +2,7 @@
 //! are short), holds them, and hands them to the runners in claim order; and the runners.
 
 use super::*;
+use crate::store::Holding;
 
 /// Claims while this node may hold more jobs; sleeps on a notice, the next scheduled time, a
 /// held job's end or the poll.
@@ -21,7 +22,7 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
             return;
         }
         let limit = s.hold_limit();
-        let (held, by_queue) = held_by_queue(&s);
+        let (held, holding) = holding(&s);
         let slots = s.config.concurrency.max(1);
         let room = limit.saturating_sub(held);
         let want = if may_claim(held, slots, limit) {
@@ -42,7 +43,7 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
             let lease_ms = i64::try_from(s.config.lease.as_millis()).unwrap_or(i64::MAX);
             match s
                 .store
-                .claim(&s.config.node_id, want, &by_queue, now_ms(), lease_ms)
+                .claim(&s.config.node_id, want, &holding, now_ms(), lease_ms)
                 .await
             {
                 Ok(jobs) => {
@@ -84,18 +85,63 @@ pub(super) async fn dispatch(s: Arc<Shared>) {
     }
 }
 
-/// How many jobs this node holds, in all and of each queue (what its claims' fair shares
-/// count).
-fn held_by_queue(s: &Shared) -> (usize, Vec<(String, u32)>) {
-    let running = lock(&s.running);
-    let mut by_queue: Vec<(String, u32)> = Vec::new();
-    for job in running.values() {
-        match by_queue.iter_mut().find(|(q, _)| *q == job.queue) {
-            Some((_, n)) => *n += 1,
-            None => by_queue.push((job.queue.clone(), 1)),
+/// How many jobs this node holds, and what its claim may take of each queue ([`Holding`]):
+/// of a queue whose pace it knows, what [`hold_limit`] allows at that pace less what it holds
+/// of it; of any other, its slots less what it holds of it.
+fn holding(s: &Shared) -> (usize, Holding) {
+    let slots = s.config.concurrency.max(1);
+    let mut held: Vec<(String, u32)> = Vec::new();
+    let total = {
+        let running = lock(&s.running);
+        for job in running.values() {
+            match held.iter_mut().find(|(q, _)| *q == job.queue) {
+                Some((_, n)) => *n += 1,
+                None => held.push((job.queue.clone(), 1)),
+            }
+        }
+        running.len()
+    };
+    let paces = lock(&s.queue_pace);
+    let mut room: Vec<(String, u32)> = Vec::with_capacity(paces.len() + held.len());
+    for (queue, pace) in paces.iter() {
+        room.push((
+            queue.clone(),
+            room_for(slots, *pace, s.config.claim_ahead, &held, queue),
+        ));
+    }
+    for (queue, _) in &held {
+        if !paces.contains_key(queue) {
+            room.push((
+                queue.clone(),
+                room_for(slots, 0, s.config.claim_ahead, &held, queue),
+            ));
         }
     }
-    (running.len(), by_queue)
+    let other_room = Some(u32::try_from(slots).unwrap_or(u32::MAX));
+    (
+        total,
+        Holding {
+            held,
+            room,
+            other_room,
+        },
+    )
+}
+
+/// What a node may take of `queue` at `pace_us`, holding `held`.
+fn room_for(
+    slots: usize,
+    pace_us: u64,
+    claim_ahead: usize,
+    held: &[(String, u32)],
+    queue: &str,
+) -> u32 {
+    let of_queue = held
+        .iter()
+        .find(|(q, _)| q == queue)
+        .map_or(0, |(_, n)| *n as usize);
+    u32::try_from(hold_limit(slots, pace_us, claim_ahead).saturating_sub(of_queue))
+        .unwrap_or(u32::MAX)
 }
 
 /// How long the dispatcher trusts its last look at the next scheduled job

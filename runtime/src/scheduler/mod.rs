@@ -134,6 +134,9 @@ struct Shared {
     /// The recent pace of attempts in µs (0: none yet; see [`next_pace`]): how far ahead to
     /// claim.
     attempt_us: Arc<std::sync::atomic::AtomicU64>,
+    /// The recent pace of each queue's attempts in µs: how far ahead to claim from it (a
+    /// queue of slow jobs is never claimed ahead, however short another queue's are).
+    queue_pace: Mutex<HashMap<String, u64>>,
     shutdown: CancellationToken,
     /// The runtime the node was started on, where the store is used: a runner reaches the
     /// store through it, so that no database connection is tied to the guest runtime.
@@ -211,6 +214,7 @@ impl Node {
             releasing: std::sync::atomic::AtomicBool::new(false),
             released: Notify::new(),
             attempt_us: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            queue_pace: Mutex::default(),
             completions: tx,
             uncommitted: std::sync::atomic::AtomicUsize::new(0),
             claiming: shutdown.child_token(),
@@ -362,6 +366,24 @@ fn next_pace(pace_us: u64, took_us: u64) -> u64 {
     } else {
         pace_us - (pace_us - took_us) / 16
     }
+}
+
+/// The most queues whose pace a node keeps; past it, it starts over (a queue it forgot is
+/// claimed without claiming ahead until its attempts set its pace again).
+const QUEUE_PACES_KEPT: usize = 1024;
+
+/// Folds one attempt's duration into its queue's pace.
+fn queue_attempt_took(s: &Shared, queue: &str, took: Duration) {
+    let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let mut paces = lock(&s.queue_pace);
+    if let Some(pace) = paces.get_mut(queue) {
+        *pace = next_pace(*pace, took_us);
+        return;
+    }
+    if paces.len() >= QUEUE_PACES_KEPT {
+        paces.clear();
+    }
+    paces.insert(queue.to_owned(), next_pace(0, took_us));
 }
 
 /// Folds one attempt's duration into the node's pace.

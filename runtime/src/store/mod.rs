@@ -32,7 +32,7 @@ use tokio::sync::broadcast;
 
 pub use error::StoreError;
 pub use model::*;
-pub use queues::{DEFAULT_QUEUE, QueueInfo, QueueSettings, Rate};
+pub use queues::{DEFAULT_QUEUE, Holding, QueueInfo, QueueSettings, Rate};
 pub use retry::{RetryPolicy, decide};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -163,14 +163,14 @@ pub trait JobStore: Send + Sync + 'static {
 pub trait QueueStore: Send + Sync + 'static {
     /// Moves due `scheduled` jobs to `queued`, then claims up to `limit` queued jobs for
     /// `worker`, starting an attempt of each: from the queues that have work, not paused and
-    /// within their limits (`max_running`, `rate`: across every node), shared by weight
-    /// ([`queues::fair_pick`], counting the jobs `held` of each queue that `worker` holds
-    /// already); within a queue by priority, then run_at, then age.
+    /// within their limits (`max_running`, `rate`: across every node) and the node's own room
+    /// for each ([`Holding`]), shared by weight ([`queues::fair_pick`], counting the jobs the
+    /// node holds of each queue already); within a queue by priority, then run_at, then age.
     async fn claim(
         &self,
         worker: &str,
         limit: u32,
-        held: &[(String, u32)],
+        holding: &Holding,
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>>;

@@ -220,6 +220,36 @@ pub struct QueueInfo {
     pub running: u64,
 }
 
+/// What a node that claims holds, for its claim's shares and caps.
+#[derive(Debug, Clone, Default)]
+pub struct Holding {
+    /// How many jobs of each queue it holds.
+    pub held: Vec<(String, u32)>,
+    /// The most it may take of each queue it names, now (its slots, plus what it claims
+    /// ahead of a queue whose attempts are short, less what it holds of it).
+    pub room: Vec<(String, u32)>,
+    /// The most it may take of a queue `room` does not name; no cap if `None`.
+    pub other_room: Option<u32>,
+}
+
+impl Holding {
+    pub fn held_of(&self, queue: &str) -> u64 {
+        self.held
+            .iter()
+            .find(|(q, _)| q == queue)
+            .map_or(0, |(_, n)| u64::from(*n))
+    }
+
+    /// The most a claim of up to `limit` may take of `queue` for this node.
+    pub fn room_of(&self, queue: &str, limit: u32) -> u32 {
+        let room = match self.room.iter().find(|(q, _)| q == queue) {
+            Some((_, n)) => Some(*n),
+            None => self.other_room,
+        };
+        room.map_or(limit, |r| r.min(limit))
+    }
+}
+
 /// Weighted fair share: picks up to `want` jobs from the queues' candidates (each queue's in
 /// its claim order), one at a time from the queue whose `(held + taken + 1) / weight` is least
 /// (ties by name). `held` is what the claiming node holds of that queue already. A queue with

@@ -15,7 +15,7 @@ use crate::store::lifecycle::{ending_by_outcome, released_event};
 use crate::store::model::*;
 use crate::store::queues::{earlier, look_again_at};
 use crate::store::rows::{ClaimRow, QueueRow, claimed_in_order, queue_listing};
-use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result};
+use crate::store::{Holding, Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result};
 
 /// The error of a job failed because its deadline passed before it could run.
 const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -106,27 +106,42 @@ impl LimitedQueues {
 struct ClaimArgs<'a> {
     worker: &'a str,
     limit: u32,
-    held: &'a [(String, u32)],
+    holding: &'a Holding,
     now: i64,
     lease_ms: i64,
     done: &'a [i64],
 }
 
 impl ClaimArgs<'_> {
-    /// Runs `queue/claim.sql`, with each limited queue's room in `rooms`.
+    /// Runs `queue/claim.sql`, with each limited queue's room in `rooms` (at most the node's
+    /// own room for it).
     async fn run<'c, E>(&self, exec: E, rooms: &[(String, u32)]) -> Result<Vec<PgRow>>
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
         let (held_names, held_counts): (Vec<&str>, Vec<i64>) = self
+            .holding
             .held
             .iter()
             .map(|(q, n)| (q.as_str(), i64::from(*n)))
             .unzip();
-        let (room_names, room_counts): (Vec<&str>, Vec<i64>) = rooms
+        // The rooms the node gives, each limited queue's within it.
+        let mut all: Vec<(&str, u32)> = self
+            .holding
+            .room
             .iter()
-            .map(|(q, n)| (q.as_str(), i64::from(*n)))
-            .unzip();
+            .map(|(q, n)| (q.as_str(), *n))
+            .collect();
+        for (q, n) in rooms {
+            let mine = self.holding.room_of(q, self.limit);
+            match all.iter_mut().find(|(name, _)| name == q) {
+                Some((_, room)) => *room = (*room).min(*n),
+                None => all.push((q.as_str(), (*n).min(mine))),
+            }
+        }
+        let (room_names, room_counts): (Vec<&str>, Vec<i64>) =
+            all.into_iter().map(|(q, n)| (q, i64::from(n))).unzip();
+        let other_room = i64::from(self.holding.other_room.unwrap_or(self.limit));
         Ok(sqlx::query(include_str!("queue/claim.sql"))
             .bind(self.worker)
             .bind(self.now + self.lease_ms)
@@ -138,6 +153,7 @@ impl ClaimArgs<'_> {
             .bind(&held_counts)
             .bind(&room_names)
             .bind(&room_counts)
+            .bind(other_room)
             .fetch_all(exec)
             .await?)
     }
@@ -239,7 +255,7 @@ impl QueueStore for PgStore {
         &self,
         worker: &str,
         limit: u32,
-        held: &[(String, u32)],
+        holding: &Holding,
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
@@ -257,7 +273,7 @@ impl QueueStore for PgStore {
         let claim = ClaimArgs {
             worker,
             limit,
-            held,
+            holding,
             now,
             lease_ms,
             done: &done,

@@ -13,7 +13,9 @@ use crate::store::lifecycle::{
 use crate::store::model::*;
 use crate::store::queues::{FairQueue, earlier, fair_pick, look_again_at};
 use crate::store::rows::{ClaimRow, QueueRow, claimed, queue_listing};
-use crate::store::{Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result, StoreError};
+use crate::store::{
+    Holding, Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result, StoreError,
+};
 
 /// The error of a job failed because its deadline passed before it could run.
 pub(super) const DEADLINE_PASSED: &str = "the job's deadline passed before it could run";
@@ -24,7 +26,7 @@ impl QueueStore for SqliteStore {
         &self,
         worker: &str,
         limit: u32,
-        held: &[(String, u32)],
+        holding: &Holding,
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<Claimed>> {
@@ -48,7 +50,7 @@ impl QueueStore for SqliteStore {
                     push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], at)?;
                     notices.push(Notice::Events(id));
                 }
-                let (ids, look_again) = choose(tx, limit, held, now)?;
+                let (ids, look_again) = choose(tx, limit, holding, now)?;
                 self.next_token.set(look_again);
                 if ids.is_empty() {
                     return Ok((Vec::new(), notices, failed));
@@ -328,12 +330,7 @@ impl QueueStore for SqliteStore {
 /// buckets it draws from here (the transaction holds the one writer's lock, so no other claim
 /// sees the bucket in between).
 /// Also returns when to look again for jobs a rate held back ([`NextToken`]).
-fn choose(
-    tx: &Tx<'_>,
-    limit: u32,
-    held: &[(String, u32)],
-    now: i64,
-) -> Result<(Vec<i64>, Option<i64>)> {
+fn choose(tx: &Tx<'_>, limit: u32, holding: &Holding, now: i64) -> Result<(Vec<i64>, Option<i64>)> {
     let ready: Vec<String> = query(tx, include_str!("queue/ready_queues.sql"), [], |r| r.get(0))?;
     if ready.is_empty() {
         return Ok((Vec::new(), None));
@@ -361,12 +358,13 @@ fn choose(
     let mut queues = Vec::with_capacity(ready.len());
     let mut rooms = Vec::with_capacity(ready.len());
     for name in &ready {
+        let mine = holding.room_of(name, limit);
         let (weight, room) = match settings.get(name) {
             Some((s, tokens)) => (
                 s.weight,
-                s.room(limit, running.get(name).copied().unwrap_or(0), *tokens),
+                s.room(mine, running.get(name).copied().unwrap_or(0), *tokens),
             ),
-            None => (1, limit),
+            None => (1, mine),
         };
         if room == 0 {
             continue;
@@ -377,14 +375,10 @@ fn choose(
             params![name, i64::from(room)],
             |r| r.get(0),
         )?;
-        let held = held
-            .iter()
-            .find(|(q, _)| q == name)
-            .map_or(0, |(_, n)| u64::from(*n));
         queues.push(FairQueue {
             name,
             weight,
-            held,
+            held: holding.held_of(name),
             candidates,
         });
         rooms.push(room);

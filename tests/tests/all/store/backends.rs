@@ -39,7 +39,7 @@ pub(super) async fn concurrent_submitters_claimers_and_readers_lose_nothing(
                     // means none is left.
                     let last = all_submitted.load(std::sync::atomic::Ordering::SeqCst);
                     let claimed = store
-                        .claim(&worker, 7, &[], now_ms(), 60_000)
+                        .claim(&worker, 7, &Holding::default(), now_ms(), 60_000)
                         .await
                         .expect("claim");
                     if claimed.is_empty() {

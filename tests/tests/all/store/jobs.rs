@@ -54,7 +54,10 @@ pub(super) async fn lifecycle_with_retry_and_complete_history(
     assert!(created);
     assert_eq!(job.state, JobState::Queued, "{backend}");
 
-    let claimed = store.claim("w1", 10, &[], 20, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w1", 10, &Holding::default(), 20, 1000)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1, "{backend}");
     assert_eq!(claimed[0].attempt, 1);
     // The running attempt shows, with its worker and start, and no outcome yet.
@@ -65,7 +68,7 @@ pub(super) async fn lifecycle_with_retry_and_complete_history(
     );
     assert!(
         store
-            .claim("w2", 10, &[], 21, 1000)
+            .claim("w2", 10, &Holding::default(), 21, 1000)
             .await
             .expect("claim")
             .is_empty(),
@@ -77,7 +80,10 @@ pub(super) async fn lifecycle_with_retry_and_complete_history(
         .await
         .expect("complete");
     assert_eq!(r, [Completed::Applied(JobState::Scheduled)], "{backend}");
-    let again = store.claim("w2", 10, &[], 40, 1000).await.expect("claim");
+    let again = store
+        .claim("w2", 10, &Holding::default(), 40, 1000)
+        .await
+        .expect("claim");
     assert_eq!(again.len(), 1, "{backend}");
     assert_eq!(again[0].attempt, 2);
     // A late completion from the first worker is refused.
@@ -167,7 +173,10 @@ pub(super) async fn an_attempt_never_starts_before_its_job_was_stored_nor_ends_b
     retried.retry.max_attempts = 2;
     let (job, _) = store.insert_job(retried, 100).await.expect("insert");
     // Claimed with a reading 10 ms behind the insert's, ended with one 5 ms behind.
-    let claimed = store.claim("w1", 10, &[], 90, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w1", 10, &Holding::default(), 90, 1000)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1, "{backend}");
     assert_eq!(
         attempt_view(&*store, job.id).await,
@@ -180,7 +189,10 @@ pub(super) async fn an_attempt_never_starts_before_its_job_was_stored_nor_ends_b
         .expect("complete");
     // The retry (due at once, at 100 as the first ending was clamped): claimed when due,
     // ended by a node whose clock is 15 ms behind.
-    let again = store.claim("w2", 10, &[], 100, 1000).await.expect("claim");
+    let again = store
+        .claim("w2", 10, &Holding::default(), 100, 1000)
+        .await
+        .expect("claim");
     assert_eq!(again.len(), 1, "{backend}");
     store
         .complete(&[done(&again[0], "w2", Outcome::Succeeded)], 85)
@@ -230,7 +242,10 @@ pub(super) async fn awkward_worker_names_and_errors_come_back_exactly(
         .await
         .expect("insert");
     let worker = "node \"a\"\tb\\c\nd ü";
-    let claimed = store.claim(worker, 10, &[], 20, 1000).await.expect("claim");
+    let claimed = store
+        .claim(worker, 10, &Holding::default(), 20, 1000)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 1, "{backend}");
     let mut c = done(&claimed[0], worker, Outcome::Trapped);
     c.trap = Some("unreachable \"x\"".into());
@@ -309,7 +324,10 @@ pub(super) async fn jobs_read_back_their_own_settings_when_others_share_them(
             "{backend}: job {id}"
         );
     }
-    let claimed = store.claim("w", 10, &[], 20, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 20, 1000)
+        .await
+        .expect("claim");
     let seen: Vec<(JobId, u64, Option<&String>)> = claimed
         .iter()
         .map(|c| (c.id, c.limits.fuel, c.grants.env.get("TOKEN")))
@@ -345,7 +363,10 @@ pub(super) async fn jobs_read_back_their_own_settings_when_others_share_them(
         (&a.limits, &a.grants),
         "{backend}"
     );
-    let again = store.claim("w", 10, &[], 50, 1000).await.expect("claim");
+    let again = store
+        .claim("w", 10, &Holding::default(), 50, 1000)
+        .await
+        .expect("claim");
     assert_eq!(
         again
             .iter()
@@ -405,7 +426,10 @@ async fn postgres_settings_are_stored_once_and_pruned_when_unused() {
     assert!(stored.iter().any(|(g, _)| g.contains("s3cret")));
 
     // The secret jobs run and end; the waiting one stays.
-    let claimed = store.claim("w", 10, &[], 20, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 20, 1000)
+        .await
+        .expect("claim");
     assert_eq!(claimed.len(), 3);
     let ends: Vec<Completion> = claimed
         .iter()
@@ -432,7 +456,10 @@ async fn postgres_settings_are_stored_once_and_pruned_when_unused() {
     // touch of 10 (minutes before): the submission stores the settings again, and the job runs
     // with it.
     let (again, _) = store.insert_job(secret.clone(), 20).await.expect("insert");
-    let claimed = store.claim("w", 10, &[], 25, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 25, 1000)
+        .await
+        .expect("claim");
     assert_eq!(
         claimed
             .iter()
@@ -448,7 +475,7 @@ async fn postgres_settings_are_stored_once_and_pruned_when_unused() {
         .expect("insert");
     let other = open_postgres_schema(&url, &schema).await.expect("open");
     let claimed = other
-        .claim("w2", 10, &[], 2 * hour + 4, 1000)
+        .claim("w2", 10, &Holding::default(), 2 * hour + 4, 1000)
         .await
         .expect("claim");
     assert_eq!(
@@ -512,7 +539,7 @@ pub(super) async fn a_job_naming_an_unstored_module_is_refused_and_stores_nothin
     assert!(stored.is_empty(), "{backend}: {stored:?}");
     assert!(
         store
-            .claim("w", 10, &[], 2, 1000)
+            .claim("w", 10, &Holding::default(), 2, 1000)
             .await
             .expect("claim")
             .is_empty(),

@@ -75,7 +75,10 @@ pub(super) async fn list_by_every_state_and_prune_thousands(
     store.insert_jobs(jobs, 1).await.expect("insert");
     let mut claimed = Vec::new();
     loop {
-        let batch = store.claim("w1", 256, &[], 2, 60_000).await.expect("claim");
+        let batch = store
+            .claim("w1", 256, &Holding::default(), 2, 60_000)
+            .await
+            .expect("claim");
         if batch.is_empty() {
             break;
         }

@@ -19,7 +19,10 @@ pub(super) async fn cancels_retries_and_deadline_sweeps_never_go_back_before_the
         )
         .await
         .expect("insert");
-    let claimed = store.claim("w", 10, &[], 90, 1000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 90, 1000)
+        .await
+        .expect("claim");
     assert!(
         claimed.is_empty(),
         "{backend}: a job past its deadline started"
@@ -107,13 +110,19 @@ async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_ru
         .await
         .expect("insert");
     let ids: Vec<JobId> = jobs.iter().map(|(j, _)| j.id).collect();
-    let first = store.claim("w", 2, &[], 20, 1000).await.expect("claim");
+    let first = store
+        .claim("w", 2, &Holding::default(), 20, 1000)
+        .await
+        .expect("claim");
     assert_eq!(claims().await, [("w".to_string(), ids[..2].to_vec())]);
     store
         .complete(&[done(&first[0], "w", Outcome::Succeeded)], 30)
         .await
         .expect("complete");
-    let second = store.claim("w", 2, &[], 40, 1000).await.expect("claim");
+    let second = store
+        .claim("w", 2, &Holding::default(), 40, 1000)
+        .await
+        .expect("claim");
     // One job of the first claim still runs: its row stays.
     assert_eq!(
         claims().await,
@@ -134,7 +143,7 @@ async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_ru
         .expect("complete");
     assert!(
         store
-            .claim("w", 2, &[], 60, 1000)
+            .claim("w", 2, &Holding::default(), 60, 1000)
             .await
             .expect("claim")
             .is_empty()
@@ -160,7 +169,7 @@ async fn postgres_claims_are_deleted_once_their_jobs_end_and_stray_queue_rows_ru
         .expect("stray rows");
     assert!(
         store
-            .claim("w", 10, &[], 80, 1000)
+            .claim("w", 10, &Holding::default(), 80, 1000)
             .await
             .expect("claim")
             .is_empty()
@@ -216,7 +225,7 @@ pub(super) async fn claims_follow_priority_then_run_at_then_age(
         .0;
     assert_eq!(later.state, JobState::Scheduled);
     let order: Vec<i64> = store
-        .claim("w", 10, &[], 10, 1000)
+        .claim("w", 10, &Holding::default(), 10, 1000)
         .await
         .expect("claim")
         .iter()
@@ -225,7 +234,7 @@ pub(super) async fn claims_follow_priority_then_run_at_then_age(
     assert_eq!(order, [high, low], "{backend}");
     assert_eq!(store.next_scheduled_at().await.expect("next"), Some(1000));
     let order: Vec<i64> = store
-        .claim("w", 10, &[], 1000, 1000)
+        .claim("w", 10, &Holding::default(), 1000, 1000)
         .await
         .expect("claim")
         .iter()
@@ -279,7 +288,7 @@ pub(super) async fn a_claim_fails_jobs_past_their_deadline_and_queues_due_ones(
         .id;
     // At 100 both deadlines have passed: neither job starts; the due one does.
     let claimed: Vec<i64> = store
-        .claim("w", 10, &[], 100, 1000)
+        .claim("w", 10, &Holding::default(), 100, 1000)
         .await
         .expect("claim")
         .iter()
@@ -339,7 +348,10 @@ pub(super) async fn cancel_queued_at_once_and_running_by_request(
         "{backend}"
     );
     let running = new_job_id(&*store, &digest, 3).await;
-    let c = store.claim("w", 1, &[], 4, 1000).await.expect("claim");
+    let c = store
+        .claim("w", 1, &Holding::default(), 4, 1000)
+        .await
+        .expect("claim");
     assert_eq!(
         store.cancel(running, 5).await.expect("cancel"),
         JobState::Running

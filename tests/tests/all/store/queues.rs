@@ -53,7 +53,10 @@ pub(super) async fn claims_share_a_nodes_slots_between_queues_by_weight(
         )
         .await
         .expect("configure");
-    let claimed = store.claim("w", 8, &[], 40, 60_000).await.expect("claim");
+    let claimed = store
+        .claim("w", 8, &Holding::default(), 40, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(
         (count(&claimed, "default"), count(&claimed, "bulk")),
         (6, 2),
@@ -70,16 +73,44 @@ pub(super) async fn claims_share_a_nodes_slots_between_queues_by_weight(
     // What the node holds counts: holding 6 of `default` and 0 of `bulk`, the next 2 are
     // `bulk`'s (6/3 = 2 = (0 + 2)/1).
     let claimed = store
-        .claim("w", 2, &[("default".into(), 6)], 50, 60_000)
+        .claim(
+            "w",
+            2,
+            &Holding {
+                held: vec![("default".into(), 6)],
+                ..Holding::default()
+            },
+            50,
+            60_000,
+        )
         .await
         .expect("claim");
     assert_eq!(queues_of(&claimed), ["bulk", "bulk"], "{backend}");
-    // A queue whose work runs out gives its share away: the rest of `default` and all of
-    // `bulk` come out, nothing is left behind.
-    let claimed = store.claim("w", 100, &[], 60, 60_000).await.expect("claim");
+    // The node's own room: at most 1 of `bulk` (its jobs are slow) and 2 of any other queue.
+    let mine = Holding {
+        room: vec![("bulk".into(), 1)],
+        other_room: Some(2),
+        ..Holding::default()
+    };
+    let claimed = store
+        .claim("w", 10, &mine, 55, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(
         (count(&claimed, "default"), count(&claimed, "bulk")),
-        (14, 16),
+        (2, 1),
+        "{backend}: {:?}",
+        queues_of(&claimed)
+    );
+    // A queue whose work runs out gives its share away: the rest of `default` and all of
+    // `bulk` come out, nothing is left behind.
+    let claimed = store
+        .claim("w", 100, &Holding::default(), 60, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        (count(&claimed, "default"), count(&claimed, "bulk")),
+        (12, 15),
         "{backend}"
     );
     assert!(claimed.iter().any(|c| c.id == quick[19]), "{backend}");
@@ -106,7 +137,10 @@ pub(super) async fn a_paused_queue_keeps_its_jobs_until_it_is_resumed(
         .expect("pause")
         .expect("known");
     assert!(paused.paused, "{backend}");
-    let claimed = store.claim("w", 10, &[], 30, 60_000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 30, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(queues_of(&claimed), ["default", "default"], "{backend}");
     let listed = store.queues().await.expect("queues");
     let reports = listed
@@ -124,7 +158,7 @@ pub(super) async fn a_paused_queue_keeps_its_jobs_until_it_is_resumed(
         .expect("configure");
     assert!(
         store
-            .claim("w", 10, &[], 36, 60_000)
+            .claim("w", 10, &Holding::default(), 36, 60_000)
             .await
             .expect("claim")
             .is_empty(),
@@ -135,7 +169,10 @@ pub(super) async fn a_paused_queue_keeps_its_jobs_until_it_is_resumed(
         .await
         .expect("resume")
         .expect("known");
-    let claimed = store.claim("w", 10, &[], 50, 60_000).await.expect("claim");
+    let claimed = store
+        .claim("w", 10, &Holding::default(), 50, 60_000)
+        .await
+        .expect("claim");
     let ids: Vec<JobId> = claimed.iter().map(|c| c.id).collect();
     assert_eq!(ids, held, "{backend}");
 }
@@ -157,14 +194,20 @@ pub(super) async fn max_running_holds_across_claimers(
         .expect("configure");
     fill(&*store, &digest, "narrow", 5, 0, 10).await;
     fill(&*store, &digest, "default", 3, 0, 10).await;
-    let first = store.claim("w1", 10, &[], 20, 60_000).await.expect("claim");
+    let first = store
+        .claim("w1", 10, &Holding::default(), 20, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(
         (count(&first, "narrow"), count(&first, "default")),
         (2, 3),
         "{backend}: {:?}",
         queues_of(&first)
     );
-    let second = store.claim("w2", 10, &[], 30, 60_000).await.expect("claim");
+    let second = store
+        .claim("w2", 10, &Holding::default(), 30, 60_000)
+        .await
+        .expect("claim");
     assert!(
         second.is_empty(),
         "{backend}: a second node went past max_running"
@@ -175,7 +218,10 @@ pub(super) async fn max_running_holds_across_claimers(
         .complete(&[done(ended, "w1", Outcome::Succeeded)], 40)
         .await
         .expect("complete");
-    let third = store.claim("w2", 10, &[], 50, 60_000).await.expect("claim");
+    let third = store
+        .claim("w2", 10, &Holding::default(), 50, 60_000)
+        .await
+        .expect("claim");
     assert_eq!(queues_of(&third), ["narrow"], "{backend}");
     let listed = store.queues().await.expect("queues");
     let narrow = listed
@@ -209,13 +255,16 @@ pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(
     let n = |c: Vec<Claimed>| c.len();
     // A full bucket: a burst of one second's worth.
     assert_eq!(
-        n(store.claim("a", 10, &[], t, 60_000).await.expect("claim")),
+        n(store
+            .claim("a", 10, &Holding::default(), t, 60_000)
+            .await
+            .expect("claim")),
         2,
         "{backend}"
     );
     assert_eq!(
         n(store
-            .claim("b", 10, &[], t + 100, 60_000)
+            .claim("b", 10, &Holding::default(), t + 100, 60_000)
             .await
             .expect("claim")),
         0,
@@ -223,7 +272,7 @@ pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(
     );
     assert_eq!(
         n(store
-            .claim("b", 10, &[], t + 600, 60_000)
+            .claim("b", 10, &Holding::default(), t + 600, 60_000)
             .await
             .expect("claim")),
         1,
@@ -232,7 +281,7 @@ pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(
     // Long idle: never more than the burst.
     assert_eq!(
         n(store
-            .claim("a", 10, &[], t + 60_000, 60_000)
+            .claim("a", 10, &Holding::default(), t + 60_000, 60_000)
             .await
             .expect("claim")),
         2,

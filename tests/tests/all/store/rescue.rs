@@ -9,7 +9,7 @@ pub(super) async fn expired_leases_are_lost_attempts_and_requeued(
     let digest = module(&*store).await;
     let id = new_job_id(&*store, &digest, 1).await;
     let c = store
-        .claim("dead-node", 1, &[], 2, 100)
+        .claim("dead-node", 1, &Holding::default(), 2, 100)
         .await
         .expect("claim");
     assert!(
@@ -40,7 +40,7 @@ pub(super) async fn expired_leases_are_lost_attempts_and_requeued(
     // A lost attempt counts against max_lost, not max_attempts (2 here): a second loss
     // leaves the job's retries whole.
     store
-        .claim("dead-node", 1, &[], 300, 100)
+        .claim("dead-node", 1, &Holding::default(), 300, 100)
         .await
         .expect("claim");
     store
@@ -55,7 +55,10 @@ pub(super) async fn expired_leases_are_lost_attempts_and_requeued(
     );
     // Its own failures still count: two of them fail it, whatever its losses.
     for (at, next) in [(600, JobState::Scheduled), (700, JobState::Failed)] {
-        let c = store.claim("w", 1, &[], at, 100).await.expect("claim");
+        let c = store
+            .claim("w", 1, &Holding::default(), at, 100)
+            .await
+            .expect("claim");
         let r = store
             .complete(&[done(&c[0], "w", Outcome::Failed)], at + 1)
             .await
@@ -77,7 +80,10 @@ pub(super) async fn a_job_whose_nodes_keep_dying_fails_after_max_lost(
     let id = store.insert_job(job, 1).await.expect("insert").0.id;
     for round in 0..3i64 {
         let at = 10 + round * 1000;
-        store.claim("crashy", 1, &[], at, 100).await.expect("claim");
+        store
+            .claim("crashy", 1, &Holding::default(), at, 100)
+            .await
+            .expect("claim");
         store
             .rescue(Rescue::Expired { keep: &[] }, at + 200)
             .await
@@ -102,11 +108,11 @@ pub(super) async fn gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_no
     let a = new_job_id(&*store, &digest, 1).await;
     let b = new_job_id(&*store, &digest, 1).await;
     let old = store
-        .claim("host-1-abcd", 1, &[], 2, 1_000_000)
+        .claim("host-1-abcd", 1, &Holding::default(), 2, 1_000_000)
         .await
         .expect("claim");
     let other = store
-        .claim("host-2-beef", 1, &[], 2, 1_000_000)
+        .claim("host-2-beef", 1, &Holding::default(), 2, 1_000_000)
         .await
         .expect("claim");
     let mut workers = store.running_workers().await.expect("workers");
@@ -168,7 +174,7 @@ pub(super) async fn gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_no
     assert_eq!(late, [Completed::Refused], "{backend}");
     // Claimed again, it runs as attempt 1.
     let again = store
-        .claim("w", 5, &[], 2_000_003, 100)
+        .claim("w", 5, &Holding::default(), 2_000_003, 100)
         .await
         .expect("claim");
     let ids: Vec<(JobId, u32)> = again.iter().map(|c| (c.id, c.attempt)).collect();
@@ -199,7 +205,10 @@ pub(super) async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claim
     let a = new_job_id(&*store, &digest, 1).await;
     let b = new_job_id(&*store, &digest, 1).await;
     // One claim takes both, leased until 2 + 100.
-    let first = store.claim("w", 2, &[], 2, 100).await.expect("claim");
+    let first = store
+        .claim("w", 2, &Holding::default(), 2, 100)
+        .await
+        .expect("claim");
     assert_eq!(first.len(), 2, "{backend}");
     let a1 = first.iter().find(|c| c.id == a).expect("a claimed");
     // a fails and is retried at once; the same worker claims it again, with a long lease.
@@ -214,7 +223,10 @@ pub(super) async fn a_rerun_under_a_newer_claim_is_not_lost_with_the_older_claim
         ),
         "{backend}: {ended:?}"
     );
-    let second = store.claim("w", 2, &[], 4, 10_000).await.expect("claim");
+    let second = store
+        .claim("w", 2, &Holding::default(), 4, 10_000)
+        .await
+        .expect("claim");
     assert_eq!(
         second.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(),
         [(a, 2)],

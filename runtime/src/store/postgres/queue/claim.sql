@@ -1,6 +1,7 @@
 -- Claims up to $4 queued jobs for worker $1, with a lease until $2: chooses them from the
--- queues that have ready jobs and are not paused, at most each one's room ($9/$10, for the
--- limited queues: computed by `claim` under their rows' locks; $4 for the others), by weighted
+-- queues that have ready jobs and are not paused, at most each one's room ($9/$10: the node's
+-- own for the queues it names, within what a limited queue's limits leave, computed by
+-- `claim` under their rows' locks; $11 for the others), by weighted
 -- fair share (`queues::fair_pick`: the next job is the one whose queue's (held + n) / weight
 -- is least, $7/$8 being what this node holds of each queue); takes them off the queue (those
 -- whose deadline passed stay for the sweep), marks them running with their attempt's start
@@ -24,7 +25,7 @@ WITH RECURSIVE ready_queues(queue) AS (
     FROM ready_queues r WHERE r.queue IS NOT NULL
 ), p AS (
     SELECT r.queue, COALESCE(s.weight, 1)::float8 AS weight, COALESCE(h.n, 0) AS held,
-           LEAST($4, COALESCE(c.room, $4)) AS room
+           LEAST($4, COALESCE(c.room, $11)) AS room
     FROM ready_queues r
     LEFT JOIN queues s ON s.name = r.queue
     LEFT JOIN UNNEST($7::text[], $8::bigint[]) AS h(queue, n) ON h.queue = r.queue
