@@ -66,6 +66,16 @@ enum WorkflowVerb {
         /// The run's id.
         id: String,
     },
+    /// Retry a failed or cancelled run from where it failed: succeeded nodes keep their
+    /// outputs; failed, cancelled and skipped nodes (and a for_each node's failed elements)
+    /// run again.
+    Retry {
+        /// The run's id.
+        id: String,
+        /// Follow the run until it ends (as `run --follow`).
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 pub async fn workflow(cmd: WorkflowCmd, client: &ClientArgs) -> anyhow::Result<u8> {
@@ -201,6 +211,20 @@ pub async fn workflow(cmd: WorkflowCmd, client: &ClientArgs) -> anyhow::Result<u
             let run = c
                 .post_json(&format!("/v1/workflow-runs/{id}/cancel"), &json!({}))
                 .await?;
+            if json {
+                println!("{run}");
+            } else {
+                println!("run {id}: {}", run["state"].as_str().unwrap_or("?"));
+            }
+        }
+        WorkflowVerb::Retry { id, follow } => {
+            let id = super::remote::check_id("workflow run", &id)?;
+            let run = c
+                .post_json(&format!("/v1/workflow-runs/{id}/retry"), &json!({}))
+                .await?;
+            if follow {
+                return follow_run(&c, id, json).await;
+            }
             if json {
                 println!("{run}");
             } else {

@@ -246,6 +246,7 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(runs::get))
         .routes(routes!(runs::events))
         .routes(routes!(runs::cancel))
+        .routes(routes!(runs::retry))
         .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

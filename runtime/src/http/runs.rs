@@ -369,6 +369,38 @@ pub(super) async fn cancel(
     ))
 }
 
+/// Retry a failed or cancelled run from where it failed: nodes that succeeded keep their jobs
+/// and outputs; failed and cancelled nodes, and the nodes skipped because of them, are planned
+/// again, and of a `for_each` node only the elements that did not succeed run again. The
+/// run's events record the retry; its timeout counts again from now.
+#[utoipa::path(
+    post,
+    path = "/workflow-runs/{id}/retry",
+    operation_id = "retryRun",
+    tag = "workflow-runs",
+    params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    responses(
+        (status = 202, description = "Retried; the run as it stands", body = RunView),
+        (status = 400, description = "Bad run id", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not failed or cancelled", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The workflow's nodes ask for more than the admission policy now allows", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let id = parse_id("workflow run", &id)?;
+    state.workflows.retry_run(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(run_view(&state.workflows, id).await?),
+    ))
+}
+
 /// Follow a run live (Server-Sent Events): `run` and `node` events (state changes, with the
 /// run event's sequence number as the event id), the `log` and `progress` events of its nodes'
 /// jobs (with `node`, `job` and, for a `for_each` element, `index`), then `end`.

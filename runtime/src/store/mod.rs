@@ -315,6 +315,14 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn item_outputs(&self, run: RunId, node: &str) -> Result<Vec<Option<Vec<u8>>>>;
     /// Every element of a `for_each` node, in order: index, state, job.
     async fn items(&self, run: RunId, node: &str) -> Result<Vec<(i64, NodeState, Option<JobId>)>>;
+    /// Puts a `failed` or `cancelled` run back to `running` with deadline `deadline_at`: its
+    /// succeeded nodes keep their jobs and outputs; the nodes that failed, were cancelled or
+    /// were skipped are planned again (a `for_each` node's succeeded elements are kept, the
+    /// others run again), and a `run` event records the retry. Returns the nodes planned
+    /// again. `NotFound` for an unknown run, `Conflict` for one that is not failed or
+    /// cancelled.
+    async fn retry_run(&self, id: RunId, deadline_at: Option<i64>, now: i64)
+    -> Result<Vec<String>>;
     /// Asks a run to stop: returns its state afterwards.
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState>;
     /// Run events with `seq > after`, in order, at most `limit`.

@@ -150,3 +150,26 @@ pub(super) fn cancel_decision(id: RunId, state: Option<String>) -> Result<bool> 
         ))),
     }
 }
+
+/// Whether run `id` in `state` may be retried: `NotFound` without a run, `Conflict` unless it
+/// is failed or cancelled.
+pub(super) fn retry_decision(id: RunId, state: Option<String>) -> Result<()> {
+    let state: RunState = state
+        .ok_or(StoreError::NotFound {
+            what: "workflow run",
+            id: id.to_string(),
+        })?
+        .parse()
+        .map_err(StoreError::Corrupt)?;
+    match state {
+        RunState::Failed | RunState::Cancelled => Ok(()),
+        other => Err(StoreError::Conflict(format!(
+            "workflow run {id} is {other}: only a failed or cancelled run can be retried"
+        ))),
+    }
+}
+
+/// The event that records a retry, and the nodes it planned again.
+pub(super) fn retry_event(nodes: &[String]) -> serde_json::Value {
+    serde_json::json!({ "state": RunState::Running, "reason": "retried", "nodes": nodes })
+}

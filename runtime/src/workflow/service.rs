@@ -159,6 +159,30 @@ impl WorkflowService {
         Ok(())
     }
 
+    /// Puts a failed or cancelled run back to running from where it failed (see
+    /// [`WorkflowStore::retry_run`]), its timeout counted again from now. Returns the nodes
+    /// planned again.
+    pub async fn retry_run(&self, id: RunId) -> Result<Vec<String>, ServiceError> {
+        let Some(snap) = self.runs().get_run(id).await? else {
+            return Err(StoreError::NotFound {
+                what: "workflow run",
+                id: id.to_string(),
+            }
+            .into());
+        };
+        let (_, def) = self
+            .definition(&snap.run.workflow, Some(snap.run.version))
+            .await?;
+        // What the nodes ask for is checked against the policy in force now.
+        self.check_nodes(&def.definition)?;
+        let now = now_ms();
+        let deadline_at =
+            crate::service::deadline_after(now, "timeout", def.definition.timeout.as_deref())?;
+        let nodes = self.runs().retry_run(id, deadline_at, now).await?;
+        tracing::info!(run = id, "workflow run {id} retried: {}", nodes.join(", "));
+        Ok(nodes)
+    }
+
     /// Asks a run to stop: its pending nodes are cancelled and its running jobs stopped.
     pub async fn cancel_run(&self, id: RunId) -> Result<RunState, ServiceError> {
         Ok(self.runs().request_run_cancel(id, now_ms()).await?)

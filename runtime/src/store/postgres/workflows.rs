@@ -281,6 +281,46 @@ impl WorkflowStore for PgStore {
             .collect()
     }
 
+    async fn retry_run(
+        &self,
+        id: RunId,
+        deadline_at: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(include_str!("workflows/run_state.sql"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        step::retry_decision(id, state)?;
+        let seq: i64 = sqlx::query_scalar(include_str!("workflows/retry_run.sql"))
+            .bind(id)
+            .bind(now)
+            .bind(deadline_at)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("workflow run {id} changed")))?;
+        let nodes: Vec<String> = sqlx::query_scalar(include_str!("workflows/retry_nodes.sql"))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(include_str!("workflows/retry_items.sql"))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(include_str!("workflows/insert_run_events.sql"))
+            .bind(id)
+            .bind(seq)
+            .bind(now)
+            .bind(["run"])
+            .bind([step::retry_event(&nodes).to_string()])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.notify([Notice::Run(id), Notice::RunRequest(id)]);
+        Ok(nodes)
+    }
+
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> = sqlx::query_scalar(include_str!("workflows/run_state.sql"))

@@ -204,6 +204,44 @@ impl WorkflowStore for SqliteStore {
             .collect()
     }
 
+    async fn retry_run(
+        &self,
+        id: RunId,
+        deadline_at: Option<i64>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let nodes = self
+            .write(|tx| {
+                let state: Option<String> =
+                    scalar(tx, include_str!("workflows/run_state.sql"), [id])?;
+                step::retry_decision(id, state)?;
+                let seq: i64 = scalar(
+                    tx,
+                    include_str!("workflows/retry_run.sql"),
+                    params![id, now, deadline_at],
+                )?
+                .ok_or_else(|| StoreError::Conflict(format!("workflow run {id} changed")))?;
+                let nodes: Vec<String> =
+                    query(tx, include_str!("workflows/retry_nodes.sql"), [id], |r| {
+                        r.get(0)
+                    })?;
+                tx.prepare_cached(include_str!("workflows/retry_items.sql"))?
+                    .execute([id])?;
+                tx.prepare_cached(include_str!("workflows/insert_run_event.sql"))?
+                    .execute(params![
+                        id,
+                        seq,
+                        "run",
+                        step::retry_event(&nodes).to_string(),
+                        now
+                    ])?;
+                Ok(nodes)
+            })
+            .await?;
+        self.notify([Notice::Run(id), Notice::RunRequest(id)]);
+        Ok(nodes)
+    }
+
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState> {
         let requested = self
             .write(|tx| {

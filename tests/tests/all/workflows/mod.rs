@@ -1,7 +1,7 @@
 //! Workflow runs over HTTP on a real socket, on both store backends: data passing along
 //! chains and diamonds, every kind of condition and the skips that follow, fan-out and fan-in
 //! (empty, fail-fast, collect-all), a failure in the middle, cascading cancel, the run's
-//! timeout, the live event stream, and bad requests. Crash-resume with the real binary is in
+//! timeout, a failed run retried, the live event stream, and bad requests. Crash-resume with the real binary is in
 //! `e2e/crashes.rs`. The steps are the `flow` test guest: what it does depends only on its input.
 
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use wasmjobs::http::ApiConfig;
 use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
 
 mod control;
+mod retry;
 mod runs;
 
 pub(super) struct Api {
