@@ -120,7 +120,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 28] = [
+const ROUTES: [(&str, &str); 32] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -132,6 +132,9 @@ const ROUTES: [(&str, &str); 28] = [
     ("get", "/v1/jobs/{id}/events"),
     ("post", "/v1/jobs/{id}/cancel"),
     ("post", "/v1/jobs/{id}/retry"),
+    ("get", "/v1/queues"),
+    ("post", "/v1/queues/{name}/pause"),
+    ("post", "/v1/queues/{name}/resume"),
     ("post", "/v1/schedules"),
     ("get", "/v1/schedules"),
     ("delete", "/v1/schedules/{key}"),
@@ -144,6 +147,7 @@ const ROUTES: [(&str, &str); 28] = [
     ("get", "/v1/workflow-runs/{id}"),
     ("get", "/v1/workflow-runs/{id}/events"),
     ("post", "/v1/workflow-runs/{id}/cancel"),
+    ("post", "/v1/workflow-runs/{id}/retry"),
     ("get", "/v1/stats"),
     ("get", "/healthz"),
     ("get", "/readyz"),

@@ -400,6 +400,16 @@ async fn module_names_cannot_be_hijacked() {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{backend}: {v}");
+        // Pausing a queue steers everyone's jobs: admin's only too.
+        let (status, v) = call(
+            server.app(),
+            "POST",
+            "/v1/queues/default/pause",
+            Body::empty(),
+            alice,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{backend}: {v}");
         server.stop().await;
     }
 }
