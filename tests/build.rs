@@ -44,7 +44,7 @@ fn main() {
     for (ws, names) in [
         (
             "tests/guests",
-            &["testjob", "testcmd", "noop", "sleeper", "flow"][..],
+            &["testjob", "testcmd", "noop", "sleeper", "flow", "legacy"][..],
         ),
         (
             "examples",

@@ -41,7 +41,10 @@
 //! - The input is JSON, decoded into the function's argument type with serde; input that does
 //!   not decode ends the attempt `failed` with serde's message.
 //! - The `Ok` value is encoded as JSON and becomes the job's output.
-//! - The `Err` value (anything that implements `Display`) ends the attempt `failed` with its text.
+//! - The `Err` value (anything that implements `Display`) ends the attempt `failed` with its text,
+//!   and the job is retried as its retry policy says. An error that retrying cannot fix (bad
+//!   input, a request refused for good) can be made permanent with [`permanent`]: the job then
+//!   ends `failed` at once, without its remaining attempts.
 //! - A panic ends the attempt `trapped`, with the panic message in the attempt's error.
 //!
 //! For raw bytes in and out, use [`export_raw_job!`] with `fn(Vec<u8>) -> Result<Vec<u8>, E>`.
@@ -70,7 +73,7 @@ pub mod __bindings {
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-use __bindings::wasmjobs::job::{io, report};
+use __bindings::wasmjobs::job::{io, outcome, report};
 
 /// Log levels for [`log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,28 @@ pub fn log(level: Level, message: &str) {
         Level::Error => report::Level::Error,
     };
     report::log(level, message)
+}
+
+/// Marks this attempt's failure as permanent and gives back `message`, for the `Err` the job
+/// returns: the job then ends `failed` at this attempt, whatever its retry policy has left.
+///
+/// ```no_run
+/// fn fetch(input: serde_json::Value) -> Result<serde_json::Value, String> {
+///     let Some(url) = input["url"].as_str() else {
+///         // No attempt can succeed on this input: do not retry it.
+///         return Err(wasmjobs_guest::permanent("the input has no url"));
+///     };
+///     Ok(serde_json::json!({ "url": url }))
+/// }
+/// # wasmjobs_guest::export_job!(fetch);
+/// ```
+///
+/// It marks the attempt, not the value: returning `Ok` afterwards succeeds as usual. (In the
+/// WIT contract this is `wasmjobs:job/outcome.fail-permanently`, added in 0.1.1; any language
+/// calls it before returning its error.)
+pub fn permanent(message: impl Into<String>) -> String {
+    outcome::fail_permanently();
+    message.into()
 }
 
 /// Reports progress: `done` of `total` units (`total` 0 when unknown).

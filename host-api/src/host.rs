@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasmjobs::job::{io, report};
+use crate::bindings::wasmjobs::job::{io, outcome, report};
 use crate::capture::{Logs, OutputBuffer};
 use crate::events::LogLevel;
 use crate::limiter::Limiter;
@@ -24,6 +24,8 @@ pub(crate) struct HostState {
     pub(crate) cancel: CancellationToken,
     /// How long instantiating the component took, once it was instantiated.
     pub(crate) instantiate_time: Option<std::time::Duration>,
+    /// The guest called `outcome.fail-permanently`: a failure it returns is not retried.
+    pub(crate) permanent: bool,
 }
 
 impl WasiView for HostState {
@@ -60,6 +62,13 @@ impl report::Host for HostState {
 
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
         self.logs.progress(done, total);
+        Ok(())
+    }
+}
+
+impl outcome::Host for HostState {
+    fn fail_permanently(&mut self) -> wasmtime::Result<()> {
+        self.permanent = true;
         Ok(())
     }
 }

@@ -219,7 +219,7 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// Interfaces the sandbox links: WASI 0.2 (sockets are linked but every use is denied) and
-/// `wasmjobs:job` 0.1.
+/// `wasmjobs:job` 0.1 (`outcome` since 0.1.1).
 fn is_supported_import(name: &str) -> bool {
     const WASI: [&str; 6] = [
         "wasi:cli/",
@@ -233,7 +233,11 @@ fn is_supported_import(name: &str) -> bool {
     if WASI.iter().any(|p| path.starts_with(p)) {
         return version.starts_with("0.2.");
     }
-    (path == "wasmjobs:job/io" || path == "wasmjobs:job/report") && version.starts_with("0.1.")
+    match path {
+        "wasmjobs:job/io" | "wasmjobs:job/report" => version.starts_with("0.1."),
+        "wasmjobs:job/outcome" => version.starts_with("0.1.") && version != "0.1.0",
+        _ => false,
+    }
 }
 
 impl Sandbox {
@@ -405,6 +409,9 @@ mod tests {
     fn supported_imports() {
         assert!(is_supported_import("wasi:cli/environment@0.2.6"));
         assert!(is_supported_import("wasmjobs:job/io@0.1.0"));
+        assert!(is_supported_import("wasmjobs:job/io@0.1.1"));
+        assert!(is_supported_import("wasmjobs:job/outcome@0.1.1"));
+        assert!(!is_supported_import("wasmjobs:job/outcome@0.1.0"));
         assert!(!is_supported_import("wasi:http/outgoing-handler@0.2.6"));
         assert!(!is_supported_import("wasi:cli/environment@0.3.0"));
         assert!(!is_supported_import("acme:secrets/vault"));

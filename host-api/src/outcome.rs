@@ -178,6 +178,10 @@ pub struct AttemptReport {
     /// instance was made.
     #[serde(rename = "instantiate_us", with = "micros", default)]
     pub instantiate_time: Duration,
+    /// A `failed` attempt whose job called `outcome.fail-permanently` before returning its
+    /// error: the job is not retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 impl AttemptReport {
@@ -198,6 +202,7 @@ impl AttemptReport {
             peak_memory_bytes: 0,
             wall_time: Duration::ZERO,
             instantiate_time: Duration::ZERO,
+            permanent: false,
         }
     }
 }

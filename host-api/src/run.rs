@@ -136,6 +136,7 @@ impl Sandbox {
                 deadline,
                 cancel: req.cancel.0.clone(),
                 instantiate_time: None,
+                permanent: false,
             },
         );
         store.limiter(|s| &mut s.limiter);
@@ -182,6 +183,7 @@ impl Sandbox {
             .saturating_sub(store.get_fuel().unwrap_or(0));
         let peak_memory_bytes = store.data().limiter.peak;
         let instantiate_time = store.data().instantiate_time.unwrap_or_default();
+        let marked_permanent = store.data().permanent;
         let refused = store.data_mut().limiter.refused.take();
         drop(store);
 
@@ -206,6 +208,8 @@ impl Sandbox {
             peak_memory_bytes,
             wall_time,
             instantiate_time,
+            // Only a failure the guest returned is its to call permanent.
+            permanent: marked_permanent && outcome == Outcome::Failed,
         }
     }
 }

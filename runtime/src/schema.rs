@@ -26,6 +26,25 @@ pub(crate) enum OutcomeDoc {
     Lost,
 }
 
+/// Which wasm trap ended a `trapped` attempt.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum TrapKindDoc {
+    Unreachable,
+    StackOverflow,
+    MemoryOutOfBounds,
+    TableOutOfBounds,
+    IndirectCallToNull,
+    BadSignature,
+    IntegerOverflow,
+    IntegerDivisionByZero,
+    BadConversionToInteger,
+    HeapMisaligned,
+    NullReference,
+    ComponentModel,
+    Other,
+}
+
 /// A size: bytes, or text such as `"64MiB"`.
 #[derive(ToSchema, serde::Serialize)]
 #[serde(untagged)]
@@ -64,7 +83,11 @@ pub(crate) struct RetryDoc {
     max_backoff_ms: Option<DurationDoc>,
     /// 0 to 1.
     jitter: Option<f64>,
+    /// The outcomes that are retried; default: all but the deterministic ones
+    /// (`out_of_fuel`, `out_of_memory`, `output_too_large`) and `cancelled`.
     retry_on: Option<Vec<OutcomeDoc>>,
+    /// Of `trapped` attempts, retry only those that ended in one of these traps; default all.
+    retry_on_traps: Option<Vec<TrapKindDoc>>,
 }
 
 #[derive(ToSchema)]

@@ -144,6 +144,7 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         ended_at: now_ms(),
         submitted_at: Some(job.created_at),
         events,
+        permanent: report.permanent,
     });
 }
 

@@ -174,6 +174,7 @@ mod tests {
             ended_at: 0,
             submitted_at: None,
             events: Vec::new(),
+            permanent: false,
         };
         let text = attempt_line(&c, 100, 200);
         assert!(text.starts_with(&attempt_head(&c)));

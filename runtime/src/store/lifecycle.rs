@@ -146,6 +146,9 @@ struct StateChange<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     run_at: Option<i64>,
     state: super::model::JobState,
+    /// The job marked its failure permanent: that is why it was not retried.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    permanent: bool,
 }
 
 /// The job's columns the decision needs, as both backends store them.
@@ -164,7 +167,7 @@ pub(super) fn ending(
     c: &super::model::Completion,
     now: i64,
 ) -> super::Result<Ending> {
-    use super::retry::{JobSnapshot, RetryPolicy, decide};
+    use super::retry::{AttemptEnd, JobSnapshot, RetryPolicy, decide};
     let retry: RetryPolicy = serde_json::from_str(snap.retry)
         .map_err(|e| super::StoreError::Corrupt(format!("retry: {e}")))?;
     let next = decide(
@@ -175,7 +178,11 @@ pub(super) fn ending(
             cancel_requested: snap.cancel_requested,
             deadline_at: snap.deadline_at,
         },
-        c.outcome,
+        AttemptEnd {
+            outcome: c.outcome,
+            trap: c.trap.as_deref(),
+            permanent: c.permanent,
+        },
         now,
     );
     Ok(ending_after(next, c, now))
@@ -206,6 +213,7 @@ fn ending_after(next: super::retry::Next, c: &super::model::Completion, now: i64
         outcome: c.outcome,
         run_at,
         state,
+        permanent: c.permanent,
     };
     Ending {
         state,

@@ -278,6 +278,8 @@ pub struct Completion {
     pub submitted_at: Option<i64>,
     /// Log and progress events not yet written.
     pub events: Vec<NewEvent>,
+    /// A `failed` attempt the job marked permanent (`outcome.fail-permanently`): not retried.
+    pub permanent: bool,
 }
 
 impl Completion {
@@ -300,6 +302,7 @@ impl Completion {
             ended_at: now_ms(),
             submitted_at: None,
             events: Vec::new(),
+            permanent: false,
         }
     }
 }

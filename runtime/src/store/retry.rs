@@ -2,7 +2,7 @@
 //! store backends apply its answer; neither decides on its own.
 
 use serde::{Deserialize, Deserializer, Serialize};
-use wasmjobs_host::Outcome;
+use wasmjobs_host::{Outcome, TrapKind};
 
 use super::model::JobState;
 
@@ -28,6 +28,11 @@ pub struct RetryPolicy {
     /// Outcomes that are retried; `None` means the default set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<Outcome>>,
+    /// Of `trapped` attempts, retry only those that ended in one of these traps (e.g.
+    /// `["stack_overflow"]`); every trap when unset. `trapped` must still be retried by
+    /// `retry_on` (it is by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_traps: Option<Vec<TrapKind>>,
 }
 
 impl Default for RetryPolicy {
@@ -40,6 +45,7 @@ impl Default for RetryPolicy {
             max_backoff_ms: 300_000,
             jitter: 0.2,
             retry_on: None,
+            retry_on_traps: None,
         }
     }
 }
@@ -101,6 +107,18 @@ impl RetryPolicy {
         }
     }
 
+    /// Whether a `trapped` attempt with trap kind `trap` may be retried: any trap unless
+    /// `retry_on_traps` lists which (a trap of no known kind only if it lists `other`).
+    pub fn retries_trap(&self, trap: Option<&str>) -> bool {
+        match &self.retry_on_traps {
+            None => true,
+            Some(kinds) => {
+                let kind = trap.unwrap_or(TrapKind::Other.as_str());
+                kinds.iter().any(|k| k.as_str() == kind)
+            }
+        }
+    }
+
     /// Delay before attempt `attempts + 1`, after `attempts` attempts, with jitter.
     pub fn backoff_ms(&self, attempts: u32) -> u64 {
         let exp = self
@@ -158,13 +176,40 @@ pub fn decided_by_outcome(outcome: Outcome) -> Option<Next> {
     }
 }
 
-/// Decides the job's next state after an attempt ended in `outcome` at `now`.
-pub fn decide(job: &JobSnapshot, outcome: Outcome, now: i64) -> Next {
+/// How an attempt ended, as far as the retry decision cares.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptEnd<'a> {
+    pub outcome: Outcome,
+    /// The trap kind (`TrapKind::as_str`) of a `trapped` attempt.
+    pub trap: Option<&'a str>,
+    /// The job marked its failure permanent.
+    pub permanent: bool,
+}
+
+impl AttemptEnd<'_> {
+    pub fn of(outcome: Outcome) -> AttemptEnd<'static> {
+        AttemptEnd {
+            outcome,
+            trap: None,
+            permanent: false,
+        }
+    }
+}
+
+/// Decides the job's next state after an attempt ended (`end`) at `now`.
+pub fn decide(job: &JobSnapshot, end: AttemptEnd<'_>, now: i64) -> Next {
+    let outcome = end.outcome;
     if let Some(next) = decided_by_outcome(outcome) {
         return next;
     }
     if job.cancel_requested {
         return Next::Cancelled;
+    }
+    if end.permanent && outcome == Outcome::Failed {
+        return Next::Failed;
+    }
+    if outcome == Outcome::Trapped && !job.retry.retries_trap(end.trap) {
+        return Next::Failed;
     }
     // A lost attempt counts against `max_lost`; every other one against `max_attempts`.
     let (used, budget) = if outcome == Outcome::Lost {
@@ -200,17 +245,74 @@ mod tests {
     }
 
     #[test]
+    fn a_permanent_failure_is_not_retried_and_traps_retry_as_listed() {
+        let end = |outcome, trap, permanent| AttemptEnd {
+            outcome,
+            trap,
+            permanent,
+        };
+        assert_eq!(
+            decide(&snap(1), end(Outcome::Failed, None, true), 0),
+            Next::Failed
+        );
+        // Only a returned failure is the job's to call permanent.
+        assert!(matches!(
+            decide(&snap(1), end(Outcome::TimedOut, None, true), 0),
+            Next::Retry { .. }
+        ));
+        let mut s = snap(1);
+        s.retry.retry_on_traps = Some(vec![TrapKind::StackOverflow]);
+        assert!(matches!(
+            decide(&s, end(Outcome::Trapped, Some("stack_overflow"), false), 0),
+            Next::Retry { .. }
+        ));
+        assert_eq!(
+            decide(&s, end(Outcome::Trapped, Some("unreachable"), false), 0),
+            Next::Failed
+        );
+        assert_eq!(
+            decide(&s, end(Outcome::Trapped, None, false), 0),
+            Next::Failed
+        );
+        // Unset: every trap retries.
+        assert!(matches!(
+            decide(
+                &snap(1),
+                end(Outcome::Trapped, Some("unreachable"), false),
+                0
+            ),
+            Next::Retry { .. }
+        ));
+        let policy: RetryPolicy =
+            serde_json::from_str(r#"{"retry_on_traps": ["stack_overflow", "other"]}"#).unwrap();
+        assert_eq!(policy.retry_on_traps.map(|t| t.len()), Some(2));
+        assert!(serde_json::from_str::<RetryPolicy>(r#"{"retry_on_traps": ["boom"]}"#).is_err());
+        // Unset, the policy's text (which keys the stored settings) is as before.
+        assert!(
+            !serde_json::to_string(&RetryPolicy::default())
+                .unwrap()
+                .contains("traps")
+        );
+    }
+
+    #[test]
     fn retries_until_attempts_run_out() {
         assert!(matches!(
-            decide(&snap(1), Outcome::Failed, 0),
+            decide(&snap(1), AttemptEnd::of(Outcome::Failed), 0),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            decide(&snap(2), Outcome::TimedOut, 0),
+            decide(&snap(2), AttemptEnd::of(Outcome::TimedOut), 0),
             Next::Retry { .. }
         ));
-        assert_eq!(decide(&snap(3), Outcome::Failed, 0), Next::Failed);
-        assert_eq!(decide(&snap(3), Outcome::Succeeded, 0), Next::Succeeded);
+        assert_eq!(
+            decide(&snap(3), AttemptEnd::of(Outcome::Failed), 0),
+            Next::Failed
+        );
+        assert_eq!(
+            decide(&snap(3), AttemptEnd::of(Outcome::Succeeded), 0),
+            Next::Succeeded
+        );
     }
 
     #[test]
@@ -220,39 +322,48 @@ mod tests {
             Outcome::OutOfMemory,
             Outcome::OutputTooLarge,
         ] {
-            assert_eq!(decide(&snap(1), o, 0), Next::Failed, "{o}");
+            assert_eq!(decide(&snap(1), AttemptEnd::of(o), 0), Next::Failed, "{o}");
         }
         let mut s = snap(1);
         s.retry.retry_on = Some(vec![Outcome::OutOfFuel]);
         assert!(matches!(
-            decide(&s, Outcome::OutOfFuel, 0),
+            decide(&s, AttemptEnd::of(Outcome::OutOfFuel), 0),
             Next::Retry { .. }
         ));
-        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Failed);
+        assert_eq!(decide(&s, AttemptEnd::of(Outcome::Failed), 0), Next::Failed);
     }
 
     #[test]
     fn lost_attempts_have_a_budget_of_their_own() {
         let mut s = snap(1);
         s.retry.retry_on = Some(vec![]);
-        assert!(matches!(decide(&s, Outcome::Lost, 0), Next::Retry { .. }));
+        assert!(matches!(
+            decide(&s, AttemptEnd::of(Outcome::Lost), 0),
+            Next::Retry { .. }
+        ));
         // Three attempts, all lost so far: retries are untouched, the lost budget is not.
         let mut s = snap(3);
         s.lost = 2;
-        assert!(matches!(decide(&s, Outcome::Lost, 0), Next::Retry { .. }));
+        assert!(matches!(
+            decide(&s, AttemptEnd::of(Outcome::Lost), 0),
+            Next::Retry { .. }
+        ));
         // The fifth lost attempt (the default max_lost) ends the job: a job that kills its
         // workers still stops.
         let mut s = snap(5);
         s.lost = 4;
-        assert_eq!(decide(&s, Outcome::Lost, 0), Next::Failed);
+        assert_eq!(decide(&s, AttemptEnd::of(Outcome::Lost), 0), Next::Failed);
         // Four lost attempts and one failed: the failure is the job's first of three.
         let mut s = snap(5);
         s.lost = 4;
-        assert!(matches!(decide(&s, Outcome::Failed, 0), Next::Retry { .. }));
+        assert!(matches!(
+            decide(&s, AttemptEnd::of(Outcome::Failed), 0),
+            Next::Retry { .. }
+        ));
         let mut s = snap(7);
         s.lost = 4;
         assert_eq!(
-            decide(&s, Outcome::Failed, 0),
+            decide(&s, AttemptEnd::of(Outcome::Failed), 0),
             Next::Failed,
             "the third failure"
         );
@@ -262,10 +373,13 @@ mod tests {
     fn cancel_request_and_deadline_win() {
         let mut s = snap(1);
         s.cancel_requested = true;
-        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Cancelled);
+        assert_eq!(
+            decide(&s, AttemptEnd::of(Outcome::Failed), 0),
+            Next::Cancelled
+        );
         let mut s = snap(1);
         s.deadline_at = Some(10);
-        assert_eq!(decide(&s, Outcome::Failed, 0), Next::Failed);
+        assert_eq!(decide(&s, AttemptEnd::of(Outcome::Failed), 0), Next::Failed);
     }
 
     #[test]

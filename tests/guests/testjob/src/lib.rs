@@ -30,6 +30,7 @@ fn run(input: Input) -> Result<Value, String> {
             Ok(json!({ "greeting": format!("hello, {}", input.name) }))
         }
         "fail" => Err("this job fails on purpose".to_string()),
+        "permanent" => Err(wasmjobs_guest::permanent("this input can never work")),
         "panic" => panic!("boom on purpose"),
         "spin" => {
             let mut n: u64 = 0;

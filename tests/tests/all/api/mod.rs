@@ -15,6 +15,7 @@ use wasmjobs_tests::{TestServer, guest_bytes, guests, test_stores};
 
 mod jobs;
 mod modules;
+mod retries;
 mod service;
 mod streams;
 

@@ -150,6 +150,7 @@ pub(super) fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
             kind: "log",
             data: json!({"message": "hi"}),
         }],
+        permanent: false,
     }
 }
 
