@@ -10,7 +10,9 @@
 -- finds running jobs), deletes this node's claims $5 whose jobs have all ended, and lets the
 -- transaction commit without waiting for its WAL flush.
 --
--- The queues with ready jobs are found by seeking through `job_queue_claim` once per queue.
+-- The queues with ready jobs are found by seeking through `job_queue_claim` once per queue,
+-- from its end: within a queue the entries the claims took (dead until the queue is vacuumed)
+-- are at the front, its live ones at the back, so a backward seek meets a live one first.
 -- The `jobs` update changes no indexed column, so it is HOT. The queue rows are chosen and
 -- locked first (`= ANY(ARRAY(…))`), then taken by `ctid` (the queue has no key); a queue row
 -- whose job is no longer queued is taken and dropped. The `running` event is written as
@@ -18,10 +20,10 @@
 -- (`json_build_object` costs the server ~1 µs a job more); $6 is the worker as a JSON string.
 -- The limits and grants come back NULL: the node fills them in from the settings it knows.
 WITH RECURSIVE ready_queues(queue) AS (
-    (SELECT queue FROM job_queue WHERE ready ORDER BY queue LIMIT 1)
+    (SELECT queue FROM job_queue WHERE ready ORDER BY queue DESC LIMIT 1)
     UNION ALL
-    SELECT (SELECT n.queue FROM job_queue n WHERE n.ready AND n.queue > r.queue
-            ORDER BY n.queue LIMIT 1)
+    SELECT (SELECT n.queue FROM job_queue n WHERE n.ready AND n.queue < r.queue
+            ORDER BY n.queue DESC LIMIT 1)
     FROM ready_queues r WHERE r.queue IS NOT NULL
 ), p AS (
     SELECT r.queue, COALESCE(s.weight, 1)::float8 AS weight, COALESCE(h.n, 0) AS held,
