@@ -145,7 +145,8 @@ impl PgStore {
                     if let Some(sql) = set_path {
                         conn.execute(AssertSqlSafe(sql)).await?;
                     }
-                    conn.execute("SET plan_cache_mode = force_generic_plan").await?;
+                    conn.execute("SET plan_cache_mode = force_generic_plan")
+                        .await?;
                     Ok(())
                 })
             })
