@@ -42,6 +42,7 @@ pub struct SubmitJob {
     /// The queue the job waits in (`default` if none): its name, 1 to 64 ASCII letters,
     /// digits, `_`, `-` and `.`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
     /// Orders the jobs of a queue: higher first.
     #[serde(default)]

@@ -344,7 +344,8 @@ async fn readyz(
     (status, axum::Json(body)).into_response()
 }
 
-/// Prometheus text format: jobs by state.
+/// Prometheus text format: this process's counters and histograms, and the store's jobs by
+/// state and by queue.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -363,12 +364,37 @@ async fn metrics(
     use std::fmt::Write;
     let jobs = state.service.store.count_unfinished().await?;
     let runs = state.workflows.runs().count_active_runs().await?;
+    let queues = state.service.store.queues().await?;
     // This process's counters and histograms, then the store's unfinished jobs and runs (for
     // the whole installation; what ended is counted by `wasmjobs_jobs_ended_total`).
     let mut out = crate::telemetry::render();
     out.push_str("# HELP wasmjobs_jobs Jobs scheduled, queued and running, in the store.\n# TYPE wasmjobs_jobs gauge\n");
     for (st, n) in jobs {
         let _ = writeln!(out, "wasmjobs_jobs{{state=\"{st}\"}} {n}");
+    }
+    // Queue names are checked (`A-Z a-z 0-9 _ - .`): nothing in them needs escaping.
+    out.push_str("# HELP wasmjobs_queue_jobs Jobs scheduled, queued and running in each queue, in the store.\n# TYPE wasmjobs_queue_jobs gauge\n");
+    for q in &queues {
+        let name = &q.settings.name;
+        for (st, n) in [
+            ("scheduled", q.scheduled),
+            ("queued", q.queued),
+            ("running", q.running),
+        ] {
+            let _ = writeln!(
+                out,
+                "wasmjobs_queue_jobs{{queue=\"{name}\",state=\"{st}\"}} {n}"
+            );
+        }
+    }
+    out.push_str("# HELP wasmjobs_queue_paused 1 while the queue is paused.\n# TYPE wasmjobs_queue_paused gauge\n");
+    for q in &queues {
+        let paused = u8::from(q.settings.paused);
+        let _ = writeln!(
+            out,
+            "wasmjobs_queue_paused{{queue=\"{}\"}} {paused}",
+            q.settings.name
+        );
     }
     out.push_str("# HELP wasmjobs_workflow_runs Workflow runs running and cancelling, in the store.\n# TYPE wasmjobs_workflow_runs gauge\n");
     for (st, n) in runs {

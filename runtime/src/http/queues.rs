@@ -83,7 +83,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<QueueList
     path = "/queues/{name}/pause",
     operation_id = "pauseQueue",
     tag = "queues",
-    params(("name" = String, Path, description = "The queue's name")),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "The queue's name")),
     responses(
         (status = 200, description = "Paused", body = crate::http::openapi::QueueView),
         (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
@@ -105,7 +105,7 @@ pub(super) async fn pause(
     path = "/queues/{name}/resume",
     operation_id = "resumeQueue",
     tag = "queues",
-    params(("name" = String, Path, description = "The queue's name")),
+    params(("name" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "The queue's name")),
     responses(
         (status = 200, description = "Resumed", body = crate::http::openapi::QueueView),
         (status = 400, description = "Bad request", body = crate::http::openapi::Problem, content_type = "application/problem+json"),

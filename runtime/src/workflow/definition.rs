@@ -63,6 +63,7 @@ pub struct Node {
     pub retry: Option<RetryPolicy>,
     /// The queue its jobs wait in; `default` if none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,

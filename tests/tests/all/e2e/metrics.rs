@@ -148,6 +148,16 @@ async fn metrics_count_a_known_workload() {
     assert_eq!(get(r#"wasmjobs_jobs{state="queued"}"#), 0.0);
     assert_eq!(get(r#"wasmjobs_jobs{state="running"}"#), 0.0);
     assert!(!text.contains(r#"wasmjobs_jobs{state="succeeded"}"#));
+    // The same by queue (every job here is in `default`).
+    assert_eq!(
+        get(r#"wasmjobs_queue_jobs{queue="default",state="scheduled"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"wasmjobs_queue_jobs{queue="default",state="running"}"#),
+        0.0
+    );
+    assert_eq!(get(r#"wasmjobs_queue_paused{queue="default"}"#), 0.0);
     assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="succeeded"}"#), 5.0);
     assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="failed"}"#), 4.0);
     assert_eq!(get(r#"wasmjobs_jobs_ended_total{state="cancelled"}"#), 1.0);
