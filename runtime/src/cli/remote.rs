@@ -57,6 +57,9 @@ enum JobVerb {
         /// Only jobs of this module (name or sha256 digest).
         #[arg(long)]
         module: Option<String>,
+        /// Only jobs in this queue.
+        #[arg(long)]
+        queue: Option<String>,
         /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -181,11 +184,17 @@ pub async fn job(cmd: JobCmd, client: &ClientArgs) -> anyhow::Result<u8> {
         JobVerb::List {
             state,
             module,
+            queue,
             limit,
             cursor,
         } => {
             let mut q = format!("/v1/jobs?limit={limit}");
-            for (k, v) in [("state", state), ("module", module), ("cursor", cursor)] {
+            for (k, v) in [
+                ("state", state),
+                ("module", module),
+                ("queue", queue),
+                ("cursor", cursor),
+            ] {
                 if let Some(v) = v {
                     q.push_str(&format!("&{k}={}", urlencode(&v)));
                 }

@@ -225,6 +225,7 @@ pub(crate) struct JobSummary {
     module: String,
     #[schema(value_type = JobStateDoc)]
     state: JobState,
+    queue: String,
     priority: i64,
     attempt_count: u32,
     #[schema(value_type = Option<OutcomeDoc>)]
@@ -505,6 +506,7 @@ pub(super) async fn get(
 pub(super) struct ListQuery {
     state: Option<String>,
     module: Option<String>,
+    queue: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -518,6 +520,7 @@ pub(super) struct ListQuery {
     params(
         ("state" = Option<JobStateDoc>, Query, description = "Only jobs in this state"),
         ("module" = Option<String>, Query, description = "Only jobs of this module (name or digest)"),
+        ("queue" = Option<String>, Query, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "Only jobs in this queue"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 50)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
@@ -552,12 +555,16 @@ pub(super) async fn list(
                 .digest,
         ),
     };
+    if let Some(queue) = &q.queue {
+        crate::store::queues::check_queue_name(queue).map_err(ApiError::bad_request)?;
+    }
     let jobs = state
         .service
         .store
         .list_jobs(&JobFilter {
             state: job_state,
             module_digest,
+            queue: q.queue,
             limit,
             cursor,
         })
@@ -570,6 +577,7 @@ pub(super) async fn list(
         .map(|j| JobSummary {
             id: j.id,
             module: j.module,
+            queue: j.queue,
             state: j.state,
             priority: j.priority,
             attempt_count: j.attempts,

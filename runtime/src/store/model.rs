@@ -321,6 +321,7 @@ pub enum Completed {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub module_digest: Option<String>,
+    pub queue: Option<String>,
     pub limit: u32,
     pub cursor: Option<JobId>,
 }

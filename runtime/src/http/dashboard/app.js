@@ -267,33 +267,42 @@ const SINCE = { "": 0, "15m": 15 * 60000, "1h": 3600000, "1d": 86400000 };
 function jobs(params) {
   const state = params.get("state") || "";
   const module = params.get("module") || "";
+  const queue = params.get("queue") || "";
   const since = params.get("since") || "";
   const cursor = params.get("cursor") || "";
   const go = (changes) => {
-    const p = new URLSearchParams({ state, module, since, ...changes });
+    const p = new URLSearchParams({ state, module, queue, since, ...changes });
     for (const [k, v] of [...p]) if (!v) p.delete(k);
     location.hash = `#/jobs?${p}`;
   };
   const stateSel = h("select", { id: "filter-state", onchange: (e) => go({ state: e.target.value, cursor: "" }) },
     ["", "scheduled", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === state }, s || "any state")));
   const moduleSel = h("select", { id: "filter-module", onchange: (e) => go({ module: e.target.value, cursor: "" }) }, h("option", { value: "" }, "any module"));
+  const queueSel = h("select", { id: "filter-queue", onchange: (e) => go({ queue: e.target.value, cursor: "" }) }, h("option", { value: "" }, "any queue"));
   const sinceSel = h("select", { id: "filter-since", onchange: (e) => go({ since: e.target.value, cursor: "" }) },
     Object.keys(SINCE).map((k) => h("option", { value: k, selected: k === since }, k ? `last ${k}` : "any time")));
   const search = h("input", { id: "job-search", type: "search", placeholder: "job id", inputmode: "numeric", size: 10 });
   const form = h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); const id = search.value.trim().replace(/^#/, ""); if (/^\d+$/.test(id)) location.hash = `#/jobs/${id}`; } },
-    h("label", {}, "state", stateSel), h("label", {}, "module", moduleSel), h("label", {}, "created", sinceSel),
+    h("label", {}, "state", stateSel), h("label", {}, "module", moduleSel), h("label", {}, "queue", queueSel), h("label", {}, "created", sinceSel),
     h("label", {}, "go to job", search), h("button", { type: "submit" }, "Open"));
   const body = h("tbody", { id: "jobs" });
   const pager = h("div", { class: "pager" });
   view.replaceChildren(h("h1", {}, "Jobs"), form, h("div", { class: "table-wrap" }, h("table", {},
-    h("thead", {}, h("tr", {}, ["job", "module", "state", "attempts", "created", "finished"].map((c) => h("th", {}, c)))), body)), pager);
+    h("thead", {}, h("tr", {}, ["job", "module", "queue", "state", "attempts", "created", "finished"].map((c) => h("th", {}, c)))), body)), pager);
   loadModules().then((mods) => {
     for (const m of mods) for (const n of m.names) moduleSel.append(h("option", { value: n, selected: n === module }, n));
+  }).catch(() => {});
+  // The queues that are declared or have unfinished jobs, and the one asked for.
+  api("/v1/queues").then((list) => {
+    const names = new Set(list.queues.map((q) => q.name));
+    if (queue) names.add(queue);
+    for (const n of [...names].sort()) queueSel.append(h("option", { value: n, selected: n === queue }, n));
   }).catch(() => {});
   return every(2000, async () => {
     const q = new URLSearchParams({ limit: "50" });
     if (state) q.set("state", state);
     if (module) q.set("module", module);
+    if (queue) q.set("queue", queue);
     if (cursor) q.set("cursor", cursor);
     const page = await api(`/v1/jobs?${q}`);
     const after = SINCE[since] ? Date.now() - SINCE[since] : 0;
@@ -301,9 +310,9 @@ function jobs(params) {
     const shown = page.jobs.filter((j) => j.created_at >= after);
     const more = page.next_cursor && shown.length === page.jobs.length;
     body.replaceChildren(...(shown.length ? shown.map((j) => h("tr", { "data-job": j.id },
-      h("td", {}, jobLink(j.id)), h("td", {}, moduleName(j.module)), h("td", {}, badge(j.state)),
+      h("td", {}, jobLink(j.id)), h("td", {}, moduleName(j.module)), h("td", {}, j.queue), h("td", {}, badge(j.state)),
       h("td", {}, j.attempt_count), h("td", { title: when(j.created_at) }, ago(j.created_at)), h("td", {}, when(j.finished_at))))
-      : [h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs."))]));
+      : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No jobs."))]));
     pager.replaceChildren(
       cursor ? h("button", { onclick: () => go({ cursor: "" }) }, "← Newest") : "",
       more ? h("button", { id: "older", onclick: () => go({ cursor: page.next_cursor }) }, "Older →") : "");
@@ -333,6 +342,7 @@ function job(id) {
     head.replaceChildren(`Job #${id}`, badge(j.state));
     facts.replaceChildren(
       h("dt", {}, "module"), h("dd", {}, `${moduleName(j.module)} (${j.module})`),
+      h("dt", {}, "queue"), h("dd", {}, j.queue),
       h("dt", {}, "created"), h("dd", {}, when(j.created_at)),
       h("dt", {}, "finished"), h("dd", {}, when(j.finished_at)),
       ...(j.outcome ? [h("dt", {}, "outcome"), h("dd", { id: "job-outcome" }, j.outcome)] : []),

@@ -141,6 +141,7 @@ impl JobStore for PgStore {
             .bind(f.module_digest.as_deref())
             .bind(f.cursor)
             .bind(i64::from(f.limit))
+            .bind(f.queue.as_deref())
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(JobRow::into_job).collect()

@@ -96,7 +96,8 @@ impl JobStore for SqliteStore {
                     f.state.map(JobState::as_str),
                     f.module_digest,
                     f.cursor,
-                    i64::from(f.limit)
+                    i64::from(f.limit),
+                    f.queue
                 ],
             )
         })?;

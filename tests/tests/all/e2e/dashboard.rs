@@ -240,6 +240,25 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
     )
     .await;
     screenshot(&c, "jobs").await;
+    // Filtered by queue: a job of another queue is not listed, and the queue is shown.
+    let other = submit_all(
+        &http,
+        &server.url,
+        vec![json!({"module": "testjob", "queue": "reports", "input": {"mode": "greet", "name": "r"}})],
+    )
+    .await[0];
+    c.goto(&format!("{}/#/jobs?queue=reports", server.url))
+        .await
+        .expect("jobs of a queue");
+    wait_for(
+        &c,
+        "only the queue's job",
+        &format!(
+            "const rows = [...document.querySelectorAll('#jobs tr[data-job]')]; return rows.length === 1 && rows[0].dataset.job === '{other}' && rows[0].textContent.includes('reports') && document.getElementById('filter-queue').value === 'reports'"
+        ),
+        long,
+    )
+    .await;
 
     // A running job is cancelled by a click.
     let slow = submit_all(
@@ -375,11 +394,11 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         )
         .await;
         if name == "overview" {
-            // Six jobs ended: four succeeded, one failed, one cancelled (reported every 2 s).
+            // Seven jobs ended: five succeeded, one failed, one cancelled (reported every 2 s).
             wait_for(
                 &c,
                 "the overview's counts of ended jobs",
-                "const n = (l) => (document.querySelector(`[data-count=\"${l}\"] .n`) || {}).textContent; return n('ended (1 h)') === '6' && n('running') === '0' && document.getElementById('rates').textContent.includes('failure rate 16.7 %')",
+                "const n = (l) => (document.querySelector(`[data-count=\"${l}\"] .n`) || {}).textContent; return n('ended (1 h)') === '7' && n('running') === '0' && document.getElementById('rates').textContent.includes('failure rate 14.3 %')",
                 long,
             )
             .await;

@@ -63,6 +63,25 @@ async fn a_backlog_does_not_hold_back_another_queue_and_a_paused_queue_waits() {
     let waiting = b["queued"].as_u64().unwrap_or(0) + b["running"].as_u64().unwrap_or(0);
     assert!(waiting >= 25, "the quick jobs waited for the backlog: {b}");
     assert_eq!(job(&http, &url, bulk[0]).await["queue"], "bulk");
+    let page: Value = http
+        .get(format!("{url}/v1/jobs?queue=bulk&limit=5"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let listed = page["jobs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        listed.len() == 5 && listed.iter().all(|j| j["queue"] == "bulk"),
+        "{page}"
+    );
+    let r = http
+        .get(format!("{url}/v1/jobs?queue=a%20b"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 400);
 
     // A paused queue (declared so) keeps its job while the node runs others.
     let cli = |args: &[&str]| {

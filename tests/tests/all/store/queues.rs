@@ -233,6 +233,47 @@ pub(super) async fn max_running_holds_across_claimers(
         (2, 2, Some(2)),
         "{backend}"
     );
+    // Listing by queue, in every state (each backend reads waiting, running and ended jobs
+    // its own way).
+    let listed = |queue: &str, state: Option<JobState>| {
+        let store = store.clone();
+        let filter = JobFilter {
+            queue: Some(queue.to_string()),
+            state,
+            limit: 100,
+            ..JobFilter::default()
+        };
+        async move {
+            let jobs = store.list_jobs(&filter).await.expect("list");
+            assert!(
+                jobs.iter()
+                    .all(|j| j.queue == filter.queue.clone().unwrap_or_default())
+            );
+            jobs.len()
+        }
+    };
+    assert_eq!(listed("narrow", None).await, 5, "{backend}");
+    assert_eq!(
+        listed("narrow", Some(JobState::Running)).await,
+        2,
+        "{backend}"
+    );
+    assert_eq!(
+        listed("narrow", Some(JobState::Queued)).await,
+        2,
+        "{backend}"
+    );
+    assert_eq!(
+        listed("narrow", Some(JobState::Succeeded)).await,
+        1,
+        "{backend}"
+    );
+    assert_eq!(
+        listed("default", Some(JobState::Running)).await,
+        3,
+        "{backend}"
+    );
+    assert_eq!(listed("nowhere", None).await, 0, "{backend}");
 }
 
 pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(

@@ -1,4 +1,4 @@
--- Jobs newest first, optionally in state $1, of module $2, older than job $3. No index of
+-- Jobs newest first, optionally in state $1, of module $2, in queue $5, older than job $3. No index of
 -- `jobs` reads the state: finished jobs are found by walking `jobs` from the newest (waiting
 -- and running ones through the queue and the claims: `list_waiting.sql`, `list_running.sql`).
 SELECT id, module_digest, state, priority, run_at, input,
@@ -11,5 +11,6 @@ SELECT id, module_digest, state, priority, run_at, input,
 FROM jobs
 WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR module_digest = $2)
       AND ($3::bigint IS NULL OR id < $3)
+      AND ($5::text IS NULL OR queue = $5)
 ORDER BY id DESC
 LIMIT $4

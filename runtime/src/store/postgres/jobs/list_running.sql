@@ -9,5 +9,6 @@ SELECT id, module_digest, state, priority, run_at, input,
 FROM (SELECT DISTINCT u.id AS job_id FROM claims CROSS JOIN LATERAL unnest(claims.job_ids) AS u(id)) s
      JOIN jobs ON jobs.id = s.job_id
 WHERE state = $1 AND ($2::text IS NULL OR module_digest = $2) AND ($3::bigint IS NULL OR s.job_id < $3)
+      AND ($5::text IS NULL OR queue = $5)
 ORDER BY s.job_id DESC
 LIMIT $4

@@ -8,5 +8,6 @@ SELECT id, module_digest, state, priority, run_at, input,
        updated_at, finished_at, queue
 FROM (SELECT job_id FROM job_queue) s JOIN jobs ON jobs.id = s.job_id
 WHERE state = $1 AND ($2::text IS NULL OR module_digest = $2) AND ($3::bigint IS NULL OR s.job_id < $3)
+      AND ($5::text IS NULL OR queue = $5)
 ORDER BY s.job_id DESC
 LIMIT $4

@@ -1,4 +1,4 @@
--- Jobs newest first, optionally in state ?1, of module ?2, older than job ?3.
+-- Jobs newest first, optionally in state ?1, of module ?2, in queue ?5, older than job ?3.
 SELECT id, module_digest, state, priority, run_at, input,
        (SELECT s.limits FROM job_settings s WHERE s.key = jobs.settings) AS limits,
        (SELECT s.retry FROM job_settings s WHERE s.key = jobs.settings) AS retry,
@@ -8,5 +8,6 @@ SELECT id, module_digest, state, priority, run_at, input,
        updated_at, finished_at, queue
 FROM jobs
 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_digest = ?2) AND (?3 IS NULL OR id < ?3)
+      AND (?5 IS NULL OR queue = ?5)
 ORDER BY id DESC
 LIMIT ?4
