@@ -17,10 +17,10 @@ pub struct ScheduleCmd {
 
 #[derive(Debug, Subcommand)]
 enum ScheduleVerb {
-    /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *", UTC).
+    /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *"; UTC unless --tz).
     Add {
         /// When to submit: a cron expression of five fields (minute hour day month weekday),
-        /// in UTC.
+        /// in UTC or the --tz zone.
         cron: String,
         /// The module name or sha256 digest each tick submits.
         module: String,
@@ -30,6 +30,10 @@ enum ScheduleVerb {
         /// A name to refer to the schedule by (besides its id).
         #[arg(long)]
         name: Option<String>,
+        /// Read CRON in this IANA time zone (e.g. Europe/Berlin), daylight saving included;
+        /// UTC by default.
+        #[arg(long)]
+        tz: Option<String>,
     },
     /// List the schedules, with their next tick.
     List,
@@ -49,13 +53,14 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
             module,
             input,
             name,
+            tz,
         } => {
             let mut job = json!({ "module": module });
             super::values::put_input(&mut job, &super::values::read_input(input.as_deref())?);
             let v = c
                 .post_json(
                     "/v1/schedules",
-                    &json!({ "cron": cron, "job": job, "name": name }),
+                    &json!({ "cron": cron, "tz": tz, "job": job, "name": name }),
                 )
                 .await?;
             println!(
@@ -77,13 +82,18 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
                         s["id"].to_string(),
                         output::text(&s["name"]),
                         output::text(&s["cron"]),
+                        if s["tz"].is_null() {
+                            "UTC".to_string()
+                        } else {
+                            output::text(&s["tz"])
+                        },
                         output::text(&s["target"]["module"]),
                         output::time(&s["next_run_at"]),
                     ]
                 });
                 print!(
                     "{}",
-                    output::table(["ID", "NAME", "CRON (UTC)", "MODULE", "NEXT (UTC)"], rows)
+                    output::table(["ID", "NAME", "CRON", "TZ", "MODULE", "NEXT (UTC)"], rows)
                 );
             }
         }

@@ -19,6 +19,9 @@ use crate::store::{Schedule, now_ms};
 pub(crate) struct ScheduleRequest {
     /// A cron expression (5 fields, or 6 with seconds).
     cron: String,
+    /// The IANA time zone the expression is read in (`Europe/Berlin`), daylight saving
+    /// included; UTC if none.
+    tz: Option<String>,
     /// The job each tick submits, as for `POST /v1/jobs`.
     job: SubmitJob,
     name: Option<String>,
@@ -29,20 +32,28 @@ pub(crate) struct ScheduleView {
     id: i64,
     name: Option<String>,
     cron: String,
+    /// The IANA time zone of `cron`; null for UTC.
+    tz: Option<String>,
     /// The job it submits.
     target: Value,
     next_run_at: i64,
+    /// Its next fire times (ms since the epoch), up to five, from `next_run_at`.
+    next_runs: Vec<i64>,
     created_at: i64,
 }
 
 impl From<Schedule> for ScheduleView {
     fn from(s: Schedule) -> ScheduleView {
+        let mut next_runs = vec![s.next_run_at];
+        next_runs.extend(crate::scheduler::next_ticks(&s, s.next_run_at, 4));
         ScheduleView {
             id: s.id,
             name: s.name,
+            tz: s.tz,
             cron: s.cron,
             target: s.target,
             next_run_at: s.next_run_at,
+            next_runs,
             created_at: s.created_at,
         }
     }
@@ -62,7 +73,7 @@ pub(crate) struct ScheduleList {
     request_body(
         content = crate::http::openapi::ScheduleRequest,
         description = "The schedule",
-        example = json!({"cron": "*/5 * * * *", "name": "every-five", "job": {"module": "wordfreq", "input": {"text": "tick"}}})
+        example = json!({"cron": "*/5 * * * *", "tz": "Europe/Berlin", "name": "every-five", "job": {"module": "wordfreq", "input": {"text": "tick"}}})
     ),
     responses(
         (status = 201, description = "Added", body = crate::http::openapi::ScheduleView),
@@ -98,8 +109,12 @@ pub(super) async fn add(
     state.service.check(&req.job)?;
     crate::scheduler::cron_parse(&req.cron)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    if let Some(tz) = &req.tz {
+        crate::scheduler::parse_tz(tz)
+            .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    }
     let now = now_ms();
-    let next = next_after(&req.cron, now).ok_or_else(|| {
+    let next = next_after(&req.cron, req.tz.as_deref(), now).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
@@ -124,7 +139,7 @@ pub(super) async fn add(
     let s = state
         .service
         .store
-        .add_schedule(req.name, &req.cron, target, next, now)
+        .add_schedule(req.name, &req.cron, req.tz.as_deref(), target, next, now)
         .await?;
     Ok((StatusCode::CREATED, Json(s.into())))
 }

@@ -9,28 +9,63 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::TimeZone;
 use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{JobService, SubmitJob};
-use crate::store::now_ms;
+use crate::store::{Schedule, now_ms};
 
 /// Parses a cron expression, with a message naming it when it is not one.
 pub fn parse(expr: &str) -> Result<Cron, String> {
     Cron::from_str(expr).map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
 }
 
-/// The first tick of `expr` strictly after `after_ms` (UTC), in milliseconds.
-pub fn next_after(expr: &str, after_ms: i64) -> Option<i64> {
+/// Parses an IANA time zone name (`Europe/Berlin`), with a message naming it when it is not
+/// one.
+pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\" or \"UTC\"")
+    })
+}
+
+/// The first tick of `expr` strictly after `after_ms`, in milliseconds: the expression read in
+/// time zone `tz` (UTC if `None`), daylight saving included (croner: a tick in a skipped hour
+/// fires once at the jump, a tick in a repeated hour fires once).
+pub fn next_after(expr: &str, tz: Option<&str>, after_ms: i64) -> Option<i64> {
     let cron = parse(expr).ok()?;
+    let zone = match tz {
+        Some(name) => parse_tz(name).ok()?,
+        None => chrono_tz::Tz::UTC,
+    };
     // Ticks fall on whole seconds: search from the second `after_ms` falls in.
-    let start = Utc
+    let start = zone
         .timestamp_millis_opt(after_ms - after_ms.rem_euclid(1000))
         .single()?;
     cron.find_next_occurrence(&start, false)
         .ok()
         .map(|t| t.timestamp_millis())
+}
+
+/// The next `n` ticks of `s` after `after_ms`.
+pub fn next_ticks(s: &Schedule, after_ms: i64, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    let mut at = after_ms;
+    while out.len() < n {
+        match next_after(&s.cron, s.tz.as_deref(), at) {
+            Some(t) => {
+                out.push(t);
+                at = t;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// A schedule's next tick after `after_ms` (what the store asks when it advances one).
+fn next_tick(s: &Schedule, after_ms: i64) -> Option<i64> {
+    next_after(&s.cron, s.tz.as_deref(), after_ms)
 }
 
 /// Fires due schedules once a second until shut down.
@@ -40,7 +75,7 @@ pub(super) async fn fire(service: JobService, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let due = match service.store.take_due_schedules(now_ms(), next_after).await {
+        let due = match service.store.take_due_schedules(now_ms(), next_tick).await {
             Ok(due) => due,
             Err(e) => {
                 crate::throttle::warn(format!("cron: {e}"));
@@ -78,12 +113,61 @@ mod tests {
     fn next_tick() {
         // 2026-01-01T00:00:00Z
         let t0 = 1_767_225_600_000;
-        assert_eq!(next_after("0 * * * *", t0), Some(t0 + 3_600_000));
-        assert_eq!(next_after("*/5 * * * *", t0 + 1), Some(t0 + 300_000));
+        assert_eq!(next_after("0 * * * *", None, t0), Some(t0 + 3_600_000));
+        assert_eq!(next_after("*/5 * * * *", None, t0 + 1), Some(t0 + 300_000));
         assert!(
             parse("every tuesday")
                 .unwrap_err()
                 .contains("every tuesday")
+        );
+    }
+
+    #[test]
+    fn ticks_in_a_time_zone_follow_its_daylight_saving() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let berlin = Some("Europe/Berlin");
+        // 09:00 in Berlin is 08:00 UTC in winter and 07:00 UTC in summer.
+        assert_eq!(
+            next_after("0 9 * * *", berlin, at("2026-01-10T12:00:00Z")),
+            Some(at("2026-01-11T08:00:00Z"))
+        );
+        assert_eq!(
+            next_after("0 9 * * *", berlin, at("2026-07-10T12:00:00Z")),
+            Some(at("2026-07-11T07:00:00Z"))
+        );
+        // Across the spring change (29 March 2026): one tick a day, an hour earlier in UTC.
+        let s = Schedule {
+            id: 1,
+            name: None,
+            cron: "0 9 * * *".into(),
+            tz: Some("Europe/Berlin".into()),
+            target: serde_json::json!({}),
+            next_run_at: 0,
+            created_at: 0,
+        };
+        assert_eq!(
+            next_ticks(&s, at("2026-03-28T12:00:00Z"), 2),
+            [at("2026-03-29T07:00:00Z"), at("2026-03-30T07:00:00Z")]
+        );
+        // 02:30 does not exist on that day in Berlin: it fires once, at the jump.
+        let ticks = next_ticks(
+            &Schedule {
+                cron: "30 2 * * *".into(),
+                ..s
+            },
+            at("2026-03-28T12:00:00Z"),
+            2,
+        );
+        assert_eq!(ticks.len(), 2);
+        assert!(ticks[0] < at("2026-03-29T02:00:00Z") && ticks[1] > at("2026-03-30T00:00:00Z"));
+        assert!(
+            parse_tz("Mars/Olympus")
+                .unwrap_err()
+                .contains("Mars/Olympus")
         );
     }
 }

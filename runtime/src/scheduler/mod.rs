@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmjobs_host::{AllowedDirs, CancelHandle, Event, Limits, RunRequest, Sandbox};
 
-pub use cron::{next_after, parse as cron_parse};
+pub use cron::{next_after, next_ticks, parse as cron_parse, parse_tz};
 pub use live::MAX_EVENTS_PER_ATTEMPT;
 pub use modules::ModuleCache;
 

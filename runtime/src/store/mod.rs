@@ -241,18 +241,19 @@ pub trait ScheduleStore: Send + Sync + 'static {
         &self,
         name: Option<String>,
         cron: &str,
+        tz: Option<&str>,
         target: serde_json::Value,
         next_run_at: i64,
         now: i64,
     ) -> Result<Schedule>;
     async fn list_schedules(&self) -> Result<Vec<Schedule>>;
     async fn delete_schedule(&self, id_or_name: &str) -> Result<bool>;
-    /// Claims the schedules due at `now`: moves each one's `next_run_at` to `next(cron)` and
-    /// returns them, so that exactly one node fires each tick.
+    /// Claims the schedules due at `now`: moves each one's `next_run_at` to `next(schedule,
+    /// now)` and returns them, so that exactly one node fires each tick.
     async fn take_due_schedules(
         &self,
         now: i64,
-        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+        next: for<'c> fn(&'c Schedule, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>>;
 }
 

@@ -352,6 +352,8 @@ pub struct Schedule {
     pub id: i64,
     pub name: Option<String>,
     pub cron: String,
+    /// The IANA time zone the cron expression is read in; UTC if none.
+    pub tz: Option<String>,
     pub target: Value,
     pub next_run_at: i64,
     pub created_at: i64,

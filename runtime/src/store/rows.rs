@@ -417,7 +417,8 @@ row! {
     cron: String,
     target: String,
     next_run_at: i64,
-    created_at: i64,}
+    created_at: i64,
+    tz: Option<String>,}
 }
 
 impl ScheduleRow {
@@ -426,6 +427,7 @@ impl ScheduleRow {
             id: self.id,
             name: self.name,
             cron: self.cron,
+            tz: self.tz,
             target: serde_json::from_str(&self.target)
                 .map_err(|e| corrupt("schedule target", e))?,
             next_run_at: self.next_run_at,

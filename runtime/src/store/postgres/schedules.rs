@@ -14,6 +14,7 @@ impl ScheduleStore for PgStore {
         &self,
         name: Option<String>,
         cron: &str,
+        tz: Option<&str>,
         target: Value,
         next_run_at: i64,
         now: i64,
@@ -24,6 +25,7 @@ impl ScheduleStore for PgStore {
             .bind(target.to_string())
             .bind(next_run_at)
             .bind(now)
+            .bind(tz)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -57,7 +59,7 @@ impl ScheduleStore for PgStore {
     async fn take_due_schedules(
         &self,
         now: i64,
-        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+        next: for<'c> fn(&'c Schedule, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<ScheduleRow> = sqlx::query_as(include_str!("schedules/due.sql"))
@@ -67,7 +69,7 @@ impl ScheduleStore for PgStore {
         let mut due = Vec::new();
         for row in rows {
             let s = row.into_schedule()?;
-            let following = next(&s.cron, now).unwrap_or(i64::MAX);
+            let following = next(&s, now).unwrap_or(i64::MAX);
             sqlx::query(include_str!("schedules/advance.sql"))
                 .bind(following)
                 .bind(s.id)

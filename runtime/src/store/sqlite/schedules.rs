@@ -15,6 +15,7 @@ impl ScheduleStore for SqliteStore {
         &self,
         name: Option<String>,
         cron: &str,
+        tz: Option<&str>,
         target: Value,
         next_run_at: i64,
         now: i64,
@@ -24,7 +25,7 @@ impl ScheduleStore for SqliteStore {
                 Ok(rows(
                     tx,
                     include_str!("schedules/insert.sql"),
-                    params![name, cron, target.to_string(), next_run_at, now],
+                    params![name, cron, target.to_string(), next_run_at, now, tz],
                 )?
                 .pop())
             })
@@ -61,7 +62,7 @@ impl ScheduleStore for SqliteStore {
     async fn take_due_schedules(
         &self,
         now: i64,
-        next: for<'c> fn(&'c str, i64) -> Option<i64>,
+        next: for<'c> fn(&'c Schedule, i64) -> Option<i64>,
     ) -> Result<Vec<Schedule>> {
         self.write(|tx| {
             let rows: Vec<ScheduleRow> = rows(tx, include_str!("schedules/due.sql"), [now])?;
@@ -69,7 +70,7 @@ impl ScheduleStore for SqliteStore {
             let mut advance = tx.prepare_cached(include_str!("schedules/advance.sql"))?;
             for row in rows {
                 let s = row.into_schedule()?;
-                let following = next(&s.cron, now).unwrap_or(i64::MAX);
+                let following = next(&s, now).unwrap_or(i64::MAX);
                 advance.execute(params![following, s.id])?;
                 due.push(s);
             }

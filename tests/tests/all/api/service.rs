@@ -539,3 +539,79 @@ async fn every_error_is_problem_details() {
     );
     server.stop().await;
 }
+
+/// A schedule's cron expression is read in its time zone: the listing shows the zone and the
+/// next fire times, an hour apart in UTC from the same expression in UTC; an unknown zone is
+/// refused with its name.
+#[tokio::test]
+async fn schedules_read_their_cron_in_their_time_zone() {
+    for (backend, store, _db) in test_stores("api_sched_tz").await {
+        let server = TestServer::start(store, ApiConfig::default(), 0).await;
+        upload(&server, guests::NOOP, "noop").await;
+        let add = |body: Value| {
+            let app = server.app();
+            async move {
+                let mut req = Request::builder().method("POST").uri("/v1/schedules");
+                req = req.header("content-type", "application/json");
+                let resp = app
+                    .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+                    .await
+                    .expect("response");
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let (status, tokyo) =
+            add(json!({"cron": "0 9 * * *", "tz": "Asia/Tokyo", "job": {"module": "noop"}})).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {tokyo}");
+        let (status, utc) = add(json!({"cron": "0 9 * * *", "job": {"module": "noop"}})).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {utc}");
+        assert_eq!(tokyo["tz"], "Asia/Tokyo", "{backend}");
+        assert_eq!(utc["tz"], Value::Null, "{backend}");
+        let runs = |v: &Value| -> Vec<i64> {
+            v["next_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_i64)
+                .collect()
+        };
+        let (t, u) = (runs(&tokyo), runs(&utc));
+        assert_eq!((t.len(), u.len()), (5, 5), "{backend}: {tokyo} {utc}");
+        assert_eq!(
+            t[0],
+            tokyo["next_run_at"].as_i64().unwrap_or(0),
+            "{backend}"
+        );
+        // 09:00 in Tokyo (no daylight saving) is 00:00 UTC: nine hours before 09:00 UTC.
+        for (a, b) in t.iter().zip(&u) {
+            assert_eq!(
+                (b - a).rem_euclid(86_400_000),
+                9 * 3_600_000,
+                "{backend}: {t:?} {u:?}"
+            );
+        }
+        assert!(
+            t.windows(2).all(|w| w[1] - w[0] == 86_400_000),
+            "{backend}: {t:?}"
+        );
+        let (status, v) =
+            add(json!({"cron": "0 9 * * *", "tz": "Mars/Olympus", "job": {"module": "noop"}}))
+                .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: {v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Mars/Olympus"),
+            "{v}"
+        );
+        server.stop().await;
+    }
+}

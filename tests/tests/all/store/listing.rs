@@ -226,6 +226,7 @@ pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: A
         .add_schedule(
             Some("nightly".into()),
             "0 0 * * *",
+            Some("Europe/Berlin"),
             json!({"module": "demo"}),
             100,
             1,
@@ -234,11 +235,13 @@ pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: A
         .expect("add");
     assert!(matches!(
         store
-            .add_schedule(Some("nightly".into()), "* * * * *", json!({}), 1, 1)
+            .add_schedule(Some("nightly".into()), "* * * * *", None, json!({}), 1, 1)
             .await,
         Err(StoreError::Conflict(_))
     ));
-    fn next(_: &str, now: i64) -> Option<i64> {
+    fn next(s: &Schedule, now: i64) -> Option<i64> {
+        // The schedule comes with its time zone.
+        assert_eq!(s.tz.as_deref(), Some("Europe/Berlin"));
         Some(now + 1000)
     }
     assert!(

@@ -1,1 +1,1 @@
-SELECT id, name, cron, target, next_run_at, created_at FROM schedules ORDER BY id
+SELECT id, name, cron, target, next_run_at, created_at, tz FROM schedules ORDER BY id
