@@ -34,6 +34,10 @@ enum ScheduleVerb {
         /// UTC by default.
         #[arg(long)]
         tz: Option<String>,
+        /// While the previous tick's job has not ended: allow (submit anyway, the default),
+        /// skip (submit nothing), or queue_one (submit the latest tick once it ended).
+        #[arg(long, value_parser = ["allow", "skip", "queue_one"])]
+        overlap: Option<String>,
     },
     /// List the schedules, with their next tick.
     List,
@@ -54,13 +58,14 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
             input,
             name,
             tz,
+            overlap,
         } => {
             let mut job = json!({ "module": module });
             super::values::put_input(&mut job, &super::values::read_input(input.as_deref())?);
             let v = c
                 .post_json(
                     "/v1/schedules",
-                    &json!({ "cron": cron, "tz": tz, "job": job, "name": name }),
+                    &json!({ "cron": cron, "tz": tz, "overlap": overlap.as_deref().unwrap_or("allow"), "job": job, "name": name }),
                 )
                 .await?;
             println!(

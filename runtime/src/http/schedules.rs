@@ -12,7 +12,7 @@ use super::{ApiError, AppState};
 use crate::caller::Caller;
 use crate::scheduler::next_after;
 use crate::service::SubmitJob;
-use crate::store::{Schedule, now_ms};
+use crate::store::{NewSchedule, Overlap, Schedule, now_ms};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,10 @@ pub(crate) struct ScheduleRequest {
     /// The IANA time zone the expression is read in (`Europe/Berlin`), daylight saving
     /// included; UTC if none.
     tz: Option<String>,
+    /// What a tick does while the job of the previous one has not ended: `allow` (the
+    /// default), `skip`, or `queue_one`.
+    #[serde(default)]
+    overlap: Overlap,
     /// The job each tick submits, as for `POST /v1/jobs`.
     job: SubmitJob,
     name: Option<String>,
@@ -34,6 +38,11 @@ pub(crate) struct ScheduleView {
     cron: String,
     /// The IANA time zone of `cron`; null for UTC.
     tz: Option<String>,
+    overlap: Overlap,
+    /// The job of its last submission.
+    last_job: Option<i64>,
+    /// A tick kept until `last_job` ends (`queue_one`).
+    pending_tick: Option<i64>,
     /// The job it submits.
     target: Value,
     next_run_at: i64,
@@ -50,6 +59,9 @@ impl From<Schedule> for ScheduleView {
             id: s.id,
             name: s.name,
             tz: s.tz,
+            overlap: s.overlap,
+            last_job: s.last_job,
+            pending_tick: s.pending_tick,
             cron: s.cron,
             target: s.target,
             next_run_at: s.next_run_at,
@@ -139,7 +151,17 @@ pub(super) async fn add(
     let s = state
         .service
         .store
-        .add_schedule(req.name, &req.cron, req.tz.as_deref(), target, next, now)
+        .add_schedule(
+            NewSchedule {
+                name: req.name,
+                cron: req.cron,
+                tz: req.tz,
+                overlap: req.overlap,
+                target,
+                next_run_at: next,
+            },
+            now,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(s.into())))
 }

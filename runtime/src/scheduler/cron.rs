@@ -5,6 +5,10 @@
 //!
 //! Ticks missed while every node was down are not replayed one by one: the first node up fires
 //! the schedule once, then continues from the next tick after now.
+//!
+//! A schedule's `overlap` says what a tick does while the job of its last submission has not
+//! ended: submit anyway (`allow`), nothing (`skip`), or keep the tick (the latest one) and
+//! submit it once that job ended (`queue_one`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +18,7 @@ use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{JobService, SubmitJob};
-use crate::store::{Schedule, now_ms};
+use crate::store::{Overlap, Schedule, now_ms};
 
 /// Parses a cron expression, with a message naming it when it is not one.
 pub fn parse(expr: &str) -> Result<Cron, String> {
@@ -68,7 +72,8 @@ fn next_tick(s: &Schedule, after_ms: i64) -> Option<i64> {
     next_after(&s.cron, s.tz.as_deref(), after_ms)
 }
 
-/// Fires due schedules once a second until shut down.
+/// Fires due schedules once a second until shut down, and the ticks `queue_one` schedules
+/// kept once their previous job ended.
 pub(super) async fn fire(service: JobService, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -83,25 +88,90 @@ pub(super) async fn fire(service: JobService, shutdown: CancellationToken) {
             }
         };
         for schedule in due {
-            let mut req: SubmitJob = match serde_json::from_value(schedule.target.clone()) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(
-                        "schedule {}: stored target is not a job submission: {e}",
+            let tick = schedule.next_run_at;
+            if schedule.overlap != Overlap::Allow && previous_running(&service, &schedule).await {
+                let job = schedule.last_job.unwrap_or_default();
+                if schedule.overlap == Overlap::QueueOne {
+                    tracing::info!(
+                        schedule = schedule.id,
+                        "schedule {}: job {job} of its previous tick is still going; this tick waits for it (queue_one)",
                         schedule.id
                     );
-                    continue;
+                    if let Err(e) = service.store.schedule_pending(schedule.id, tick).await {
+                        tracing::error!("schedule {}: cannot keep its tick: {e}", schedule.id);
+                    }
+                } else {
+                    tracing::info!(
+                        schedule = schedule.id,
+                        "schedule {}: job {job} of its previous tick is still going; this tick is skipped",
+                        schedule.id
+                    );
                 }
-            };
-            // The tick's key is in the server's own namespace: no client can take it first.
-            req.idempotency_key = None;
-            if let Err(e) = service
-                .submit_scheduled(req, schedule.id, schedule.next_run_at)
-                .await
+                continue;
+            }
+            submit(&service, &schedule, tick).await;
+        }
+        // Ticks kept by `queue_one` whose previous job has ended now.
+        let kept = match service.store.list_schedules().await {
+            Ok(all) => all.into_iter().filter(|s| s.pending_tick.is_some()),
+            Err(e) => {
+                crate::throttle::warn(format!("cron: {e}"));
+                continue;
+            }
+        };
+        for schedule in kept.collect::<Vec<_>>() {
+            if let Some(tick) = schedule.pending_tick
+                && !previous_running(&service, &schedule).await
             {
-                tracing::error!("schedule {} could not submit its job: {e}", schedule.id);
+                submit(&service, &schedule, tick).await;
             }
         }
+    }
+}
+
+/// Whether the job of the schedule's last submission has not ended (a job no longer stored
+/// has).
+async fn previous_running(service: &JobService, schedule: &Schedule) -> bool {
+    let Some(job) = schedule.last_job else {
+        return false;
+    };
+    match service.store.get_job(job).await {
+        Ok(Some(j)) => !j.state.is_final(),
+        Ok(None) => false,
+        // Unknown: do as if it ran, so `skip` and `queue_one` never double up.
+        Err(e) => {
+            crate::throttle::warn(format!("cron: cannot read job {job}: {e}"));
+            true
+        }
+    }
+}
+
+/// Submits the job of `schedule`'s `tick` (once per tick: the job's key names them) and
+/// records it as the schedule's last.
+async fn submit(service: &JobService, schedule: &Schedule, tick: i64) {
+    let mut req: SubmitJob = match serde_json::from_value(schedule.target.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(
+                "schedule {}: stored target is not a job submission: {e}",
+                schedule.id
+            );
+            return;
+        }
+    };
+    // The tick's key is in the server's own namespace: no client can take it first.
+    req.idempotency_key = None;
+    match service.submit_scheduled(req, schedule.id, tick).await {
+        Ok((job, _)) => {
+            if let Err(e) = service.store.schedule_fired(schedule.id, job.id).await {
+                tracing::error!(
+                    "schedule {}: cannot record its job {}: {e}",
+                    schedule.id,
+                    job.id
+                );
+            }
+        }
+        Err(e) => tracing::error!("schedule {} could not submit its job: {e}", schedule.id),
     }
 }
 
@@ -145,9 +215,12 @@ mod tests {
             name: None,
             cron: "0 9 * * *".into(),
             tz: Some("Europe/Berlin".into()),
+            overlap: Overlap::Allow,
             target: serde_json::json!({}),
             next_run_at: 0,
             created_at: 0,
+            last_job: None,
+            pending_tick: None,
         };
         assert_eq!(
             next_ticks(&s, at("2026-03-28T12:00:00Z"), 2),

@@ -237,15 +237,11 @@ pub trait QueueStore: Send + Sync + 'static {
 /// Cron schedules.
 #[async_trait]
 pub trait ScheduleStore: Send + Sync + 'static {
-    async fn add_schedule(
-        &self,
-        name: Option<String>,
-        cron: &str,
-        tz: Option<&str>,
-        target: serde_json::Value,
-        next_run_at: i64,
-        now: i64,
-    ) -> Result<Schedule>;
+    async fn add_schedule(&self, new: NewSchedule, now: i64) -> Result<Schedule>;
+    /// Schedule `id` submitted job `job` (its pending tick, if any, is done).
+    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()>;
+    /// Schedule `id` keeps `tick` until its last job ends (`Overlap::QueueOne`).
+    async fn schedule_pending(&self, id: i64, tick: i64) -> Result<()>;
     async fn list_schedules(&self) -> Result<Vec<Schedule>>;
     async fn delete_schedule(&self, id_or_name: &str) -> Result<bool>;
     /// Claims the schedules due at `now`: moves each one's `next_run_at` to `next(schedule,

@@ -354,9 +354,63 @@ pub struct Schedule {
     pub cron: String,
     /// The IANA time zone the cron expression is read in; UTC if none.
     pub tz: Option<String>,
+    /// What a tick does while the previous job from this schedule has not ended.
+    pub overlap: Overlap,
     pub target: Value,
     pub next_run_at: i64,
     pub created_at: i64,
+    /// The job of its last submission.
+    pub last_job: Option<JobId>,
+    /// A tick kept until `last_job` ends ([`Overlap::QueueOne`]).
+    pub pending_tick: Option<i64>,
+}
+
+/// A schedule to add.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    pub name: Option<String>,
+    pub cron: String,
+    pub tz: Option<String>,
+    pub overlap: Overlap,
+    pub target: Value,
+    pub next_run_at: i64,
+}
+
+/// What a schedule's tick does while the job of its previous tick has not ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Submit it anyway: jobs of several ticks may run at once.
+    #[default]
+    Allow,
+    /// Submit nothing for this tick.
+    Skip,
+    /// Keep this tick (the latest such, one at most) and submit it once the previous job ended.
+    QueueOne,
+}
+
+impl Overlap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::Skip => "skip",
+            Overlap::QueueOne => "queue_one",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Overlap, String> {
+        match s {
+            "allow" => Ok(Overlap::Allow),
+            "skip" => Ok(Overlap::Skip),
+            "queue_one" => Ok(Overlap::QueueOne),
+            other => Err(format!(
+                "unknown overlap {other:?}: allow, skip or queue_one"
+            )),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

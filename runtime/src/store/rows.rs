@@ -418,7 +418,10 @@ row! {
     target: String,
     next_run_at: i64,
     created_at: i64,
-    tz: Option<String>,}
+    tz: Option<String>,
+    overlap: String,
+    last_job: Option<i64>,
+    pending_tick: Option<i64>,}
 }
 
 impl ScheduleRow {
@@ -428,6 +431,12 @@ impl ScheduleRow {
             name: self.name,
             cron: self.cron,
             tz: self.tz,
+            overlap: self
+                .overlap
+                .parse()
+                .map_err(|e| corrupt("schedule overlap", e))?,
+            last_job: self.last_job,
+            pending_tick: self.pending_tick,
             target: serde_json::from_str(&self.target)
                 .map_err(|e| corrupt("schedule target", e))?,
             next_run_at: self.next_run_at,

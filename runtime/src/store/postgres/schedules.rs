@@ -1,31 +1,24 @@
 //! Cron schedules.
 
 use async_trait::async_trait;
-use serde_json::Value;
 
 use super::PgStore;
-use crate::store::model::Schedule;
+use crate::store::model::{JobId, NewSchedule, Schedule};
 use crate::store::rows::ScheduleRow;
 use crate::store::{Result, ScheduleStore, StoreError};
 
 #[async_trait]
 impl ScheduleStore for PgStore {
-    async fn add_schedule(
-        &self,
-        name: Option<String>,
-        cron: &str,
-        tz: Option<&str>,
-        target: Value,
-        next_run_at: i64,
-        now: i64,
-    ) -> Result<Schedule> {
+    async fn add_schedule(&self, new: NewSchedule, now: i64) -> Result<Schedule> {
+        let name = new.name;
         let row: ScheduleRow = sqlx::query_as(include_str!("schedules/insert.sql"))
             .bind(name.as_deref())
-            .bind(cron)
-            .bind(target.to_string())
-            .bind(next_run_at)
+            .bind(&new.cron)
+            .bind(new.target.to_string())
+            .bind(new.next_run_at)
             .bind(now)
-            .bind(tz)
+            .bind(new.tz.as_deref())
+            .bind(new.overlap.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -36,6 +29,24 @@ impl ScheduleStore for PgStore {
                 other => other,
             })?;
         row.into_schedule()
+    }
+
+    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()> {
+        sqlx::query(include_str!("schedules/fired.sql"))
+            .bind(id)
+            .bind(job)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn schedule_pending(&self, id: i64, tick: i64) -> Result<()> {
+        sqlx::query(include_str!("schedules/pend.sql"))
+            .bind(id)
+            .bind(tick)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn list_schedules(&self) -> Result<Vec<Schedule>> {

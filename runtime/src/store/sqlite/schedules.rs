@@ -2,30 +2,30 @@
 
 use async_trait::async_trait;
 use rusqlite::params;
-use serde_json::Value;
 
 use super::{SqliteStore, rows};
-use crate::store::model::Schedule;
+use crate::store::model::{JobId, NewSchedule, Schedule};
 use crate::store::rows::ScheduleRow;
 use crate::store::{Result, ScheduleStore, StoreError};
 
 #[async_trait]
 impl ScheduleStore for SqliteStore {
-    async fn add_schedule(
-        &self,
-        name: Option<String>,
-        cron: &str,
-        tz: Option<&str>,
-        target: Value,
-        next_run_at: i64,
-        now: i64,
-    ) -> Result<Schedule> {
+    async fn add_schedule(&self, new: NewSchedule, now: i64) -> Result<Schedule> {
+        let name = new.name.clone();
         let row: Option<ScheduleRow> = self
             .write(|tx| {
                 Ok(rows(
                     tx,
                     include_str!("schedules/insert.sql"),
-                    params![name, cron, target.to_string(), next_run_at, now, tz],
+                    params![
+                        new.name,
+                        new.cron,
+                        new.target.to_string(),
+                        new.next_run_at,
+                        now,
+                        new.tz,
+                        new.overlap.as_str()
+                    ],
                 )?
                 .pop())
             })
@@ -39,6 +39,24 @@ impl ScheduleStore for SqliteStore {
             })?;
         row.ok_or_else(|| StoreError::Corrupt("schedule insert returned nothing".into()))?
             .into_schedule()
+    }
+
+    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(include_str!("schedules/fired.sql"))?
+                .execute(params![id, job])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schedule_pending(&self, id: i64, tick: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(include_str!("schedules/pend.sql"))?
+                .execute(params![id, tick])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_schedules(&self) -> Result<Vec<Schedule>> {

@@ -615,3 +615,84 @@ async fn schedules_read_their_cron_in_their_time_zone() {
         server.stop().await;
     }
 }
+
+/// A schedule that fires every second, of jobs that take 2.5 s: with `skip` and `queue_one`
+/// the jobs of one schedule never run at once; `queue_one` submits the kept tick as soon as
+/// the previous job ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ticks_are_skipped_or_kept_as_the_schedule_says() {
+    for (backend, store, _db) in test_stores("api_sched_overlap").await {
+        let server = TestServer::start(store.clone(), ApiConfig::default(), 4).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let mut ids = Vec::new();
+        for overlap in ["skip", "queue_one"] {
+            let body = json!({
+                "cron": "* * * * * *", "overlap": overlap, "name": overlap,
+                "job": {"module": "testjob", "input": {"mode": "sleep", "ms": 2500}},
+            });
+            let (status, v) = post_json(&server, "/v1/schedules", &body).await;
+            assert_eq!(status, StatusCode::CREATED, "{backend}: {v}");
+            assert_eq!(v["overlap"], overlap, "{backend}");
+            ids.push(v["id"].as_i64().unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        for id in &ids {
+            let (_, v) = call(
+                server.app(),
+                "DELETE",
+                &format!("/v1/schedules/{id}"),
+                Body::empty(),
+                None,
+            )
+            .await;
+            assert_eq!(v, Value::Null, "{backend}");
+        }
+        let jobs = store
+            .list_jobs(&wasmjobs::store::JobFilter {
+                limit: 100,
+                ..wasmjobs::store::JobFilter::default()
+            })
+            .await
+            .expect("list");
+        for (name, id) in ["skip", "queue_one"].into_iter().zip(&ids) {
+            let prefix = format!("sys/schedule/{id}/");
+            let mut mine: Vec<_> = jobs
+                .iter()
+                .filter(|j| {
+                    j.idempotency_key
+                        .as_deref()
+                        .is_some_and(|k| k.starts_with(&prefix))
+                })
+                .collect();
+            mine.sort_by_key(|j| j.id);
+            // Ticks every second for 6.5 s; a job takes 2.5 s: about 2 or 3 jobs, not 6.
+            assert!(
+                (2..=3).contains(&mine.len()),
+                "{backend} {name}: {} jobs",
+                mine.len()
+            );
+            let mut spans = Vec::new();
+            for j in &mine {
+                let attempts = store.attempts(j.id).await.expect("attempts");
+                if let Some(a) = attempts.first() {
+                    spans.push((a.started_at, a.finished_at.unwrap_or(i64::MAX)));
+                }
+            }
+            for w in spans.windows(2) {
+                assert!(
+                    w[1].0 >= w[0].1,
+                    "{backend} {name}: jobs ran at once: {spans:?}"
+                );
+            }
+            if name == "queue_one" {
+                // The kept tick goes once the previous job ended (within the cron's second).
+                let gap = mine[1].created_at - spans[0].1;
+                assert!(
+                    (0..=1500).contains(&gap),
+                    "{backend}: kept tick came {gap} ms after: {spans:?}"
+                );
+            }
+        }
+        server.stop().await;
+    }
+}

@@ -224,18 +224,31 @@ pub(super) async fn list_by_every_state_and_prune_thousands(
 pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: Arc<dyn Backend>) {
     let s = store
         .add_schedule(
-            Some("nightly".into()),
-            "0 0 * * *",
-            Some("Europe/Berlin"),
-            json!({"module": "demo"}),
-            100,
+            NewSchedule {
+                name: Some("nightly".into()),
+                cron: "0 0 * * *".into(),
+                tz: Some("Europe/Berlin".into()),
+                overlap: Overlap::QueueOne,
+                target: json!({"module": "demo"}),
+                next_run_at: 100,
+            },
             1,
         )
         .await
         .expect("add");
     assert!(matches!(
         store
-            .add_schedule(Some("nightly".into()), "* * * * *", None, json!({}), 1, 1)
+            .add_schedule(
+                NewSchedule {
+                    name: Some("nightly".into()),
+                    cron: "* * * * *".into(),
+                    tz: None,
+                    overlap: Overlap::Allow,
+                    target: json!({}),
+                    next_run_at: 1,
+                },
+                1
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -271,6 +284,21 @@ pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: A
     assert_eq!(
         store.list_schedules().await.expect("list")[0].next_run_at,
         1100
+    );
+    // Its overlap policy, a kept tick and its last job read back.
+    store.schedule_pending(s.id, 1100).await.expect("pend");
+    let listed = store.list_schedules().await.expect("list").remove(0);
+    assert_eq!(
+        (listed.overlap, listed.pending_tick, listed.last_job),
+        (Overlap::QueueOne, Some(1100), None),
+        "{backend}"
+    );
+    store.schedule_fired(s.id, 42).await.expect("fired");
+    let listed = store.list_schedules().await.expect("list").remove(0);
+    assert_eq!(
+        (listed.pending_tick, listed.last_job),
+        (None, Some(42)),
+        "{backend}"
     );
     assert!(store.delete_schedule("nightly").await.expect("delete"));
     assert!(
