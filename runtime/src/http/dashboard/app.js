@@ -499,6 +499,30 @@ function drawDag(nodes) {
   return svg;
 }
 
+// ---------- queues ----------
+
+function queues() {
+  const body = h("tbody", { id: "queues" });
+  view.replaceChildren(h("h1", {}, "Queues"), h("div", { class: "table-wrap" }, h("table", {},
+    h("thead", {}, h("tr", {}, ["queue", "queued", "scheduled", "running", "weight", "max running", "rate", "state", ""].map((c) => h("th", {}, c)))), body)));
+  const act = (q, verb) => async () => {
+    try {
+      await api(`/v1/queues/${encodeURIComponent(q.name)}/${verb}`, { method: "POST" });
+      render();
+    } catch (err) { notice(err.message); }
+  };
+  return every(2000, async () => {
+    const { queues: list } = await api("/v1/queues");
+    body.replaceChildren(...(list.length ? list.map((q) => h("tr", { "data-queue": q.name },
+      h("td", {}, h("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
+      h("td", {}, q.queued), h("td", {}, q.scheduled), h("td", {}, q.running), h("td", {}, q.weight),
+      h("td", {}, q.max_running ?? "—"), h("td", {}, q.rate ?? "—"),
+      h("td", { class: "queue-state" }, q.paused ? "paused" : "active"),
+      h("td", {}, h("button", { class: q.paused ? "primary" : "", onclick: act(q, q.paused ? "resume" : "pause") }, q.paused ? "Resume" : "Pause"))))
+      : [h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No queues."))]));
+  });
+}
+
 // ---------- workflows, modules, schedules ----------
 
 async function workflows() {
@@ -537,7 +561,7 @@ async function schedules() {
   const { schedules: list } = await api("/v1/schedules");
   view.replaceChildren(h("h1", {}, "Schedules"), h("div", { class: "table-wrap" }, h("table", {},
     h("thead", {}, h("tr", {}, ["name", "cron", "job", "next fire", "created"].map((c) => h("th", {}, c)))),
-    h("tbody", {}, list.length ? list.map((s) => h("tr", {}, h("td", {}, s.name || `#${s.id}`), h("td", {}, h("code", {}, s.cron)),
+    h("tbody", {}, list.length ? list.map((s) => h("tr", {}, h("td", {}, s.name || `#${s.id}`), h("td", {}, h("code", {}, s.cron), ` ${s.tz || "UTC"}`, s.overlap && s.overlap !== "allow" ? ` (${s.overlap})` : ""),
       h("td", { class: "wrap" }, s.target && s.target.module ? s.target.module : JSON.stringify(s.target)),
       h("td", { title: when(s.next_run_at) }, `${when(s.next_run_at)} (${ago(s.next_run_at)})`), h("td", {}, when(s.created_at))))
       : h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No schedules."))))));
@@ -563,6 +587,7 @@ function route() {
     overview: () => overview(),
     jobs: () => (parts[1] ? job(parts[1]) : jobs(params)),
     runs: () => (parts[1] ? run(parts[1]) : runs(params)),
+    queues: () => queues(),
     workflows: once(workflows),
     modules: once(modules),
     schedules: once(schedules),

@@ -155,7 +155,7 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
     let sha = wasmjobs::http::Token::from_secret("d", secret, wasmjobs::http::Scope::Admin).sha256;
     std::fs::write(
         dir.path().join("wasmjobs.toml"),
-        format!("[[tokens]]\nname = \"d\"\nsha256 = \"{sha}\"\nscope = \"admin\"\n"),
+        format!("[[tokens]]\nname = \"d\"\nsha256 = \"{sha}\"\nscope = \"admin\"\n\n[queues.reports]\nweight = 2\n"),
     )
     .expect("config");
     let db = dir.path().join("d.db").display().to_string();
@@ -256,6 +256,52 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         &format!(
             "const rows = [...document.querySelectorAll('#jobs tr[data-job]')]; return rows.length === 1 && rows[0].dataset.job === '{other}' && rows[0].textContent.includes('reports') && document.getElementById('filter-queue').value === 'reports'"
         ),
+        long,
+    )
+    .await;
+    // The queues view: pause and resume a queue by a click, as the API then says.
+    c.goto(&format!("{}/#/queues", server.url))
+        .await
+        .expect("queues");
+    let queue_state = "const r = document.querySelector('[data-queue=\"reports\"] .queue-state'); return r ? r.textContent : null";
+    wait_for(
+        &c,
+        "the reports queue, active",
+        &format!("return (() => {{ {queue_state} }})() === 'active'"),
+        long,
+    )
+    .await;
+    screenshot(&c, "queues").await;
+    click(&c, "[data-queue=\"reports\"] button").await;
+    wait_for(
+        &c,
+        "the reports queue, paused",
+        &format!("return (() => {{ {queue_state} }})() === 'paused'"),
+        long,
+    )
+    .await;
+    let paused = |list: Value| {
+        list["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|q| q["name"] == "reports")
+            .map(|q| q["paused"].clone())
+    };
+    let listed: Value = http
+        .get(format!("{}/v1/queues", server.url))
+        .send()
+        .await
+        .expect("queues")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(paused(listed), Some(Value::Bool(true)));
+    click(&c, "[data-queue=\"reports\"] button").await;
+    wait_for(
+        &c,
+        "the reports queue, active again",
+        &format!("return (() => {{ {queue_state} }})() === 'active'"),
         long,
     )
     .await;
@@ -419,6 +465,7 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
     for view in [
         "#/",
         "#/jobs",
+        "#/queues",
         &format!("#/jobs/{failed}"),
         &format!("#/runs/{}", run["id"]),
     ] {
