@@ -440,7 +440,11 @@ function run(id) {
       ...(r.error ? [h("dt", {}, "error"), h("dd", { class: "error" }, r.error)] : []));
     actions.replaceChildren(!final ? h("button", { class: "danger", disabled: r.cancel_requested, onclick: async () => {
       try { await api(`/v1/workflow-runs/${id}/cancel`, { method: "POST" }); } catch (e) { notice(e.message); }
-    } }, r.cancel_requested ? "Cancelling…" : "Cancel run") : "");
+    } }, r.cancel_requested ? "Cancelling…" : "Cancel run")
+      // A failed or cancelled run goes on from where it failed (docs/workflows.md).
+      : r.state !== "succeeded" ? h("button", { id: "retry-run", class: "primary", onclick: async () => {
+        try { await api(`/v1/workflow-runs/${id}/retry`, { method: "POST" }); final = false; } catch (e) { notice(e.message); }
+      } }, "Retry run") : "");
     // Redrawn only when a node changed, so a click never lands on a node being replaced.
     const drawn = JSON.stringify(r.nodes.map((n) => [n.name, n.state, n.job, n.items && [n.items.done, n.items.failed]]));
     if (dag.dataset.drawn !== drawn) dag.dataset.drawn = drawn, dag.replaceChildren(drawDag(r.nodes));

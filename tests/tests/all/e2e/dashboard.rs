@@ -491,6 +491,48 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         );
     }
 
+    // A cancelled run is retried by a click: it runs again from where it stopped.
+    c.set_window_size(1280, 800).await.expect("desktop size");
+    let again: Value = http
+        .post(format!("{}/v1/workflows/pair/runs", server.url))
+        .json(&json!({"input": {"mode": "sleep", "ms": 60000}}))
+        .send()
+        .await
+        .expect("start run")
+        .json()
+        .await
+        .expect("run");
+    c.goto(&format!("{}/#/runs/{}", server.url, again["id"]))
+        .await
+        .expect("run page");
+    let run_state = "return (document.querySelector('main h1 .state') || {}).textContent";
+    wait_for(
+        &c,
+        "the run running",
+        &format!("{run_state} === 'running'"),
+        long,
+    )
+    .await;
+    click(&c, "#view button.danger").await;
+    wait_for(
+        &c,
+        "the run cancelled",
+        &format!("{run_state} === 'cancelled' && !!document.getElementById('retry-run')"),
+        long,
+    )
+    .await;
+    click(&c, "#retry-run").await;
+    wait_for(
+        &c,
+        "the run running again, its nodes again",
+        &format!(
+            "{run_state} === 'running' && {} === 'running'",
+            node_state("a")
+        ),
+        long,
+    )
+    .await;
+
     // Signing out forgets the token.
     click(&c, "#signout").await;
     wait_for(&c, "the token dialog again", "return document.getElementById('token-dialog').open && !localStorage.getItem('wasmjobs.token')", long).await;
