@@ -24,6 +24,8 @@ use wasmjobs::service::{JobService, SubmitJob};
 use wasmjobs::store::{Backend, JobState, Notice, Store};
 use wasmjobs_tests::guests;
 
+mod common;
+
 const BULK_JOBS: usize = 2_000;
 const BULK_MS: u64 = 500;
 const QUICK_PER_SECOND: u64 = 20;
@@ -39,17 +41,7 @@ async fn main() {
         QUICK_FOR.as_secs()
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut backends: Vec<(&str, String)> =
-        vec![("sqlite", dir.path().join("fair.db").display().to_string())];
-    match std::env::var("WASMJOBS_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => backends.push(("postgres", url)),
-        _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
-    }
-    let only = std::env::var("WASMJOBS_BENCH_BACKENDS").unwrap_or_default();
-    for (backend, url) in backends
-        .into_iter()
-        .filter(|(b, _)| only.is_empty() || only.contains(b))
-    {
+    for (backend, url) in common::backends(dir.path().join("fair.db").display().to_string()) {
         println!();
         println!("== {backend}");
         let schema = format!("fair_{}", std::process::id());

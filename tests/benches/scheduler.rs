@@ -94,18 +94,7 @@ async fn main() {
         if quick { " (--quick)" } else { "" }
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut backends: Vec<(&str, String)> =
-        vec![("sqlite", dir.path().join("bench.db").display().to_string())];
-    match std::env::var("WASMJOBS_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => backends.push(("postgres", url)),
-        _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
-    }
-    // WASMJOBS_BENCH_BACKENDS=postgres (or sqlite) runs one backend only.
-    let only = std::env::var("WASMJOBS_BENCH_BACKENDS").unwrap_or_default();
-    for (backend, url) in backends
-        .into_iter()
-        .filter(|(b, _)| only.is_empty() || only.contains(b))
-    {
+    for (backend, url) in common::backends(dir.path().join("bench.db").display().to_string()) {
         println!();
         println!("== {backend}");
         if backend == "postgres" {

@@ -127,18 +127,16 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Json<QueueView>, ApiError> {
     check_queue_name(name).map_err(ApiError::bad_request)?;
-    let store = &state.service.store;
-    let Some(_) = store.set_queue_paused(name, paused, now_ms()).await? else {
+    let Some(info) = state
+        .service
+        .store
+        .set_queue_paused(name, paused, now_ms())
+        .await?
+    else {
         return Err(ApiError::not_found(format!(
             "unknown queue {name:?}: no process declares it ([queues.{name}] in wasmjobs.toml) and no job that has not ended is in it"
         )));
     };
-    let info = store
-        .queues()
-        .await?
-        .into_iter()
-        .find(|q| q.settings.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("unknown queue {name:?}")))?;
     if paused {
         tracing::info!(queue = name, "queue {name} paused");
     } else {

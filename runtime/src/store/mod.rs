@@ -180,13 +180,14 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn configure_queues(&self, queues: &[QueueSettings], now: i64) -> Result<()>;
     /// Every queue that has settings or jobs that have not ended, by name.
     async fn queues(&self) -> Result<Vec<QueueInfo>>;
-    /// Pauses or resumes queue `name`. `None` if no such queue is known ([`Self::queues`]).
+    /// Pauses or resumes queue `name`; returns it as listed ([`Self::queues`]) afterwards.
+    /// `None` if no such queue is known.
     async fn set_queue_paused(
         &self,
         name: &str,
         paused: bool,
         now: i64,
-    ) -> Result<Option<QueueSettings>>;
+    ) -> Result<Option<QueueInfo>>;
     /// Appends log/progress events of a running attempt. `false` if the worker no longer holds it.
     async fn append_events(
         &self,

@@ -187,19 +187,23 @@ impl NextToken {
     }
 }
 
-/// For [`NextToken`]: the time queue `settings` (its bucket held `tokens` before a claim took
-/// `taken` of its `room`) should be looked at again, if it should.
-pub fn look_again_at(
+/// A claim took `taken` of rate-limited queue `settings`'s `room`, its bucket holding `tokens`
+/// (refilled to `now`): the tokens left, and when the queue should be looked at again for
+/// [`NextToken`] — when it used all its room (so more of its jobs may wait) and has less than
+/// a token left.
+pub fn draw(
     settings: &QueueSettings,
-    tokens: Option<f64>,
+    tokens: f64,
     room: u32,
     taken: usize,
     now: i64,
-) -> Option<i64> {
-    let (rate, tokens) = (settings.rate?, tokens?);
+) -> (f64, Option<i64>) {
     let left = tokens - taken as f64;
-    (!settings.paused && taken >= room as usize && left < 1.0)
-        .then(|| rate.next_token_at(left, now))
+    let again = settings
+        .rate
+        .filter(|_| !settings.paused && taken >= room as usize && left < 1.0)
+        .map(|rate| rate.next_token_at(left, now));
+    (left, again)
 }
 
 /// The earlier of two times, either of which may be missing.
@@ -218,6 +222,18 @@ pub struct QueueInfo {
     pub queued: u64,
     pub scheduled: u64,
     pub running: u64,
+}
+
+impl QueueInfo {
+    /// Queue `settings`, with no jobs counted yet.
+    pub fn new(settings: QueueSettings) -> QueueInfo {
+        QueueInfo {
+            settings,
+            queued: 0,
+            scheduled: 0,
+            running: 0,
+        }
+    }
 }
 
 /// What a node that claims holds, for its claim's shares and caps.
@@ -320,9 +336,9 @@ mod tests {
         let mut s = QueueSettings::defaults("q");
         s.rate = Some(r);
         // Used all its room and has less than a token left: look again at the next one.
-        assert_eq!(look_again_at(&s, Some(2.5), 2, 2, 1000), Some(1050));
+        assert_eq!(draw(&s, 2.5, 2, 2, 1000), (0.5, Some(1050)));
         // Took less than its room: it has no more jobs waiting.
-        assert_eq!(look_again_at(&s, Some(2.5), 2, 1, 1000), None);
+        assert_eq!(draw(&s, 2.5, 2, 1, 1000), (1.5, None));
     }
 
     #[test]

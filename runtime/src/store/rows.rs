@@ -319,31 +319,21 @@ impl QueueRow {
     }
 }
 
-/// [`QueueStore::queues`](super::QueueStore::queues) from the stored settings and each queue's
-/// unfinished jobs by state (`(queue, state, count)`): every queue that has either.
+/// [`QueueStore::queues`](super::QueueStore::queues) from the stored settings' rows and each
+/// queue's unfinished jobs by state (`(queue, state, count)`): every queue that has either.
 pub(super) fn queue_listing(
-    settings: Vec<QueueSettings>,
+    stored: Vec<QueueRow>,
     counts: Vec<(String, String, i64)>,
 ) -> Result<Vec<QueueInfo>> {
-    let mut by_name: std::collections::BTreeMap<String, QueueInfo> = settings
-        .into_iter()
-        .map(|s| {
-            let info = QueueInfo {
-                settings: s,
-                queued: 0,
-                scheduled: 0,
-                running: 0,
-            };
-            (info.settings.name.clone(), info)
-        })
-        .collect();
+    let mut by_name = std::collections::BTreeMap::new();
+    for row in stored {
+        let (settings, _) = row.into_settings(0)?;
+        by_name.insert(settings.name.clone(), QueueInfo::new(settings));
+    }
     for (queue, state, n) in counts {
-        let info = by_name.entry(queue.clone()).or_insert_with(|| QueueInfo {
-            settings: QueueSettings::defaults(&queue),
-            queued: 0,
-            scheduled: 0,
-            running: 0,
-        });
+        let info = by_name
+            .entry(queue.clone())
+            .or_insert_with(|| QueueInfo::new(QueueSettings::defaults(&queue)));
         let slot = match state.as_str() {
             "queued" => &mut info.queued,
             "scheduled" => &mut info.scheduled,

@@ -105,3 +105,19 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
+
+/// The backends a benchmark runs on, as `(name, url)`: SQLite at `sqlite_path`, and Postgres
+/// when `WASMJOBS_TEST_POSTGRES` is set (said when it is not); `WASMJOBS_BENCH_BACKENDS=sqlite`
+/// (or `postgres`) keeps one.
+pub fn backends(sqlite_path: String) -> Vec<(&'static str, String)> {
+    let mut backends = vec![("sqlite", sqlite_path)];
+    match std::env::var("WASMJOBS_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => backends.push(("postgres", url)),
+        _ => println!("(postgres skipped: set WASMJOBS_TEST_POSTGRES)"),
+    }
+    let only = std::env::var("WASMJOBS_BENCH_BACKENDS").unwrap_or_default();
+    backends
+        .into_iter()
+        .filter(|(b, _)| only.is_empty() || only.contains(b))
+        .collect()
+}

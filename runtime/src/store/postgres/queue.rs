@@ -13,7 +13,7 @@ use super::{PgStore, lock};
 use crate::store::history;
 use crate::store::lifecycle::{ending_by_outcome, released_event};
 use crate::store::model::*;
-use crate::store::queues::{earlier, look_again_at};
+use crate::store::queues::{draw, earlier};
 use crate::store::rows::{ClaimRow, QueueRow, claimed_in_order, queue_listing};
 use crate::store::{Holding, Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result};
 
@@ -228,12 +228,10 @@ impl PgStore {
                     taken += 1;
                 }
             }
+            let (remaining, again) = draw(s, *tokens, *room, taken, claim.now);
             names.push(s.name.as_str());
-            left.push(tokens - taken as f64);
-            look_again = earlier(
-                look_again,
-                look_again_at(s, Some(*tokens), *room, taken, claim.now),
-            );
+            left.push(remaining);
+            look_again = earlier(look_again, again);
         }
         self.next_token.set(look_again);
         if !names.is_empty() {
@@ -335,15 +333,11 @@ impl QueueStore for PgStore {
         let stored: Vec<QueueRow> = sqlx::query_as(include_str!("queue/queue_settings.sql"))
             .fetch_all(&self.pool)
             .await?;
-        let settings = stored
-            .into_iter()
-            .map(|r| Ok(r.into_settings(0)?.0))
-            .collect::<Result<Vec<_>>>()?;
         let counts: Vec<(String, String, i64)> =
             sqlx::query_as(include_str!("queue/queue_counts.sql"))
                 .fetch_all(&self.pool)
                 .await?;
-        queue_listing(settings, counts)
+        queue_listing(stored, counts)
     }
 
     async fn set_queue_paused(
@@ -351,10 +345,15 @@ impl QueueStore for PgStore {
         name: &str,
         paused: bool,
         now: i64,
-    ) -> Result<Option<QueueSettings>> {
-        if !self.queues().await?.iter().any(|q| q.settings.name == name) {
+    ) -> Result<Option<QueueInfo>> {
+        let Some(mut info) = self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.settings.name == name)
+        else {
             return Ok(None);
-        }
+        };
         sqlx::query(include_str!("queue/pause_queue.sql"))
             .bind(name)
             .bind(paused)
@@ -365,12 +364,8 @@ impl QueueStore for PgStore {
             // Nodes that found nothing they could take look again.
             self.notify([Notice::JobsAvailable]);
         }
-        Ok(self
-            .queues()
-            .await?
-            .into_iter()
-            .find(|q| q.settings.name == name)
-            .map(|q| q.settings))
+        info.settings.paused = paused;
+        Ok(Some(info))
     }
 
     async fn append_events(

@@ -11,7 +11,7 @@ use crate::store::lifecycle::{
     Ending, EndingSnapshot, PendingEvent, ending, pending, released_event,
 };
 use crate::store::model::*;
-use crate::store::queues::{FairQueue, earlier, fair_pick, look_again_at};
+use crate::store::queues::{FairQueue, draw, earlier, fair_pick};
 use crate::store::rows::{ClaimRow, QueueRow, claimed, queue_listing};
 use crate::store::{
     Holding, Notice, QueueInfo, QueueSettings, QueueStore, Rescue, Result, StoreError,
@@ -278,14 +278,10 @@ impl QueueStore for SqliteStore {
     async fn queues(&self) -> Result<Vec<QueueInfo>> {
         self.read(|tx| {
             let stored: Vec<QueueRow> = rows(tx, include_str!("queue/queue_settings.sql"), [])?;
-            let settings = stored
-                .into_iter()
-                .map(|r| Ok(r.into_settings(0)?.0))
-                .collect::<Result<Vec<_>>>()?;
             let counts = query(tx, include_str!("queue/queue_counts.sql"), [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
-            queue_listing(settings, counts)
+            queue_listing(stored, counts)
         })
     }
 
@@ -294,10 +290,15 @@ impl QueueStore for SqliteStore {
         name: &str,
         paused: bool,
         now: i64,
-    ) -> Result<Option<QueueSettings>> {
-        if !self.queues().await?.iter().any(|q| q.settings.name == name) {
+    ) -> Result<Option<QueueInfo>> {
+        let Some(mut info) = self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.settings.name == name)
+        else {
             return Ok(None);
-        }
+        };
         self.write(|tx| {
             tx.prepare_cached(include_str!("queue/pause_queue.sql"))?
                 .execute(params![name, paused, now])?;
@@ -308,12 +309,8 @@ impl QueueStore for SqliteStore {
             // Claims that found nothing they could take look again.
             self.notify([Notice::JobsAvailable]);
         }
-        Ok(self
-            .queues()
-            .await?
-            .into_iter()
-            .find(|q| q.settings.name == name)
-            .map(|q| q.settings))
+        info.settings.paused = paused;
+        Ok(Some(info))
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<i64>> {
@@ -366,15 +363,17 @@ fn choose(tx: &Tx<'_>, limit: u32, holding: &Holding, now: i64) -> Result<(Vec<i
             ),
             None => (1, mine),
         };
-        if room == 0 {
-            continue;
-        }
-        let candidates: Vec<i64> = query(
-            tx,
-            include_str!("queue/candidates.sql"),
-            params![name, i64::from(room)],
-            |r| r.get(0),
-        )?;
+        // A queue with no room stays in: its bucket is still drawn (and looked at again).
+        let candidates: Vec<i64> = if room == 0 {
+            Vec::new()
+        } else {
+            query(
+                tx,
+                include_str!("queue/candidates.sql"),
+                params![name, i64::from(room)],
+                |r| r.get(0),
+            )?
+        };
         queues.push(FairQueue {
             name,
             weight,
@@ -391,18 +390,10 @@ fn choose(tx: &Tx<'_>, limit: u32, holding: &Holding, now: i64) -> Result<(Vec<i
             continue;
         };
         let taken = picked.iter().filter(|(from, _)| *from == i).count();
+        let (left, again) = draw(s, *tokens, rooms[i], taken, now);
         tx.prepare_cached(include_str!("queue/take_tokens.sql"))?
-            .execute(params![q.name, tokens - taken as f64, now])?;
-        look_again = earlier(
-            look_again,
-            look_again_at(s, Some(*tokens), rooms[i], taken, now),
-        );
-    }
-    // A queue the rate gave no room is looked at again when it has a token.
-    for (s, tokens) in settings.values() {
-        if ready.contains(&s.name) && !queues.iter().any(|q| q.name == s.name) {
-            look_again = earlier(look_again, look_again_at(s, *tokens, 0, 0, now));
-        }
+            .execute(params![q.name, left, now])?;
+        look_again = earlier(look_again, again);
     }
     Ok((picked.into_iter().map(|(_, id)| id).collect(), look_again))
 }

@@ -136,7 +136,10 @@ pub(super) async fn a_paused_queue_keeps_its_jobs_until_it_is_resumed(
         .await
         .expect("pause")
         .expect("known");
-    assert!(paused.paused, "{backend}");
+    assert!(
+        paused.settings.paused && paused.queued == 3,
+        "{backend}: {paused:?}"
+    );
     let claimed = store
         .claim("w", 10, &Holding::default(), 30, 60_000)
         .await
