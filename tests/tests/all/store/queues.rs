@@ -322,6 +322,25 @@ pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(
         1,
         "{backend}"
     );
+    // A claimer whose clock read earlier (it read it before waiting for the queue's row) takes
+    // nothing and does not set the bucket's time back: by t + 1400 the bucket has refilled
+    // from t + 600 only (0.2 + 1.6 tokens), not from t + 300.
+    assert_eq!(
+        n(store
+            .claim("c", 10, &Holding::default(), t + 300, 60_000)
+            .await
+            .expect("claim")),
+        0,
+        "{backend}"
+    );
+    assert_eq!(
+        n(store
+            .claim("b", 10, &Holding::default(), t + 1_400, 60_000)
+            .await
+            .expect("claim")),
+        1,
+        "{backend}: a clock read before the last claim must not refill the bucket twice"
+    );
     // Long idle: never more than the burst.
     assert_eq!(
         n(store
@@ -341,5 +360,5 @@ pub(super) async fn a_rate_limits_starts_with_a_bucket_kept_in_the_store(
         Some("2/s"),
         "{backend}"
     );
-    assert_eq!((slow.running, slow.queued), (5, 15), "{backend}");
+    assert_eq!((slow.running, slow.queued), (6, 14), "{backend}");
 }
