@@ -14,7 +14,9 @@ use wasmjobs_host::{Grants, Limits};
 use crate::admission::{AdmissionPolicy, Refusal};
 use crate::caller::Caller;
 use crate::store::queues::check_queue_name;
-use crate::store::{DEFAULT_QUEUE, Job, NewJob, RetryPolicy, Store, StoreError, now_ms};
+use crate::store::{
+    Concurrency, DEFAULT_QUEUE, Job, NewJob, RetryPolicy, Store, StoreError, now_ms,
+};
 use wasmjobs_host::AllowedDirs;
 
 mod group_commit;
@@ -47,6 +49,17 @@ pub struct SubmitJob {
     /// Orders the jobs of a queue: higher first.
     #[serde(default)]
     pub priority: i64,
+    /// At most `concurrency_limit` jobs with this key run at once, across every node (1 to
+    /// 200 bytes, e.g. a customer's id). A job holds one of the key's places from submission
+    /// until it ends; one that finds none free waits, without holding a slot, and takes a
+    /// place by priority, then `run_at`, then age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// How many jobs of `concurrency_key` may run at once (1 to 1000000; 1 when a key is given
+    /// without one: one at a time, in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub concurrency_limit: Option<u32>,
     /// Not before this time (milliseconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<i64>,
@@ -236,6 +249,7 @@ impl JobService {
         let deadline_at = deadline_after(now_ms(), "deadline", req.deadline.as_deref())?;
         let queue = req.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         check_queue_name(&queue).map_err(ServiceError::Invalid)?;
+        let concurrency = concurrency(req.concurrency_key, req.concurrency_limit)?;
         let job = NewJob {
             module_digest: String::new(),
             input,
@@ -249,9 +263,31 @@ impl JobService {
             deadline_at,
             workflow_ref: req.workflow_ref,
             input_from: None,
+            concurrency,
         };
         Ok((req.module, job))
     }
+}
+
+/// A submission's concurrency key and limit, checked: a limit needs a key; a key alone has
+/// limit 1.
+pub fn concurrency(
+    key: Option<String>,
+    limit: Option<u32>,
+) -> Result<Option<Concurrency>, ServiceError> {
+    let Some(key) = key else {
+        return match limit {
+            Some(_) => Err(ServiceError::Invalid(
+                "concurrency_limit needs a concurrency_key: the key whose jobs it limits".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    crate::store::keys::check_key(&key).map_err(ServiceError::Invalid)?;
+    storable("concurrency_key", &key)?;
+    let limit = limit.unwrap_or(1);
+    crate::store::keys::check_limit(limit).map_err(ServiceError::Invalid)?;
+    Ok(Some(Concurrency { key, limit }))
 }
 
 /// The idempotency key a client sent, as stored: checked, and in the caller's namespace, so

@@ -100,6 +100,14 @@ struct SubmitArgs {
     /// Higher runs first among its queue's jobs.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
+    /// At most --concurrency-limit jobs with this key run at once, on every node (e.g. a
+    /// customer's id); the others wait their turn without holding a slot.
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    /// How many jobs of --concurrency-key may run at once (default 1: one at a time, in
+    /// order).
+    #[arg(long, requires = "concurrency_key")]
+    concurrency_limit: Option<u32>,
     /// A key that makes resubmitting safe: the same key and request return the first job.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -269,6 +277,12 @@ async fn submit(c: &Client, a: SubmitArgs, json_out: bool) -> anyhow::Result<u8>
     }
     if let Some(q) = a.queue {
         body["queue"] = json!(q);
+    }
+    if let Some(k) = a.concurrency_key {
+        body["concurrency_key"] = json!(k);
+    }
+    if let Some(n) = a.concurrency_limit {
+        body["concurrency_limit"] = json!(n);
     }
     let path = if a.wait && !a.follow {
         "/v1/jobs?wait=300s"
@@ -516,6 +530,17 @@ fn print_job(job: &Value) {
         job["state"].as_str().unwrap_or("?"),
         job["module"].as_str().unwrap_or("")
     );
+    if let Some(key) = job["concurrency_key"].as_str() {
+        println!(
+            "concurrency key {key:?} (limit {}){}",
+            job["concurrency_limit"],
+            if job["waiting_for_key"] == true {
+                ": waiting for a place"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(e) = job["error"].as_str() {
         println!("error: {e}");
     }

@@ -68,6 +68,9 @@ pub(super) async fn job_json(
         state: job.state,
         queue: job.queue.clone(),
         priority: job.priority,
+        concurrency_key: job.concurrency.as_ref().map(|c| c.key.clone()),
+        concurrency_limit: job.concurrency.as_ref().map(|c| c.limit),
+        waiting_for_key: job.waiting_for_key,
         run_at: job.run_at,
         limits: value(&job.limits)?,
         retry: value(&job.retry)?,
@@ -108,6 +111,12 @@ pub(crate) struct JobView {
     /// The queue it waits in.
     queue: String,
     priority: i64,
+    /// Its concurrency key: at most `concurrency_limit` jobs with it run at once.
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<u32>,
+    /// Queued or scheduled, and waiting for a place of its concurrency key (it takes one
+    /// when a job of the key ends).
+    waiting_for_key: bool,
     run_at: i64,
     limits: Value,
     retry: Value,

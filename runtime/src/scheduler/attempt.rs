@@ -145,6 +145,7 @@ async fn attempt(s: &Arc<Shared>, job: Claimed, cancel: CancelHandle) {
         submitted_at: Some(job.created_at),
         events,
         permanent: report.permanent,
+        keyed: job.keyed,
     });
 }
 

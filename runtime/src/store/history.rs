@@ -175,6 +175,7 @@ mod tests {
             submitted_at: None,
             events: Vec::new(),
             permanent: false,
+            keyed: false,
         };
         let text = attempt_line(&c, 100, 200);
         assert!(text.starts_with(&attempt_head(&c)));

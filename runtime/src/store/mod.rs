@@ -5,7 +5,7 @@
 //! (`runtime/migrations/{sqlite,postgres}`) of one schema. What both share is Rust: the rows
 //! and their conversion (`rows.rs`), a job's history format (`history.rs`), its settings
 //! (`settings.rs`), the retry decision (`retry.rs`), queues' settings, rates and fair shares
-//! (`queues.rs`) and a workflow step's writes
+//! (`queues.rs`), concurrency keys' places (`keys.rs`) and a workflow step's writes
 //! (`workflow_step.rs`). The backend is chosen once, at start-up, from the database URL;
 //! errors are [`StoreError`], which says what kind of failure it was and keeps the driver's
 //! detail to the log.
@@ -15,6 +15,7 @@
 
 mod error;
 mod history;
+pub mod keys;
 mod lifecycle;
 pub mod model;
 mod postgres;

@@ -120,6 +120,18 @@ pub struct NewJob {
     /// The job's input is this (finished) job's output, read when an attempt starts; `input`
     /// is then empty. Lets a workflow pass a large output on without copying it.
     pub input_from: Option<JobId>,
+    /// The job's concurrency key and limit, if it has one.
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A job's concurrency key: at most `limit` jobs with `key` hold one of its places at once,
+/// across every node. A job holds a place from when it is admitted until it ends (while it
+/// runs, and while it waits for its `run_at` or to retry); a job that finds its key full waits
+/// for a place without holding a slot (see [`crate::store::keys`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    pub key: String,
+    pub limit: u32,
 }
 
 /// A stored job.
@@ -151,6 +163,9 @@ pub struct Job {
     pub workflow_ref: Option<String>,
     /// The job whose output is this job's input (see [`NewJob::input_from`]).
     pub input_from: Option<JobId>,
+    pub concurrency: Option<Concurrency>,
+    /// Queued or scheduled, and waiting for a place of its concurrency key.
+    pub waiting_for_key: bool,
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
@@ -182,6 +197,8 @@ impl Job {
             error: None,
             workflow_ref: new.workflow_ref,
             input_from: new.input_from,
+            concurrency: new.concurrency,
+            waiting_for_key: false,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -255,6 +272,8 @@ pub struct Claimed {
     pub ready_at: i64,
     pub started_at: i64,
     pub created_at: i64,
+    /// The job has a concurrency key (its end frees a place of the key).
+    pub keyed: bool,
 }
 
 /// How an attempt ended, reported by the worker that ran it.
@@ -280,6 +299,9 @@ pub struct Completion {
     pub events: Vec<NewEvent>,
     /// A `failed` attempt the job marked permanent (`outcome.fail-permanently`): not retried.
     pub permanent: bool,
+    /// The job has a concurrency key (as claimed): its end frees one of the key's places, so
+    /// the store ends it reading the job's row.
+    pub keyed: bool,
 }
 
 impl Completion {
@@ -303,6 +325,8 @@ impl Completion {
             submitted_at: None,
             events: Vec::new(),
             permanent: false,
+            // Not known here: the rescuer's ending reads the job's row, key included.
+            keyed: false,
         }
     }
 }

@@ -89,7 +89,10 @@ row! {
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
-    queue: String,}
+    queue: String,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i64>,
+    waits_on_key: bool,}
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -133,6 +136,14 @@ impl JobRow {
             error: self.error,
             workflow_ref: self.workflow_ref,
             input_from: self.input_from,
+            concurrency: self.concurrency_key.map(|key| Concurrency {
+                key,
+                limit: self
+                    .concurrency_limit
+                    .and_then(|l| u32::try_from(l).ok())
+                    .unwrap_or(1),
+            }),
+            waiting_for_key: self.waits_on_key,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
@@ -164,7 +175,8 @@ row! {
     updated_at: i64,
     upstream_output: Option<Vec<u8>>,
     created_at: i64,
-    queue: String,}
+    queue: String,
+    keyed: bool,}
 }
 
 /// The claimed attempts a claim returned, in claim order.
@@ -283,6 +295,7 @@ impl ClaimRow {
             ready_at: self.run_at,
             started_at: self.updated_at,
             created_at: self.created_at,
+            keyed: self.keyed,
         })
     }
 }

@@ -65,6 +65,14 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
+    /// Its jobs' concurrency key (as a submission's): at most `concurrency_limit` jobs with
+    /// the key run at once, across runs and every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// How many jobs of `concurrency_key` may run at once; 1 if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub concurrency_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
 }
@@ -359,6 +367,11 @@ impl Definition {
             }
             if let Some(q) = &n.queue
                 && let Err(e) = crate::store::queues::check_queue_name(q)
+            {
+                problems.push(format!("node {:?}: {e}", n.name));
+            }
+            if let Err(e) =
+                crate::service::concurrency(n.concurrency_key.clone(), n.concurrency_limit)
             {
                 problems.push(format!("node {:?}: {e}", n.name));
             }

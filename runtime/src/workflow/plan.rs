@@ -601,6 +601,12 @@ fn node_job(
         deadline_at: snap.run.deadline_at,
         workflow_ref: Some(snap.run.id.to_string()),
         input_from: None,
+        // Checked when the definition was stored.
+        concurrency: spec.and_then(|s| {
+            crate::service::concurrency(s.concurrency_key.clone(), s.concurrency_limit)
+                .ok()
+                .flatten()
+        }),
     }
 }
 

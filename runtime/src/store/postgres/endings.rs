@@ -5,6 +5,7 @@
 use sqlx::{Executor, Postgres};
 
 use super::PgStore;
+use super::keys::Places;
 use crate::store::history;
 use crate::store::lifecycle::{Ending, EndingSnapshot, ending};
 use crate::store::model::*;
@@ -135,6 +136,7 @@ struct Snap {
     deadline_at: Option<i64>,
     lease_until: Option<i64>,
     lost_attempts: i64,
+    concurrency_key: Option<String>,
 }
 
 impl PgStore {
@@ -191,6 +193,8 @@ impl PgStore {
             snaps.into_iter().map(|s| (s.id, s)).collect();
         let mut done = std::collections::HashSet::new();
         let mut endings = Endings::default();
+        // The concurrency keys whose places the jobs that end free, and how many of each.
+        let mut ended_keys = std::collections::BTreeMap::new();
         for &(i, c) in completions {
             let Some(snap) = snaps.get(&c.job_id) else {
                 continue;
@@ -224,6 +228,11 @@ impl PgStore {
                 now,
             )?;
             results[i] = Completed::Applied(ending.state);
+            if let Some(key) = &snap.concurrency_key
+                && ending.state.is_final()
+            {
+                *ended_keys.entry(key.clone()).or_insert(0i64) += 1;
+            }
             endings.push(c, ending);
         }
         // The rows are locked and fenced above: every one of them is written.
@@ -233,8 +242,18 @@ impl PgStore {
             endings.sweep_by(self);
             write_endings(&mut *tx, &endings, now).await?
         };
+        let mut freed = false;
+        if !ended_keys.is_empty() {
+            let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
+            places.release(&mut tx, &ended_keys, self).await?;
+            freed = places.store(&mut tx).await?;
+        }
         tx.commit().await?;
-        self.notify(endings.notices_of(&written));
+        let mut notices = endings.notices_of(&written);
+        if freed {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices);
         Ok(())
     }
 }

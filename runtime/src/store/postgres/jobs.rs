@@ -5,6 +5,7 @@ use serde_json::json;
 use sqlx::{Executor, Postgres};
 use tokio::sync::broadcast;
 
+use super::keys::Places;
 use super::settings::touch_settings;
 use super::{PgStore, Tx, lock};
 use crate::store::history;
@@ -58,15 +59,43 @@ impl JobStore for PgStore {
                 touch_settings(&self.hot, &touch, now).await?;
                 lock(&self.settings).touched(touch, now);
             }
-            let Some(ids) = insert_keyless(&self.hot, &batch, &texts, names, now).await? else {
-                return Ok(None);
+            let keyed = batch.iter().any(|(j, _, _)| j.concurrency.is_some());
+            let (ids, waits) = if keyed {
+                // Jobs with concurrency keys take places under their keys' locks.
+                let mut tx = self.hot.begin().await?;
+                let mut places =
+                    Places::lock(&mut tx, batch.iter().filter_map(|(j, _, _)| key_of(j))).await?;
+                let waits = admit_all(&mut places, &batch);
+                let Some(ids) = insert_keyless(&mut *tx, &batch, &waits, &texts, names, now).await?
+                else {
+                    return Ok(None);
+                };
+                places.store(&mut tx).await?;
+                tx.commit().await?;
+                (ids, waits)
+            } else {
+                let waits = vec![false; batch.len()];
+                let Some(ids) = insert_keyless(&self.hot, &batch, &waits, &texts, names, now).await?
+                else {
+                    return Ok(None);
+                };
+                (ids, waits)
             };
-            if batch.iter().any(|(_, state, _)| *state == JobState::Queued) {
+            if batch
+                .iter()
+                .zip(&waits)
+                .any(|((_, state, _), waits)| *state == JobState::Queued && !waits)
+            {
                 self.notify([Notice::JobsAvailable]);
             }
             ids.into_iter()
                 .zip(batch)
-                .map(|(id, (j, state, run_at))| (Job::inserted(id, j, state, run_at, now), true))
+                .zip(waits)
+                .map(|((id, (j, state, run_at)), waits)| {
+                    let mut job = Job::inserted(id, j, state, run_at, now);
+                    job.waiting_for_key = waits;
+                    (job, true)
+                })
                 .collect()
         } else {
             let mut tx = self.pool.begin().await?;
@@ -215,6 +244,7 @@ impl JobStore for PgStore {
             id: id.to_string(),
         })?;
         let now = transition_at(&job, now);
+        let mut freed = false;
         let state = match job.state {
             JobState::Scheduled | JobState::Queued => {
                 let e = NewEvent::state(JobState::Cancelled, json!({}));
@@ -224,6 +254,15 @@ impl JobStore for PgStore {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                // Its wait for a place of its key ends, or the place it held goes on.
+                if let Some(c) = &job.concurrency {
+                    let mut places = Places::lock(&mut tx, [c.key.as_str()]).await?;
+                    if !places.leave_waiting(&mut tx, id, &c.key).await? {
+                        let ended = [(c.key.clone(), 1)].into_iter().collect();
+                        places.release(&mut tx, &ended, self).await?;
+                    }
+                    freed = places.store(&mut tx).await?;
+                }
                 JobState::Cancelled
             }
             JobState::Running if !job.cancel_requested => {
@@ -250,6 +289,9 @@ impl JobStore for PgStore {
         if state == JobState::Cancelled && job.state != JobState::Cancelled {
             crate::telemetry::job_ended_waiting(id, state, "cancelled while waiting");
             self.notify([Notice::Events(id), Notice::Ended(id)]);
+            if freed {
+                self.notify([Notice::JobsAvailable]);
+            }
         } else {
             self.notify([Notice::Events(id)]);
         }
@@ -259,6 +301,7 @@ impl JobStore for PgStore {
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
         let job = fetch_job(&mut tx, id).await?;
+        let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
         let (retry, now) = retried(id, job.clone(), now)?;
         // A fresh budget is new settings for this job (the others that shared its settings
         // keep theirs).
@@ -269,6 +312,16 @@ impl JobStore for PgStore {
                 id: id.to_string(),
             })?;
         let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
+        // Back in the queue, a job of a concurrency key takes a place again, or waits.
+        let waits = match &concurrency {
+            Some(c) => {
+                let mut places = Places::lock(&mut tx, [c.key.as_str()]).await?;
+                let admitted = places.admit(c);
+                places.store(&mut tx).await?;
+                !admitted
+            }
+            None => false,
+        };
         sqlx::query(include_str!("jobs/retry.sql"))
             .bind(&settings.key[..])
             .bind(now)
@@ -277,10 +330,15 @@ impl JobStore for PgStore {
             .bind(&settings.limits)
             .bind(&settings.retry)
             .bind(&settings.grants)
+            .bind(waits)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.notify([Notice::Events(id), Notice::JobsAvailable]);
+        if waits {
+            self.notify([Notice::Events(id)]);
+        } else {
+            self.notify([Notice::Events(id), Notice::JobsAvailable]);
+        }
         Ok(JobState::Queued)
     }
 
@@ -441,6 +499,7 @@ impl Texts {
 async fn insert_keyless<'c, E>(
     exec: E,
     jobs: &[(NewJob, JobState, i64)],
+    waits: &[bool],
     texts: &Texts,
     names: &[(String, String)],
     now: i64,
@@ -466,6 +525,8 @@ where
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut concurrency_key, mut concurrency_limit) =
+        (Vec::with_capacity(n), Vec::with_capacity(n));
     for ((j, s, at), &(k, e)) in jobs.iter().zip(&texts.of) {
         module.push(j.module_digest.as_str());
         state.push(s.as_str());
@@ -478,6 +539,8 @@ where
         input_from.push(j.input_from);
         event.push(texts.events[e].as_str());
         queue.push(j.queue.as_str());
+        concurrency_key.push(j.concurrency.as_ref().map(|c| c.key.as_str()));
+        concurrency_limit.push(j.concurrency.as_ref().map(|c| i64::from(c.limit)));
     }
     let (name, digest): (Vec<&str>, Vec<&str>) =
         names.iter().map(|(n, d)| (n.as_str(), d.as_str())).unzip();
@@ -504,6 +567,9 @@ where
         .bind(&retry)
         .bind(&grants)
         .bind(&queue)
+        .bind(&concurrency_key)
+        .bind(&concurrency_limit)
+        .bind(waits)
         .fetch_all(exec)
         .await?;
     if ids.is_empty() && !jobs.is_empty() && !names.is_empty() {
@@ -530,13 +596,14 @@ pub(super) async fn insert_jobs_tx(
 ) -> Result<Inserted> {
     let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
     let mut any_queued = false;
+    // Every concurrency key the jobs name is locked first, in name order.
+    let mut places = Places::lock(tx, jobs.iter().filter_map(key_of)).await?;
     // Jobs with an idempotency key one at a time (a key may repeat, even within the batch);
     // the others with one statement.
     let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
     for j in jobs {
         let (state, run_at) = initial_state(&j, now);
         let Some(key) = j.idempotency_key.clone() else {
-            any_queued |= state == JobState::Queued;
             keyless.push((out.len(), j, state, run_at));
             out.push(None);
             continue;
@@ -554,6 +621,7 @@ pub(super) async fn insert_jobs_tx(
         }
         let settings = Settings::of(&j);
         touch_settings(&mut **tx, &[settings.key.to_vec()], now).await?;
+        let waits = j.concurrency.as_ref().is_some_and(|c| !places.admit(c));
         let id: i64 = sqlx::query_scalar(include_str!("jobs/insert_keyed.sql"))
             .bind(&j.module_digest)
             .bind(state.as_str())
@@ -571,10 +639,15 @@ pub(super) async fn insert_jobs_tx(
             .bind(j.input_from)
             .bind(history::line(1, now, &created_event(state, run_at)))
             .bind(&j.queue)
+            .bind(j.concurrency.as_ref().map(|c| c.key.as_str()))
+            .bind(j.concurrency.as_ref().map(|c| i64::from(c.limit)))
+            .bind(waits)
             .fetch_one(&mut **tx)
             .await?;
-        any_queued |= state == JobState::Queued;
-        out.push(Some((Job::inserted(id, j, state, run_at, now), true)));
+        any_queued |= state == JobState::Queued && !waits;
+        let mut job = Job::inserted(id, j, state, run_at, now);
+        job.waiting_for_key = waits;
+        out.push(Some((job, true)));
     }
     if !keyless.is_empty() {
         let (slots, batch): (Vec<usize>, Vec<(NewJob, JobState, i64)>) = keyless
@@ -585,13 +658,20 @@ pub(super) async fn insert_jobs_tx(
         // roll back): touch every time (a lookup by key, a write at most every few minutes).
         let texts = Texts::of(&batch, now);
         touch_settings(&mut **tx, &texts.keys(), now).await?;
-        let ids = insert_keyless(&mut **tx, &batch, &texts, &[], now)
+        let waits = admit_all(&mut places, &batch);
+        let ids = insert_keyless(&mut **tx, &batch, &waits, &texts, &[], now)
             .await?
             .ok_or_else(refused_without_names)?;
-        for ((id, slot), (j, state, run_at)) in ids.into_iter().zip(slots).zip(batch) {
-            out[slot] = Some((Job::inserted(id, j, state, run_at, now), true));
+        for (((id, slot), (j, state, run_at)), waits) in
+            ids.into_iter().zip(slots).zip(batch).zip(waits)
+        {
+            any_queued |= state == JobState::Queued && !waits;
+            let mut job = Job::inserted(id, j, state, run_at, now);
+            job.waiting_for_key = waits;
+            out[slot] = Some((job, true));
         }
     }
+    places.store(tx).await?;
     let result = out
         .into_iter()
         .map(|entry| entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into())))
@@ -602,6 +682,19 @@ pub(super) async fn insert_jobs_tx(
         Vec::new()
     };
     Ok((result, notices))
+}
+
+/// A job's concurrency key, if it has one.
+fn key_of(job: &NewJob) -> Option<&str> {
+    job.concurrency.as_ref().map(|c| c.key.as_str())
+}
+
+/// Which jobs of `batch` (in order) find no place of their concurrency key and wait.
+fn admit_all(places: &mut Places, batch: &[(NewJob, JobState, i64)]) -> Vec<bool> {
+    batch
+        .iter()
+        .map(|(j, _, _)| j.concurrency.as_ref().is_some_and(|c| !places.admit(c)))
+        .collect()
 }
 
 /// Job `id`, its row locked for the rest of `tx`.

@@ -20,6 +20,7 @@ use super::{Notice, Result, StoreError};
 
 mod endings;
 mod jobs;
+mod keys;
 mod modules;
 mod notice_codec;
 mod notices;

@@ -8,6 +8,7 @@ use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
+use super::keys::Places;
 use super::jobs::push_events;
 use super::{PgStore, lock};
 use crate::store::history;
@@ -396,14 +397,17 @@ impl QueueStore for PgStore {
         let mut results = vec![Completed::Refused; completions.len()];
         // Attempts whose outcome alone decides their job's end (nearly all: they succeeded)
         // need no read of the job: one statement, fenced, ends them. The others are decided
-        // on the job's row, read under lock. A job twice in one batch goes the second way the
-        // second time, where the fence refuses it.
+        // on the job's row, read under lock, as are the ends of jobs with a concurrency key
+        // (whose places an end frees in the same transaction). A job twice in one batch goes
+        // the second way the second time, where the fence refuses it.
         let mut settled = Vec::new();
         let mut read = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, c) in completions.iter().enumerate() {
             match ending_by_outcome(c, now) {
-                Some(ending) if seen.insert(c.job_id) => settled.push((i, c, ending)),
+                Some(ending) if !c.keyed && seen.insert(c.job_id) => {
+                    settled.push((i, c, ending))
+                }
                 _ => read.push((i, c)),
             }
         }
@@ -593,16 +597,31 @@ impl PgStore {
             .store(now + SWEEP_AT_LEAST_EVERY_MS, Ordering::Relaxed);
         let failed = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
         let queued = NewEvent::state(JobState::Queued, json!({}));
-        let swept: Vec<(i64, bool)> = sqlx::query_as(include_str!("queue/sweep.sql"))
-            .bind(DEADLINE_PASSED)
-            .bind(now)
-            .bind(history::tail(&failed))
-            .bind(history::tail(&queued))
-            .fetch_all(&self.pool)
-            .await?;
-        self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
+        let mut tx = self.pool.begin().await?;
+        let swept: Vec<(i64, bool, Option<String>)> =
+            sqlx::query_as(include_str!("queue/sweep.sql"))
+                .bind(DEADLINE_PASSED)
+                .bind(now)
+                .bind(history::tail(&failed))
+                .bind(history::tail(&queued))
+                .fetch_all(&mut *tx)
+                .await?;
+        // The places of the concurrency keys that jobs past their deadline held go on.
+        let mut ended_keys = std::collections::BTreeMap::new();
+        for key in swept.iter().filter_map(|(_, _, key)| key.clone()) {
+            *ended_keys.entry(key).or_insert(0) += 1;
+        }
         let mut notices = Vec::new();
-        for (id, ended) in swept {
+        if !ended_keys.is_empty() {
+            let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
+            places.release(&mut tx, &ended_keys, self).await?;
+            if places.store(&mut tx).await? {
+                notices.push(Notice::JobsAvailable);
+            }
+        }
+        tx.commit().await?;
+        self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);
+        for (id, ended, _) in swept {
             notices.push(Notice::Events(id));
             if ended {
                 crate::telemetry::job_ended_waiting(id, JobState::Failed, DEADLINE_PASSED);
@@ -645,6 +664,7 @@ mod tests {
                 ready_at: 0,
                 started_at: 0,
                 created_at: 0,
+                keyed: false,
             })
             .collect()
     }

@@ -173,19 +173,23 @@ impl JobStore for SqliteStore {
     }
 
     async fn cancel(&self, id: JobId, now: i64) -> Result<JobState> {
-        let (before, after) = self
+        let (before, after, freed) = self
             .write(|tx| {
                 let job = fetch_job(tx, id)?.ok_or(StoreError::NotFound {
                     what: "job",
                     id: id.to_string(),
                 })?;
                 let now = transition_at(&job, now);
+                let mut freed = false;
                 let state = match job.state {
                     JobState::Scheduled | JobState::Queued => {
                         tx.prepare_cached(include_str!("jobs/cancel_waiting.sql"))?
                             .execute(params![now, id])?;
                         let e = NewEvent::state(JobState::Cancelled, json!({}));
                         push_events(tx, id, &[e], now)?;
+                        if let Some(c) = &job.concurrency {
+                            freed = super::keys::ended(tx, id, &c.key, job.waiting_for_key)?;
+                        }
                         JobState::Cancelled
                     }
                     JobState::Running if !job.cancel_requested => {
@@ -205,12 +209,15 @@ impl JobStore for SqliteStore {
                         )));
                     }
                 };
-                Ok((job.state, state))
+                Ok((job.state, state, freed))
             })
             .await?;
         if after == JobState::Cancelled && before != JobState::Cancelled {
             crate::telemetry::job_ended_waiting(id, after, "cancelled while waiting");
             self.notify([Notice::Events(id), Notice::Ended(id)]);
+            if freed {
+                self.notify([Notice::JobsAvailable]);
+            }
         } else {
             self.notify([Notice::Events(id)]);
         }
@@ -218,8 +225,9 @@ impl JobStore for SqliteStore {
     }
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
-        self.write(|tx| {
+        let waits = self.write(|tx| {
             let job = fetch_job(tx, id)?;
+            let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
             let (retry, now) = retried(id, job.clone(), now)?;
             // A fresh budget is new settings for this job (the others that shared its
             // settings keep theirs).
@@ -230,13 +238,22 @@ impl JobStore for SqliteStore {
                     id: id.to_string(),
                 })?;
             store_settings(tx, &settings, now)?;
+            let waits = match &concurrency {
+                Some(c) => !super::keys::admit(tx, c)?,
+                None => false,
+            };
             tx.prepare_cached(include_str!("jobs/retry.sql"))?
-                .execute(params![&settings.key[..], now, id])?;
+                .execute(params![&settings.key[..], now, id, waits])?;
             let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
-            push_events(tx, id, &[e], now)
+            push_events(tx, id, &[e], now)?;
+            Ok(waits)
         })
         .await?;
-        self.notify([Notice::Events(id), Notice::JobsAvailable]);
+        if waits {
+            self.notify([Notice::Events(id)]);
+        } else {
+            self.notify([Notice::Events(id), Notice::JobsAvailable]);
+        }
         Ok(JobState::Queued)
     }
 
@@ -331,6 +348,10 @@ pub(super) fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result
         if last.as_ref().is_none_or(|l| l.key != settings.key) {
             store_settings(tx, &settings, now)?;
         }
+        let waits = match &j.concurrency {
+            Some(c) => !super::keys::admit(tx, c)?,
+            None => false,
+        };
         let id: i64 = scalar(
             tx,
             include_str!("jobs/insert.sql"),
@@ -348,13 +369,18 @@ pub(super) fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result
                 now,
                 history::line(1, now, &created_event(state, run_at)),
                 j.queue,
+                j.concurrency.as_ref().map(|c| &c.key),
+                j.concurrency.as_ref().map(|c| c.limit),
+                waits,
             ],
         )?
         .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?;
         last = Some(settings);
-        any_queued |= state == JobState::Queued;
+        any_queued |= state == JobState::Queued && !waits;
         notices.push(Notice::Events(id));
-        out.push((Job::inserted(id, j, state, run_at, now), true));
+        let mut job = Job::inserted(id, j, state, run_at, now);
+        job.waiting_for_key = waits;
+        out.push((job, true));
     }
     if any_queued {
         notices.push(Notice::JobsAvailable);

@@ -24,6 +24,7 @@ use super::rows::FromSqlite;
 use super::{Notice, Result, StoreError};
 
 mod jobs;
+mod keys;
 mod modules;
 mod queue;
 mod schedules;

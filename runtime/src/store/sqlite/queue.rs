@@ -35,17 +35,25 @@ impl QueueStore for SqliteStore {
                 let mut notices = Vec::new();
                 // Jobs past their overall deadline never start, and scheduled jobs whose time
                 // came are queued.
-                let failed: Vec<(i64, i64)> = rows(
+                let failed: Vec<(i64, i64, Option<String>, bool)> = query(
                     tx,
                     include_str!("queue/fail_past_deadline.sql"),
                     params![DEADLINE_PASSED, now],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
-                let queued: Vec<(i64, i64)> = rows(tx, include_str!("queue/queue_due.sql"), [now])?;
-                for &(id, at) in &failed {
+                for (id, at, key, waited) in &failed {
                     let e = NewEvent::state(JobState::Failed, json!({ "error": DEADLINE_PASSED }));
-                    push_events(tx, id, &[e], at)?;
-                    notices.extend([Notice::Events(id), Notice::Ended(id)]);
+                    push_events(tx, *id, &[e], *at)?;
+                    notices.extend([Notice::Events(*id), Notice::Ended(*id)]);
+                    // Its key's place (the job behind it in the key is queued before the
+                    // claim below looks) or its wait for one.
+                    if let Some(key) = key
+                        && super::keys::ended(tx, *id, key, *waited)?
+                    {
+                        notices.push(Notice::JobsAvailable);
+                    }
                 }
+                let queued: Vec<(i64, i64)> = rows(tx, include_str!("queue/queue_due.sql"), [now])?;
                 for (id, at) in queued {
                     push_events(tx, id, &[NewEvent::state(JobState::Queued, json!({}))], at)?;
                     notices.push(Notice::Events(id));
@@ -67,7 +75,7 @@ impl QueueStore for SqliteStore {
                 Ok((claimed, notices, failed))
             })
             .await?;
-        for (id, _) in expired {
+        for (id, ..) in expired {
             crate::telemetry::job_ended_waiting(id, JobState::Failed, DEADLINE_PASSED);
         }
         self.notify(notices);
@@ -109,13 +117,13 @@ impl QueueStore for SqliteStore {
                 let mut events = Vec::new();
                 let mut results = Vec::with_capacity(completions.len());
                 for c in completions {
-                    let r = apply_completion(&mut events, tx, c, Some(&c.worker), now)?;
+                    let (r, freed) = apply_completion(&mut events, tx, c, Some(&c.worker), now)?;
                     if let Completed::Applied(state) = r {
                         notices.push(Notice::Events(c.job_id));
                         if state.is_final() {
                             notices.push(Notice::Ended(c.job_id));
                         }
-                        if state == JobState::Scheduled {
+                        if state == JobState::Scheduled || freed {
                             notices.push(Notice::JobsAvailable);
                         }
                     }
@@ -172,7 +180,8 @@ impl QueueStore for SqliteStore {
                 let mut events = Vec::new();
                 for (id, attempts, worker) in running {
                     let c = Completion::lost(id, attempts, worker);
-                    if let Completed::Applied(_) = apply_completion(&mut events, tx, &c, None, now)?
+                    if let (Completed::Applied(_), _) =
+                        apply_completion(&mut events, tx, &c, None, now)?
                     {
                         rescued.push(id);
                     }
@@ -399,14 +408,15 @@ fn choose(tx: &Tx<'_>, limit: u32, holding: &Holding, now: i64) -> Result<(Vec<i
 }
 
 /// Applies the end of an attempt: `fence` is the worker that must still hold it (`None` for the
-/// rescuer, which acts on expired leases).
+/// rescuer, which acts on expired leases). Also returns whether the end let a job that waited
+/// for a place of its concurrency key into the queue.
 fn apply_completion(
     events_out: &mut Vec<PendingEvent>,
     tx: &Tx<'_>,
     c: &Completion,
     fence: Option<&str>,
     now: i64,
-) -> Result<Completed> {
+) -> Result<(Completed, bool)> {
     let snap = tx
         .prepare_cached(include_str!("queue/attempt_snapshot.sql"))?
         .query_row(params![c.job_id, i64::from(c.attempt), fence], |r| {
@@ -418,12 +428,14 @@ fn apply_completion(
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })
         .optional()?;
-    let Some((attempts, retry, cancel_requested, deadline_at, last, lost_attempts, started)) = snap
+    let Some((attempts, retry, cancel_requested, deadline_at, last, lost_attempts, started, key)) =
+        snap
     else {
-        return Ok(Completed::Refused);
+        return Ok((Completed::Refused, false));
     };
     // Never before the job's last transition: `now` is the completing node's clock reading,
     // which may be a little behind the claim's (see `claimed`).
@@ -466,5 +478,10 @@ fn apply_completion(
     // The attempt's own events, then the state event, last.
     events_out.extend(pending(c.job_id, last_seq - 1, &c.events, now));
     events_out.push((c.job_id, last_seq, "state", state_data, now));
-    Ok(Completed::Applied(state))
+    // An end frees the job's place of its key (a retry keeps it).
+    let freed = match key {
+        Some(key) if state.is_final() => super::keys::release(tx, &key)?,
+        _ => false,
+    };
+    Ok((Completed::Applied(state), freed))
 }

@@ -12,6 +12,7 @@ use wasmjobs_host::{Grants, Limits, Outcome};
 
 mod backends;
 mod jobs;
+mod keys;
 mod listing;
 mod queue;
 mod queues;
@@ -50,6 +51,8 @@ const CASES: &[(&str, Case)] = cases![
     queues::a_paused_queue_keeps_its_jobs_until_it_is_resumed,
     queues::max_running_holds_across_claimers,
     queues::a_rate_limits_starts_with_a_bucket_kept_in_the_store,
+    keys::a_key_runs_its_jobs_up_to_its_limit_in_order_and_blocks_no_other,
+    keys::a_deadline_passed_hands_a_keys_place_on,
     rescue::expired_leases_are_lost_attempts_and_requeued,
     rescue::a_job_whose_nodes_keep_dying_fails_after_max_lost,
     rescue::gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_not_charged,
@@ -106,6 +109,7 @@ pub(super) fn new_job(digest: &str) -> NewJob {
         deadline_at: None,
         workflow_ref: None,
         input_from: None,
+        concurrency: None,
     }
 }
 
@@ -151,6 +155,7 @@ pub(super) fn done(c: &Claimed, worker: &str, outcome: Outcome) -> Completion {
             data: json!({"message": "hi"}),
         }],
         permanent: false,
+        keyed: c.keyed,
     }
 }
 

@@ -1,5 +1,6 @@
 -- A job with an idempotency key ($10), its settings if not stored yet, its first event ($15)
--- in its row (in queue $16) and its queue row.
+-- in its row (in queue $16) and its queue row; or, with a concurrency key ($17, limit $18)
+-- that has no place for it ($19), its row in `key_waits`.
 WITH s AS (
     INSERT INTO job_settings (key, limits, retry, grants, used_at)
     VALUES ($6, $7, $8, $9, $13)
@@ -7,12 +8,15 @@ WITH s AS (
 ), j AS (
     INSERT INTO jobs (module_digest, state, priority, run_at, input, settings, idempotency_key,
                       deadline_at, workflow_ref, input_from, created_at, updated_at, event_seq,
-                      history, queue)
-    SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15, $16
+                      history, queue, concurrency_key, concurrency_limit)
+    SELECT $1, $2, $3, $4, $5, $6, $10, $11, $12, $14, $13, $13, 1, $15, $16, $17, $18
     WHERE wasmjobs_modules_exist(ARRAY[$1::text])
     RETURNING id, priority, run_at, deadline_at, state, queue
 ), q AS (
     INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
-    SELECT id, priority, run_at, deadline_at, state = 'queued', queue FROM j
+    SELECT id, priority, run_at, deadline_at, state = 'queued', queue FROM j WHERE NOT $19
+), w AS (
+    INSERT INTO key_waits (job_id, key, lim, priority, run_at)
+    SELECT id, $17, $18, priority, run_at FROM j WHERE $19
 )
 SELECT id FROM j

@@ -59,7 +59,7 @@ WITH RECURSIVE ready_queues(queue) AS (
     RETURNING id, module_digest, priority, run_at, input, settings, NULL::text AS limits,
               NULL::text AS grants, attempts, deadline_at, input_from, event_seq, updated_at,
               (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output,
-              created_at, queue
+              created_at, queue, concurrency_key IS NOT NULL AS keyed
 ), k AS (
     INSERT INTO claims (worker, job_ids, at) SELECT $1, array_agg(id), $3 FROM c HAVING count(*) > 0
     RETURNING id

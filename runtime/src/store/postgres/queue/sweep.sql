@@ -1,5 +1,6 @@
 -- Fails the waiting jobs whose deadline passed (error $1, event $3) and queues the scheduled
--- jobs that came due (event $4), each at the later of $2 and its last transition.
+-- jobs that came due (event $4), each at the later of $2 and its last transition. Returns each
+-- job, whether it ended, and the concurrency key whose place an ended job held.
 WITH expired_q AS (
     DELETE FROM job_queue
     WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
@@ -13,7 +14,7 @@ WITH expired_q AS (
         history = history || '[' || (event_seq + 1) || ',' || GREATEST($2, jobs.updated_at) || ','
                   || $3 || chr(10)
     FROM expired_q WHERE jobs.id = expired_q.job_id AND jobs.state IN ('queued', 'scheduled')
-    RETURNING id
+    RETURNING id, concurrency_key
 ), due_q AS (
     UPDATE job_queue SET ready = TRUE
     WHERE ctid = ANY(ARRAY(SELECT ctid FROM job_queue
@@ -29,4 +30,4 @@ WITH expired_q AS (
     FROM due_q WHERE jobs.id = due_q.job_id AND jobs.state = 'scheduled'
     RETURNING id
 )
-SELECT id, TRUE FROM expired UNION ALL SELECT id, FALSE FROM due
+SELECT id, TRUE, concurrency_key FROM expired UNION ALL SELECT id, FALSE, NULL FROM due

@@ -5,7 +5,7 @@ SELECT id, module_digest, state, priority, run_at, input,
        (SELECT s.grants FROM job_settings s WHERE s.key = jobs.settings) AS grants,
        idempotency_key, attempts, lost_attempts, deadline_at, worker, lease_until,
        cancel_requested, outcome, output, error, workflow_ref, input_from, created_at,
-       updated_at, finished_at, queue
+       updated_at, finished_at, queue, concurrency_key, concurrency_limit, waits_on_key
 FROM jobs
 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_digest = ?2) AND (?3 IS NULL OR id < ?3)
       AND (?5 IS NULL OR queue = ?5)

@@ -12,4 +12,4 @@ RETURNING id, module_digest, priority, run_at, input, settings,
           (SELECT s.grants FROM job_settings s WHERE s.key = jobs.settings) AS grants,
           attempts, deadline_at, input_from, event_seq, updated_at,
           (SELECT o.output FROM jobs o WHERE o.id = jobs.input_from) AS upstream_output,
-          created_at, queue
+          created_at, queue, concurrency_key IS NOT NULL AS keyed
