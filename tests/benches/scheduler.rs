@@ -23,7 +23,10 @@
 //! `WASMJOBS_BENCH_JOB=noop` runs the Rust SDK job `tests/guests/noop` instead of the sandbox
 //! benchmark's trivial component, which imports nothing and returns `ok` (decision 011); with
 //! the trivial component a full run, or `WASMJOBS_BENCH_RUNS=sdk`, also runs the Rust SDK job
-//! batched, for reference; `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
+//! batched, for reference; `WASMJOBS_BENCH_KEYS=unique` gives every job a concurrency key of
+//! its own (limit 1: the cost of a key's place, taken and given back, on every job), and
+//! `WASMJOBS_BENCH_KEYS=N` gives job i the key `k{i % N}` with limit 1 (each key's jobs one at
+//! a time, each end handing its place to the next); `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
 //! without and three times with a Prometheus scraper and the dashboard's overview watching the
 //! API, alternately, and prints the medians).
 
@@ -81,6 +84,47 @@ impl BenchJob {
 /// The name the benchmark's job is stored under and submitted by.
 const JOB_NAME: &str = "bench-job";
 
+/// `WASMJOBS_BENCH_KEYS`: the concurrency key of job `i` (limit 1), if the runs use keys.
+fn bench_key(i: usize) -> Option<String> {
+    static KEYS: std::sync::OnceLock<Option<Keys>> = std::sync::OnceLock::new();
+    match KEYS.get_or_init(Keys::from_env) {
+        None => None,
+        Some(Keys::Unique) => Some(format!("job-{i}")),
+        Some(Keys::Shared(n)) => Some(format!("k{}", i % n)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Keys {
+    /// A key per job.
+    Unique,
+    /// `n` keys, job i's `k{i % n}`.
+    Shared(usize),
+}
+
+impl Keys {
+    fn from_env() -> Option<Keys> {
+        match std::env::var("WASMJOBS_BENCH_KEYS").as_deref() {
+            Err(_) | Ok("") => None,
+            Ok("unique") => Some(Keys::Unique),
+            Ok(n) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Some(Keys::Shared(n)),
+                _ => {
+                    eprintln!("WASMJOBS_BENCH_KEYS={n}: expected unique or a number of keys");
+                    std::process::exit(2)
+                }
+            },
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Keys::Unique => "every job with a concurrency key of its own (limit 1)".into(),
+            Keys::Shared(n) => format!("every job with one of {n} concurrency keys (limit 1)"),
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -93,6 +137,9 @@ async fn main() {
         job.describe(),
         if quick { " (--quick)" } else { "" }
     );
+    if let Some(keys) = Keys::from_env() {
+        println!("keys: {}", keys.describe());
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     for (backend, url) in common::backends(dir.path().join("bench.db").display().to_string()) {
         println!();
@@ -456,6 +503,7 @@ async fn wasmjobs_run(
                         .map(|i| SubmitJob {
                             module: JOB_NAME.into(),
                             input: Some(serde_json::json!(i)),
+                            concurrency_key: bench_key(*i),
                             ..SubmitJob::default()
                         })
                         .collect();

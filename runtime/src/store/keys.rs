@@ -102,11 +102,26 @@ mod tests {
         assert!(k.admit(2));
         assert!(k.admit(2));
         assert!(!k.admit(2));
-        assert!(!k.admit(5), "a job behind a waiting one waits, whatever its limit");
-        assert_eq!(k, KeyCount { active: 2, waiting: 2 });
+        assert!(
+            !k.admit(5),
+            "a job behind a waiting one waits, whatever its limit"
+        );
+        assert_eq!(
+            k,
+            KeyCount {
+                active: 2,
+                waiting: 2
+            }
+        );
         assert_eq!(k.release(1), 1);
         assert!(k.promote(2));
-        assert_eq!(k, KeyCount { active: 2, waiting: 1 });
+        assert_eq!(
+            k,
+            KeyCount {
+                active: 2,
+                waiting: 1
+            }
+        );
         assert_eq!(k.release(2), 1, "two places free, one job waits");
         assert!(k.promote(5));
         assert_eq!(k.release(1), 0);

@@ -66,7 +66,8 @@ impl JobStore for PgStore {
                 let mut places =
                     Places::lock(&mut tx, batch.iter().filter_map(|(j, _, _)| key_of(j))).await?;
                 let waits = admit_all(&mut places, &batch);
-                let Some(ids) = insert_keyless(&mut *tx, &batch, &waits, &texts, names, now).await?
+                let Some(ids) =
+                    insert_keyless(&mut *tx, &batch, &waits, &texts, names, now).await?
                 else {
                     return Ok(None);
                 };
@@ -75,7 +76,8 @@ impl JobStore for PgStore {
                 (ids, waits)
             } else {
                 let waits = vec![false; batch.len()];
-                let Some(ids) = insert_keyless(&self.hot, &batch, &waits, &texts, names, now).await?
+                let Some(ids) =
+                    insert_keyless(&self.hot, &batch, &waits, &texts, names, now).await?
                 else {
                     return Ok(None);
                 };

@@ -114,7 +114,12 @@ impl Places {
 
     /// Waiting job `id` of `key` ended without a place (cancelled): it leaves the key's
     /// waiting jobs. `false` if it was not waiting (it held a place).
-    pub(super) async fn leave_waiting(&mut self, tx: &mut Tx<'_>, id: i64, key: &str) -> Result<bool> {
+    pub(super) async fn leave_waiting(
+        &mut self,
+        tx: &mut Tx<'_>,
+        id: i64,
+        key: &str,
+    ) -> Result<bool> {
         let waited: Option<String> = sqlx::query_scalar(include_str!("keys/leave_waiting.sql"))
             .bind(id)
             .fetch_optional(&mut **tx)

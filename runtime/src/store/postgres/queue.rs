@@ -8,8 +8,8 @@ use serde_json::json;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
-use super::keys::Places;
 use super::jobs::push_events;
+use super::keys::Places;
 use super::{PgStore, lock};
 use crate::store::history;
 use crate::store::lifecycle::{ending_by_outcome, released_event};
@@ -405,9 +405,7 @@ impl QueueStore for PgStore {
         let mut seen = std::collections::HashSet::new();
         for (i, c) in completions.iter().enumerate() {
             match ending_by_outcome(c, now) {
-                Some(ending) if !c.keyed && seen.insert(c.job_id) => {
-                    settled.push((i, c, ending))
-                }
+                Some(ending) if !c.keyed && seen.insert(c.job_id) => settled.push((i, c, ending)),
                 _ => read.push((i, c)),
             }
         }

@@ -225,30 +225,31 @@ impl JobStore for SqliteStore {
     }
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
-        let waits = self.write(|tx| {
-            let job = fetch_job(tx, id)?;
-            let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
-            let (retry, now) = retried(id, job.clone(), now)?;
-            // A fresh budget is new settings for this job (the others that shared its
-            // settings keep theirs).
-            let settings = job
-                .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "job",
-                    id: id.to_string(),
-                })?;
-            store_settings(tx, &settings, now)?;
-            let waits = match &concurrency {
-                Some(c) => !super::keys::admit(tx, c)?,
-                None => false,
-            };
-            tx.prepare_cached(include_str!("jobs/retry.sql"))?
-                .execute(params![&settings.key[..], now, id, waits])?;
-            let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
-            push_events(tx, id, &[e], now)?;
-            Ok(waits)
-        })
-        .await?;
+        let waits = self
+            .write(|tx| {
+                let job = fetch_job(tx, id)?;
+                let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
+                let (retry, now) = retried(id, job.clone(), now)?;
+                // A fresh budget is new settings for this job (the others that shared its
+                // settings keep theirs).
+                let settings = job
+                    .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "job",
+                        id: id.to_string(),
+                    })?;
+                store_settings(tx, &settings, now)?;
+                let waits = match &concurrency {
+                    Some(c) => !super::keys::admit(tx, c)?,
+                    None => false,
+                };
+                tx.prepare_cached(include_str!("jobs/retry.sql"))?
+                    .execute(params![&settings.key[..], now, id, waits])?;
+                let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
+                push_events(tx, id, &[e], now)?;
+                Ok(waits)
+            })
+            .await?;
         if waits {
             self.notify([Notice::Events(id)]);
         } else {

@@ -197,6 +197,31 @@ async fn bad_requests_are_clear_4xx_and_store_nothing() {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "surprise",
             ),
+            (
+                json!({"module": "testjob", "concurrency_limit": 2}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "concurrency_limit needs a concurrency_key",
+            ),
+            (
+                json!({"module": "testjob", "concurrency_key": "a", "concurrency_limit": 0}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "concurrency_limit must be 1 to 1000000",
+            ),
+            (
+                json!({"module": "testjob", "concurrency_key": "a", "concurrency_limit": -1}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "concurrency_limit",
+            ),
+            (
+                json!({"module": "testjob", "concurrency_key": ""}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "concurrency_key must be 1 to 200 bytes",
+            ),
+            (
+                json!({"module": "testjob", "concurrency_key": "k".repeat(201)}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "concurrency_key must be 1 to 200 bytes",
+            ),
         ];
         for (body, status, says) in cases {
             let (got, v) = submit(&server, body.clone()).await;

@@ -1,5 +1,5 @@
 //! Queues with the real binary: fair shares against a backlog, pause and resume from the CLI,
-//! and `max_running` and `rate` held across three nodes on one Postgres.
+//! `max_running` and `rate` held across three nodes on one Postgres, and concurrency keys.
 
 use super::*;
 
@@ -262,5 +262,135 @@ async fn limits_and_rates_hold_across_three_nodes_postgres() {
         .collect();
     assert!(workers.len() >= 2, "one node ran everything: {workers:?}");
     drop((w1, w2, api));
+    drop_database(&pg, &db);
+}
+
+/// Each attempt of jobs `ids`: (start, end, job), sorted by start.
+async fn attempt_spans(http: &reqwest::Client, url: &str, ids: &[i64]) -> Vec<(i64, i64, i64)> {
+    let mut out = Vec::new();
+    for &id in ids {
+        let j = job(http, url, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        for a in j["attempts"].as_array().into_iter().flatten() {
+            out.push((
+                a["started_at"].as_i64().expect("start"),
+                a["finished_at"].as_i64().expect("end"),
+                id,
+            ));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The most spans that overlap at once.
+fn most_at_once(spans: &[(i64, i64, i64)]) -> usize {
+    spans
+        .iter()
+        .map(|(s, _, _)| spans.iter().filter(|(a, b, _)| a <= s && s < b).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Concurrency keys with the real binary: a key of limit 1 runs its jobs one at a time in the
+/// order they were submitted, a key of limit 2 two at a time, and jobs without a key run
+/// beside them at once; on Postgres with three nodes sharing the key.
+async fn keys_hold(db: &str, dir: &std::path::Path, nodes: usize) {
+    let http = reqwest::Client::new();
+    let api = Process::serve(dir, db, &["--workers", "4"]);
+    let url = api.url.clone();
+    upload(&http, &url, guests::TESTJOB, "testjob").await;
+    let workers: Vec<Process> = (1..nodes)
+        .map(|k| Process::worker(dir, db, &format!("w{k}")))
+        .collect();
+    let sleep = |key: Option<(&str, u32)>| {
+        let mut body = json!({"module": "testjob", "input": {"mode": "sleep", "ms": 150}});
+        if let Some((key, limit)) = key {
+            body["concurrency_key"] = json!(key);
+            body["concurrency_limit"] = json!(limit);
+        }
+        body
+    };
+    // One at a time, so that their order is known.
+    let mut serial = Vec::new();
+    for _ in 0..10 {
+        serial.extend(submit_all(&http, &url, vec![sleep(Some(("acct-1", 1)))]).await);
+    }
+    let last = job(&http, &url, serial[9]).await;
+    assert_eq!(
+        (&last["concurrency_key"], &last["concurrency_limit"]),
+        (&json!("acct-1"), &json!(1)),
+        "{last}"
+    );
+    assert_eq!(
+        (&last["state"], &last["waiting_for_key"]),
+        (&json!("queued"), &json!(true)),
+        "the last of ten jobs of a key of limit 1 waits: {last}"
+    );
+    let pair = submit_all(&http, &url, vec![sleep(Some(("pair", 2))); 6]).await;
+    let free = submit_all(&http, &url, vec![sleep(None); 6]).await;
+    assert_eq!((serial.len(), pair.len(), free.len()), (10, 6, 6));
+    let mut all = serial.clone();
+    all.extend(&pair);
+    all.extend(&free);
+    wait_all_final(&http, &url, &all, Duration::from_secs(90)).await;
+
+    let serial_spans = attempt_spans(&http, &url, &serial).await;
+    assert_eq!(
+        serial_spans
+            .iter()
+            .map(|(_, _, id)| *id)
+            .collect::<Vec<_>>(),
+        serial,
+        "a key of limit 1 runs its jobs in the order they came: {serial_spans:?}"
+    );
+    // Each starts once the one before it ended (the times are the nodes' clock readings,
+    // a few ms apart at most; an overlap would be most of a job's 150 ms).
+    for w in serial_spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1 - 20,
+            "two jobs of a key of limit 1 ran at once: {w:?} in {serial_spans:?}"
+        );
+    }
+    let pair_spans = attempt_spans(&http, &url, &pair).await;
+    assert_eq!(
+        most_at_once(&pair_spans),
+        2,
+        "a key of limit 2 ran more than two, or never two, at once: {pair_spans:?}"
+    );
+    // The keyless jobs did not wait behind the keys' waiting jobs.
+    let free_spans = attempt_spans(&http, &url, &free).await;
+    let last_free_end = free_spans.iter().map(|(_, e, _)| *e).max().unwrap_or(0);
+    let last_serial_start = serial_spans.last().map_or(0, |(s, _, _)| *s);
+    assert!(
+        last_free_end < last_serial_start,
+        "jobs without a key waited behind a key's jobs: {free_spans:?} against {serial_spans:?}"
+    );
+    // Every place was given back: the key's next job has one at once.
+    let again = submit_all(&http, &url, vec![sleep(Some(("acct-1", 1)))]).await;
+    let j = job(&http, &url, again[0]).await;
+    assert_eq!(j["waiting_for_key"], false, "{j}");
+    wait_all_final(&http, &url, &again, Duration::from_secs(30)).await;
+    drop((workers, api));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_runs_its_jobs_one_at_a_time_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("keys.db").display().to_string();
+    keys_hold(&db, dir.path(), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_holds_across_three_nodes_postgres() {
+    let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES") else {
+        eprintln!(
+            "SKIPPED: a_concurrency_key_holds_across_three_nodes_postgres (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    let db = fresh_database(&pg, "keys");
+    let dir = tempfile::tempdir().expect("tempdir");
+    keys_hold(&db, dir.path(), 3).await;
     drop_database(&pg, &db);
 }

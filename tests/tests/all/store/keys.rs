@@ -93,7 +93,10 @@ pub(super) async fn a_key_runs_its_jobs_up_to_its_limit_in_order_and_blocks_no_o
         .await
         .expect("list");
     assert_eq!(
-        queued.iter().map(|j| (j.id, j.waiting_for_key)).collect::<Vec<_>>(),
+        queued
+            .iter()
+            .map(|j| (j.id, j.waiting_for_key))
+            .collect::<Vec<_>>(),
         vec![(a3, true), (a2, true)],
         "{backend}"
     );
@@ -109,13 +112,12 @@ pub(super) async fn a_key_runs_its_jobs_up_to_its_limit_in_order_and_blocks_no_o
     assert_eq!(ids(&second), vec![a3], "{backend}");
     // A failed attempt that will be retried keeps the place: a2 still waits.
     end(&*store, &second[0], Outcome::Trapped, t + 30).await;
-    assert!(waits(&*store, a2).await, "{backend}: a retry gave up its place");
-    let third = claim_ids(&*store, t + 31).await;
-    assert_eq!(
-        (ids(&third), third[0].attempt),
-        (vec![a3], 2),
-        "{backend}"
+    assert!(
+        waits(&*store, a2).await,
+        "{backend}: a retry gave up its place"
     );
+    let third = claim_ids(&*store, t + 31).await;
+    assert_eq!((ids(&third), third[0].attempt), (vec![a3], 2), "{backend}");
     // Its last attempt fails: the job ended, a2 has the place.
     end(&*store, &third[0], Outcome::Trapped, t + 40).await;
     let a3_job = store.get_job(a3).await.expect("get").expect("exists");
@@ -146,7 +148,11 @@ pub(super) async fn a_key_runs_its_jobs_up_to_its_limit_in_order_and_blocks_no_o
     assert!(waits(&*store, a3).await, "{backend}");
     store.cancel(a5, t + 53).await.expect("cancel");
     assert!(!waits(&*store, a3).await, "{backend}");
-    assert_eq!(ids(&claim_ids(&*store, t + 54).await), vec![a3], "{backend}");
+    assert_eq!(
+        ids(&claim_ids(&*store, t + 54).await),
+        vec![a3],
+        "{backend}"
+    );
 
     // A limit of two: two places, then the third waits.
     let mut two = Vec::new();
