@@ -111,6 +111,7 @@ async fn run(store: Arc<dyn Store>) {
     }
     let node = Node::start(
         service.clone(),
+        None,
         sandbox,
         modules,
         NodeConfig {

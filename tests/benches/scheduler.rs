@@ -457,6 +457,7 @@ async fn wasmjobs_run(
     let defaults = NodeConfig::default();
     let node = Node::start(
         service.clone(),
+        None,
         sandbox,
         modules,
         NodeConfig {

@@ -75,6 +75,7 @@ async fn bench(store: Arc<dyn Backend>) {
     let jobs = JobService::new(store.clone(), AdmissionPolicy::default());
     let node = Node::start(
         jobs.clone(),
+        None,
         sandbox,
         modules,
         NodeConfig {

@@ -210,7 +210,7 @@ impl TestServer {
         let engine = Some(wasmjobs::workflow::engine::start(workflows.clone()));
         let state = wasmjobs::http::AppState::new(
             service.clone(),
-            workflows,
+            workflows.clone(),
             sandbox.clone(),
             modules.clone(),
             api,
@@ -218,6 +218,7 @@ impl TestServer {
         let node = (workers > 0).then(|| {
             Node::start(
                 service,
+                Some(workflows.clone()),
                 sandbox,
                 modules,
                 NodeConfig {

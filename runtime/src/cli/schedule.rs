@@ -17,14 +17,22 @@ pub struct ScheduleCmd {
 
 #[derive(Debug, Subcommand)]
 enum ScheduleVerb {
-    /// Submit MODULE on every tick of CRON (e.g. "*/5 * * * *"; UTC unless --tz).
+    /// Submit MODULE (or start a run of --workflow) on every tick of CRON (e.g.
+    /// "*/5 * * * *"; UTC unless --tz).
     Add {
         /// When to submit: a cron expression of five fields (minute hour day month weekday),
         /// in UTC or the --tz zone.
         cron: String,
         /// The module name or sha256 digest each tick submits.
-        module: String,
-        /// Each job's input: JSON text, `@FILE`, or `@-` for stdin.
+        #[arg(required_unless_present = "workflow", conflicts_with = "workflow")]
+        module: Option<String>,
+        /// Start a run of this workflow each tick instead of submitting a job.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// The workflow version each tick runs (default: its latest at each tick).
+        #[arg(long, requires = "workflow")]
+        version: Option<i64>,
+        /// Each job's (or run's) input: JSON text, `@FILE`, or `@-` for stdin.
         #[arg(long, short)]
         input: Option<String>,
         /// A name to refer to the schedule by (besides its id).
@@ -34,8 +42,8 @@ enum ScheduleVerb {
         /// UTC by default.
         #[arg(long)]
         tz: Option<String>,
-        /// While the previous tick's job has not ended: allow (submit anyway, the default),
-        /// skip (submit nothing), or queue_one (submit the latest tick once it ended).
+        /// While the previous tick's job (or run) has not ended: allow (fire anyway, the
+        /// default), skip (fire nothing), or queue_one (fire the latest tick once it ended).
         #[arg(long, value_parser = ["allow", "skip", "queue_one"])]
         overlap: Option<String>,
     },
@@ -55,19 +63,32 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
         ScheduleVerb::Add {
             cron,
             module,
+            workflow,
+            version,
             input,
             name,
             tz,
             overlap,
         } => {
-            let mut job = json!({ "module": module });
-            super::values::put_input(&mut job, &super::values::read_input(input.as_deref())?);
-            let v = c
-                .post_json(
-                    "/v1/schedules",
-                    &json!({ "cron": cron, "tz": tz, "overlap": overlap.as_deref().unwrap_or("allow"), "job": job, "name": name }),
-                )
-                .await?;
+            let input = super::values::read_input(input.as_deref())?;
+            let mut body = json!({ "cron": cron, "tz": tz, "overlap": overlap.as_deref().unwrap_or("allow"), "name": name });
+            match (workflow, module) {
+                (Some(workflow), _) => {
+                    let mut target = json!({ "name": workflow, "version": version });
+                    if !input.is_empty() {
+                        let value: serde_json::Value = serde_json::from_slice(&input)
+                            .map_err(|e| anyhow::anyhow!("--input: a run's input is JSON: {e}"))?;
+                        target["input"] = value;
+                    }
+                    body["workflow"] = target;
+                }
+                (None, module) => {
+                    let mut job = json!({ "module": module });
+                    super::values::put_input(&mut job, &input);
+                    body["job"] = job;
+                }
+            }
+            let v = c.post_json("/v1/schedules", &body).await?;
             println!(
                 "{}",
                 if json {
@@ -92,13 +113,16 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
                         } else {
                             output::text(&s["tz"])
                         },
-                        output::text(&s["target"]["module"]),
+                        match s["target"].get("workflow") {
+                            Some(w) => format!("workflow {}", output::text(&w["name"])),
+                            None => output::text(&s["target"]["module"]),
+                        },
                         output::time(&s["next_run_at"]),
                     ]
                 });
                 print!(
                     "{}",
-                    output::table(["ID", "NAME", "CRON", "TZ", "MODULE", "NEXT (UTC)"], rows)
+                    output::table(["ID", "NAME", "CRON", "TZ", "TARGET", "NEXT (UTC)"], rows)
                 );
             }
         }

@@ -235,6 +235,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let node = (!args.no_workers).then(|| {
         Node::start(
             s.service.clone(),
+            Some(workflows.clone()),
             s.sandbox.clone(),
             s.modules.clone(),
             s.node.clone(),
@@ -378,7 +379,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    let node = Node::start(s.service, s.sandbox, s.modules, s.node);
+    let workflows = crate::workflow::WorkflowService::new(s.service.clone(), s.backend.clone());
+    let node = Node::start(s.service, Some(workflows), s.sandbox, s.modules, s.node);
     eprintln!("wasmjobs worker running");
     shutdown_signal().await;
     if let Some(metrics) = metrics {

@@ -72,6 +72,10 @@ enum WorkflowVerb {
     Retry {
         /// The run's id.
         id: String,
+        /// A new input for a node run again from its start: NODE=JSON, NODE=@FILE or
+        /// NODE=@- (stdin); may be repeated.
+        #[arg(long, short, value_name = "NODE=INPUT")]
+        input: Vec<String>,
         /// Follow the run until it ends (as `run --follow`).
         #[arg(long, short)]
         follow: bool,
@@ -217,10 +221,23 @@ pub async fn workflow(cmd: WorkflowCmd, client: &ClientArgs) -> anyhow::Result<u
                 println!("run {id}: {}", run["state"].as_str().unwrap_or("?"));
             }
         }
-        WorkflowVerb::Retry { id, follow } => {
+        WorkflowVerb::Retry { id, input, follow } => {
             let id = super::remote::check_id("workflow run", &id)?;
+            let mut inputs = serde_json::Map::new();
+            for given in input {
+                let Some((node, value)) = given.split_once('=') else {
+                    anyhow::bail!("--input {given:?}: give NODE=JSON (or NODE=@FILE)");
+                };
+                let bytes = super::values::read_input(Some(value))?;
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("--input {node}=…: a node's input is JSON"))?;
+                inputs.insert(node.to_string(), value);
+            }
             let run = c
-                .post_json(&format!("/v1/workflow-runs/{id}/retry"), &json!({}))
+                .post_json(
+                    &format!("/v1/workflow-runs/{id}/retry"),
+                    &json!({ "inputs": inputs }),
+                )
                 .await?;
             if follow {
                 return follow_run(&c, id, json).await;

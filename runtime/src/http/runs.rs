@@ -369,32 +369,55 @@ pub(super) async fn cancel(
     ))
 }
 
+/// What `POST /v1/workflow-runs/{id}/retry` may be sent (the body is optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryRun {
+    /// A new input (JSON) for nodes run again from their start, by node name: each runs on it
+    /// instead of the input its upstreams (or the run) give it.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    inputs: std::collections::BTreeMap<String, Value>,
+}
+
 /// Retry a failed or cancelled run from where it failed: nodes that succeeded keep their jobs
 /// and outputs; failed and cancelled nodes, and the nodes skipped because of them, are planned
-/// again, and of a `for_each` node only the elements that did not succeed run again. The
-/// run's events record the retry; its timeout counts again from now.
+/// again, and of a `for_each` node only the elements that did not succeed run again. A node
+/// run again from its start may be given a new input (`inputs`). The run's events record the
+/// retry; its timeout counts again from now.
 #[utoipa::path(
     post,
     path = "/workflow-runs/{id}/retry",
     operation_id = "retryRun",
     tag = "workflow-runs",
     params(("id" = i64, Path, minimum = 1, description = "The run id")),
+    request_body(content = Option<RetryRun>, description = "Optional: new inputs for nodes run again", example = json!({"inputs": {"charge": {"amount": 10, "currency": "EUR"}}})),
     responses(
         (status = 202, description = "Retried; the run as it stands", body = RunView),
         (status = 400, description = "Bad run id", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or unknown bearer token", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The run is not failed or cancelled", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The workflow's nodes ask for more than the admission policy now allows", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not failed or cancelled, or a node given an input is not run again from its start", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not JSON", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The workflow's nodes ask for more than the admission policy now allows, or an input names no node of the workflow", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let id = parse_id("workflow run", &id)?;
-    state.workflows.retry_run(id).await?;
+    let body = body.map_err(super::error::body_rejection)?;
+    let req: RetryRun = if body.is_empty() {
+        RetryRun::default()
+    } else {
+        super::error::parse_json_body(&headers, body).await?
+    };
+    state.workflows.retry_run(id, &req.inputs).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(run_view(&state.workflows, id).await?),

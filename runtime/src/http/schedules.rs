@@ -1,4 +1,5 @@
-//! `POST /v1/schedules` `{cron, job, name?}`, `GET /v1/schedules`, `DELETE /v1/schedules/{id-or-name}`.
+//! `POST /v1/schedules` `{cron, job | workflow, name?, tz?, overlap?}`, `GET /v1/schedules`,
+//! `DELETE /v1/schedules/{id-or-name}`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::caller::Caller;
-use crate::scheduler::next_after;
+use crate::scheduler::{Target, WorkflowTarget, next_after};
 use crate::service::SubmitJob;
 use crate::store::{NewSchedule, Overlap, Schedule, now_ms};
 
@@ -22,12 +23,14 @@ pub(crate) struct ScheduleRequest {
     /// The IANA time zone the expression is read in (`Europe/Berlin`), daylight saving
     /// included; UTC if none.
     tz: Option<String>,
-    /// What a tick does while the job of the previous one has not ended: `allow` (the
+    /// What a tick does while the job or run of the previous one has not ended: `allow` (the
     /// default), `skip`, or `queue_one`.
     #[serde(default)]
     overlap: Overlap,
-    /// The job each tick submits, as for `POST /v1/jobs`.
-    job: SubmitJob,
+    /// The job each tick submits, as for `POST /v1/jobs`. Give this or `workflow`.
+    job: Option<SubmitJob>,
+    /// The workflow run each tick starts. Give this or `job`.
+    workflow: Option<WorkflowTarget>,
     name: Option<String>,
 }
 
@@ -39,11 +42,14 @@ pub(crate) struct ScheduleView {
     /// The IANA time zone of `cron`; null for UTC.
     tz: Option<String>,
     overlap: Overlap,
-    /// The job of its last submission.
+    /// The job of its last submission (a schedule of a job).
     last_job: Option<i64>,
-    /// A tick kept until `last_job` ends (`queue_one`).
+    /// The run it last started (a schedule of a workflow).
+    last_run: Option<i64>,
+    /// A tick kept until `last_job` or `last_run` ends (`queue_one`).
     pending_tick: Option<i64>,
-    /// The job it submits.
+    /// What each tick does: the job it submits (as `POST /v1/jobs` takes it), or
+    /// `{"workflow": {name, version?, input?}}`, the run it starts.
     target: Value,
     next_run_at: i64,
     /// Its next fire times (ms since the epoch), up to five, from `next_run_at`.
@@ -61,6 +67,7 @@ impl From<Schedule> for ScheduleView {
             tz: s.tz,
             overlap: s.overlap,
             last_job: s.last_job,
+            last_run: s.last_run,
             pending_tick: s.pending_tick,
             cron: s.cron,
             target: s.target,
@@ -76,7 +83,7 @@ pub(crate) struct ScheduleList {
     schedules: Vec<ScheduleView>,
 }
 
-/// Add a cron schedule that submits a job each tick.
+/// Add a cron schedule that submits a job, or starts a workflow run, each tick.
 #[utoipa::path(
     post,
     path = "/schedules",
@@ -94,7 +101,7 @@ pub(crate) struct ScheduleList {
         (status = 403, description = "The token's scope does not allow this", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad cron expression, an unknown module, or a bad job", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad cron expression, an unknown module or workflow, a bad job, or neither or both of job and workflow", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn add(
@@ -109,16 +116,66 @@ pub(super) async fn add(
     if let Some(name) = &req.name {
         crate::service::storable("name", name)?;
     }
-    if req.job.idempotency_key.is_some() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "job.idempotency_key: a schedule gives each tick's job a key of its own; leave it out",
-        ));
-    }
-    // What each tick will submit is checked now, as a submission would be (and again at each
-    // tick, against the policy in force then).
-    state.service.check(&req.job)?;
+    let invalid = |m: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m);
+    let target = match (req.job, req.workflow) {
+        (Some(job), None) => {
+            if job.idempotency_key.is_some() {
+                return Err(invalid(
+                    "job.idempotency_key: a schedule gives each tick's job a key of its own; leave it out",
+                ));
+            }
+            // What each tick will submit is checked now, as a submission would be (and again
+            // at each tick, against the policy in force then).
+            state.service.check(&job)?;
+            if state.service.store.get_module(&job.module).await?.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_module",
+                    format!("unknown module {:?}", job.module),
+                ));
+            }
+            Target::Job(Box::new(job))
+        }
+        (None, Some(workflow)) => {
+            if workflow.version.is_some_and(|v| v < 1) {
+                return Err(invalid("workflow.version must be a positive integer"));
+            }
+            // The workflow must exist now (each tick starts its latest version, or the one
+            // pinned), and its input must be one a run takes.
+            let input = crate::service::input_bytes(workflow.input.as_ref(), None)?;
+            let policy = &state.service.policy;
+            policy
+                .admit(
+                    &policy.defaults,
+                    input.len(),
+                    &Default::default(),
+                    &state.service.allowed_dirs,
+                )
+                .map_err(crate::service::ServiceError::from)?;
+            if let Err(e) = state
+                .workflows
+                .definition(&workflow.name, workflow.version)
+                .await
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_workflow",
+                    format!("workflow: {e}"),
+                ));
+            }
+            Target::Workflow(workflow)
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give job or workflow, not both: a schedule submits a job or starts a run",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "job or workflow is required: what each tick submits or starts",
+            ));
+        }
+    };
     crate::scheduler::cron_parse(&req.cron)
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
     if let Some(tz) = &req.tz {
@@ -133,21 +190,9 @@ pub(super) async fn add(
             format!("cron expression {:?} never fires", req.cron),
         )
     })?;
-    if state
-        .service
-        .store
-        .get_module(&req.job.module)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_module",
-            format!("unknown module {:?}", req.job.module),
-        ));
-    }
-    let target =
-        serde_json::to_value(&req.job).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let target = target
+        .to_stored()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let s = state
         .service
         .store

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wasmjobs_host::{AllowedDirs, CancelHandle, Event, Limits, RunRequest, Sandbox};
 
-pub use cron::{next_after, next_ticks, parse as cron_parse, parse_tz};
+pub use cron::{Target, WorkflowTarget, next_after, next_ticks, parse as cron_parse, parse_tz};
 pub use live::MAX_EVENTS_PER_ATTEMPT;
 pub use modules::ModuleCache;
 
@@ -187,9 +187,11 @@ struct Held {
 }
 
 impl Node {
-    /// Starts the node's tasks on the current tokio runtime.
+    /// Starts the node's tasks on the current tokio runtime. With `maintenance` on, it fires
+    /// cron schedules: those that start workflow runs through `workflows`.
     pub fn start(
         service: JobService,
+        workflows: Option<crate::workflow::WorkflowService>,
         sandbox: Sandbox,
         modules: ModuleCache,
         config: NodeConfig,
@@ -234,7 +236,11 @@ impl Node {
             tokio::spawn(tidy(shared.clone())),
         ];
         if shared.config.maintenance {
-            tasks.push(tokio::spawn(cron::fire(service, shared.shutdown.clone())));
+            tasks.push(tokio::spawn(cron::fire(
+                service,
+                workflows,
+                shared.shutdown.clone(),
+            )));
             tasks.push(tokio::spawn(prune(shared.clone())));
         }
         Node {

@@ -240,9 +240,9 @@ pub trait QueueStore: Send + Sync + 'static {
 #[async_trait]
 pub trait ScheduleStore: Send + Sync + 'static {
     async fn add_schedule(&self, new: NewSchedule, now: i64) -> Result<Schedule>;
-    /// Schedule `id` submitted job `job` (its pending tick, if any, is done).
-    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()>;
-    /// Schedule `id` keeps `tick` until its last job ends (`Overlap::QueueOne`).
+    /// Schedule `id` submitted a job or started a run (its pending tick, if any, is done).
+    async fn schedule_fired(&self, id: i64, fired: Fired) -> Result<()>;
+    /// Schedule `id` keeps `tick` until its last job or run ends (`Overlap::QueueOne`).
     async fn schedule_pending(&self, id: i64, tick: i64) -> Result<()>;
     async fn list_schedules(&self) -> Result<Vec<Schedule>>;
     async fn delete_schedule(&self, id_or_name: &str) -> Result<bool>;
@@ -318,10 +318,16 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// succeeded nodes keep their jobs and outputs; the nodes that failed, were cancelled or
     /// were skipped are planned again (a `for_each` node's succeeded elements are kept, the
     /// others run again), and a `run` event records the retry. Returns the nodes planned
-    /// again. `NotFound` for an unknown run, `Conflict` for one that is not failed or
-    /// cancelled.
-    async fn retry_run(&self, id: RunId, deadline_at: Option<i64>, now: i64)
-    -> Result<Vec<String>>;
+    /// again. `inputs` are new inputs for nodes planned again from their start (`Conflict`,
+    /// and nothing written, for another node). `NotFound` for an unknown run, `Conflict` for
+    /// one that is not failed or cancelled.
+    async fn retry_run(
+        &self,
+        id: RunId,
+        deadline_at: Option<i64>,
+        inputs: &[(String, Vec<u8>)],
+        now: i64,
+    ) -> Result<Vec<String>>;
     /// Asks a run to stop: returns its state afterwards.
     async fn request_run_cancel(&self, id: RunId, now: i64) -> Result<RunState>;
     /// Run events with `seq > after`, in order, at most `limit`.

@@ -383,10 +383,29 @@ pub struct Schedule {
     pub target: Value,
     pub next_run_at: i64,
     pub created_at: i64,
-    /// The job of its last submission.
+    /// The job of its last submission (a schedule that submits jobs).
     pub last_job: Option<JobId>,
-    /// A tick kept until `last_job` ends ([`Overlap::QueueOne`]).
+    /// The run it last started (a schedule that starts workflow runs).
+    pub last_run: Option<RunId>,
+    /// A tick kept until the last job or run ends ([`Overlap::QueueOne`]).
     pub pending_tick: Option<i64>,
+}
+
+/// What a schedule's tick did: submitted a job or started a workflow run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    Job(JobId),
+    Run(RunId),
+}
+
+impl Fired {
+    /// The schedule's `last_job` and `last_run` after it.
+    pub fn job_and_run(self) -> (Option<JobId>, Option<RunId>) {
+        match self {
+            Fired::Job(job) => (Some(job), None),
+            Fired::Run(run) => (None, Some(run)),
+        }
+    }
 }
 
 /// A schedule to add.
@@ -564,6 +583,9 @@ pub struct NodeRecord {
     /// The node's job's state and error, when it has a job.
     pub job_state: Option<JobState>,
     pub job_error: Option<String>,
+    /// The input given for the node when its run was retried: it runs on this instead of the
+    /// input its upstreams (or the run) give it.
+    pub input: Option<Vec<u8>>,
 }
 
 /// A submitted element of a `for_each` node whose end the run has not yet taken in.

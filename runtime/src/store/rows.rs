@@ -424,7 +424,8 @@ row! {
     tz: Option<String>,
     overlap: String,
     last_job: Option<i64>,
-    pending_tick: Option<i64>,}
+    pending_tick: Option<i64>,
+    last_run: Option<i64>,}
 }
 
 impl ScheduleRow {
@@ -439,6 +440,7 @@ impl ScheduleRow {
                 .parse()
                 .map_err(|e| corrupt("schedule overlap", e))?,
             last_job: self.last_job,
+            last_run: self.last_run,
             pending_tick: self.pending_tick,
             target: serde_json::from_str(&self.target)
                 .map_err(|e| corrupt("schedule target", e))?,
@@ -518,7 +520,8 @@ row! {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     job_state: Option<String>,
-    job_error: Option<String>,}
+    job_error: Option<String>,
+    input: Option<Vec<u8>>,}
 }
 
 impl NodeRow {
@@ -546,6 +549,7 @@ impl NodeRow {
                 .map(|s| s.parse().map_err(|e| corrupt("job state", e)))
                 .transpose()?,
             job_error: self.job_error,
+            input: self.input,
         })
     }
 }

@@ -169,7 +169,20 @@ pub(super) fn retry_decision(id: RunId, state: Option<String>) -> Result<()> {
     }
 }
 
-/// The event that records a retry, and the nodes it planned again.
-pub(super) fn retry_event(nodes: &[String]) -> serde_json::Value {
-    serde_json::json!({ "state": RunState::Running, "reason": "retried", "nodes": nodes })
+/// The event that records a retry: the nodes it planned again, and those given a new input.
+pub(super) fn retry_event(nodes: &[String], inputs: &[(String, Vec<u8>)]) -> serde_json::Value {
+    let mut event =
+        serde_json::json!({ "state": RunState::Running, "reason": "retried", "nodes": nodes });
+    if !inputs.is_empty() {
+        let given: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        event["new_input"] = serde_json::json!(given);
+    }
+    event
+}
+
+/// A node given a new input at a retry that was not planned again as pending: refused.
+pub(super) fn not_retried(id: RunId, node: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "node {node:?} of workflow run {id} is not run again from its start by this retry (it succeeded, or it is a for_each node whose failed elements run again on their own inputs): only such a node takes a new input"
+    ))
 }

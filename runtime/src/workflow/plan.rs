@@ -322,10 +322,16 @@ pub fn plan(
             continue;
         }
         n.started_at = Some(now);
+        // An input given when the run was retried takes the place of the computed one.
+        if let Some(given) = &n.input {
+            input = Some(given.clone());
+        }
         match &d.for_each {
             // One upstream whose output is its job's: the job reads it from there when it
             // starts, instead of a copy here.
-            None if let Some(from) = passed_on(&nodes, &d.needs) => {
+            None if input.is_none()
+                && let Some(from) = passed_on(&nodes, &d.needs) =>
+            {
                 let mut job = node_job(admission, def, snap, &d.name, &n.module, Vec::new());
                 job.input_from = Some(from);
                 n.state = NodeState::Running;

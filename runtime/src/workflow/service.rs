@@ -160,9 +160,14 @@ impl WorkflowService {
     }
 
     /// Puts a failed or cancelled run back to running from where it failed (see
-    /// [`WorkflowStore::retry_run`]), its timeout counted again from now. Returns the nodes
-    /// planned again.
-    pub async fn retry_run(&self, id: RunId) -> Result<Vec<String>, ServiceError> {
+    /// [`WorkflowStore::retry_run`]), its timeout counted again from now; the nodes of
+    /// `inputs` run on the input given there (JSON) instead of the one the plan computes.
+    /// Returns the nodes planned again.
+    pub async fn retry_run(
+        &self,
+        id: RunId,
+        inputs: &std::collections::BTreeMap<String, Value>,
+    ) -> Result<Vec<String>, ServiceError> {
         let Some(snap) = self.runs().get_run(id).await? else {
             return Err(StoreError::NotFound {
                 what: "workflow run",
@@ -175,10 +180,30 @@ impl WorkflowService {
             .await?;
         // What the nodes ask for is checked against the policy in force now.
         self.check_nodes(&def.definition)?;
+        let mut given = Vec::with_capacity(inputs.len());
+        for (node, input) in inputs {
+            if def.node(node).is_none() {
+                return Err(ServiceError::Invalid(format!(
+                    "inputs: workflow {:?} has no node {node:?}",
+                    snap.run.workflow
+                )));
+            }
+            let bytes = crate::service::input_bytes(Some(input), None)?;
+            let policy = &self.jobs.policy;
+            policy
+                .admit(
+                    &policy.defaults,
+                    bytes.len(),
+                    &Default::default(),
+                    &self.jobs.allowed_dirs,
+                )
+                .map_err(|e| ServiceError::Invalid(format!("inputs.{node}: {e}")))?;
+            given.push((node.clone(), bytes));
+        }
         let now = now_ms();
         let deadline_at =
             crate::service::deadline_after(now, "timeout", def.definition.timeout.as_deref())?;
-        let nodes = self.runs().retry_run(id, deadline_at, now).await?;
+        let nodes = self.runs().retry_run(id, deadline_at, &given, now).await?;
         tracing::info!(run = id, "workflow run {id} retried: {}", nodes.join(", "));
         Ok(nodes)
     }

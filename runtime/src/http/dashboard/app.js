@@ -561,12 +561,22 @@ async function modules() {
       : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No modules."))))));
 }
 
+// What a schedule fires: its job's module, or a link to its workflow (and its last run).
+function scheduleTarget(s) {
+  const w = s.target && s.target.workflow;
+  if (w) {
+    return h("span", {}, "workflow ", h("a", { href: `#/runs?workflow=${encodeURIComponent(w.name)}` }, w.name),
+      w.version ? ` v${w.version}` : "", s.last_run ? h("span", {}, " · last ", h("a", { href: `#/runs/${s.last_run}` }, `run ${s.last_run}`)) : "");
+  }
+  return s.target && s.target.module ? s.target.module : JSON.stringify(s.target);
+}
+
 async function schedules() {
   const { schedules: list } = await api("/v1/schedules");
   view.replaceChildren(h("h1", {}, "Schedules"), h("div", { class: "table-wrap" }, h("table", {},
-    h("thead", {}, h("tr", {}, ["name", "cron", "job", "next fire", "created"].map((c) => h("th", {}, c)))),
+    h("thead", {}, h("tr", {}, ["name", "cron", "target", "next fire", "created"].map((c) => h("th", {}, c)))),
     h("tbody", {}, list.length ? list.map((s) => h("tr", {}, h("td", {}, s.name || `#${s.id}`), h("td", {}, h("code", {}, s.cron), ` ${s.tz || "UTC"}`, s.overlap && s.overlap !== "allow" ? ` (${s.overlap})` : ""),
-      h("td", { class: "wrap" }, s.target && s.target.module ? s.target.module : JSON.stringify(s.target)),
+      h("td", { class: "wrap" }, scheduleTarget(s)),
       h("td", { title: when(s.next_run_at) }, `${when(s.next_run_at)} (${ago(s.next_run_at)})`), h("td", {}, when(s.created_at))))
       : h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No schedules."))))));
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::PgStore;
-use crate::store::model::{JobId, NewSchedule, Schedule};
+use crate::store::model::{Fired, NewSchedule, Schedule};
 use crate::store::rows::ScheduleRow;
 use crate::store::{Result, ScheduleStore, StoreError};
 
@@ -31,10 +31,12 @@ impl ScheduleStore for PgStore {
         row.into_schedule()
     }
 
-    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()> {
+    async fn schedule_fired(&self, id: i64, fired: Fired) -> Result<()> {
+        let (job, run) = fired.job_and_run();
         sqlx::query(include_str!("schedules/fired.sql"))
             .bind(id)
             .bind(job)
+            .bind(run)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -285,6 +285,7 @@ impl WorkflowStore for PgStore {
         &self,
         id: RunId,
         deadline_at: Option<i64>,
+        inputs: &[(String, Vec<u8>)],
         now: i64,
     ) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
@@ -308,12 +309,24 @@ impl WorkflowStore for PgStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        for (node, input) in inputs {
+            let set: Option<String> =
+                sqlx::query_scalar(include_str!("workflows/set_node_input.sql"))
+                    .bind(input)
+                    .bind(node)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if set.is_none() {
+                return Err(step::not_retried(id, node));
+            }
+        }
         sqlx::query(include_str!("workflows/insert_run_events.sql"))
             .bind(id)
             .bind(seq)
             .bind(now)
             .bind(["run"])
-            .bind([step::retry_event(&nodes).to_string()])
+            .bind([step::retry_event(&nodes, inputs).to_string()])
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

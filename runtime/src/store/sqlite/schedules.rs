@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use super::{SqliteStore, rows};
-use crate::store::model::{JobId, NewSchedule, Schedule};
+use crate::store::model::{Fired, NewSchedule, Schedule};
 use crate::store::rows::ScheduleRow;
 use crate::store::{Result, ScheduleStore, StoreError};
 
@@ -41,10 +41,11 @@ impl ScheduleStore for SqliteStore {
             .into_schedule()
     }
 
-    async fn schedule_fired(&self, id: i64, job: JobId) -> Result<()> {
+    async fn schedule_fired(&self, id: i64, fired: Fired) -> Result<()> {
+        let (job, run) = fired.job_and_run();
         self.write(|tx| {
             tx.prepare_cached(include_str!("schedules/fired.sql"))?
-                .execute(params![id, job])?;
+                .execute(params![id, job, run])?;
             Ok(())
         })
         .await

@@ -208,6 +208,7 @@ impl WorkflowStore for SqliteStore {
         &self,
         id: RunId,
         deadline_at: Option<i64>,
+        inputs: &[(String, Vec<u8>)],
         now: i64,
     ) -> Result<Vec<String>> {
         let nodes = self
@@ -227,12 +228,22 @@ impl WorkflowStore for SqliteStore {
                     })?;
                 tx.prepare_cached(include_str!("workflows/retry_items.sql"))?
                     .execute([id])?;
+                for (node, input) in inputs {
+                    let set: Option<String> = scalar(
+                        tx,
+                        include_str!("workflows/set_node_input.sql"),
+                        params![input, node, id],
+                    )?;
+                    if set.is_none() {
+                        return Err(step::not_retried(id, node));
+                    }
+                }
                 tx.prepare_cached(include_str!("workflows/insert_run_event.sql"))?
                     .execute(params![
                         id,
                         seq,
                         "run",
-                        step::retry_event(&nodes).to_string(),
+                        step::retry_event(&nodes, inputs).to_string(),
                         now
                     ])?;
                 Ok(nodes)

@@ -37,6 +37,7 @@ impl Run {
                 finished_at: None,
                 job_state: None,
                 job_error: None,
+                input: None,
             })
             .collect();
         let run = RunRecord {

@@ -696,3 +696,123 @@ async fn overlapping_ticks_are_skipped_or_kept_as_the_schedule_says() {
         server.stop().await;
     }
 }
+
+/// A schedule may start a workflow run each tick: a run of a workflow whose one node takes
+/// 2.5 s, every second with `skip`, starts runs that never overlap, the schedule shows its
+/// last run, and its target; a schedule with neither or both of `job` and `workflow`, or of an
+/// unknown workflow, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_starts_workflow_runs_that_its_overlap_policy_keeps_apart() {
+    for (backend, store, _db) in test_stores("api_sched_runs").await {
+        let server = TestServer::start(store.clone(), ApiConfig::default(), 2).await;
+        upload(&server, guests::TESTJOB, "testjob").await;
+        let (status, v) = post_json(
+            &server,
+            "/v1/workflows",
+            &json!({"name": "nap", "nodes": [{"name": "sleep", "module": "testjob"}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {v}");
+        for (body, says) in [
+            (
+                json!({"cron": "* * * * * *"}),
+                "job or workflow is required",
+            ),
+            (
+                json!({"cron": "* * * * * *", "job": {"module": "testjob"}, "workflow": {"name": "nap"}}),
+                "not both",
+            ),
+            (
+                json!({"cron": "* * * * * *", "workflow": {"name": "nope"}}),
+                "workflow",
+            ),
+            (
+                json!({"cron": "* * * * * *", "workflow": {"name": "nap", "version": 0}}),
+                "workflow.version",
+            ),
+        ] {
+            let (status, v) = post_json(&server, "/v1/schedules", &body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{backend}: {body} -> {v}"
+            );
+            assert!(
+                v["detail"].as_str().is_some_and(|d| d.contains(says)),
+                "{backend}: {body} -> {v}"
+            );
+        }
+        let body = json!({
+            "cron": "* * * * * *", "overlap": "skip", "name": "naps",
+            "workflow": {"name": "nap", "input": {"mode": "sleep", "ms": 2500}},
+        });
+        let (status, v) = post_json(&server, "/v1/schedules", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{backend}: {v}");
+        assert_eq!(v["target"]["workflow"]["name"], "nap", "{backend}: {v}");
+        let id = v["id"].as_i64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        let (_, listed) = call(server.app(), "GET", "/v1/schedules", Body::empty(), None).await;
+        let (_, gone) = call(
+            server.app(),
+            "DELETE",
+            &format!("/v1/schedules/{id}"),
+            Body::empty(),
+            None,
+        )
+        .await;
+        assert_eq!(gone, Value::Null, "{backend}");
+        let (_, runs) = call(
+            server.app(),
+            "GET",
+            "/v1/workflow-runs?workflow=nap",
+            Body::empty(),
+            None,
+        )
+        .await;
+        let mut runs: Vec<Value> = runs["runs"].as_array().cloned().unwrap_or_default();
+        runs.sort_by_key(|r| r["id"].as_i64());
+        // Ticks every second for 5.5 s, a run takes 2.5 s: two runs, not five.
+        assert!(
+            (1..=2).contains(&runs.len()),
+            "{backend}: {} runs: {runs:?}",
+            runs.len()
+        );
+        for w in runs.windows(2) {
+            let (ended, next) = (w[0]["finished_at"].as_i64(), w[1]["created_at"].as_i64());
+            assert!(
+                ended.is_some_and(|e| next.is_some_and(|n| n >= e)),
+                "{backend}: runs of a skip schedule overlapped: {runs:?}"
+            );
+        }
+        let schedule = listed["schedules"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["id"] == id))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            schedule["last_run"],
+            runs.last().map_or(Value::Null, |r| r["id"].clone()),
+            "{backend}: {schedule}"
+        );
+        assert_eq!(schedule["last_job"], Value::Null, "{backend}");
+        // The run got the schedule's input: its node slept.
+        let first = runs[0]["id"].as_i64().unwrap_or(0);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let run = loop {
+            let (_, run) = call(
+                server.app(),
+                "GET",
+                &format!("/v1/workflow-runs/{first}"),
+                Body::empty(),
+                None,
+            )
+            .await;
+            if run["state"] != "running" || std::time::Instant::now() > until {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(run["state"], "succeeded", "{backend}: {run}");
+        server.stop().await;
+    }
+}

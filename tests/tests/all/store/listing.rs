@@ -293,11 +293,26 @@ pub(super) async fn schedules_fire_once_per_tick(backend: &'static str, store: A
         (Overlap::QueueOne, Some(1100), None),
         "{backend}"
     );
-    store.schedule_fired(s.id, 42).await.expect("fired");
+    store
+        .schedule_fired(s.id, Fired::Job(42))
+        .await
+        .expect("fired");
     let listed = store.list_schedules().await.expect("list").remove(0);
     assert_eq!(
-        (listed.pending_tick, listed.last_job),
-        (None, Some(42)),
+        (listed.pending_tick, listed.last_job, listed.last_run),
+        (None, Some(42), None),
+        "{backend}"
+    );
+    // A schedule of a workflow records the run it started.
+    store.schedule_pending(s.id, 1200).await.expect("pend");
+    store
+        .schedule_fired(s.id, Fired::Run(7))
+        .await
+        .expect("fired");
+    let listed = store.list_schedules().await.expect("list").remove(0);
+    assert_eq!(
+        (listed.pending_tick, listed.last_job, listed.last_run),
+        (None, None, Some(7)),
         "{backend}"
     );
     assert!(store.delete_schedule("nightly").await.expect("delete"));

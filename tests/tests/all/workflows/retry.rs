@@ -1,6 +1,6 @@
 //! A failed run retried from where it failed: succeeded nodes keep their jobs, the failed node
-//! and those skipped behind it run again, and of a `for_each` node only the elements that did
-//! not succeed.
+//! and those skipped behind it run again (the failed one on a new input, when given), and of a
+//! `for_each` node only the elements that did not succeed.
 
 use super::*;
 
@@ -107,6 +107,90 @@ async fn a_failed_run_is_retried_from_where_it_failed() {
             run["output"],
             json!([expected, expected, expected]),
             "{backend}"
+        );
+        server.stop().await;
+    }
+}
+
+/// A node that failed on its input runs again on a new one given with the retry; a new input
+/// for a node that is not run again, or for no node of the workflow, is refused and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_gives_the_failed_node_a_new_input() {
+    for (backend, store, _db) in test_stores("wf_retry_input").await {
+        let server = TestServer::start(store, ApiConfig::default(), 2).await;
+        let api = Api::new(&server).await;
+        api.define(chain("fixable", 3)).await;
+        // s1 fails on what s0 hands it ({"n": 1, "fail_at": 2}).
+        let id = api.start("fixable", json!({ "n": 0, "fail_at": 2 })).await;
+        let failed = api.wait(id).await;
+        assert_eq!(failed["state"], "failed", "{backend}: {failed}");
+        assert_eq!(
+            node(&failed, "s1")["state"],
+            "failed",
+            "{backend}: {failed}"
+        );
+        let path = format!("/v1/workflow-runs/{id}/retry");
+        for (inputs, status, says) in [
+            (
+                json!({ "s0": { "n": 5 } }),
+                409,
+                "not run again from its start",
+            ),
+            (json!({ "nope": { "n": 5 } }), 422, "no node \"nope\""),
+        ] {
+            let (got, v) = api
+                .send(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(json!({ "inputs": inputs })),
+                )
+                .await;
+            assert_eq!(got, status, "{backend}: {inputs} -> {v}");
+            assert!(
+                v["detail"].as_str().is_some_and(|d| d.contains(says)),
+                "{backend}: {v}"
+            );
+            let (_, still) = api
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/workflow-runs/{id}"),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                still["state"], "failed",
+                "{backend}: a refused retry changed the run"
+            );
+        }
+        let (status, v) = api
+            .send(
+                reqwest::Method::POST,
+                &path,
+                Some(json!({ "inputs": { "s1": { "n": 1 } } })),
+            )
+            .await;
+        assert_eq!(status, 202, "{backend}: {v}");
+        let run = api.wait(id).await;
+        assert_eq!(run["state"], "succeeded", "{backend}: {run}");
+        // s1 ran on {"n": 1} (no fail_at), s2 on s1's output.
+        assert_eq!(run["output"], json!({ "n": 3 }), "{backend}: {run}");
+        let events = run_events(&api, id).await;
+        let retried = events
+            .iter()
+            .find(|e| e["reason"] == "retried")
+            .unwrap_or_else(|| panic!("{backend}: no retry event in {events:?}"));
+        let mut again: Vec<&str> = retried["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        again.sort_unstable();
+        assert_eq!(
+            (again, &retried["new_input"]),
+            (vec!["s1", "s2"], &json!(["s1"])),
+            "{backend}: {retried}"
         );
         server.stop().await;
     }
