@@ -31,7 +31,7 @@ enum ScheduleVerb {
         workflow: Option<String>,
         /// The workflow version each tick runs (default: its latest at each tick).
         #[arg(long, requires = "workflow")]
-        version: Option<i64>,
+        workflow_version: Option<i64>,
         /// Each job's (or run's) input: JSON text, `@FILE`, or `@-` for stdin.
         #[arg(long, short)]
         input: Option<String>,
@@ -64,7 +64,7 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
             cron,
             module,
             workflow,
-            version,
+            workflow_version,
             input,
             name,
             tz,
@@ -74,7 +74,7 @@ pub async fn schedule(cmd: ScheduleCmd, client: &ClientArgs) -> anyhow::Result<u
             let mut body = json!({ "cron": cron, "tz": tz, "overlap": overlap.as_deref().unwrap_or("allow"), "name": name });
             match (workflow, module) {
                 (Some(workflow), _) => {
-                    let mut target = json!({ "name": workflow, "version": version });
+                    let mut target = json!({ "name": workflow, "version": workflow_version });
                     if !input.is_empty() {
                         let value: serde_json::Value = serde_json::from_slice(&input)
                             .map_err(|e| anyhow::anyhow!("--input: a run's input is JSON: {e}"))?;
