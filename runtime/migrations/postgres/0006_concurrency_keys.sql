@@ -6,7 +6,8 @@
 ALTER TABLE jobs ADD COLUMN concurrency_key TEXT, ADD COLUMN concurrency_limit BIGINT;
 
 -- Each key with admitted or waiting jobs: how many of each (a key with neither has no row).
--- Whoever admits or ends a keyed job locks its key's row first, keys in name order.
+-- Whoever admits or ends a keyed job takes an advisory lock on its key's hash first, then reads
+-- and writes this row.
 CREATE TABLE concurrency_keys (
     key      TEXT PRIMARY KEY,
     active   BIGINT NOT NULL,

@@ -299,8 +299,8 @@ pub struct Completion {
     pub events: Vec<NewEvent>,
     /// A `failed` attempt the job marked permanent (`outcome.fail-permanently`): not retried.
     pub permanent: bool,
-    /// The job has a concurrency key (as claimed): its end frees one of the key's places, so
-    /// the store ends it reading the job's row.
+    /// The job has a concurrency key (as claimed): its end hands one of the key's places on,
+    /// in the same transaction.
     pub keyed: bool,
 }
 

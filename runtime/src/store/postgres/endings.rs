@@ -37,6 +37,8 @@ struct Endings<'a> {
     event_back: Vec<i64>,
     event_kind: Vec<&'static str>,
     event_data: Vec<String>,
+    /// Some job has a concurrency key.
+    keyed: bool,
 }
 
 impl<'a> Endings<'a> {
@@ -63,6 +65,7 @@ impl<'a> Endings<'a> {
     }
 
     fn push(&mut self, c: &'a Completion, e: Ending) {
+        self.keyed |= c.keyed;
         let mut notices = vec![Notice::Events(c.job_id)];
         if e.state.is_final() {
             notices.push(Notice::Ended(c.job_id));
@@ -97,12 +100,17 @@ impl<'a> Endings<'a> {
 }
 
 /// Writes attempt endings with one statement (`queue/end_attempts.sql`); returns the ids of
-/// the jobs written (their notices: [`Endings::notices_of`]), the others were fenced out.
-async fn write_endings<'c, E>(exec: E, e: &Endings<'_>, now: i64) -> Result<Vec<i64>>
+/// the jobs written (their notices: [`Endings::notices_of`]) with their concurrency keys, the
+/// others were fenced out.
+async fn write_endings<'c, E>(
+    exec: E,
+    e: &Endings<'_>,
+    now: i64,
+) -> Result<Vec<(i64, Option<String>)>>
 where
     E: Executor<'c, Database = Postgres>,
 {
-    Ok(sqlx::query_scalar(include_str!("queue/end_attempts.sql"))
+    Ok(sqlx::query_as(include_str!("queue/end_attempts.sql"))
         .bind(&e.id)
         .bind(&e.attempt)
         .bind(&e.worker)
@@ -159,13 +167,41 @@ impl PgStore {
             endings.push(c, ending);
         }
         endings.sweep_by(self);
-        let written = write_endings(&self.hot, &endings, now).await?;
+        let mut freed = false;
+        let written = if endings.keyed {
+            // Ends of jobs with concurrency keys hand their places on in the same transaction.
+            let mut tx = self.hot.begin().await?;
+            let written = write_endings(&mut *tx, &endings, now).await?;
+            let mut ended_keys = std::collections::BTreeMap::new();
+            for (id, key) in &written {
+                if let (Some(key), Some((_, state))) = (key, states.get(id))
+                    && state.is_final()
+                {
+                    *ended_keys.entry(key.clone()).or_insert(0i64) += 1;
+                }
+            }
+            if !ended_keys.is_empty() {
+                let mut places =
+                    Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
+                places.release(&mut tx, &ended_keys, self).await?;
+                freed = places.store(&mut tx, self).await?;
+            }
+            tx.commit().await?;
+            written
+        } else {
+            write_endings(&self.hot, &endings, now).await?
+        };
+        let written: Vec<i64> = written.into_iter().map(|(id, _)| id).collect();
         for id in &written {
             if let Some((i, state)) = states.get(id) {
                 results[*i] = Completed::Applied(*state);
             }
         }
-        self.notify(endings.notices_of(&written));
+        let mut notices = endings.notices_of(&written);
+        if freed {
+            notices.push(Notice::JobsAvailable);
+        }
+        self.notify(notices);
         Ok(())
     }
 
@@ -236,17 +272,21 @@ impl PgStore {
             endings.push(c, ending);
         }
         // The rows are locked and fenced above: every one of them is written.
-        let written = if endings.id.is_empty() {
+        let written: Vec<i64> = if endings.id.is_empty() {
             Vec::new()
         } else {
             endings.sweep_by(self);
-            write_endings(&mut *tx, &endings, now).await?
+            write_endings(&mut *tx, &endings, now)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
         };
         let mut freed = false;
         if !ended_keys.is_empty() {
             let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
             places.release(&mut tx, &ended_keys, self).await?;
-            freed = places.store(&mut tx).await?;
+            freed = places.store(&mut tx, self).await?;
         }
         tx.commit().await?;
         let mut notices = endings.notices_of(&written);

@@ -71,7 +71,7 @@ impl JobStore for PgStore {
                 else {
                     return Ok(None);
                 };
-                places.store(&mut tx).await?;
+                places.store(&mut tx, self).await?;
                 tx.commit().await?;
                 (ids, waits)
             } else {
@@ -113,7 +113,7 @@ impl JobStore for PgStore {
                     return Ok(None);
                 }
             }
-            let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
+            let (out, notices) = insert_jobs_tx(self, &mut tx, jobs, now).await?;
             tx.commit().await?;
             self.notify(notices);
             out
@@ -263,7 +263,7 @@ impl JobStore for PgStore {
                         let ended = [(c.key.clone(), 1)].into_iter().collect();
                         places.release(&mut tx, &ended, self).await?;
                     }
-                    freed = places.store(&mut tx).await?;
+                    freed = places.store(&mut tx, self).await?;
                 }
                 JobState::Cancelled
             }
@@ -319,7 +319,7 @@ impl JobStore for PgStore {
             Some(c) => {
                 let mut places = Places::lock(&mut tx, [c.key.as_str()]).await?;
                 let admitted = places.admit(c);
-                places.store(&mut tx).await?;
+                places.store(&mut tx, self).await?;
                 !admitted
             }
             None => false,
@@ -592,6 +592,7 @@ where
 /// followers yet (its id is not known before this commits), so its creation announces only
 /// that jobs are available.
 pub(super) async fn insert_jobs_tx(
+    store: &PgStore,
     tx: &mut Tx<'_>,
     jobs: Vec<NewJob>,
     now: i64,
@@ -673,7 +674,7 @@ pub(super) async fn insert_jobs_tx(
             out[slot] = Some((job, true));
         }
     }
-    places.store(tx).await?;
+    places.store(tx, store).await?;
     let result = out
         .into_iter()
         .map(|entry| entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into())))

@@ -1,17 +1,20 @@
 //! Concurrency keys' places on Postgres (see [`crate::store::keys`]): a key's counts in its
 //! `concurrency_keys` row, its waiting jobs in `key_waits` (out of `job_queue`, so no claim
-//! sees them). A transaction that admits or ends keyed jobs locks their keys' rows first, in
-//! name order ([`Places::lock`]), after any job rows it locks: every writer takes them in that
-//! order, so two never wait for each other.
+//! sees them). A transaction that admits or ends keyed jobs locks their keys first
+//! ([`Places::lock`]: advisory locks on the keys' hashes, in hash order, after any job rows
+//! it locks: every writer takes them in that order, so two never wait for each other), then
+//! reads their counts, and writes each key's row once, at the end: a key's first job inserts
+//! it, and the end of its last job deletes it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use super::{PgStore, Tx};
 use crate::store::Result;
 use crate::store::keys::KeyCount;
 use crate::store::model::Concurrency;
 
-/// The places of some keys, their rows locked by the transaction that holds this.
+/// The places of some keys, locked by the transaction that holds this.
 pub(super) struct Places {
     counts: BTreeMap<String, KeyCount>,
     /// A waiting job took a place and is queued: nodes should look.
@@ -19,7 +22,8 @@ pub(super) struct Places {
 }
 
 impl Places {
-    /// Locks the rows of `keys` (creating those missing) and reads their counts.
+    /// Locks `keys` for the rest of `tx` and reads their counts (after the locks: a read in
+    /// the statement that waits for them would see the counts from before the wait).
     pub(super) async fn lock<'k>(
         tx: &mut Tx<'_>,
         keys: impl IntoIterator<Item = &'k str>,
@@ -30,7 +34,11 @@ impl Places {
         let rows: Vec<(String, i64, i64)> = if names.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(include_str!("keys/lock_keys.sql"))
+            sqlx::query(include_str!("keys/lock_keys.sql"))
+                .bind(&names)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query_as(include_str!("keys/key_counts.sql"))
                 .bind(&names)
                 .fetch_all(&mut **tx)
                 .await?
@@ -130,11 +138,15 @@ impl Places {
         Ok(waited.is_some())
     }
 
-    /// Writes the keys' counts back (a key with nothing admitted or waiting loses its row).
-    pub(super) async fn store(self, tx: &mut Tx<'_>) -> Result<bool> {
+    /// Writes the keys' counts back (a key with nothing admitted or waiting loses its row);
+    /// each row written counts towards the next vacuum of the queue's tables.
+    pub(super) async fn store(self, tx: &mut Tx<'_>, store: &PgStore) -> Result<bool> {
         if self.counts.is_empty() {
             return Ok(self.jobs_available);
         }
+        store
+            .churn
+            .fetch_add(self.counts.len() as u64, Ordering::Relaxed);
         let mut keys = Vec::with_capacity(self.counts.len());
         let mut active = Vec::with_capacity(self.counts.len());
         let mut waiting = Vec::with_capacity(self.counts.len());

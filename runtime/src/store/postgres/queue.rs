@@ -397,15 +397,14 @@ impl QueueStore for PgStore {
         let mut results = vec![Completed::Refused; completions.len()];
         // Attempts whose outcome alone decides their job's end (nearly all: they succeeded)
         // need no read of the job: one statement, fenced, ends them. The others are decided
-        // on the job's row, read under lock, as are the ends of jobs with a concurrency key
-        // (whose places an end frees in the same transaction). A job twice in one batch goes
-        // the second way the second time, where the fence refuses it.
+        // on the job's row, read under lock. A job twice in one batch goes the second way the
+        // second time, where the fence refuses it.
         let mut settled = Vec::new();
         let mut read = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, c) in completions.iter().enumerate() {
             match ending_by_outcome(c, now) {
-                Some(ending) if !c.keyed && seen.insert(c.job_id) => settled.push((i, c, ending)),
+                Some(ending) if seen.insert(c.job_id) => settled.push((i, c, ending)),
                 _ => read.push((i, c)),
             }
         }
@@ -613,7 +612,7 @@ impl PgStore {
         if !ended_keys.is_empty() {
             let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
             places.release(&mut tx, &ended_keys, self).await?;
-            if places.store(&mut tx).await? {
+            if places.store(&mut tx, self).await? {
                 notices.push(Notice::JobsAvailable);
             }
         }

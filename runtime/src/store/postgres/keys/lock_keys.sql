@@ -1,6 +1,5 @@
--- Locks the rows of keys $1 (distinct, in name order: every writer takes them in that order),
--- creating those missing, and returns each one's admitted and waiting jobs.
-INSERT INTO concurrency_keys (key, active, waiting)
-SELECT k, 0, 0 FROM UNNEST($1::text[]) AS k
-ON CONFLICT (key) DO UPDATE SET key = excluded.key
-RETURNING key, active, waiting
+-- Locks keys $1 for the rest of the transaction: a transaction-scoped advisory lock on each
+-- key's hash, taken in hash order (every writer takes them in that order). No row is written:
+-- a key's row is read after this, and written once, at the end.
+SELECT count(pg_advisory_xact_lock(h))
+FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::text[]) AS k ORDER BY 1) s

@@ -5,5 +5,6 @@ WITH u AS (
     DELETE FROM concurrency_keys c USING u
     WHERE c.key = u.key AND u.active = 0 AND u.waiting = 0
 )
-UPDATE concurrency_keys c SET active = u.active, waiting = u.waiting
-FROM u WHERE c.key = u.key AND (u.active <> 0 OR u.waiting <> 0)
+INSERT INTO concurrency_keys (key, active, waiting)
+SELECT key, active, waiting FROM u WHERE active <> 0 OR waiting <> 0
+ON CONFLICT (key) DO UPDATE SET active = excluded.active, waiting = excluded.waiting
