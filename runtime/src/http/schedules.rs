@@ -143,14 +143,9 @@ pub(super) async fn add(
             // The workflow must exist now (each tick starts its latest version, or the one
             // pinned), and its input must be one a run takes.
             let input = crate::service::input_bytes(workflow.input.as_ref(), None)?;
-            let policy = &state.service.policy;
-            policy
-                .admit(
-                    &policy.defaults,
-                    input.len(),
-                    &Default::default(),
-                    &state.service.allowed_dirs,
-                )
+            state
+                .workflows
+                .check_input(&input)
                 .map_err(crate::service::ServiceError::from)?;
             if let Err(e) = state
                 .workflows

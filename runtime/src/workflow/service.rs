@@ -103,9 +103,7 @@ impl WorkflowService {
         input: Vec<u8>,
     ) -> Result<(RunRecord, Arc<Validated>), ServiceError> {
         let (version, def) = self.definition(name, version).await?;
-        let policy = &self.jobs.policy;
-        let dirs = &self.jobs.allowed_dirs;
-        policy.admit(&policy.defaults, input.len(), &Default::default(), dirs)?;
+        self.check_input(&input)?;
         self.check_nodes(&def.definition)?;
         let mut nodes = Vec::with_capacity(def.definition.nodes.len());
         let mut unknown = Vec::new();
@@ -138,6 +136,17 @@ impl WorkflowService {
             )
             .await?;
         Ok((run, def))
+    }
+
+    /// Checks an input a run or a node would get against the admission policy (its size).
+    pub fn check_input(&self, input: &[u8]) -> Result<(), crate::admission::Refusal> {
+        let policy = &self.jobs.policy;
+        policy.admit(
+            &policy.defaults,
+            input.len(),
+            &Default::default(),
+            &self.jobs.allowed_dirs,
+        )
     }
 
     /// Checks what a definition's nodes ask for against the admission policy in force: their
@@ -189,14 +198,7 @@ impl WorkflowService {
                 )));
             }
             let bytes = crate::service::input_bytes(Some(input), None)?;
-            let policy = &self.jobs.policy;
-            policy
-                .admit(
-                    &policy.defaults,
-                    bytes.len(),
-                    &Default::default(),
-                    &self.jobs.allowed_dirs,
-                )
+            self.check_input(&bytes)
                 .map_err(|e| ServiceError::Invalid(format!("inputs.{node}: {e}")))?;
             given.push((node.clone(), bytes));
         }

@@ -5,7 +5,6 @@
 use sqlx::{Executor, Postgres};
 
 use super::PgStore;
-use super::keys::Places;
 use crate::store::history;
 use crate::store::lifecycle::{Ending, EndingSnapshot, ending};
 use crate::store::model::*;
@@ -99,37 +98,49 @@ impl<'a> Endings<'a> {
     }
 }
 
-/// Writes attempt endings with one statement (`queue/end_attempts.sql`); returns the ids of
-/// the jobs written (their notices: [`Endings::notices_of`]) with their concurrency keys, the
-/// others were fenced out.
+/// Writes attempt endings with one statement (`queue/end_attempts.sql`), in which the ends of
+/// jobs with concurrency keys hand their places on; returns the ids of the jobs written (their
+/// notices: [`Endings::notices_of`]; the others were fenced out), and whether a job that took
+/// a place is queued. The sweep comes for the jobs that took places and wait for a time.
 async fn write_endings<'c, E>(
     exec: E,
     e: &Endings<'_>,
     now: i64,
-) -> Result<Vec<(i64, Option<String>)>>
+    store: &PgStore,
+) -> Result<(Vec<i64>, bool)>
 where
     E: Executor<'c, Database = Postgres>,
 {
-    Ok(sqlx::query_as(include_str!("queue/end_attempts.sql"))
-        .bind(&e.id)
-        .bind(&e.attempt)
-        .bind(&e.worker)
-        .bind(&e.state)
-        .bind(&e.outcome)
-        .bind(&e.error)
-        .bind(&e.output)
-        .bind(&e.run_at)
-        .bind(&e.finished_at)
-        .bind(&e.event_count)
-        .bind(&e.attempt_head)
-        .bind(now)
-        .bind(&e.event_job)
-        .bind(&e.event_back)
-        .bind(&e.event_kind)
-        .bind(&e.event_data)
-        .bind(&e.state_event)
-        .fetch_all(exec)
-        .await?)
+    let rows: Vec<(i64, bool, Option<i64>, Option<i64>)> =
+        sqlx::query_as(include_str!("queue/end_attempts.sql"))
+            .bind(&e.id)
+            .bind(&e.attempt)
+            .bind(&e.worker)
+            .bind(&e.state)
+            .bind(&e.outcome)
+            .bind(&e.error)
+            .bind(&e.output)
+            .bind(&e.run_at)
+            .bind(&e.finished_at)
+            .bind(&e.event_count)
+            .bind(&e.attempt_head)
+            .bind(now)
+            .bind(&e.event_job)
+            .bind(&e.event_back)
+            .bind(&e.event_kind)
+            .bind(&e.event_data)
+            .bind(&e.state_event)
+            .bind(e.keyed)
+            .fetch_all(exec)
+            .await?;
+    let mut available = false;
+    if let Some((_, ready, wake, deadline)) = rows.first() {
+        available = *ready;
+        for at in [wake, deadline].into_iter().flatten() {
+            store.sweep_by(*at);
+        }
+    }
+    Ok((rows.into_iter().map(|(id, ..)| id).collect(), available))
 }
 
 /// What the end of a running attempt depends on (`queue/lock_attempts.sql`).
@@ -167,31 +178,7 @@ impl PgStore {
             endings.push(c, ending);
         }
         endings.sweep_by(self);
-        let mut freed = false;
-        let written = if endings.keyed {
-            // Ends of jobs with concurrency keys hand their places on in the same transaction.
-            let mut tx = self.hot.begin().await?;
-            let written = write_endings(&mut *tx, &endings, now).await?;
-            let mut ended_keys = std::collections::BTreeMap::new();
-            for (id, key) in &written {
-                if let (Some(key), Some((_, state))) = (key, states.get(id))
-                    && state.is_final()
-                {
-                    *ended_keys.entry(key.clone()).or_insert(0i64) += 1;
-                }
-            }
-            if !ended_keys.is_empty() {
-                let mut places =
-                    Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
-                places.release(&mut tx, &ended_keys, self).await?;
-                freed = places.store(&mut tx, self).await?;
-            }
-            tx.commit().await?;
-            written
-        } else {
-            write_endings(&self.hot, &endings, now).await?
-        };
-        let written: Vec<i64> = written.into_iter().map(|(id, _)| id).collect();
+        let (written, freed) = write_endings(&self.hot, &endings, now, self).await?;
         for id in &written {
             if let Some((i, state)) = states.get(id) {
                 results[*i] = Completed::Applied(*state);
@@ -229,8 +216,6 @@ impl PgStore {
             snaps.into_iter().map(|s| (s.id, s)).collect();
         let mut done = std::collections::HashSet::new();
         let mut endings = Endings::default();
-        // The concurrency keys whose places the jobs that end free, and how many of each.
-        let mut ended_keys = std::collections::BTreeMap::new();
         for &(i, c) in completions {
             let Some(snap) = snaps.get(&c.job_id) else {
                 continue;
@@ -264,30 +249,17 @@ impl PgStore {
                 now,
             )?;
             results[i] = Completed::Applied(ending.state);
-            if let Some(key) = &snap.concurrency_key
-                && ending.state.is_final()
-            {
-                *ended_keys.entry(key.clone()).or_insert(0i64) += 1;
-            }
+            // The rescuer's endings do not know whether the job has a key: its row does.
+            endings.keyed |= snap.concurrency_key.is_some();
             endings.push(c, ending);
         }
         // The rows are locked and fenced above: every one of them is written.
-        let written: Vec<i64> = if endings.id.is_empty() {
-            Vec::new()
+        let (written, freed) = if endings.id.is_empty() {
+            (Vec::new(), false)
         } else {
             endings.sweep_by(self);
-            write_endings(&mut *tx, &endings, now)
-                .await?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect()
+            write_endings(&mut *tx, &endings, now, self).await?
         };
-        let mut freed = false;
-        if !ended_keys.is_empty() {
-            let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
-            places.release(&mut tx, &ended_keys, self).await?;
-            freed = places.store(&mut tx, self).await?;
-        }
         tx.commit().await?;
         let mut notices = endings.notices_of(&written);
         if freed {

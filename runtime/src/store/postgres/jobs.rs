@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::{Executor, Postgres};
 use tokio::sync::broadcast;
 
-use super::keys::Places;
+use super::keys;
 use super::settings::touch_settings;
 use super::{PgStore, Tx, lock};
 use crate::store::history;
@@ -59,29 +59,9 @@ impl JobStore for PgStore {
                 touch_settings(&self.hot, &touch, now).await?;
                 lock(&self.settings).touched(touch, now);
             }
-            let keyed = batch.iter().any(|(j, _, _)| j.concurrency.is_some());
-            let (ids, waits) = if keyed {
-                // Jobs with concurrency keys take places under their keys' locks.
-                let mut tx = self.hot.begin().await?;
-                let mut places =
-                    Places::lock(&mut tx, batch.iter().filter_map(|(j, _, _)| key_of(j))).await?;
-                let waits = admit_all(&mut places, &batch);
-                let Some(ids) =
-                    insert_keyless(&mut *tx, &batch, &waits, &texts, names, now).await?
-                else {
-                    return Ok(None);
-                };
-                places.store(&mut tx, self).await?;
-                tx.commit().await?;
-                (ids, waits)
-            } else {
-                let waits = vec![false; batch.len()];
-                let Some(ids) =
-                    insert_keyless(&self.hot, &batch, &waits, &texts, names, now).await?
-                else {
-                    return Ok(None);
-                };
-                (ids, waits)
+            let Some((ids, waits)) = insert_keyless(&self.hot, &batch, &texts, names, now).await?
+            else {
+                return Ok(None);
             };
             if batch
                 .iter()
@@ -113,7 +93,7 @@ impl JobStore for PgStore {
                     return Ok(None);
                 }
             }
-            let (out, notices) = insert_jobs_tx(self, &mut tx, jobs, now).await?;
+            let (out, notices) = insert_jobs_tx(&mut tx, jobs, now).await?;
             tx.commit().await?;
             self.notify(notices);
             out
@@ -258,12 +238,7 @@ impl JobStore for PgStore {
                     .await?;
                 // Its wait for a place of its key ends, or the place it held goes on.
                 if let Some(c) = &job.concurrency {
-                    let mut places = Places::lock(&mut tx, [c.key.as_str()]).await?;
-                    if !places.leave_waiting(&mut tx, id, &c.key).await? {
-                        let ended = [(c.key.clone(), 1)].into_iter().collect();
-                        places.release(&mut tx, &ended, self).await?;
-                    }
-                    freed = places.store(&mut tx, self).await?;
+                    freed = keys::ended_waiting(&mut tx, id, &c.key, self).await?;
                 }
                 JobState::Cancelled
             }
@@ -316,12 +291,7 @@ impl JobStore for PgStore {
         let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
         // Back in the queue, a job of a concurrency key takes a place again, or waits.
         let waits = match &concurrency {
-            Some(c) => {
-                let mut places = Places::lock(&mut tx, [c.key.as_str()]).await?;
-                let admitted = places.admit(c);
-                places.store(&mut tx, self).await?;
-                !admitted
-            }
+            Some(c) => keys::admit(&mut tx, c).await?,
             None => false,
         };
         sqlx::query(include_str!("jobs/retry.sql"))
@@ -501,11 +471,10 @@ impl Texts {
 async fn insert_keyless<'c, E>(
     exec: E,
     jobs: &[(NewJob, JobState, i64)],
-    waits: &[bool],
     texts: &Texts,
     names: &[(String, String)],
     now: i64,
-) -> Result<Option<Vec<i64>>>
+) -> Result<Option<(Vec<i64>, Vec<bool>)>>
 where
     E: Executor<'c, Database = Postgres>,
 {
@@ -550,7 +519,7 @@ where
     let limits: Vec<&str> = texts.settings.iter().map(|p| p.limits.as_str()).collect();
     let retry: Vec<&str> = texts.settings.iter().map(|p| p.retry.as_str()).collect();
     let grants: Vec<&str> = texts.settings.iter().map(|p| p.grants.as_str()).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(include_str!("jobs/insert_keyless.sql"))
+    let rows: Vec<(i64, bool)> = sqlx::query_as(include_str!("jobs/insert_keyless.sql"))
         .bind(&module)
         .bind(&state)
         .bind(&priority)
@@ -571,20 +540,20 @@ where
         .bind(&queue)
         .bind(&concurrency_key)
         .bind(&concurrency_limit)
-        .bind(waits)
+        .bind(jobs.iter().any(|(j, _, _)| j.concurrency.is_some()))
         .fetch_all(exec)
         .await?;
-    if ids.is_empty() && !jobs.is_empty() && !names.is_empty() {
+    if rows.is_empty() && !jobs.is_empty() && !names.is_empty() {
         return Ok(None);
     }
-    if ids.len() != jobs.len() {
+    if rows.len() != jobs.len() {
         return Err(StoreError::Corrupt(format!(
             "inserting {} jobs returned {} ids",
             jobs.len(),
-            ids.len()
+            rows.len()
         )));
     }
-    Ok(Some(ids))
+    Ok(Some(rows.into_iter().unzip()))
 }
 
 /// Inserts jobs and their first events inside `tx`; returns them and the notices to send once
@@ -592,15 +561,16 @@ where
 /// followers yet (its id is not known before this commits), so its creation announces only
 /// that jobs are available.
 pub(super) async fn insert_jobs_tx(
-    store: &PgStore,
     tx: &mut Tx<'_>,
     jobs: Vec<NewJob>,
     now: i64,
 ) -> Result<Inserted> {
     let mut out: Vec<Option<(Job, bool)>> = Vec::with_capacity(jobs.len());
     let mut any_queued = false;
-    // Every concurrency key the jobs name is locked first, in name order.
-    let mut places = Places::lock(tx, jobs.iter().filter_map(key_of)).await?;
+    // Every concurrency key the jobs name is locked first, in one order (the statements
+    // below lock their own again, which a transaction's locks allow).
+    let keys: Vec<&str> = jobs.iter().filter_map(key_of).collect();
+    keys::lock(tx, &keys).await?;
     // Jobs with an idempotency key one at a time (a key may repeat, even within the batch);
     // the others with one statement.
     let mut keyless: Vec<(usize, NewJob, JobState, i64)> = Vec::new();
@@ -624,8 +594,7 @@ pub(super) async fn insert_jobs_tx(
         }
         let settings = Settings::of(&j);
         touch_settings(&mut **tx, &[settings.key.to_vec()], now).await?;
-        let waits = j.concurrency.as_ref().is_some_and(|c| !places.admit(c));
-        let id: i64 = sqlx::query_scalar(include_str!("jobs/insert_keyed.sql"))
+        let (id, waits): (i64, bool) = sqlx::query_as(include_str!("jobs/insert_keyed.sql"))
             .bind(&j.module_digest)
             .bind(state.as_str())
             .bind(j.priority)
@@ -644,7 +613,6 @@ pub(super) async fn insert_jobs_tx(
             .bind(&j.queue)
             .bind(j.concurrency.as_ref().map(|c| c.key.as_str()))
             .bind(j.concurrency.as_ref().map(|c| i64::from(c.limit)))
-            .bind(waits)
             .fetch_one(&mut **tx)
             .await?;
         any_queued |= state == JobState::Queued && !waits;
@@ -661,8 +629,7 @@ pub(super) async fn insert_jobs_tx(
         // roll back): touch every time (a lookup by key, a write at most every few minutes).
         let texts = Texts::of(&batch, now);
         touch_settings(&mut **tx, &texts.keys(), now).await?;
-        let waits = admit_all(&mut places, &batch);
-        let ids = insert_keyless(&mut **tx, &batch, &waits, &texts, &[], now)
+        let (ids, waits) = insert_keyless(&mut **tx, &batch, &texts, &[], now)
             .await?
             .ok_or_else(refused_without_names)?;
         for (((id, slot), (j, state, run_at)), waits) in
@@ -674,7 +641,6 @@ pub(super) async fn insert_jobs_tx(
             out[slot] = Some((job, true));
         }
     }
-    places.store(tx, store).await?;
     let result = out
         .into_iter()
         .map(|entry| entry.ok_or_else(|| StoreError::Corrupt("a submitted job got no row".into())))
@@ -690,14 +656,6 @@ pub(super) async fn insert_jobs_tx(
 /// A job's concurrency key, if it has one.
 fn key_of(job: &NewJob) -> Option<&str> {
     job.concurrency.as_ref().map(|c| c.key.as_str())
-}
-
-/// Which jobs of `batch` (in order) find no place of their concurrency key and wait.
-fn admit_all(places: &mut Places, batch: &[(NewJob, JobState, i64)]) -> Vec<bool> {
-    batch
-        .iter()
-        .map(|(j, _, _)| j.concurrency.as_ref().is_some_and(|c| !places.admit(c)))
-        .collect()
 }
 
 /// Job `id`, its row locked for the rest of `tx`.

@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 
 use super::jobs::push_events;
-use super::keys::Places;
+use super::keys;
 use super::{PgStore, lock};
 use crate::store::history;
 use crate::store::lifecycle::{ending_by_outcome, released_event};
@@ -604,17 +604,10 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
         // The places of the concurrency keys that jobs past their deadline held go on.
-        let mut ended_keys = std::collections::BTreeMap::new();
-        for key in swept.iter().filter_map(|(_, _, key)| key.clone()) {
-            *ended_keys.entry(key).or_insert(0) += 1;
-        }
+        let ended_keys: Vec<String> = swept.iter().filter_map(|(_, _, k)| k.clone()).collect();
         let mut notices = Vec::new();
-        if !ended_keys.is_empty() {
-            let mut places = Places::lock(&mut tx, ended_keys.keys().map(String::as_str)).await?;
-            places.release(&mut tx, &ended_keys, self).await?;
-            if places.store(&mut tx, self).await? {
-                notices.push(Notice::JobsAvailable);
-            }
+        if keys::release(&mut tx, &ended_keys, self).await? {
+            notices.push(Notice::JobsAvailable);
         }
         tx.commit().await?;
         self.churn.fetch_add(swept.len() as u64, Ordering::Relaxed);

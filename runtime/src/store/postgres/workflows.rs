@@ -133,7 +133,7 @@ impl WorkflowStore for PgStore {
             return Ok(None);
         };
         let (inserted, mut notices) =
-            insert_jobs_tx(self, &mut tx, step::step_jobs(&changes), now).await?;
+            insert_jobs_tx(&mut tx, step::step_jobs(&changes), now).await?;
         let ids: Vec<JobId> = inserted.iter().map(|(j, _)| j.id).collect();
         let nodes = step::node_writes(&changes, &ids);
         if !nodes.is_empty() {

@@ -3,9 +3,11 @@
 -- with its state event and its ended attempt (`history::attempt_head` and the attempt's start
 -- and end) appended to its row, and goes back on the queue when it is to be retried. The
 -- attempts' own events ($13…$16: job, how far before the job's last seq, kind, data) go to
--- `events`, before the state event in seq. Returns the ids of the jobs written, and the
--- concurrency key of each, if it has one; the others were fenced out. A job has a worker
--- exactly while it runs.
+-- `events`, before the state event in seq. With $18, the jobs with concurrency keys that
+-- ended hand their places on (`wasmjobs_release`). Returns the ids of the jobs written (the
+-- others were fenced out) and, on each row, whether a job that took a place is queued, the
+-- earliest `run_at` of those scheduled, and the earliest deadline among them. A job has a
+-- worker exactly while it runs.
 WITH v AS (
     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
@@ -29,6 +31,15 @@ WITH v AS (
     WHERE jobs.id = v.id AND jobs.worker = v.worker AND jobs.attempts = v.attempt
     RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at,
               jobs.queue, jobs.concurrency_key
+), r AS (
+    SELECT * FROM wasmjobs_release(
+        CASE WHEN $18 THEN (SELECT array_agg(concurrency_key) FROM j
+                            WHERE concurrency_key IS NOT NULL
+                                  AND state IN ('succeeded', 'failed', 'cancelled')) END)
+), taken AS (
+    SELECT COALESCE(bool_or(ready), FALSE) AS ready, min(run_at) FILTER (WHERE NOT ready) AS wake,
+           min(deadline_at) AS deadline
+    FROM r
 ), q AS (
     INSERT INTO job_queue (job_id, priority, run_at, deadline_at, ready, queue)
     SELECT id, priority, run_at, deadline_at, state = 'queued', queue FROM j WHERE state IN ('queued', 'scheduled')
@@ -38,4 +49,4 @@ WITH v AS (
     FROM UNNEST($13::bigint[], $14::bigint[], $15::text[], $16::text[]) AS u(job_id, back, kind, data)
     JOIN j ON j.id = u.job_id
 )
-SELECT j.id, j.concurrency_key FROM j
+SELECT j.id, taken.ready, taken.wake, taken.deadline FROM j CROSS JOIN taken
