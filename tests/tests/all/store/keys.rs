@@ -193,3 +193,87 @@ pub(super) async fn a_deadline_passed_hands_a_keys_place_on(
     assert_eq!(d1_job.state, JobState::Failed, "{backend}");
     assert_eq!(ids(&claimed), vec![d2], "{backend}");
 }
+
+/// Submitters and claimers at once, on several connections: three keys of limit 1, twenty
+/// jobs each; four claimers claim, hold each job a moment and end it. No claimer ever holds a
+/// job of a key another holds, and every job ends.
+pub(super) async fn concurrent_claimers_never_hold_two_jobs_of_a_key(
+    backend: &'static str,
+    store: Arc<dyn Backend>,
+) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    let digest = module(&*store).await;
+    let clock = Arc::new(AtomicI64::new(10_000));
+    let submitters: Vec<_> = (0..3)
+        .map(|s| {
+            let (store, digest, clock) = (store.clone(), digest.clone(), clock.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    let key = format!("k{}", (s + i) % 3);
+                    let at = clock.fetch_add(1, Ordering::Relaxed);
+                    keyed(&*store, &digest, &key, 1, 0, at).await;
+                }
+            })
+        })
+        .collect();
+    let holding: Arc<Mutex<HashMap<String, JobId>>> = Arc::default();
+    let ended = Arc::new(AtomicUsize::new(0));
+    let claimers: Vec<_> = (0..4)
+        .map(|n| {
+            let (store, clock) = (store.clone(), clock.clone());
+            let (holding, ended) = (holding.clone(), ended.clone());
+            tokio::spawn(async move {
+                let worker = format!("w{n}");
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while ended.load(Ordering::Relaxed) < 60 && std::time::Instant::now() < until {
+                    let at = clock.fetch_add(1, Ordering::Relaxed);
+                    let claimed = store
+                        .claim(&worker, 3, &Holding::default(), at, 60_000)
+                        .await
+                        .expect("claim");
+                    let mut mine = Vec::new();
+                    for c in &claimed {
+                        let job = store.get_job(c.id).await.expect("get").expect("exists");
+                        let key = job.concurrency.expect("keyed").key;
+                        let held = holding.lock().expect("map").insert(key.clone(), c.id);
+                        assert!(
+                            held.is_none(),
+                            "{backend}: jobs {held:?} and {} of key {key} held at once",
+                            c.id
+                        );
+                        mine.push(key);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    // Given up in the map before the store hands the place on.
+                    for key in &mine {
+                        holding.lock().expect("map").remove(key);
+                    }
+                    let completions: Vec<Completion> = claimed
+                        .iter()
+                        .map(|c| done(c, &worker, Outcome::Succeeded))
+                        .collect();
+                    if !completions.is_empty() {
+                        let at = clock.fetch_add(1, Ordering::Relaxed);
+                        store.complete(&completions, at).await.expect("complete");
+                        ended.fetch_add(completions.len(), Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await.expect("submitter");
+    }
+    for c in claimers {
+        c.await.expect("claimer");
+    }
+    assert_eq!(
+        ended.load(Ordering::Relaxed),
+        60,
+        "{backend}: not every keyed job ended"
+    );
+    let counts = store.count_unfinished().await.expect("count");
+    assert!(counts.iter().all(|(_, n)| *n == 0), "{backend}: {counts:?}");
+}

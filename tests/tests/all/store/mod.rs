@@ -53,6 +53,7 @@ const CASES: &[(&str, Case)] = cases![
     queues::a_rate_limits_starts_with_a_bucket_kept_in_the_store,
     keys::a_key_runs_its_jobs_up_to_its_limit_in_order_and_blocks_no_other,
     keys::a_deadline_passed_hands_a_keys_place_on,
+    keys::concurrent_claimers_never_hold_two_jobs_of_a_key,
     rescue::expired_leases_are_lost_attempts_and_requeued,
     rescue::a_job_whose_nodes_keep_dying_fails_after_max_lost,
     rescue::gone_nodes_jobs_are_rescued_at_once_and_released_jobs_are_not_charged,
