@@ -343,6 +343,8 @@ function job(id) {
     facts.replaceChildren(
       h("dt", {}, "module"), h("dd", {}, `${moduleName(j.module)} (${j.module})`),
       h("dt", {}, "queue"), h("dd", {}, j.queue),
+      ...(j.concurrency_key ? [h("dt", {}, "concurrency key"), h("dd", { id: "job-key" }, `${j.concurrency_key} (at most ${j.concurrency_limit} at once)`,
+        j.waiting_for_key ? h("span", { class: "muted" }, " · waiting for a place") : "")] : []),
       h("dt", {}, "created"), h("dd", {}, when(j.created_at)),
       h("dt", {}, "finished"), h("dd", {}, when(j.finished_at)),
       ...(j.outcome ? [h("dt", {}, "outcome"), h("dd", { id: "job-outcome" }, j.outcome)] : []),

@@ -336,12 +336,12 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         "a cancelled job offers a retry"
     );
 
-    // A failed job shows its outcome, its error and its logs.
+    // A failed job shows its outcome, its error, its logs and its concurrency key.
     let failed = submit_all(
         &http,
         &server.url,
         vec![
-            json!({"module": "testjob", "input": {"mode": "panic"}, "retry": {"max_attempts": 1}}),
+            json!({"module": "testjob", "input": {"mode": "panic"}, "retry": {"max_attempts": 1}, "concurrency_key": "acct-7", "concurrency_limit": 2}),
         ],
     )
     .await[0];
@@ -351,8 +351,8 @@ async fn the_dashboard_shows_jobs_and_runs_live_in_a_real_browser() {
         .expect("job page");
     wait_for(
         &c,
-        "the failed job's outcome, error and logs",
-        "const t = (id) => (document.getElementById(id) || {}).textContent || ''; return t('job-outcome') === 'trapped' && t('job-error').includes('boom on purpose') && t('job-logs').includes('boom on purpose') && t('attempts').includes('unreachable')",
+        "the failed job's outcome, error, logs and concurrency key",
+        "const t = (id) => (document.getElementById(id) || {}).textContent || ''; return t('job-outcome') === 'trapped' && t('job-error').includes('boom on purpose') && t('job-logs').includes('boom on purpose') && t('attempts').includes('unreachable') && t('job-key') === 'acct-7 (at most 2 at once)'",
         long,
     )
     .await;
