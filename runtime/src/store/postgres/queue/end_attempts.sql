@@ -32,10 +32,11 @@ WITH v AS (
     RETURNING jobs.id, jobs.event_seq, jobs.state, jobs.priority, jobs.run_at, jobs.deadline_at,
               jobs.queue, jobs.concurrency_key
 ), r AS (
-    SELECT * FROM wasmjobs_release(
-        CASE WHEN $18 THEN (SELECT array_agg(concurrency_key) FROM j
-                            WHERE concurrency_key IS NOT NULL
-                                  AND state IN ('succeeded', 'failed', 'cancelled')) END)
+    -- Not called at all without $18 (a one-time filter).
+    SELECT f.* FROM wasmjobs_release((SELECT array_agg(concurrency_key) FROM j
+                                      WHERE concurrency_key IS NOT NULL
+                                            AND state IN ('succeeded', 'failed', 'cancelled'))) f
+    WHERE $18
 ), taken AS (
     SELECT COALESCE(bool_or(ready), FALSE) AS ready, min(run_at) FILTER (WHERE NOT ready) AS wake,
            min(deadline_at) AS deadline
