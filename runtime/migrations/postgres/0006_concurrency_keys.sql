@@ -89,7 +89,8 @@ BEGIN
         SELECT kc.k, kc.a, x.job_id, x.lim,
                row_number() OVER (PARTITION BY kc.k
                                   ORDER BY x.priority DESC, x.run_at, x.job_id) AS rn
-        FROM kc CROSS JOIN LATERAL (
+        FROM (SELECT * FROM kc WHERE kc.look > 0) kc CROSS JOIN LATERAL (
+            -- Only the keys with waiting jobs are looked up.
             SELECT w.job_id, w.lim, w.priority, w.run_at FROM key_waits w
             WHERE w.key = kc.k ORDER BY w.priority DESC, w.run_at, w.job_id LIMIT kc.look
         ) x
