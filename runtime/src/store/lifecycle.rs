@@ -77,10 +77,18 @@ pub(super) fn transition_at(job: &Job, now: i64) -> i64 {
     now.max(job.updated_at)
 }
 
-/// The retry policy job `id` (as read, `None` if missing) gets when a user retries it at `now`:
-/// a fresh budget of attempts on top of those made; and when the retry happens
-/// ([`transition_at`]). Only failed and cancelled jobs can be retried.
-pub(super) fn retried(id: JobId, job: Option<Job>, now: i64) -> Result<(super::RetryPolicy, i64)> {
+/// What a retry by hand writes: the job's new settings, its concurrency key (it takes a place
+/// again, or waits), and when the retry happens ([`transition_at`]).
+pub(super) struct Retried {
+    pub settings: super::settings::Settings,
+    pub concurrency: Option<Concurrency>,
+    pub at: i64,
+}
+
+/// What job `id` (as read, `None` if missing) gets when a user retries it at `now`: a fresh
+/// budget of attempts on top of those made, as new settings for this job (the others that
+/// shared its settings keep theirs). Only failed and cancelled jobs can be retried.
+pub(super) fn retried(id: JobId, job: Option<Job>, now: i64) -> Result<Retried> {
     let job = job.ok_or(StoreError::NotFound {
         what: "job",
         id: id.to_string(),
@@ -97,7 +105,11 @@ pub(super) fn retried(id: JobId, job: Option<Job>, now: i64) -> Result<(super::R
     let other = job.attempts.saturating_sub(job.lost_attempts);
     retry.max_attempts = other.saturating_add(retry.max_attempts.max(1));
     retry.max_lost = job.lost_attempts.saturating_add(retry.max_lost.max(1));
-    Ok((retry, at))
+    Ok(Retried {
+        settings: super::settings::Settings::of_parts(&job.limits, &retry, &job.grants),
+        concurrency: job.concurrency,
+        at,
+    })
 }
 
 /// Jobs inserted (each with `false` when its idempotency key returned an earlier job) and the

@@ -378,7 +378,7 @@ pub struct Schedule {
     pub cron: String,
     /// The IANA time zone the cron expression is read in; UTC if none.
     pub tz: Option<String>,
-    /// What a tick does while the previous job from this schedule has not ended.
+    /// What a tick does while the job or run of its previous tick has not ended.
     pub overlap: Overlap,
     pub target: Value,
     pub next_run_at: i64,
@@ -419,16 +419,18 @@ pub struct NewSchedule {
     pub next_run_at: i64,
 }
 
-/// What a schedule's tick does while the job of its previous tick has not ended.
+/// What a schedule's tick does while the job (or workflow run) of its previous tick has not
+/// ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
-    /// Submit it anyway: jobs of several ticks may run at once.
+    /// Fire it anyway: jobs or runs of several ticks may run at once.
     #[default]
     Allow,
-    /// Submit nothing for this tick.
+    /// Fire nothing for this tick.
     Skip,
-    /// Keep this tick (the latest such, one at most) and submit it once the previous job ended.
+    /// Keep this tick (the latest such, one at most) and fire it once the previous job or run
+    /// ended.
     QueueOne,
 }
 

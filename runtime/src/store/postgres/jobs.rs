@@ -10,7 +10,7 @@ use super::settings::touch_settings;
 use super::{PgStore, Tx, lock};
 use crate::store::history;
 use crate::store::lifecycle::{
-    Inserted, attempts_of, created_event, initial_state, retried, transition_at,
+    Inserted, Retried, attempts_of, created_event, initial_state, retried, transition_at,
 };
 use crate::store::model::*;
 use crate::store::rows::{EventRow, JobRow};
@@ -277,23 +277,14 @@ impl JobStore for PgStore {
 
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let mut tx = self.pool.begin().await?;
-        let job = fetch_job(&mut tx, id).await?;
-        let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
-        let (retry, now) = retried(id, job.clone(), now)?;
-        // A fresh budget is new settings for this job (the others that shared its settings
-        // keep theirs).
-        let settings = job
-            .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
-            .ok_or_else(|| StoreError::NotFound {
-                what: "job",
-                id: id.to_string(),
-            })?;
+        let Retried {
+            settings,
+            concurrency,
+            at: now,
+        } = retried(id, fetch_job(&mut tx, id).await?, now)?;
         let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
         // Back in the queue, a job of a concurrency key takes a place again, or waits.
-        let waits = match &concurrency {
-            Some(c) => keys::admit(&mut tx, c).await?,
-            None => false,
-        };
+        let waits = keys::waits(&mut tx, concurrency.as_ref()).await?;
         sqlx::query(include_str!("jobs/retry.sql"))
             .bind(&settings.key[..])
             .bind(now)

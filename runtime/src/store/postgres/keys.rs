@@ -21,8 +21,12 @@ pub(super) async fn lock(tx: &mut Tx<'_>, keys: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A job of `concurrency` comes to its key: `true` when it waits for a place.
-pub(super) async fn admit(tx: &mut Tx<'_>, concurrency: &Concurrency) -> Result<bool> {
+/// A job of `concurrency` (if it has a key) comes to its key: `true` when it waits for a
+/// place.
+pub(super) async fn waits(tx: &mut Tx<'_>, concurrency: Option<&Concurrency>) -> Result<bool> {
+    let Some(concurrency) = concurrency else {
+        return Ok(false);
+    };
     let waits: Vec<bool> = sqlx::query_scalar(include_str!("keys/admit.sql"))
         .bind([concurrency.key.as_str()])
         .bind([i64::from(concurrency.limit)])
@@ -46,7 +50,7 @@ pub(super) async fn release(tx: &mut Tx<'_>, ended: &[String], store: &PgStore) 
 
 /// The queue rows of jobs that took places: the sweep comes for those that wait for a time or
 /// must start before one. Whether one is ready.
-pub(super) fn took_places(taken: &[(bool, i64, Option<i64>)], store: &PgStore) -> bool {
+fn took_places(taken: &[(bool, i64, Option<i64>)], store: &PgStore) -> bool {
     let mut ready = false;
     for &(is_ready, run_at, deadline_at) in taken {
         if is_ready {

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use super::{SqliteStore, Tx, in_transaction, query, rows, scalar};
 use crate::store::history;
 use crate::store::lifecycle::{
-    Inserted, PendingEvent, attempts_of, created_event, initial_state, pending, retried,
+    Inserted, PendingEvent, Retried, attempts_of, created_event, initial_state, pending, retried,
     transition_at,
 };
 use crate::store::model::*;
@@ -227,22 +227,13 @@ impl JobStore for SqliteStore {
     async fn retry(&self, id: JobId, now: i64) -> Result<JobState> {
         let waits = self
             .write(|tx| {
-                let job = fetch_job(tx, id)?;
-                let concurrency = job.as_ref().and_then(|j| j.concurrency.clone());
-                let (retry, now) = retried(id, job.clone(), now)?;
-                // A fresh budget is new settings for this job (the others that shared its
-                // settings keep theirs).
-                let settings = job
-                    .map(|j| Settings::of_parts(&j.limits, &retry, &j.grants))
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "job",
-                        id: id.to_string(),
-                    })?;
+                let Retried {
+                    settings,
+                    concurrency,
+                    at: now,
+                } = retried(id, fetch_job(tx, id)?, now)?;
                 store_settings(tx, &settings, now)?;
-                let waits = match &concurrency {
-                    Some(c) => !super::keys::admit(tx, c)?,
-                    None => false,
-                };
+                let waits = super::keys::waits(tx, concurrency.as_ref())?;
                 tx.prepare_cached(include_str!("jobs/retry.sql"))?
                     .execute(params![&settings.key[..], now, id, waits])?;
                 let e = NewEvent::state(JobState::Queued, json!({ "retried": true }));
@@ -349,10 +340,7 @@ pub(super) fn insert_jobs_tx(tx: &Tx<'_>, jobs: Vec<NewJob>, now: i64) -> Result
         if last.as_ref().is_none_or(|l| l.key != settings.key) {
             store_settings(tx, &settings, now)?;
         }
-        let waits = match &j.concurrency {
-            Some(c) => !super::keys::admit(tx, c)?,
-            None => false,
-        };
+        let waits = super::keys::waits(tx, j.concurrency.as_ref())?;
         let id: i64 = scalar(
             tx,
             include_str!("jobs/insert.sql"),

@@ -30,14 +30,16 @@ fn store(tx: &Tx<'_>, key: &str, count: KeyCount) -> Result<()> {
     Ok(())
 }
 
-/// A job of `concurrency` comes to its key (submitted, or put back in the queue by hand):
-/// `true` when it has a place; `false` when it must wait (the caller marks it
-/// `waits_on_key`).
-pub(super) fn admit(tx: &Tx<'_>, concurrency: &Concurrency) -> Result<bool> {
+/// A job of `concurrency` (if it has a key) comes to its key, submitted or put back in the
+/// queue by hand: `true` when it must wait for a place (the caller marks it `waits_on_key`).
+pub(super) fn waits(tx: &Tx<'_>, concurrency: Option<&Concurrency>) -> Result<bool> {
+    let Some(concurrency) = concurrency else {
+        return Ok(false);
+    };
     let mut c = count(tx, &concurrency.key)?;
     let admitted = c.admit(concurrency.limit);
     store(tx, &concurrency.key, c)?;
-    Ok(admitted)
+    Ok(!admitted)
 }
 
 /// An admitted job of `key` ended: its place goes to the first waiting job, if any may take

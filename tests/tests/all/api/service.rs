@@ -549,23 +549,8 @@ async fn schedules_read_their_cron_in_their_time_zone() {
         let server = TestServer::start(store, ApiConfig::default(), 0).await;
         upload(&server, guests::NOOP, "noop").await;
         let add = |body: Value| {
-            let app = server.app();
-            async move {
-                let mut req = Request::builder().method("POST").uri("/v1/schedules");
-                req = req.header("content-type", "application/json");
-                let resp = app
-                    .oneshot(req.body(Body::from(body.to_string())).expect("request"))
-                    .await
-                    .expect("response");
-                let status = resp.status();
-                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-                    .await
-                    .expect("body");
-                (
-                    status,
-                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-                )
-            }
+            let server = &server;
+            async move { post_json(server, "/v1/schedules", &body).await }
         };
         let (status, tokyo) =
             add(json!({"cron": "0 9 * * *", "tz": "Asia/Tokyo", "job": {"module": "noop"}})).await;
