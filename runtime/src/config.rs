@@ -48,6 +48,114 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     /// `[queues.NAME]`: a queue's weight, limits and pause (docs/scheduler.md, "Queues").
     pub queues: std::collections::BTreeMap<String, QueueSection>,
+    /// `[webhooks]`: how webhook deliveries are made (docs/events.md).
+    pub webhooks: WebhooksSection,
+    /// `[events]`: where else events are published (docs/events.md).
+    pub events: EventsSection,
+}
+
+/// `[webhooks]` in `wasmjobs.toml` (docs/events.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// Let webhooks call private, loopback and link-local addresses (default false).
+    pub allow_private_targets: bool,
+    /// Longest a call may take (default "10s").
+    pub timeout: Option<String>,
+    /// How long a delivery is retried before it is dead (default "1d").
+    pub retry_for: Option<String>,
+    /// The first retry's delay, doubled at each next one up to an hour (default "5s").
+    pub retry_delay: Option<String>,
+    /// A webhook whose deliveries have all failed for this long is disabled (default "5d").
+    pub disable_after: Option<String>,
+    /// The largest job output a payload carries (default "64KiB").
+    pub max_output_bytes: Option<String>,
+    /// How long delivered and dead deliveries are kept (default "7d").
+    pub keep_deliveries: Option<String>,
+}
+
+/// `[events]` in `wasmjobs.toml` (docs/events.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSection {
+    /// Publish every state change to NATS JetStream at this URL (`nats://host:4222`).
+    pub nats: Option<String>,
+    /// The subjects' prefix (default "wasmjobs").
+    pub subject_prefix: Option<String>,
+    /// The JetStream stream for the subjects, created when missing (default "WASMJOBS").
+    pub nats_stream: Option<String>,
+}
+
+impl WebhooksSection {
+    /// The settings, checked.
+    pub fn settings(&self) -> anyhow::Result<crate::events::WebhookSettings> {
+        use anyhow::Context as _;
+        use wasmjobs_host::units::{parse_duration, parse_size};
+        let d = crate::events::WebhookSettings::default();
+        let duration = |key: &str, v: &Option<String>, default| -> anyhow::Result<_> {
+            v.as_deref().map_or(Ok(default), |t| {
+                parse_duration(t).with_context(|| format!("webhooks.{key}"))
+            })
+        };
+        let settings = crate::events::WebhookSettings {
+            allow_private_targets: self.allow_private_targets,
+            timeout: duration("timeout", &self.timeout, d.timeout)?,
+            retry_for: duration("retry_for", &self.retry_for, d.retry_for)?,
+            retry_delay: duration("retry_delay", &self.retry_delay, d.retry_delay)?,
+            disable_after: duration("disable_after", &self.disable_after, d.disable_after)?,
+            max_output_bytes: match &self.max_output_bytes {
+                Some(t) => usize::try_from(parse_size(t).context("webhooks.max_output_bytes")?)
+                    .unwrap_or(usize::MAX),
+                None => d.max_output_bytes,
+            },
+            keep_deliveries: duration("keep_deliveries", &self.keep_deliveries, d.keep_deliveries)?,
+        };
+        if settings.timeout.is_zero() || settings.retry_delay.is_zero() {
+            anyhow::bail!("webhooks.timeout and webhooks.retry_delay must be more than 0");
+        }
+        Ok(settings)
+    }
+}
+
+impl EventsSection {
+    /// The NATS settings when `nats` is set, checked.
+    pub fn nats(&self) -> anyhow::Result<Option<crate::events::nats::NatsSettings>> {
+        let Some(url) = &self.nats else {
+            return Ok(None);
+        };
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            anyhow::bail!("events.nats: {url:?} is not a NATS URL: expected nats://host:port");
+        }
+        let token_ok = |what: &str, t: &str| {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                anyhow::bail!(
+                    "events.{what}: {t:?} must be letters, digits, _ or - (and not empty)"
+                );
+            }
+            Ok(())
+        };
+        let prefix = self
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| "wasmjobs".into());
+        for part in prefix.split('.') {
+            token_ok("subject_prefix", part)?;
+        }
+        let stream = self
+            .nats_stream
+            .clone()
+            .unwrap_or_else(|| "WASMJOBS".into());
+        token_ok("nats_stream", &stream)?;
+        Ok(Some(crate::events::nats::NatsSettings {
+            url: url.clone(),
+            subject_prefix: prefix,
+            stream,
+        }))
+    }
 }
 
 /// `[queues.NAME]` in `wasmjobs.toml`: a queue's settings, written to the store when a server
@@ -224,6 +332,20 @@ mod tests {
                 },
             )]
             .into(),
+            webhooks: WebhooksSection {
+                allow_private_targets: true,
+                timeout: Some(String::new()),
+                retry_for: Some(String::new()),
+                retry_delay: Some(String::new()),
+                disable_after: Some(String::new()),
+                max_output_bytes: Some(String::new()),
+                keep_deliveries: Some(String::new()),
+            },
+            events: EventsSection {
+                nats: Some(String::new()),
+                subject_prefix: Some(String::new()),
+                nats_stream: Some(String::new()),
+            },
         };
         fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
             match v {

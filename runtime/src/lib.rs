@@ -7,6 +7,7 @@ pub mod admission;
 pub mod caller;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod exit;
 pub mod http;
 pub mod notices;

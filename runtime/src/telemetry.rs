@@ -48,6 +48,8 @@ pub const NODE_SECONDS: &str = "wasmjobs_workflow_node_duration_seconds";
 pub const HTTP_REQUESTS: &str = "wasmjobs_http_requests_total";
 /// Time to answer an HTTP request (to its first byte), by `method` and `route`, in seconds.
 pub const HTTP_SECONDS: &str = "wasmjobs_http_request_duration_seconds";
+/// Webhook calls this node made, by what followed (`delivered`, `retry`, `dead`).
+pub const WEBHOOK_CALLS: &str = "wasmjobs_webhook_calls_total";
 
 /// Buckets of the time histograms, in seconds: 1 ms to 5 min.
 const SECONDS: &[f64] = &[
@@ -165,6 +167,10 @@ fn describe() {
     describe_histogram!(ATTEMPT_FUEL, "Fuel each attempt consumed (instructions).");
     describe_histogram!(ATTEMPT_MEMORY, Unit::Bytes, "Peak memory of each attempt.");
     describe_counter!(CLAIMED, "Jobs this node took off the queue.");
+    describe_counter!(
+        WEBHOOK_CALLS,
+        "Webhook calls this node made, by what followed (delivered, retry, dead)."
+    );
     describe_counter!(
         RESCUED,
         "Attempts of dead nodes recorded lost and put back by this node."
@@ -350,6 +356,11 @@ pub fn retries(n: u64) {
     {
         h.retries.increment(n);
     }
+}
+
+/// A webhook call made: `after` is `delivered`, `retry` or `dead`.
+pub fn webhook_call(after: &'static str) {
+    counter!(WEBHOOK_CALLS, "after" => after).increment(1);
 }
 
 /// An HTTP request answered.

@@ -69,6 +69,8 @@ struct Setup {
     relay: crate::notices::Relay,
     /// Reports this process's slots and ends to the store (the dashboard's overview).
     reporter: crate::activity::Reporter,
+    /// Sends webhook deliveries and publishes events (docs/events.md).
+    events: crate::events::Dispatcher,
     service: JobService,
     sandbox: Sandbox,
     modules: ModuleCache,
@@ -81,6 +83,8 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
     let file = FileConfig::load(args.config.as_deref())?;
     crate::telemetry::set_module_labels(file.metrics.module_labels);
     let queues = file.queue_settings().context("invalid config")?;
+    let webhooks = file.webhooks.settings().context("invalid config")?;
+    let nats = file.events.nats().context("invalid config")?;
     let mut names = std::collections::HashSet::new();
     for token in &file.tokens {
         token
@@ -184,12 +188,33 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
         .await
         .with_context(|| format!("cannot listen for changes on {}", redacted_url(&db)))?;
     let reporter = crate::activity::Reporter::start(store.clone(), node.node_id.clone());
+    let publisher = match &nats {
+        Some(settings) => {
+            let publisher = crate::events::nats::Publisher::connect(settings).await?;
+            // From now on every state change is kept in the outbox until it is published.
+            store
+                .add_sink("nats", crate::store::now_ms())
+                .await
+                .context("cannot register the NATS publisher in the store")?;
+            tracing::info!(
+                "publishing events to NATS at {} on {}.job.<state> and {}.run.<state> (stream {})",
+                settings.url,
+                settings.subject_prefix,
+                settings.subject_prefix,
+                settings.stream
+            );
+            Some(publisher)
+        }
+        None => None,
+    };
+    let events = crate::events::Dispatcher::start(store.clone(), webhooks, publisher)?;
     Ok(Setup {
         file,
         grace,
         backend: store,
         relay,
         reporter,
+        events,
         service,
         sandbox,
         modules,
@@ -272,6 +297,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         }
     };
     let (served, ()) = tokio::join!(server, drain);
+    s.events.shutdown().await;
     s.reporter.shutdown().await;
     s.relay.shutdown().await;
     served.context("server")?;
@@ -322,6 +348,7 @@ fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)
             .modules
             .max_concurrent_compiles
             .unwrap_or(d.max_concurrent_compiles),
+        allow_private_webhook_targets: file.webhooks.allow_private_targets,
         cors_allowed_origins: file
             .http
             .cors_allowed_origins
@@ -389,6 +416,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     // The drain itself is bounded by the grace; this bounds a store that hangs besides.
     tokio::time::timeout(s.grace + Duration::from_secs(20), async {
         node.drain(s.grace).await;
+        s.events.shutdown().await;
         s.reporter.shutdown().await;
         s.relay.shutdown().await;
     })

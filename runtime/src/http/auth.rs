@@ -68,11 +68,15 @@ pub fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// The scope a request needs: reading needs `read`; schedules (which run on their own, as the
-/// server, for as long as they exist) and pausing or resuming queues (which steer everyone's
-/// jobs) need `admin`; every other change needs `submit`.
+/// The scope a request needs: reading needs `read`, but for webhooks (whose URLs and
+/// deliveries tell where the installation's events go); webhooks (which send everyone's
+/// events out), schedules (which run on their own, as the server, for as long as they exist)
+/// and pausing or resuming queues (which steer everyone's jobs) need `admin`; every other
+/// change needs `submit`.
 fn needed(method: &Method, path: &str) -> Scope {
-    if matches!(*method, Method::GET | Method::HEAD) {
+    if path == "/v1/webhooks" || path.starts_with("/v1/webhooks/") {
+        Scope::Admin
+    } else if matches!(*method, Method::GET | Method::HEAD) {
         Scope::Read
     } else if path == "/v1/schedules"
         || path.starts_with("/v1/schedules/")

@@ -16,6 +16,7 @@ mod schedules;
 mod server;
 mod stats;
 mod tls;
+mod webhooks;
 mod workflows;
 
 use std::sync::Arc;
@@ -111,6 +112,9 @@ pub struct ApiConfig {
     /// Origins whose pages may call the API from a browser (CORS); `*` for any. Empty: none
     /// (no CORS headers are sent).
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+    /// Webhooks may call private, loopback and link-local addresses (`[webhooks]
+    /// allow_private_targets`).
+    pub allow_private_webhook_targets: bool,
 }
 
 impl Default for ApiConfig {
@@ -125,6 +129,7 @@ impl Default for ApiConfig {
             compile_timeout: std::time::Duration::from_secs(60),
             max_concurrent_compiles: 2,
             cors_allowed_origins: Vec::new(),
+            allow_private_webhook_targets: false,
         }
     }
 }
@@ -247,6 +252,10 @@ fn routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(runs::events))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::retry))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

@@ -18,6 +18,7 @@ pub(crate) use super::jobs::{BatchView, JobList, JobView, StateReply};
 pub(crate) use super::modules::{ModuleList, ModuleView};
 pub(crate) use super::queues::{QueueList, QueueView};
 pub(crate) use super::schedules::{ScheduleList, ScheduleRequest, ScheduleView};
+pub(crate) use super::webhooks::{DeliveryList, DeliveryView, WebhookList, WebhookView};
 pub(crate) use super::workflows::{WorkflowList, WorkflowView};
 pub(crate) use super::{Health, Readiness};
 
@@ -38,6 +39,7 @@ pub(crate) use super::{Health, Readiness};
         (name = "schedules", description = "Cron schedules that submit jobs"),
         (name = "workflows", description = "Workflow definitions, versioned by name"),
         (name = "workflow-runs", description = "Runs of workflows: start, follow, cancel"),
+        (name = "webhooks", description = "Webhooks: job and run events sent to your URLs, signed, retried; their deliveries"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]

@@ -14,6 +14,7 @@
 //! exists iff the transaction that accepted it committed, and its history is complete.
 
 mod error;
+pub mod events;
 mod history;
 pub mod keys;
 mod lifecycle;
@@ -32,6 +33,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 pub use error::StoreError;
+pub use events::EventStore;
 pub use model::*;
 pub use queues::{DEFAULT_QUEUE, Holding, QueueInfo, QueueSettings, Rate};
 pub use retry::{RetryPolicy, decide};
@@ -81,12 +83,12 @@ pub trait NoticeRelay: Send + 'static {
 }
 
 /// The job store, as the job service, the scheduler and the API use it: every area's trait
-/// ([`ModuleStore`], [`JobStore`], [`QueueStore`], [`ScheduleStore`]). It knows nothing of
+/// ([`ModuleStore`], [`JobStore`], [`QueueStore`], [`ScheduleStore`], [`EventStore`]). It knows nothing of
 /// workflows ([`WorkflowStore`]). Implemented by [`sqlite::SqliteStore`] and
 /// [`postgres::PgStore`], each area in a file of its own.
-pub trait Store: ModuleStore + JobStore + QueueStore + ScheduleStore {}
+pub trait Store: ModuleStore + JobStore + QueueStore + ScheduleStore + EventStore {}
 
-impl<T: ModuleStore + JobStore + QueueStore + ScheduleStore> Store for T {}
+impl<T: ModuleStore + JobStore + QueueStore + ScheduleStore + EventStore> Store for T {}
 
 /// Modules: content-addressed component bytes and the names that point at them.
 #[async_trait]

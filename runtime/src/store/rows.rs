@@ -653,3 +653,192 @@ pub(super) fn activity(
             .collect(),
     }
 }
+
+row! {
+    pub(super) struct WebhookRow {
+    id: i64,
+    url: String,
+    events: String,
+    module: Option<String>,
+    workflow: Option<String>,
+    queue: Option<String>,
+    description: Option<String>,
+    include_output: bool,
+    secret: String,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    failing_since: Option<i64>,
+    created_at: i64,
+    updated_at: i64,}
+}
+
+impl From<WebhookRow> for super::events::Webhook {
+    fn from(r: WebhookRow) -> Self {
+        super::events::Webhook {
+            id: r.id,
+            url: r.url,
+            events: super::events::events_from_column(&r.events),
+            module: r.module,
+            workflow: r.workflow,
+            queue: r.queue,
+            description: r.description,
+            include_output: r.include_output,
+            secret: r.secret,
+            enabled: r.enabled,
+            disabled_reason: r.disabled_reason,
+            failing_since: r.failing_since,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+row! {
+    pub(super) struct OutboxRow {
+    id: i64,
+    kind: String,
+    entity_id: i64,
+    state: String,
+    module_digest: Option<String>,
+    queue: Option<String>,
+    workflow: Option<String>,
+    run_id: Option<i64>,
+    attempts: Option<i64>,
+    outcome: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+    at: i64,}
+}
+
+impl From<OutboxRow> for super::events::OutboxEvent {
+    fn from(r: OutboxRow) -> Self {
+        super::events::OutboxEvent {
+            id: r.id,
+            kind: r.kind,
+            entity_id: r.entity_id,
+            state: r.state,
+            module_digest: r.module_digest,
+            queue: r.queue,
+            workflow: r.workflow,
+            run_id: r.run_id,
+            attempts: r.attempts,
+            outcome: r.outcome,
+            error: r.error,
+            created_at: r.created_at,
+            at: r.at,
+        }
+    }
+}
+
+row! {
+    pub(super) struct DeliveryRow {
+    id: i64,
+    webhook_id: i64,
+    event_id: i64,
+    event_type: String,
+    state: String,
+    attempts: i64,
+    next_at: i64,
+    created_at: i64,
+    updated_at: i64,}
+}
+
+impl DeliveryRow {
+    pub(super) fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub(super) fn into_delivery(
+        self,
+        calls: Vec<super::events::DeliveryCall>,
+    ) -> Result<super::events::Delivery> {
+        Ok(super::events::Delivery {
+            id: self.id,
+            webhook_id: self.webhook_id,
+            event_id: self.event_id,
+            event_type: self.event_type,
+            state: self
+                .state
+                .parse()
+                .map_err(|e| corrupt("delivery state", e))?,
+            attempts: self.attempts,
+            next_at: self.next_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            calls,
+        })
+    }
+}
+
+row! {
+    pub(super) struct CallRow {
+    delivery_id: i64,
+    n: i64,
+    at: i64,
+    status: Option<i64>,
+    latency_ms: i64,
+    error: Option<String>,}
+}
+
+impl CallRow {
+    pub(super) fn split(self) -> (i64, super::events::DeliveryCall) {
+        (
+            self.delivery_id,
+            super::events::DeliveryCall {
+                n: self.n,
+                at: self.at,
+                status: self.status,
+                latency_ms: self.latency_ms,
+                error: self.error,
+            },
+        )
+    }
+}
+
+row! {
+    pub(super) struct DueDeliveryRow {
+    id: i64,
+    webhook_id: i64,
+    event_id: i64,
+    payload: String,
+    attempts: i64,
+    since: i64,
+    url: String,
+    secret: String,
+    failing_since: Option<i64>,}
+}
+
+impl From<DueDeliveryRow> for super::events::DueDelivery {
+    fn from(r: DueDeliveryRow) -> Self {
+        super::events::DueDelivery {
+            id: r.id,
+            webhook_id: r.webhook_id,
+            event_id: r.event_id,
+            payload: r.payload,
+            attempts: r.attempts,
+            since: r.since,
+            url: r.url,
+            secret: r.secret,
+            failing_since: r.failing_since,
+        }
+    }
+}
+
+/// Groups calls by delivery, for [`DeliveryRow::into_delivery`].
+pub(super) fn deliveries_with_calls(
+    rows: Vec<DeliveryRow>,
+    calls: Vec<CallRow>,
+) -> Result<Vec<super::events::Delivery>> {
+    let mut by = std::collections::HashMap::<i64, Vec<super::events::DeliveryCall>>::new();
+    for c in calls {
+        let (d, call) = c.split();
+        by.entry(d).or_default().push(call);
+    }
+    rows.into_iter()
+        .map(|r| {
+            let mut calls = by.remove(&r.id).unwrap_or_default();
+            calls.sort_by_key(|c| c.n);
+            r.into_delivery(calls)
+        })
+        .collect()
+}

@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use super::{Notice, Result, StoreError};
 
 mod endings;
+mod events;
 mod jobs;
 mod keys;
 mod modules;

@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 use super::rows::FromSqlite;
 use super::{Notice, Result, StoreError};
 
+mod events;
 mod jobs;
 mod keys;
 mod modules;

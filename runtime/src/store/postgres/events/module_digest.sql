@@ -1,0 +1,1 @@
+SELECT digest FROM module_names WHERE name = $1

@@ -1,0 +1,3 @@
+-- Every webhook, by id.
+SELECT id, url, events, module, workflow, queue, description, include_output, secret, enabled, disabled_reason, failing_since, created_at, updated_at
+FROM webhooks ORDER BY id

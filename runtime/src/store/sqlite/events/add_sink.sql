@@ -1,0 +1,1 @@
+INSERT INTO event_sinks (name, since) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING

@@ -1,0 +1,3 @@
+-- The webhooks that take events.
+SELECT id, url, events, module, workflow, queue, description, include_output, secret, enabled, disabled_reason, failing_since, created_at, updated_at
+FROM webhooks WHERE enabled ORDER BY id

@@ -1,0 +1,1 @@
+UPDATE outbox SET to_webhooks = FALSE WHERE id = ?1

@@ -1,0 +1,1 @@
+SELECT output FROM jobs WHERE id = ?1 AND output IS NOT NULL

@@ -1,0 +1,1 @@
+UPDATE outbox SET to_nats = FALSE WHERE id = ?1
