@@ -176,6 +176,13 @@ impl Client {
         resp.json().await.context("the server sent invalid JSON")
     }
 
+    pub async fn patch_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .send(self.request(reqwest::Method::PATCH, path).json(body))
+            .await?;
+        resp.json().await.context("the server sent invalid JSON")
+    }
+
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
         self.post_body(path, body, "application/wasm").await
     }

@@ -19,6 +19,7 @@ mod schedule;
 mod serve;
 mod token;
 mod values;
+mod webhook;
 mod workflow;
 
 /// wasmjobs — run WebAssembly jobs in a sandbox under fuel, memory and time limits.
@@ -70,6 +71,9 @@ enum Command {
     Queue(queue::QueueCmd),
     /// Cron schedules on a server.
     Schedule(schedule::ScheduleCmd),
+    /// Webhooks on a server: add (prints the signing secret once), list, enable, disable,
+    /// rm, deliveries, redeliver.
+    Webhook(webhook::WebhookCmd),
     /// Workflow definitions on a server: create, list, show, graph, run, status, cancel.
     Workflow(workflow::WorkflowCmd),
     /// API tokens in wasmjobs.toml: create (prints the secret once), list, revoke.
@@ -90,6 +94,7 @@ impl Command {
                 | Command::Job(_)
                 | Command::Queue(_)
                 | Command::Schedule(_)
+                | Command::Webhook(_)
                 | Command::Workflow(_)
                 | Command::Token(_)
                 | Command::Inspect(_)
@@ -106,7 +111,7 @@ pub fn main() -> ExitCode {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,
-                    "`--output` applies to module, job, queue, schedule, workflow, token and inspect only",
+                    "`--output` applies to module, job, queue, schedule, webhook, workflow, token and inspect only",
                 )
                 .exit();
         }
@@ -141,6 +146,7 @@ pub fn main() -> ExitCode {
             Command::Job(cmd) => remote::job(cmd, &client).await,
             Command::Queue(cmd) => queue::queue(cmd, &client).await,
             Command::Schedule(cmd) => schedule::schedule(cmd, &client).await,
+            Command::Webhook(cmd) => webhook::webhook(cmd, &client).await,
             Command::Workflow(cmd) => workflow::workflow(cmd, &client).await,
             Command::Token(cmd) => token::token(cmd),
             Command::Completions { shell } => {

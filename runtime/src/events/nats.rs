@@ -75,7 +75,7 @@ impl Publisher {
         for e in &events {
             let subject = format!("{}.{}.{}", self.prefix, e.kind, e.state);
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event_id(e.id).as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id(e.id).as_str());
             let body = payload(e, None, &settings);
             match self
                 .js

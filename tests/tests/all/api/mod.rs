@@ -18,6 +18,7 @@ mod modules;
 mod retries;
 mod service;
 mod streams;
+mod webhooks;
 
 pub(crate) async fn call_raw(
     app: axum::Router,

@@ -120,7 +120,7 @@ async fn bearer_tokens_and_scopes() {
 }
 
 /// Every route of SPEC.md that exists today, as `(method, path)` in OpenAPI's spelling.
-const ROUTES: [(&str, &str); 32] = [
+const ROUTES: [(&str, &str); 39] = [
     ("post", "/v1/modules"),
     ("get", "/v1/modules"),
     ("get", "/v1/modules/{key}"),
@@ -148,6 +148,13 @@ const ROUTES: [(&str, &str); 32] = [
     ("get", "/v1/workflow-runs/{id}/events"),
     ("post", "/v1/workflow-runs/{id}/cancel"),
     ("post", "/v1/workflow-runs/{id}/retry"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("patch", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("get", "/v1/webhooks/{id}/deliveries"),
+    ("post", "/v1/webhooks/{id}/deliveries/{delivery}/redeliver"),
     ("get", "/v1/stats"),
     ("get", "/healthz"),
     ("get", "/readyz"),

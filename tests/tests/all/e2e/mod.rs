@@ -10,6 +10,7 @@ use wasmjobs_tests::{Process, guest_bytes, guests};
 mod clients;
 mod crashes;
 mod dashboard;
+mod events;
 mod metrics;
 mod otlp;
 mod queues;
