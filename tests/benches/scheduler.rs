@@ -26,7 +26,10 @@
 //! batched, for reference; `WASMJOBS_BENCH_KEYS=unique` gives every job a concurrency key of
 //! its own (limit 1: the cost of a key's place, taken and given back, on every job), and
 //! `WASMJOBS_BENCH_KEYS=N` gives job i the key `k{i % N}` with limit 1 (each key's jobs one at
-//! a time, each end handing its place to the next); `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
+//! a time, each end handing its place to the next); `WASMJOBS_BENCH_WEBHOOK=1` runs each throughput run three times without and three times
+//! with a webhook subscribed to every job's end (its deliveries sent to a receiver in this
+//! process), alternately, and prints the medians and the deliveries' rate;
+//! `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
 //! without and three times with a Prometheus scraper and the dashboard's overview watching the
 //! API, alternately, and prints the medians).
 
@@ -195,7 +198,7 @@ async fn main() {
         let runs = std::env::var("WASMJOBS_BENCH_RUNS").unwrap_or_default();
         if runs.is_empty() || runs.contains("single") {
             let (throughput, latency) =
-                wasmjobs_run(store.clone(), job, n, single, true, None).await;
+                wasmjobs_run(store.clone(), job, n, single, true, None, None).await;
             println!(
                 "   wasmjobs, submit → succeeded:        {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [one job per submit, {} slots]",
                 100.0 * throughput / ceiling,
@@ -212,7 +215,8 @@ async fn main() {
             slots: env_number("WASMJOBS_BENCH_BATCH_SLOTS", cores),
         };
         if runs.is_empty() || runs.contains("batched") {
-            let (throughput, _) = wasmjobs_run(store.clone(), job, n, batched, false, None).await;
+            let (throughput, _) =
+                wasmjobs_run(store.clone(), job, n, batched, false, None, None).await;
             println!(
                 "   wasmjobs, batch submit → succeeded:  {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)   [{} jobs per submit_many (POST /v1/jobs/batch), {} slots]",
                 100.0 * throughput / ceiling,
@@ -225,7 +229,7 @@ async fn main() {
         // the trivial component has one; decision 011).
         if matches!(job, BenchJob::Trivial) && (runs.is_empty() || runs.contains("sdk")) {
             let (throughput, _) =
-                wasmjobs_run(store.clone(), BenchJob::Noop, n, batched, false, None).await;
+                wasmjobs_run(store.clone(), BenchJob::Noop, n, batched, false, None, None).await;
             println!(
                 "   the Rust SDK job (tests/guests/noop), batch submit → succeeded: {throughput:>9.0} jobs/s   ({:.0}% of the ceiling)",
                 100.0 * throughput / ceiling,
@@ -240,14 +244,22 @@ async fn main() {
                 let (mut plain, mut watched) = (Vec::new(), Vec::new());
                 for _ in 0..3 {
                     plain.push(
-                        wasmjobs_run(store.clone(), job, n, shape, false, None)
+                        wasmjobs_run(store.clone(), job, n, shape, false, None, None)
                             .await
                             .0,
                     );
                     watched.push(
-                        wasmjobs_run(store.clone(), job, n, shape, false, Some(whole.clone()))
-                            .await
-                            .0,
+                        wasmjobs_run(
+                            store.clone(),
+                            job,
+                            n,
+                            shape,
+                            false,
+                            Some(whole.clone()),
+                            None,
+                        )
+                        .await
+                        .0,
                     );
                 }
                 let median = |v: &mut Vec<f64>| {
@@ -259,6 +271,41 @@ async fn main() {
                     "   watched ({what}, {} slots): {w:>9.0} jobs/s against {p:>9.0} unwatched ({:+.1} %; medians of 3 alternate runs)",
                     shape.slots,
                     100.0 * (w - p) / p
+                );
+            }
+        }
+        // WASMJOBS_BENCH_WEBHOOK=1: the cost of a webhook subscribed to every job's end. The
+        // same runs, alternately without and with one (`job.succeeded`, to a receiver in this
+        // process that answers 200), the deliveries sent by the events dispatcher as
+        // `wasmjobs serve` runs it; the medians, and the rate the deliveries kept.
+        if std::env::var_os("WASMJOBS_BENCH_WEBHOOK").is_some() {
+            let receiver = Receiver::start().await;
+            for (shape, what) in [(single, "one job per submit"), (batched, "batch submit")] {
+                let (mut plain, mut hooked, mut delivered) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..3 {
+                    plain.push(
+                        wasmjobs_run(store.clone(), job, n, shape, false, None, None)
+                            .await
+                            .0,
+                    );
+                    let (jobs, _, rate) =
+                        wasmjobs_run_hooked(store.clone(), job, n, shape, &receiver).await;
+                    hooked.push(jobs);
+                    delivered.push(rate);
+                }
+                let median = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let (p, h, d) = (
+                    median(&mut plain),
+                    median(&mut hooked),
+                    median(&mut delivered),
+                );
+                println!(
+                    "   with a webhook on every end ({what}, {} slots): {h:>9.0} jobs/s against {p:>9.0} without ({:+.1} %); deliveries {d:>9.0}/s (medians of 3 alternate runs)",
+                    shape.slots,
+                    100.0 * (h - p) / p
                 );
             }
         }
@@ -441,6 +488,7 @@ async fn wasmjobs_run(
     shape: Shape,
     latency: bool,
     watch: Option<Arc<dyn Backend>>,
+    hook: Option<&Receiver>,
 ) -> (f64, Option<(f64, f64, f64)>) {
     let (sandbox, modules) = wasmjobs_tests::install_component(
         store.as_ref(),
@@ -469,6 +517,15 @@ async fn wasmjobs_run(
             ..defaults
         },
     );
+    // A webhook on every job's end, and the dispatcher that sends its deliveries.
+    let hooked = match hook {
+        Some(receiver) => {
+            let mut h = receiver.subscribe(&store).await;
+            h.expect = receiver.calls.load(std::sync::atomic::Ordering::Relaxed) + n;
+            Some(h)
+        }
+        None => None,
+    };
     let before = count_succeeded(&*store).await;
     // Every job of this run gets a larger id than any job stored before it; only their ends
     // count.
@@ -565,6 +622,24 @@ async fn wasmjobs_run(
         },
         std::thread::available_parallelism().map_or(1, |c| c.get()) as f64 * 1e6 / throughput
     );
+    if let (Some(receiver), Some(hooked)) = (hook, hooked) {
+        // Every end delivered: the rate is the run's jobs over the time from the first
+        // submit to the last delivery.
+        receiver.wait(hooked.expect, Duration::from_secs(600)).await;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "   (every end delivered to the webhook after {:.2} s: {rate:.0} deliveries/s)",
+            start.elapsed().as_secs_f64()
+        );
+        receiver
+            .last_rate
+            .store(rate.to_bits(), std::sync::atomic::Ordering::SeqCst);
+        hooked.dispatcher.shutdown().await;
+        store
+            .delete_webhook(hooked.webhook)
+            .await
+            .expect("delete the webhook");
+    }
     if !latency {
         node.shutdown().await;
         if let Some(w) = watcher {
@@ -757,6 +832,101 @@ async fn count_succeeded(store: &dyn Store) -> usize {
 
 /// Waits for the end notices of `n` distinct jobs newer than `newest_before`; false when some
 /// were missed (the receiver lagged), and the database has to tell.
+/// A webhook receiver in this process: answers 200 to every call and counts them.
+struct Receiver {
+    url: String,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// The deliveries' rate of the last hooked run (f64 bits).
+    last_rate: std::sync::atomic::AtomicU64,
+}
+
+/// A webhook subscribed for one run.
+struct Hooked {
+    webhook: i64,
+    dispatcher: wasmjobs::events::Dispatcher,
+    /// The receiver's count once every end of the run is delivered.
+    expect: usize,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().fallback(axum::routing::post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { axum::http::StatusCode::OK }
+        }));
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver {
+            url,
+            calls,
+            last_rate: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Subscribes a webhook to every job's end and starts a dispatcher.
+    async fn subscribe(&self, store: &Arc<dyn Store>) -> Hooked {
+        let webhook = store
+            .create_webhook(
+                wasmjobs::store::events::NewWebhook {
+                    url: self.url.clone(),
+                    events: vec!["job.succeeded".into()],
+                    module: None,
+                    workflow: None,
+                    queue: None,
+                    description: None,
+                    include_output: false,
+                    secret: wasmjobs::events::new_secret().expect("secret"),
+                },
+                wasmjobs::store::now_ms(),
+            )
+            .await
+            .expect("webhook")
+            .id;
+        let dispatcher = wasmjobs::events::Dispatcher::start(
+            store.clone(),
+            wasmjobs::events::WebhookSettings {
+                allow_private_targets: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("dispatcher");
+        Hooked {
+            webhook,
+            dispatcher,
+            expect: 0,
+        }
+    }
+
+    async fn wait(&self, expect: usize, within: Duration) {
+        let until = Instant::now() + within;
+        while self.calls.load(std::sync::atomic::Ordering::Relaxed) < expect {
+            assert!(Instant::now() < until, "the deliveries did not keep up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// [`wasmjobs_run`] with a webhook on every end: (jobs/s, _, deliveries/s).
+async fn wasmjobs_run_hooked(
+    store: Arc<dyn Store>,
+    job: BenchJob,
+    n: usize,
+    shape: Shape,
+    receiver: &Receiver,
+) -> (f64, (), f64) {
+    let (jobs, _) = wasmjobs_run(store, job, n, shape, false, None, Some(receiver)).await;
+    let rate = f64::from_bits(receiver.last_rate.load(std::sync::atomic::Ordering::SeqCst));
+    (jobs, (), rate)
+}
+
 async fn count_ends(
     mut ends: tokio::sync::broadcast::Receiver<Notice>,
     newest_before: i64,

@@ -24,10 +24,12 @@ CREATE TABLE webhooks (
     updated_at      BIGINT NOT NULL
 );
 
--- What else takes events besides webhooks: `nats` while a process publishes them to NATS.
+-- What else takes events besides webhooks: `nats` while a process publishes them to NATS
+-- (`seen_at`: its publishers renew it every minute; a sink not seen for a day is dropped,
+-- with what it had not published).
 CREATE TABLE event_sinks (
-    name   TEXT PRIMARY KEY,
-    since  BIGINT NOT NULL
+    name     TEXT PRIMARY KEY,
+    seen_at  BIGINT NOT NULL
 );
 
 -- Events written in the transaction of the change they tell of, while something takes them:

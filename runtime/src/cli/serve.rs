@@ -193,7 +193,7 @@ async fn setup(args: &NodeArgs) -> anyhow::Result<Setup> {
             let publisher = crate::events::nats::Publisher::connect(settings).await?;
             // From now on every state change is kept in the outbox until it is published.
             store
-                .add_sink("nats", crate::store::now_ms())
+                .sink_seen("nats", crate::store::now_ms())
                 .await
                 .context("cannot register the NATS publisher in the store")?;
             tracing::info!(

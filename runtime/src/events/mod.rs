@@ -311,8 +311,13 @@ fn rfc3339(ms: i64) -> String {
 
 /// How often the dispatcher looks for work when nothing wakes it.
 const POLL: Duration = Duration::from_millis(200);
-/// How often delivered and dead deliveries past their keeping are deleted.
+/// How often delivered and dead deliveries past their keeping, and sinks no publisher
+/// renewed, are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// A sink (NATS) whose publishers have all been gone this long is dropped with the events it
+/// had not published, so that an installation that stopped publishing does not keep every
+/// state change for ever.
+pub const SINK_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs events out on one node: fans the outbox out to the webhooks, sends the due
 /// deliveries, and publishes to NATS when configured. Every node may run one (Postgres: each

@@ -103,10 +103,21 @@ impl Publisher {
     }
 }
 
+/// How often a publisher renews its sink in the store; a sink not renewed for
+/// [`super::SINK_EXPIRY`] is dropped.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+
 /// Publishes the outbox until `stop`.
 pub(super) async fn run(store: Arc<dyn Store>, publisher: Publisher, stop: CancellationToken) {
     let mut notices = store.subscribe();
+    let mut renewed = std::time::Instant::now();
     while !stop.is_cancelled() {
+        if renewed.elapsed() >= RENEW_EVERY {
+            match store.sink_seen("nats", crate::store::now_ms()).await {
+                Ok(()) => renewed = std::time::Instant::now(),
+                Err(e) => crate::throttle::warn(format!("NATS: cannot renew the sink: {e}")),
+            }
+        }
         let mut publish = |events: Vec<OutboxEvent>| {
             let p = publisher.clone();
             let f: futures::future::BoxFuture<'static, Vec<i64>> =

@@ -314,6 +314,17 @@ pub(super) async fn run(
             if let Err(e) = store.prune_deliveries(before).await {
                 crate::throttle::warn(format!("webhooks: cannot prune deliveries: {e}"));
             }
+            match store
+                .drop_stale_sinks(now_ms() - millis(super::SINK_EXPIRY))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    "dropped {n} event sink(s) no process had renewed for {}, with the events they had not published: is [events] nats configured on any node still?",
+                    humantime::format_duration(super::SINK_EXPIRY)
+                ),
+                Err(e) => crate::throttle::warn(format!("events: cannot drop stale sinks: {e}")),
+            }
         }
         if !busy {
             super::pause(&mut notices, &stop).await;

@@ -308,9 +308,12 @@ pub trait EventStore: Send + Sync + 'static {
     async fn redeliver(&self, webhook: i64, delivery: i64, now: i64) -> Result<Option<Delivery>>;
     /// Deletes the deliveries delivered or dead before `before`, with their calls.
     async fn prune_deliveries(&self, before: i64) -> Result<u64>;
-    /// Registers a sink besides the webhooks (`nats`): from now on every state change is
-    /// written to the outbox for it.
-    async fn add_sink(&self, name: &str, now: i64) -> Result<()>;
+    /// Registers a sink besides the webhooks (`nats`), or renews it: while it is registered
+    /// every state change is written to the outbox for it.
+    async fn sink_seen(&self, name: &str, now: i64) -> Result<()>;
+    /// Drops the sinks not renewed since `before`, and what they had not taken from the
+    /// outbox. Returns how many it dropped.
+    async fn drop_stale_sinks(&self, before: i64) -> Result<u64>;
     /// Takes up to `limit` outbox events not yet published to NATS, in order, and calls
     /// `publish` with them; those it returns are marked published, in the same transaction,
     /// which holds the events against another publisher until it ends (so that the events

@@ -233,7 +233,26 @@ impl EventStore for PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn add_sink(&self, name: &str, now: i64) -> Result<()> {
+    async fn drop_stale_sinks(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(include_str!("events/drop_stale_sinks.sql"))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            for sql in [
+                include_str!("events/unsunk_outbox.sql"),
+                include_str!("events/delete_taken_outbox.sql"),
+            ] {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn sink_seen(&self, name: &str, now: i64) -> Result<()> {
         sqlx::query(include_str!("events/add_sink.sql"))
             .bind(name)
             .bind(now)

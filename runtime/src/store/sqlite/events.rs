@@ -247,7 +247,23 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn add_sink(&self, name: &str, now: i64) -> Result<()> {
+    async fn drop_stale_sinks(&self, before: i64) -> Result<u64> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(include_str!("events/drop_stale_sinks.sql"))?
+                .execute([before])?;
+            if n > 0 {
+                tx.prepare_cached(include_str!("events/unsunk_outbox.sql"))?
+                    .execute([])?;
+                tx.prepare_cached(include_str!("events/delete_taken_outbox.sql"))?
+                    .execute([])?;
+            }
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn sink_seen(&self, name: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             tx.prepare_cached(include_str!("events/add_sink.sql"))?
                 .execute(params![name, now])?;

@@ -176,11 +176,13 @@ const TEST_CONFIG: &str = "[webhooks]\nallow_private_targets = true\nretry_delay
 
 /// Every end of 30 jobs reaches a receiver that fails its first 4 calls, each call signed
 /// with the webhook's secret; a second webhook filtered by module and type gets only its
-/// jobs' failures; the deliveries' listing shows the failed calls.
-async fn webhooks_deliver_every_end(db: &str, dir: &std::path::Path) {
+/// jobs' failures; the deliveries' listing shows the failed calls. With `worker`, a second
+/// node sends deliveries too, and still each event is accepted once.
+async fn webhooks_deliver_every_end(db: &str, dir: &std::path::Path, worker: bool) {
     std::fs::write(dir.join("wasmjobs.toml"), TEST_CONFIG).expect("config");
     let http = reqwest::Client::new();
     let server = Process::serve(dir, db, &["--workers", "2"]);
+    let _worker = worker.then(|| Process::worker(dir, db, "w1"));
     upload(&http, &server.url, guests::NOOP, "noop").await;
     upload(&http, &server.url, guests::TESTJOB, "testjob").await;
     let receiver = Receiver::start().await;
@@ -249,6 +251,11 @@ async fn webhooks_deliver_every_end(db: &str, dir: &std::path::Path) {
             );
         }
     }
+    let mut accepted = receiver.accepted("/ends");
+    accepted.sort();
+    let n = accepted.len();
+    accepted.dedup();
+    assert_eq!(n, accepted.len(), "an event was accepted twice");
     let failed = receiver.calls("/failed");
     for c in &failed {
         check_signature(c, &failures_secret);
@@ -282,7 +289,7 @@ async fn webhooks_deliver_every_end(db: &str, dir: &std::path::Path) {
 async fn webhooks_deliver_every_end_signed_through_failures_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("jobs.db").display().to_string();
-    webhooks_deliver_every_end(&db, dir.path()).await;
+    webhooks_deliver_every_end(&db, dir.path(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,7 +302,7 @@ async fn webhooks_deliver_every_end_signed_through_failures_postgres() {
     };
     let db = fresh_database(&pg, "hooks");
     let dir = tempfile::tempdir().expect("tempdir");
-    webhooks_deliver_every_end(&db, dir.path()).await;
+    webhooks_deliver_every_end(&db, dir.path(), true).await;
     drop_database(&pg, &db);
 }
 
@@ -517,6 +524,98 @@ async fn a_dead_delivery_is_redelivered_by_hand() {
         listed.status.success() && text.contains("HTTP 410"),
         "{text}"
     );
+}
+
+/// A webhook whose every delivery fails for longer than `disable_after` is disabled, and
+/// says why; enabled again, it delivers what was pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_too_long_is_disabled_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("wasmjobs.toml"),
+        "[webhooks]\nallow_private_targets = true\nretry_delay = \"100ms\"\ndisable_after = \"1s\"\n",
+    )
+    .expect("config");
+    let db = dir.path().join("jobs.db").display().to_string();
+    let http = reqwest::Client::new();
+    let server = Process::serve(dir.path(), &db, &["--workers", "1"]);
+    upload(&http, &server.url, guests::NOOP, "noop").await;
+    let receiver = Receiver::start().await;
+    receiver.answer.store(500, Ordering::SeqCst);
+    let (hook, _) = add_webhook(
+        &http,
+        &server.url,
+        json!({"url": format!("{}/in", receiver.url), "events": ["job.succeeded"]}),
+    )
+    .await;
+    let ids = submit_all(
+        &http,
+        &server.url,
+        vec![json!({"module": "noop", "input": 1})],
+    )
+    .await;
+    wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    let disabled = loop {
+        let w: Value = http
+            .get(format!("{}/v1/webhooks/{hook}", server.url))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if w["enabled"] == false {
+            break w;
+        }
+        assert!(Instant::now() < until, "not disabled: {w}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let why = disabled["disabled_reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains("failed") && why.contains("HTTP 500"),
+        "{disabled}"
+    );
+    // Disabled, nothing more is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = receiver.calls("/in").len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        receiver.calls("/in").len(),
+        calls,
+        "a disabled webhook was called"
+    );
+    assert_eq!(
+        deliveries(&http, &server.url, hook, "&state=pending")
+            .await
+            .len(),
+        1
+    );
+
+    receiver.answer.store(200, Ordering::SeqCst);
+    let out = std::process::Command::new(wasmjobs_tests::wasmjobs_bin())
+        .args([
+            "webhook",
+            "enable",
+            &hook.to_string(),
+            "--server",
+            &server.url,
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("wasmjobs webhook enable");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let enabled: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["disabled_reason"].is_null(), "{enabled}");
+    receiver
+        .wait_accepted("/in", 1, Duration::from_secs(20))
+        .await;
 }
 
 /// 1,000 jobs with a `kill -9` of the server in the middle: the stream holds each job's state
