@@ -727,23 +727,19 @@ async fn read_stream(
         .expect("consumer");
     let mut out = Vec::new();
     let mut messages = consumer.messages().await.expect("messages");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(2), messages.next()).await {
-            Ok(Some(Ok(m))) => {
-                let id = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default();
-                out.push((
-                    id,
-                    m.subject.to_string(),
-                    serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
-                ));
-            }
-            _ => break,
-        }
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push((
+            id,
+            m.subject.to_string(),
+            serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+        ));
     }
     out
 }
