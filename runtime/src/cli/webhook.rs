@@ -35,6 +35,7 @@ enum WebhookVerb {
         /// Only jobs of this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// What it is for, shown in lists.
         #[arg(long)]
         description: Option<String>,
         /// Put each job's output in its payloads (up to the server's cap).
@@ -44,13 +45,23 @@ enum WebhookVerb {
     /// List the webhooks.
     List,
     /// Enable a webhook (one disabled for failing starts afresh).
-    Enable { id: i64 },
+    Enable {
+        /// The webhook's id.
+        id: i64,
+    },
     /// Disable a webhook: its events are no longer delivered until it is enabled.
-    Disable { id: i64 },
+    Disable {
+        /// The webhook's id.
+        id: i64,
+    },
     /// Remove a webhook and its deliveries.
-    Rm { id: i64 },
+    Rm {
+        /// The webhook's id.
+        id: i64,
+    },
     /// A webhook's deliveries, newest first, with their last call.
     Deliveries {
+        /// The webhook's id.
         id: i64,
         /// Only those in this state: pending, delivered or dead.
         #[arg(long)]
