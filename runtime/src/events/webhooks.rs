@@ -285,7 +285,6 @@ pub(super) async fn run(
             .map(|d| {
                 let sender = sender.clone();
                 let settings = settings.clone();
-                let store = store.clone();
                 async move {
                     let result = sender.call(&d, &settings).await;
                     crate::telemetry::webhook_call(match result.next {
@@ -293,20 +292,23 @@ pub(super) async fn run(
                         AfterCall::RetryAt(_) => "retry",
                         AfterCall::Dead => "dead",
                     });
-                    if let Err(e) = store.record_call(&result, now_ms()).await {
-                        // The delivery stays pending and is due again when its lease ends.
-                        crate::throttle::warn(format!(
-                            "webhooks: cannot record a call of delivery {}: {e}",
-                            d.id
-                        ));
-                    }
+                    result
                 }
             })
             .buffer_unordered(CONCURRENT_CALLS)
-            .collect::<Vec<()>>();
-        tokio::select! {
-            _ = calls => {}
+            .collect::<Vec<CallResult>>();
+        let results = tokio::select! {
+            r = calls => r,
             () = stop.cancelled() => return,
+        };
+        if !results.is_empty()
+            && let Err(e) = store.record_calls(&results, now_ms()).await
+        {
+            // The deliveries stay pending and are due again when their leases end.
+            crate::throttle::warn(format!(
+                "webhooks: cannot record {} calls: {e}",
+                results.len()
+            ));
         }
         if last_prune.is_none_or(|t| t.elapsed() >= super::PRUNE_EVERY) {
             last_prune = Some(Instant::now());

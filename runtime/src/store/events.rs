@@ -214,6 +214,22 @@ pub enum AfterCall {
     Dead,
 }
 
+/// What a batch of calls does to each webhook: (webhook, whether a call succeeded, why to
+/// disable it), in webhook order. A success ends the failing period; otherwise one starts.
+pub(super) fn webhooks_after(results: &[CallResult]) -> Vec<(i64, bool, Option<String>)> {
+    let mut by: std::collections::BTreeMap<i64, (bool, Option<String>)> = Default::default();
+    for r in results {
+        let e = by.entry(r.webhook).or_default();
+        e.0 |= r.next == AfterCall::Delivered;
+        if e.1.is_none() {
+            e.1.clone_from(&r.disable);
+        }
+    }
+    by.into_iter()
+        .map(|(w, (ok, disable))| (w, ok, if ok { None } else { disable }))
+        .collect()
+}
+
 impl AfterCall {
     /// The delivery's state and `next_at` after the call, made at `now`.
     pub(super) fn state_at(self, now: i64) -> (&'static str, i64) {
@@ -299,8 +315,9 @@ pub trait EventStore: Send + Sync + 'static {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<DueDelivery>>;
-    /// Records a call and what follows it (and disables its webhook when told to).
-    async fn record_call(&self, result: &CallResult, now: i64) -> Result<()>;
+    /// Records calls and what follows each (and disables their webhooks when told to), in
+    /// one transaction.
+    async fn record_calls(&self, results: &[CallResult], now: i64) -> Result<()>;
     /// A webhook's deliveries, newest first.
     async fn deliveries(&self, webhook: i64, filter: &DeliveryFilter) -> Result<Vec<Delivery>>;
     /// Sends delivery `delivery` of `webhook` again: pending, due now, with a new retry

@@ -160,35 +160,43 @@ impl EventStore for PgStore {
         Ok(rows.into_iter().map(DueDelivery::from).collect())
     }
 
-    async fn record_call(&self, r: &CallResult, now: i64) -> Result<()> {
-        let (state, next_at) = r.next.state_at(now);
-        let c = &r.call;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(include_str!("events/insert_call.sql"))
-            .bind(r.delivery)
-            .bind(c.n)
-            .bind(c.at)
-            .bind(c.status)
-            .bind(c.latency_ms)
-            .bind(&c.error)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(include_str!("events/after_call.sql"))
-            .bind(r.delivery)
-            .bind(state)
-            .bind(c.n)
-            .bind(next_at)
+    async fn record_calls(&self, results: &[CallResult], now: i64) -> Result<()> {
+        let mut ids = Vec::with_capacity(results.len());
+        let (mut n, mut at, mut status, mut latency, mut error) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut states, mut next) = (Vec::new(), Vec::new());
+        for r in results {
+            let (state, next_at) = r.next.state_at(now);
+            ids.push(r.delivery);
+            n.push(r.call.n);
+            at.push(r.call.at);
+            status.push(r.call.status);
+            latency.push(r.call.latency_ms);
+            error.push(r.call.error.clone());
+            states.push(state);
+            next.push(next_at);
+        }
+        let (mut hooks, mut ok, mut disable) = (Vec::new(), Vec::new(), Vec::new());
+        for (w, o, d) in webhooks_after(results) {
+            hooks.push(w);
+            ok.push(o);
+            disable.push(d);
+        }
+        sqlx::query(include_str!("events/record_calls.sql"))
+            .bind(&ids)
+            .bind(&n)
+            .bind(&at)
+            .bind(&status)
+            .bind(&latency)
+            .bind(&error)
+            .bind(&states)
+            .bind(&next)
             .bind(now)
-            .execute(&mut *tx)
+            .bind(&hooks)
+            .bind(&ok)
+            .bind(&disable)
+            .execute(&self.pool)
             .await?;
-        sqlx::query(include_str!("events/webhook_after_call.sql"))
-            .bind(r.webhook)
-            .bind(r.next == AfterCall::Delivered)
-            .bind(now)
-            .bind(&r.disable)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -168,12 +168,14 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn record_call(&self, r: &CallResult, now: i64) -> Result<()> {
-        let (state, next_at) = r.next.state_at(now);
+    async fn record_calls(&self, results: &[CallResult], now: i64) -> Result<()> {
         self.write(|tx| {
-            let c = &r.call;
-            tx.prepare_cached(include_str!("events/insert_call.sql"))?
-                .execute(params![
+            let mut call = tx.prepare_cached(include_str!("events/insert_call.sql"))?;
+            let mut after = tx.prepare_cached(include_str!("events/after_call.sql"))?;
+            for r in results {
+                let (state, next_at) = r.next.state_at(now);
+                let c = &r.call;
+                call.execute(params![
                     r.delivery,
                     c.n,
                     c.at,
@@ -181,15 +183,12 @@ impl EventStore for SqliteStore {
                     c.latency_ms,
                     c.error
                 ])?;
-            tx.prepare_cached(include_str!("events/after_call.sql"))?
-                .execute(params![r.delivery, state, c.n, next_at, now])?;
-            tx.prepare_cached(include_str!("events/webhook_after_call.sql"))?
-                .execute(params![
-                    r.webhook,
-                    r.next == AfterCall::Delivered,
-                    now,
-                    r.disable
-                ])?;
+                after.execute(params![r.delivery, state, c.n, next_at, now])?;
+            }
+            let mut webhook = tx.prepare_cached(include_str!("events/webhook_after_call.sql"))?;
+            for (id, ok, disable) in webhooks_after(results) {
+                webhook.execute(params![id, ok, now, disable])?;
+            }
             Ok(())
         })
         .await
