@@ -28,7 +28,9 @@
 //! `WASMJOBS_BENCH_KEYS=N` gives job i the key `k{i % N}` with limit 1 (each key's jobs one at
 //! a time, each end handing its place to the next); `WASMJOBS_BENCH_WEBHOOK=1` runs each throughput run three times without and three times
 //! with a webhook subscribed to every job's end (its deliveries sent to a receiver in this
-//! process), alternately, and prints the medians and the deliveries' rate;
+//! process), alternately, and prints the medians and the deliveries' rate (`=outbox`: with
+//! the webhook but no dispatcher, so that the events wait in the outbox: the job path's own
+//! cost);
 //! `WASMJOBS_BENCH_WATCH=1` then runs each throughput run three times
 //! without and three times with a Prometheus scraper and the dashboard's overview watching the
 //! API, alternately, and prints the medians).
@@ -625,16 +627,18 @@ async fn wasmjobs_run(
     if let (Some(receiver), Some(hooked)) = (hook, hooked) {
         // Every end delivered: the rate is the run's jobs over the time from the first
         // submit to the last delivery.
-        receiver.wait(hooked.expect, Duration::from_secs(600)).await;
-        let rate = n as f64 / start.elapsed().as_secs_f64();
-        println!(
-            "   (every end delivered to the webhook after {:.2} s: {rate:.0} deliveries/s)",
-            start.elapsed().as_secs_f64()
-        );
-        receiver
-            .last_rate
-            .store(rate.to_bits(), std::sync::atomic::Ordering::SeqCst);
-        hooked.dispatcher.shutdown().await;
+        if let Some(dispatcher) = hooked.dispatcher {
+            receiver.wait(hooked.expect, Duration::from_secs(600)).await;
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            println!(
+                "   (every end delivered to the webhook after {:.2} s: {rate:.0} deliveries/s)",
+                start.elapsed().as_secs_f64()
+            );
+            receiver
+                .last_rate
+                .store(rate.to_bits(), std::sync::atomic::Ordering::SeqCst);
+            dispatcher.shutdown().await;
+        }
         store
             .delete_webhook(hooked.webhook)
             .await
@@ -843,7 +847,8 @@ struct Receiver {
 /// A webhook subscribed for one run.
 struct Hooked {
     webhook: i64,
-    dispatcher: wasmjobs::events::Dispatcher,
+    /// None with `WASMJOBS_BENCH_WEBHOOK=outbox`: the events wait in the outbox.
+    dispatcher: Option<wasmjobs::events::Dispatcher>,
     /// The receiver's count once every end of the run is delivered.
     expect: usize,
 }
@@ -889,15 +894,18 @@ impl Receiver {
             .await
             .expect("webhook")
             .id;
-        let dispatcher = wasmjobs::events::Dispatcher::start(
-            store.clone(),
-            wasmjobs::events::WebhookSettings {
-                allow_private_targets: true,
-                ..Default::default()
-            },
-            None,
-        )
-        .expect("dispatcher");
+        let dispatcher =
+            (std::env::var("WASMJOBS_BENCH_WEBHOOK").as_deref() != Ok("outbox")).then(|| {
+                wasmjobs::events::Dispatcher::start(
+                    store.clone(),
+                    wasmjobs::events::WebhookSettings {
+                        allow_private_targets: true,
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .expect("dispatcher")
+            });
         Hooked {
             webhook,
             dispatcher,

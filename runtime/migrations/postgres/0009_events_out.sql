@@ -92,45 +92,53 @@ CREATE TABLE webhook_attempts (
 -- The outbox is written by triggers, so that every path that changes a state (submission,
 -- claim, end, cancel, retry, rescue, sweep, a workflow step) writes its event in its own
 -- transaction, and only while a webhook that wants it or another sink exists. They run once
--- per statement over its transition tables (a batched claim or ending is one call), and
--- return at once while nothing takes events.
+-- per statement over its transition tables (a batched claim or ending is one call): they
+-- first read which types are wanted (the enabled webhooks' types of the kind, every type
+-- when NATS takes events) and return at once when none is, then keep only the rows whose
+-- new state is wanted and changed.
+CREATE FUNCTION wasmjobs_wanted(kind text, OUT types text[], OUT every boolean, OUT nats boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL),
+           COALESCE(bool_or(t = kind || '.*'), FALSE)
+               OR EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats'),
+           EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats')
+    FROM webhooks w
+    CROSS JOIN LATERAL unnest(string_to_array(w.events, ',')) AS t
+    WHERE w.enabled AND t LIKE kind || '.%'
+$$;
+
 CREATE FUNCTION wasmjobs_outbox_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    want record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) AND NOT EXISTS (SELECT 1 FROM event_sinks) THEN
+    want := wasmjobs_wanted('job');
+    IF want.types IS NULL AND NOT want.every THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
         INSERT INTO outbox (kind, entity_id, state, module_digest, queue, workflow, run_id,
                             attempts, outcome, error, created_at, at, to_webhooks, to_nats)
         SELECT 'job', n.id, n.state, n.module_digest, n.queue, r.workflow, r.id, n.attempts,
-               n.outcome, n.error, n.created_at, n.updated_at, x.w, x.s
+               n.outcome, n.error, n.created_at, n.updated_at,
+               COALESCE('job.*' = ANY(want.types) OR 'job.' || n.state = ANY(want.types), FALSE),
+               want.nats
         FROM new_rows n
         LEFT JOIN workflow_runs r
             ON r.id = CASE WHEN n.workflow_ref ~ '^[0-9]{1,18}$' THEN n.workflow_ref::bigint END
-        CROSS JOIN LATERAL (
-            SELECT EXISTS (SELECT 1 FROM webhooks w WHERE w.enabled
-                           AND (strpos(w.events, ',job.' || n.state || ',') > 0
-                                OR strpos(w.events, ',job.*,') > 0)) AS w,
-                   EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats') AS s
-        ) x
-        WHERE x.w OR x.s
+        WHERE want.every OR 'job.' || n.state = ANY(want.types)
         ORDER BY n.id;
     ELSE
         INSERT INTO outbox (kind, entity_id, state, module_digest, queue, workflow, run_id,
                             attempts, outcome, error, created_at, at, to_webhooks, to_nats)
         SELECT 'job', n.id, n.state, n.module_digest, n.queue, r.workflow, r.id, n.attempts,
-               n.outcome, n.error, n.created_at, n.updated_at, x.w, x.s
+               n.outcome, n.error, n.created_at, n.updated_at,
+               COALESCE('job.*' = ANY(want.types) OR 'job.' || n.state = ANY(want.types), FALSE),
+               want.nats
         FROM new_rows n
         JOIN old_rows o ON o.id = n.id AND o.state IS DISTINCT FROM n.state
         LEFT JOIN workflow_runs r
             ON r.id = CASE WHEN n.workflow_ref ~ '^[0-9]{1,18}$' THEN n.workflow_ref::bigint END
-        CROSS JOIN LATERAL (
-            SELECT EXISTS (SELECT 1 FROM webhooks w WHERE w.enabled
-                           AND (strpos(w.events, ',job.' || n.state || ',') > 0
-                                OR strpos(w.events, ',job.*,') > 0)) AS w,
-                   EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats') AS s
-        ) x
-        WHERE x.w OR x.s
+        WHERE want.every OR 'job.' || n.state = ANY(want.types)
         ORDER BY n.id;
     END IF;
     RETURN NULL;
@@ -138,36 +146,31 @@ END
 $$;
 
 CREATE FUNCTION wasmjobs_outbox_runs() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    want record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhooks WHERE enabled) AND NOT EXISTS (SELECT 1 FROM event_sinks) THEN
+    want := wasmjobs_wanted('run');
+    IF want.types IS NULL AND NOT want.every THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
         INSERT INTO outbox (kind, entity_id, state, workflow, run_id, error, created_at, at,
                             to_webhooks, to_nats)
-        SELECT 'run', n.id, n.state, n.workflow, n.id, n.error, n.created_at, n.updated_at, x.w, x.s
+        SELECT 'run', n.id, n.state, n.workflow, n.id, n.error, n.created_at, n.updated_at,
+               COALESCE('run.*' = ANY(want.types) OR 'run.' || n.state = ANY(want.types), FALSE),
+               want.nats
         FROM new_rows n
-        CROSS JOIN LATERAL (
-            SELECT EXISTS (SELECT 1 FROM webhooks w WHERE w.enabled
-                           AND (strpos(w.events, ',run.' || n.state || ',') > 0
-                                OR strpos(w.events, ',run.*,') > 0)) AS w,
-                   EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats') AS s
-        ) x
-        WHERE x.w OR x.s
+        WHERE want.every OR 'run.' || n.state = ANY(want.types)
         ORDER BY n.id;
     ELSE
         INSERT INTO outbox (kind, entity_id, state, workflow, run_id, error, created_at, at,
                             to_webhooks, to_nats)
-        SELECT 'run', n.id, n.state, n.workflow, n.id, n.error, n.created_at, n.updated_at, x.w, x.s
+        SELECT 'run', n.id, n.state, n.workflow, n.id, n.error, n.created_at, n.updated_at,
+               COALESCE('run.*' = ANY(want.types) OR 'run.' || n.state = ANY(want.types), FALSE),
+               want.nats
         FROM new_rows n
         JOIN old_rows o ON o.id = n.id AND o.state IS DISTINCT FROM n.state
-        CROSS JOIN LATERAL (
-            SELECT EXISTS (SELECT 1 FROM webhooks w WHERE w.enabled
-                           AND (strpos(w.events, ',run.' || n.state || ',') > 0
-                                OR strpos(w.events, ',run.*,') > 0)) AS w,
-                   EXISTS (SELECT 1 FROM event_sinks WHERE name = 'nats') AS s
-        ) x
-        WHERE x.w OR x.s
+        WHERE want.every OR 'run.' || n.state = ANY(want.types)
         ORDER BY n.id;
     END IF;
     RETURN NULL;

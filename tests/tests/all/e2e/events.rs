@@ -398,14 +398,13 @@ async fn webhook_deliveries_survive_kill_9_postgres() {
     drop_database(&pg, &db);
 }
 
-/// A delivery whose retry period ends is dead, and is sent again, with its event id, by
-/// `wasmjobs webhook redeliver`; a 410 is not retried at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_delivery_is_redelivered_by_hand() {
+/// A server (SQLite) with `[webhooks]` settings `extra` besides fast retries, a webhook on
+/// `job.succeeded` to a receiver that answers 500, and one job that succeeded.
+async fn failing_webhook(extra: &str) -> (tempfile::TempDir, Process, Receiver, i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("wasmjobs.toml"),
-        "[webhooks]\nallow_private_targets = true\nretry_delay = \"100ms\"\nretry_for = \"1s\"\n",
+        format!("{TEST_CONFIG}{extra}\n"),
     )
     .expect("config");
     let db = dir.path().join("jobs.db").display().to_string();
@@ -427,15 +426,31 @@ async fn a_dead_delivery_is_redelivered_by_hand() {
     )
     .await;
     wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
+    (dir, server, receiver, hook)
+}
+
+/// The newest delivery of `hook` in `state`, once there is one (within 20 s).
+async fn first_delivery(http: &reqwest::Client, url: &str, hook: i64, state: &str) -> Value {
     let until = Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        let dead = deliveries(&http, &server.url, hook, "&state=dead").await;
-        if let Some(d) = dead.first() {
-            break d.clone();
+    loop {
+        if let Some(d) = deliveries(http, url, hook, &format!("&state={state}"))
+            .await
+            .first()
+        {
+            return d.clone();
         }
-        assert!(Instant::now() < until, "no delivery died");
+        assert!(Instant::now() < until, "no delivery is {state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// A delivery whose retry period ends is dead, and is sent again, with its event id, by
+/// `wasmjobs webhook redeliver`; a 410 is not retried at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_is_redelivered_by_hand() {
+    let (_dir, server, receiver, hook) = failing_webhook("retry_for = \"1s\"").await;
+    let http = reqwest::Client::new();
+    let dead = first_delivery(&http, &server.url, hook, "dead").await;
     let calls = dead["calls"].as_array().cloned().unwrap_or_default();
     assert!(calls.len() >= 2, "retried before it died: {dead}");
     assert!(
@@ -491,15 +506,7 @@ async fn a_dead_delivery_is_redelivered_by_hand() {
     )
     .await;
     wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
-    let until = Instant::now() + Duration::from_secs(10);
-    let gone = loop {
-        let dead = deliveries(&http, &server.url, hook, "&state=dead").await;
-        if let Some(d) = dead.first() {
-            break d.clone();
-        }
-        assert!(Instant::now() < until, "the 410 delivery did not die");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let gone = first_delivery(&http, &server.url, hook, "dead").await;
     assert_eq!(gone["calls"].as_array().map(Vec::len), Some(1), "{gone}");
     assert!(
         gone["calls"][0]["error"]
@@ -530,31 +537,8 @@ async fn a_dead_delivery_is_redelivered_by_hand() {
 /// says why; enabled again, it delivers what was pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_failing_too_long_is_disabled_and_says_why() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("wasmjobs.toml"),
-        "[webhooks]\nallow_private_targets = true\nretry_delay = \"100ms\"\ndisable_after = \"1s\"\n",
-    )
-    .expect("config");
-    let db = dir.path().join("jobs.db").display().to_string();
+    let (_dir, server, receiver, hook) = failing_webhook("disable_after = \"1s\"").await;
     let http = reqwest::Client::new();
-    let server = Process::serve(dir.path(), &db, &["--workers", "1"]);
-    upload(&http, &server.url, guests::NOOP, "noop").await;
-    let receiver = Receiver::start().await;
-    receiver.answer.store(500, Ordering::SeqCst);
-    let (hook, _) = add_webhook(
-        &http,
-        &server.url,
-        json!({"url": format!("{}/in", receiver.url), "events": ["job.succeeded"]}),
-    )
-    .await;
-    let ids = submit_all(
-        &http,
-        &server.url,
-        vec![json!({"module": "noop", "input": 1})],
-    )
-    .await;
-    wait_all_final(&http, &server.url, &ids, Duration::from_secs(30)).await;
     let until = Instant::now() + Duration::from_secs(20);
     let disabled = loop {
         let w: Value = http
