@@ -14,7 +14,9 @@ use crate::store::events::{AfterCall, CallResult, DeliveryCall, DueDelivery};
 use crate::store::now_ms;
 
 /// Calls made at once by one node.
-const CONCURRENT_CALLS: usize = 16;
+const CONCURRENT_CALLS: usize = 32;
+/// Due deliveries taken at once (their calls recorded together).
+const TAKE_BATCH: u32 = 256;
 /// Outbox events taken per fan-out transaction.
 const FAN_OUT_BATCH: u32 = 500;
 /// The most of a response's body that is read (then the connection is dropped).
@@ -271,7 +273,7 @@ pub(super) async fn run(
             Err(e) => crate::throttle::warn(format!("webhooks: cannot read the outbox: {e}")),
         }
         let due = match store
-            .take_deliveries(CONCURRENT_CALLS as u32 * 4, now_ms(), lease)
+            .take_deliveries(TAKE_BATCH, now_ms(), lease)
             .await
         {
             Ok(d) => d,

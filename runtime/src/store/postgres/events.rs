@@ -126,16 +126,23 @@ impl EventStore for PgStore {
             module_names,
             outputs,
         };
-        for d in plan(&taken) {
-            sqlx::query(include_str!("events/insert_delivery.sql"))
-                .bind(d.webhook_id)
-                .bind(d.event_id)
-                .bind(&d.event_type)
-                .bind(&d.payload)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        let planned = plan(&taken);
+        let mut hooks = Vec::with_capacity(planned.len());
+        let (mut events, mut types, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+        for d in planned {
+            hooks.push(d.webhook_id);
+            events.push(d.event_id);
+            types.push(d.event_type);
+            payloads.push(d.payload);
         }
+        sqlx::query(include_str!("events/insert_deliveries.sql"))
+            .bind(&hooks)
+            .bind(&events)
+            .bind(&types)
+            .bind(&payloads)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         let ids: Vec<i64> = taken.events.iter().map(|e| e.id).collect();
         sqlx::query(include_str!("events/given_to_webhooks.sql"))
             .bind(&ids)
