@@ -272,10 +272,7 @@ pub(super) async fn run(
             Ok(n) => busy |= n > 0,
             Err(e) => crate::throttle::warn(format!("webhooks: cannot read the outbox: {e}")),
         }
-        let due = match store
-            .take_deliveries(TAKE_BATCH, now_ms(), lease)
-            .await
-        {
+        let due = match store.take_deliveries(TAKE_BATCH, now_ms(), lease).await {
             Ok(d) => d,
             Err(e) => {
                 crate::throttle::warn(format!("webhooks: cannot take deliveries: {e}"));
