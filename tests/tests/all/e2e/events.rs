@@ -602,6 +602,147 @@ async fn a_webhook_failing_too_long_is_disabled_and_says_why() {
         .await;
 }
 
+/// Without `[webhooks] allow_private_targets`, the server refuses webhooks to loopback,
+/// private and link-local addresses, and the CLI says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_private_webhook_targets_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("jobs.db").display().to_string();
+    let http = reqwest::Client::new();
+    let server = Process::serve(dir.path(), &db, &["--workers", "1"]);
+    let out = std::process::Command::new(wasmjobs_tests::wasmjobs_bin())
+        .args([
+            "webhook",
+            "add",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "job.*",
+            "--server",
+            &server.url,
+        ])
+        .output()
+        .expect("wasmjobs webhook add");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a loopback target was taken");
+    assert!(stderr.contains("allow_private_targets"), "{stderr}");
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/",
+        "http://[::1]/",
+    ] {
+        let r = http
+            .post(format!("{}/v1/webhooks", server.url))
+            .json(&json!({"url": url, "events": ["job.*"]}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 422, "{url}");
+    }
+    let listed: Value = http
+        .get(format!("{}/v1/webhooks", server.url))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["webhooks"], json!([]));
+}
+
+/// Workflow runs send their events too: a webhook on `run.*` filtered by workflow gets its
+/// runs' start and end, one on `job.succeeded` with the same filter gets each node's job with
+/// the run's id, and another workflow's run reaches neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_runs_send_their_events_and_their_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("wasmjobs.toml"), TEST_CONFIG).expect("config");
+    let db = dir.path().join("jobs.db").display().to_string();
+    let http = reqwest::Client::new();
+    let server = Process::serve(dir.path(), &db, &["--workers", "2"]);
+    upload(&http, &server.url, guests::FLOW, "flow").await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = add_webhook(
+        &http,
+        &server.url,
+        json!({"url": format!("{}/runs", receiver.url), "events": ["run.*"], "workflow": "etl"}),
+    )
+    .await;
+    add_webhook(
+        &http,
+        &server.url,
+        json!({"url": format!("{}/jobs", receiver.url), "events": ["job.succeeded"], "workflow": "etl"}),
+    )
+    .await;
+    let mut runs = Vec::new();
+    for name in ["etl", "other"] {
+        let definition = json!({ "name": name, "nodes": [
+            { "name": "a", "module": "flow" },
+            { "name": "b", "module": "flow", "needs": ["a"] },
+        ]});
+        let r = http
+            .post(format!("{}/v1/workflows", server.url))
+            .json(&definition)
+            .send()
+            .await
+            .expect("define");
+        assert!(r.status().is_success(), "define {name}: {}", r.status());
+        let run: Value = http
+            .post(format!("{}/v1/workflows/{name}/runs", server.url))
+            .json(&json!({"input": {"n": 1}}))
+            .send()
+            .await
+            .expect("start")
+            .json()
+            .await
+            .expect("json");
+        runs.push(run["id"].as_i64().expect("run id"));
+    }
+    for run in &runs {
+        wait_for_state(
+            &http,
+            &format!("{}/v1/workflow-runs/{run}", server.url),
+            "succeeded",
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    receiver
+        .wait_accepted("/runs", 2, Duration::from_secs(20))
+        .await;
+    receiver
+        .wait_accepted("/jobs", 2, Duration::from_secs(20))
+        .await;
+    // Whatever else was going to arrive has.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let run_calls = receiver.calls("/runs");
+    let mut types: Vec<String> = run_calls
+        .iter()
+        .map(|c| c.body["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    types.sort();
+    types.dedup();
+    assert_eq!(types, ["run.running", "run.succeeded"], "{run_calls:?}");
+    for c in &run_calls {
+        check_signature(c, &secret);
+        assert_eq!(c.body["data"]["id"], runs[0], "{:?}", c.body);
+        assert_eq!(c.body["data"]["workflow"], "etl");
+    }
+    let job_calls = receiver.calls("/jobs");
+    let mut jobs: Vec<i64> = job_calls
+        .iter()
+        .filter_map(|c| c.body["data"]["id"].as_i64())
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    assert_eq!(jobs.len(), 2, "{job_calls:?}");
+    assert!(
+        job_calls
+            .iter()
+            .all(|c| c.body["data"]["run"] == runs[0] && c.body["data"]["workflow"] == "etl"),
+        "{job_calls:?}"
+    );
+}
+
 /// 1,000 jobs with a `kill -9` of the server in the middle: the stream holds each job's state
 /// changes once per message id, in the order of the job's history.
 async fn nats_gets_every_state_change_once(db: &str, dir: &std::path::Path, tag: &str) {
