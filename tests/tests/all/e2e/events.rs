@@ -398,16 +398,23 @@ async fn webhook_deliveries_survive_kill_9_postgres() {
     drop_database(&pg, &db);
 }
 
-/// A server (SQLite) with `[webhooks]` settings `extra` besides fast retries, a webhook on
-/// `job.succeeded` to a receiver that answers 500, and one job that succeeded.
-async fn failing_webhook(extra: &str) -> (tempfile::TempDir, Process, Receiver, i64) {
+/// A server with `[webhooks]` settings `extra` besides fast retries, on `db` (a SQLite file
+/// in its directory when `None`), a webhook on `job.succeeded` to a receiver that answers
+/// 500, and one job that succeeded.
+async fn failing_webhook(
+    extra: &str,
+    db: Option<&str>,
+) -> (tempfile::TempDir, Process, Receiver, i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("wasmjobs.toml"),
         format!("{TEST_CONFIG}{extra}\n"),
     )
     .expect("config");
-    let db = dir.path().join("jobs.db").display().to_string();
+    let db = db.map_or_else(
+        || dir.path().join("jobs.db").display().to_string(),
+        str::to_string,
+    );
     let http = reqwest::Client::new();
     let server = Process::serve(dir.path(), &db, &["--workers", "1"]);
     upload(&http, &server.url, guests::NOOP, "noop").await;
@@ -448,7 +455,7 @@ async fn first_delivery(http: &reqwest::Client, url: &str, hook: i64, state: &st
 /// `wasmjobs webhook redeliver`; a 410 is not retried at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_delivery_is_redelivered_by_hand() {
-    let (_dir, server, receiver, hook) = failing_webhook("retry_for = \"1s\"").await;
+    let (_dir, server, receiver, hook) = failing_webhook("retry_for = \"1s\"", None).await;
     let http = reqwest::Client::new();
     let dead = first_delivery(&http, &server.url, hook, "dead").await;
     let calls = dead["calls"].as_array().cloned().unwrap_or_default();
@@ -533,11 +540,28 @@ async fn a_dead_delivery_is_redelivered_by_hand() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_too_long_is_disabled_and_says_why_sqlite() {
+    failing_too_long(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_too_long_is_disabled_and_says_why_postgres() {
+    let Ok(pg) = std::env::var("WASMJOBS_TEST_POSTGRES") else {
+        eprintln!(
+            "SKIPPED: a_webhook_failing_too_long_is_disabled_and_says_why_postgres (set WASMJOBS_TEST_POSTGRES to run it)"
+        );
+        return;
+    };
+    let db = fresh_database(&pg, "hookoff");
+    failing_too_long(Some(&db)).await;
+    drop_database(&pg, &db);
+}
+
 /// A webhook whose every delivery fails for longer than `disable_after` is disabled, and
 /// says why; enabled again, it delivers what was pending.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_failing_too_long_is_disabled_and_says_why() {
-    let (_dir, server, receiver, hook) = failing_webhook("disable_after = \"1s\"").await;
+async fn failing_too_long(db: Option<&str>) {
+    let (_dir, server, receiver, hook) = failing_webhook("disable_after = \"1s\"", db).await;
     let http = reqwest::Client::new();
     let until = Instant::now() + Duration::from_secs(20);
     let disabled = loop {
