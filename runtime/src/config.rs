@@ -54,6 +54,30 @@ pub struct FileConfig {
     pub events: EventsSection,
 }
 
+/// A duration key's value (`250ms`, `10s`, `7d`), or `default` when it is not given; an error
+/// names the key.
+pub fn duration_setting(
+    key: &str,
+    text: &Option<String>,
+    default: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    use anyhow::Context as _;
+    match text {
+        Some(t) => wasmjobs_host::units::parse_duration(t).with_context(|| key.to_string()),
+        None => Ok(default),
+    }
+}
+
+/// A size key's value in bytes (`64MiB`, `512KB`, bytes), or `default` when it is not given;
+/// an error names the key.
+pub fn size_setting(key: &str, text: &Option<String>, default: u64) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    match text {
+        Some(t) => wasmjobs_host::units::parse_size(t).with_context(|| key.to_string()),
+        None => Ok(default),
+    }
+}
+
 /// `[webhooks]` in `wasmjobs.toml` (docs/events.md).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,13 +113,9 @@ pub struct EventsSection {
 impl WebhooksSection {
     /// The settings, checked.
     pub fn settings(&self) -> anyhow::Result<crate::events::WebhookSettings> {
-        use anyhow::Context as _;
-        use wasmjobs_host::units::{parse_duration, parse_size};
         let d = crate::events::WebhookSettings::default();
-        let duration = |key: &str, v: &Option<String>, default| -> anyhow::Result<_> {
-            v.as_deref().map_or(Ok(default), |t| {
-                parse_duration(t).with_context(|| format!("webhooks.{key}"))
-            })
+        let duration = |key: &str, v: &Option<String>, default| {
+            duration_setting(&format!("webhooks.{key}"), v, default)
         };
         let settings = crate::events::WebhookSettings {
             allow_private_targets: self.allow_private_targets,
@@ -103,11 +123,12 @@ impl WebhooksSection {
             retry_for: duration("retry_for", &self.retry_for, d.retry_for)?,
             retry_delay: duration("retry_delay", &self.retry_delay, d.retry_delay)?,
             disable_after: duration("disable_after", &self.disable_after, d.disable_after)?,
-            max_output_bytes: match &self.max_output_bytes {
-                Some(t) => usize::try_from(parse_size(t).context("webhooks.max_output_bytes")?)
-                    .unwrap_or(usize::MAX),
-                None => d.max_output_bytes,
-            },
+            max_output_bytes: usize::try_from(size_setting(
+                "webhooks.max_output_bytes",
+                &self.max_output_bytes,
+                d.max_output_bytes as u64,
+            )?)
+            .unwrap_or(usize::MAX),
             keep_deliveries: duration("keep_deliveries", &self.keep_deliveries, d.keep_deliveries)?,
         };
         if settings.timeout.is_zero() || settings.retry_delay.is_zero() {

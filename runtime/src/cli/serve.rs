@@ -306,19 +306,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
 
 /// The API's settings and the connection limits from `wasmjobs.toml`, defaults elsewhere.
 fn api_config(file: &FileConfig) -> anyhow::Result<(ApiConfig, ConnectionLimits)> {
-    let size = |key: &str, text: &Option<String>, default: u64| -> anyhow::Result<u64> {
-        match text {
-            Some(t) => wasmjobs_host::units::parse_size(t).with_context(|| key.to_string()),
-            None => Ok(default),
-        }
-    };
-    let duration =
-        |key: &str, text: &Option<String>, default: Duration| -> anyhow::Result<Duration> {
-            match text {
-                Some(t) => wasmjobs_host::units::parse_duration(t).with_context(|| key.to_string()),
-                None => Ok(default),
-            }
-        };
+    use crate::config::{duration_setting as duration, size_setting as size};
     let d = ApiConfig::default();
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let config = ApiConfig {

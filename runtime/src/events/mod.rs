@@ -64,17 +64,7 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
 pub fn event_types() -> Vec<String> {
     let mut all: Vec<String> = vec!["job.*".into(), "run.*".into()];
     all.extend(JobState::ALL.iter().map(|s| format!("job.{s}")));
-    all.extend(
-        [
-            RunState::Running,
-            RunState::Cancelling,
-            RunState::Succeeded,
-            RunState::Failed,
-            RunState::Cancelled,
-        ]
-        .iter()
-        .map(|s| format!("run.{s}")),
-    );
+    all.extend(RunState::ALL.iter().map(|s| format!("run.{s}")));
     all
 }
 
@@ -235,7 +225,7 @@ pub fn plan(fan: &FanOut, settings: &WebhookSettings) -> Vec<NewDelivery> {
                     payload(
                         e,
                         with_output.then(|| fan.outputs.get(&e.entity_id)),
-                        settings,
+                        settings.max_output_bytes,
                     )
                 })
                 .clone();
@@ -251,11 +241,11 @@ pub fn plan(fan: &FanOut, settings: &WebhookSettings) -> Vec<NewDelivery> {
 }
 
 /// An event's body; `output`: `Some` when the webhook asks for the job's output (`Some(None)`:
-/// the job has none).
+/// the job has none), which it carries up to `max_output_bytes`.
 pub fn payload(
     e: &OutboxEvent,
     output: Option<Option<&Vec<u8>>>,
-    settings: &WebhookSettings,
+    max_output_bytes: usize,
 ) -> String {
     let mut data = Data {
         kind: &e.kind,
@@ -275,11 +265,10 @@ pub fn payload(
         output_omitted: None,
     };
     if let Some(Some(bytes)) = output {
-        if bytes.len() > settings.max_output_bytes {
+        if bytes.len() > max_output_bytes {
             data.output_omitted = Some(format!(
-                "the output is {} bytes, over the {} bytes a payload carries ([webhooks] max_output_bytes)",
+                "the output is {} bytes, over the {max_output_bytes} bytes a payload carries ([webhooks] max_output_bytes)",
                 bytes.len(),
-                settings.max_output_bytes
             ));
         } else {
             match std::str::from_utf8(bytes)
@@ -484,12 +473,9 @@ mod tests {
 
     #[test]
     fn payloads_carry_the_output_when_asked_and_small_enough() {
-        let s = WebhookSettings {
-            max_output_bytes: 16,
-            ..WebhookSettings::default()
-        };
+        let s = 16;
         let e = event("job", "succeeded");
-        let plain: serde_json::Value = serde_json::from_str(&payload(&e, None, &s)).expect("json");
+        let plain: serde_json::Value = serde_json::from_str(&payload(&e, None, s)).expect("json");
         assert_eq!(plain["type"], "job.succeeded");
         assert_eq!(plain["id"], "evt_7");
         assert_eq!(plain["data"]["id"], 42);
@@ -497,15 +483,15 @@ mod tests {
         assert!(plain["data"].get("output").is_none());
         let out = br#"{"n": 1}"#.to_vec();
         let with: serde_json::Value =
-            serde_json::from_str(&payload(&e, Some(Some(&out)), &s)).expect("json");
+            serde_json::from_str(&payload(&e, Some(Some(&out)), s)).expect("json");
         assert_eq!(with["data"]["output"]["n"], 1);
         let bin = vec![0xff, 0x00];
         let b: serde_json::Value =
-            serde_json::from_str(&payload(&e, Some(Some(&bin)), &s)).expect("json");
+            serde_json::from_str(&payload(&e, Some(Some(&bin)), s)).expect("json");
         assert_eq!(b["data"]["output_base64"], "/wA=");
         let big = vec![b'1'; 17];
         let o: serde_json::Value =
-            serde_json::from_str(&payload(&e, Some(Some(&big)), &s)).expect("json");
+            serde_json::from_str(&payload(&e, Some(Some(&big)), s)).expect("json");
         assert!(o["data"].get("output").is_none());
         assert!(
             o["data"]["output_omitted"]

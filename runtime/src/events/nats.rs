@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{WebhookSettings, event_id, payload};
+use super::{event_id, payload};
 use crate::store::Store;
 use crate::store::events::OutboxEvent;
 
@@ -70,13 +70,13 @@ impl Publisher {
     /// Publishes `events` in order; returns the ids of those acknowledged before the first
     /// that was not.
     async fn publish(&self, events: Vec<OutboxEvent>) -> Vec<i64> {
-        let settings = WebhookSettings::default();
         let mut acks = Vec::with_capacity(events.len());
         for e in &events {
             let subject = format!("{}.{}.{}", self.prefix, e.kind, e.state);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id(e.id).as_str());
-            let body = payload(e, None, &settings);
+            // NATS messages carry no output.
+            let body = payload(e, None, 0);
             match self
                 .js
                 .publish_with_headers(subject, headers, body.into())

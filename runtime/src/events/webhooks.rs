@@ -68,7 +68,7 @@ impl Sender {
         })
     }
 
-    /// Makes one call of `d` at `now` and says what follows.
+    /// Makes one call of `d` and says what follows.
     pub async fn call(&self, d: &DueDelivery, settings: &WebhookSettings) -> CallResult {
         let at = now_ms();
         let started = Instant::now();

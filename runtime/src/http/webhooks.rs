@@ -162,12 +162,7 @@ fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
 }
 
 fn check_text(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
-    if text.contains('\0') {
-        return Err(invalid(
-            field,
-            format!("{field} contains a NUL character (\\u0000), which cannot be stored"),
-        ));
-    }
+    crate::service::storable(field, text).map_err(|e| invalid(field, e.to_string()))?;
     if text.is_empty() || text.len() > max {
         return Err(invalid(field, format!("{field} must be 1 to {max} bytes")));
     }
